@@ -1,0 +1,34 @@
+# `make demo` sets everything up and runs the main job on the built-in synthetic demo data;
+# `make test` runs the linter and the test suite.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_DATA := data/demo
+RUN := runs/demo
+
+.PHONY: demo test lint setup clean-demo
+
+$(VENV)/installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+setup: $(VENV)/installed
+
+$(DEMO_DATA)/.complete: $(VENV)/installed
+	$(PY) dataset.py demo --out $(DEMO_DATA) --overwrite
+	touch $@
+
+demo: $(DEMO_DATA)/.complete
+	$(PY) dataset.py summary $(DEMO_DATA)
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
+	$(PY) -m pytest -q tests
+
+clean-demo:
+	rm -rf $(DEMO_DATA) $(RUN)

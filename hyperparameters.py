@@ -1,0 +1,262 @@
+"""Every default of the pipeline, in one frozen dataclass.
+
+The defaults are the design the user gave ("the card"): 128x128 slices; an encoder of 3x3 ReLU
+convolutions with 32, 32, 64, 64 filters at stride 2 and 128 at stride 1, so a 128x128 slice
+becomes an 8x8 map of 16-dimensional vectors; a codebook of 16 embeddings with commitment
+beta 0.25; a decoder that mirrors the encoder with transposed convolutions; a PixelCNN prior
+with a 7x7 mask-A convolution of 128 filters, 4 residual blocks with a 1x1 mask-B convolution
+between each pair, and a 1x1 output to 16 logits; 30 epochs per stage; an SSIM target of 0.6.
+
+A `Hyperparameters` value is validated when made (a `ValueError` names the field), is saved as
+JSON beside every trained model, and every script builds it the same way from the command line:
+
+    parser = argparse.ArgumentParser()
+    add_hyperparameter_arguments(parser)        # --preset and one --flag per field
+    hyperparameters = hyperparameters_from_arguments(parser.parse_args())
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+RECONSTRUCTION_LOSSES = ("mse", "ssim_l1")
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """The whole configuration of one run; see the module docstring for the design."""
+
+    # Data.
+    image_size: int = 128
+    slices_per_volume: int = 32
+
+    # Encoder and decoder. The first `downsample_stages` encoder convolutions have stride 2,
+    # the rest stride 1, so the code map is image_size / 2**downsample_stages on a side.
+    encoder_filters: tuple[int, ...] = (32, 32, 64, 64, 128)
+    downsample_stages: int = 4
+    residual_blocks: int = 0
+
+    # Vector quantizer (van den Oord et al., 2017).
+    num_embeddings: int = 16
+    latent_dim: int = 16
+    beta: float = 0.25
+    ema: bool = False
+    ema_decay: float = 0.99
+    ema_epsilon: float = 1e-5
+    dead_code_restart: bool = False
+    dead_code_threshold: float = 1e-3
+
+    # Reconstruction loss: "mse" (divided by the data variance) or "ssim_l1" (Zhao et al., 2017).
+    reconstruction_loss: str = "mse"
+
+    # PixelCNN prior (van den Oord et al., 2016) over the code maps.
+    pixelcnn_filters: int = 128
+    pixelcnn_first_kernel: int = 7
+    pixelcnn_residual_blocks: int = 4
+
+    # Training.
+    batch_size: int = 32
+    learning_rate_vqvae: float = 1e-3
+    learning_rate_pixelcnn: float = 1e-3
+    epochs_vqvae: int = 30
+    epochs_pixelcnn: int = 30
+    early_stopping_patience: int = 10
+
+    # Evaluation and reproducibility.
+    ssim_target: float = 0.6
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive_ints = (
+            "image_size",
+            "slices_per_volume",
+            "num_embeddings",
+            "latent_dim",
+            "pixelcnn_filters",
+            "pixelcnn_first_kernel",
+            "batch_size",
+            "epochs_vqvae",
+            "epochs_pixelcnn",
+            "early_stopping_patience",
+        )
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("residual_blocks", "pixelcnn_residual_blocks", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if not self.encoder_filters or min(self.encoder_filters) < 1:
+            raise ValueError(f"encoder_filters must be positive counts, got {self.encoder_filters}")
+        if not 1 <= self.downsample_stages <= len(self.encoder_filters):
+            raise ValueError(
+                f"downsample_stages must be in [1, {len(self.encoder_filters)}] "
+                f"(one per encoder convolution at most), got {self.downsample_stages}"
+            )
+        if self.image_size % 2**self.downsample_stages:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by "
+                f"2**downsample_stages = {2**self.downsample_stages}"
+            )
+        if self.num_embeddings < 2:
+            raise ValueError(f"num_embeddings must be at least 2, got {self.num_embeddings}")
+        if self.pixelcnn_first_kernel % 2 == 0:
+            raise ValueError(
+                f"pixelcnn_first_kernel must be odd, got {self.pixelcnn_first_kernel}"
+            )
+        if self.beta < 0:
+            raise ValueError(f"beta must be 0 or more, got {self.beta}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in range (0, 1), got {self.ema_decay}")
+        if self.ema_epsilon <= 0:
+            raise ValueError(f"ema_epsilon must be positive, got {self.ema_epsilon}")
+        if not 0.0 <= self.dead_code_threshold < 1.0:
+            raise ValueError(
+                f"dead_code_threshold must be in range [0, 1), got {self.dead_code_threshold}"
+            )
+        if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
+            raise ValueError(
+                f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, "
+                f"got {self.reconstruction_loss!r}"
+            )
+        for name in ("learning_rate_vqvae", "learning_rate_pixelcnn"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 < self.ssim_target <= 1.0:
+            raise ValueError(f"ssim_target must be in range (0, 1], got {self.ssim_target}")
+
+    @property
+    def code_map_size(self) -> int:
+        """Side of the square code map: image_size / 2**downsample_stages (8 for the card)."""
+        return self.image_size // 2**self.downsample_stages
+
+    def replace(self, **changes: Any) -> Hyperparameters:
+        """A validated copy with `changes` applied; unknown names raise `ValueError`."""
+        return Hyperparameters.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (tuples become lists)."""
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Hyperparameters:
+        """Inverse of `to_dict`; an unknown key is an error, a missing one takes its default."""
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s): {', '.join(unknown)}")
+        return cls(
+            **{
+                name: tuple(value) if isinstance(value, list) else value
+                for name, value in values.items()
+            }
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write as indented JSON (beside a trained model, as `hyperparameters.json`)."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Hyperparameters:
+        """Read a file written by `save`; a bad file raises `ValueError` naming it."""
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path}: no such hyperparameters file") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a JSON object of hyperparameters")
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The user's design, unchanged: 8x8 code maps over a 16-embedding codebook.
+    "card": {},
+    # 32x32 code maps over a 256-embedding EMA codebook with dead-code restart.
+    "hifi": {
+        "downsample_stages": 2,
+        "num_embeddings": 256,
+        "latent_dim": 32,
+        "ema": True,
+        "dead_code_restart": True,
+        "residual_blocks": 2,
+    },
+}
+
+
+def preset(name: str) -> Hyperparameters:
+    """The named preset ("card" is the default design, "hifi" the high-fidelity one)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return Hyperparameters(**PRESETS[name])
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parse_int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _argument_type(resolved: Any):
+    if resolved is bool:
+        return _parse_bool
+    if get_origin(resolved) is tuple and get_args(resolved)[0] is int:
+        return _parse_int_tuple
+    return resolved
+
+
+def add_hyperparameter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `--preset` and one `--field-name VALUE` flag per hyperparameter to `parser`."""
+    group = parser.add_argument_group(
+        "hyperparameters", "start from --preset, then override single fields"
+    )
+    group.add_argument(
+        "--preset", choices=sorted(PRESETS), default="card", help="starting configuration"
+    )
+    defaults = Hyperparameters()
+    types = get_type_hints(Hyperparameters)
+    for field in fields(Hyperparameters):
+        default = getattr(defaults, field.name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        group.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            type=_argument_type(types[field.name]),
+            default=None,
+            metavar=field.name.upper(),
+            help=f"(card default: {shown})",
+        )
+
+
+def hyperparameters_from_arguments(arguments: argparse.Namespace) -> Hyperparameters:
+    """The preset named in `arguments` with every field given on the command line applied."""
+    overrides = {
+        field.name: getattr(arguments, field.name)
+        for field in fields(Hyperparameters)
+        if getattr(arguments, field.name, None) is not None
+    }
+    return preset(arguments.preset).replace(**overrides)

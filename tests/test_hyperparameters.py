@@ -1,0 +1,104 @@
+"""The configuration: the card's defaults, validation, JSON round trip and command-line overrides."""
+
+import argparse
+import json
+
+import pytest
+
+from hyperparameters import (
+    Hyperparameters,
+    add_hyperparameter_arguments,
+    hyperparameters_from_arguments,
+    preset,
+)
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    add_hyperparameter_arguments(parser)
+    return hyperparameters_from_arguments(parser.parse_args(argv))
+
+
+def test_defaults_are_the_card_design():
+    card = Hyperparameters()
+    assert card.image_size == 128
+    assert card.encoder_filters == (32, 32, 64, 64, 128)
+    assert card.downsample_stages == 4
+    assert card.code_map_size == 8
+    assert (card.num_embeddings, card.latent_dim, card.beta) == (16, 16, 0.25)
+    assert (card.pixelcnn_filters, card.pixelcnn_first_kernel) == (128, 7)
+    assert card.pixelcnn_residual_blocks == 4
+    assert (card.epochs_vqvae, card.epochs_pixelcnn) == (30, 30)
+    assert card.ssim_target == 0.6
+    assert not card.ema and not card.dead_code_restart
+    assert preset("card") == card
+
+
+def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
+    hifi = preset("hifi")
+    assert hifi.code_map_size == 32
+    assert hifi.num_embeddings >= 256
+    assert hifi.ema and hifi.dead_code_restart
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"num_embeddings": 1}, "num_embeddings"),
+        ({"beta": -0.1}, "beta"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+        ({"image_size": 100}, "image_size"),
+        ({"downsample_stages": 6}, "downsample_stages"),
+        ({"pixelcnn_first_kernel": 6}, "pixelcnn_first_kernel"),
+        ({"reconstruction_loss": "l2"}, "reconstruction_loss"),
+        ({"learning_rate_vqvae": 0.0}, "learning_rate_vqvae"),
+        ({"ssim_target": 1.5}, "ssim_target"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_bad_values_raise_a_value_error_naming_the_field(changes, field):
+    with pytest.raises(ValueError, match=field):
+        Hyperparameters().replace(**changes)
+
+
+def test_unknown_field_is_rejected_by_name():
+    with pytest.raises(ValueError, match="num_embedings"):
+        Hyperparameters.from_dict({"num_embedings": 32})
+
+
+def test_json_round_trip(tmp_path):
+    original = preset("hifi").replace(encoder_filters=(8, 16, 16), seed=7)
+    path = tmp_path / "hyperparameters.json"
+    original.save(path)
+    assert json.loads(path.read_text())["encoder_filters"] == [8, 16, 16]
+    assert Hyperparameters.load(path) == original
+
+
+def test_loading_a_bad_file_names_it(tmp_path):
+    path = tmp_path / "hyperparameters.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="hyperparameters.json.*not valid JSON"):
+        Hyperparameters.load(path)
+    path.write_text(json.dumps({"beta": -1}))
+    with pytest.raises(ValueError, match="hyperparameters.json.*beta"):
+        Hyperparameters.load(path)
+    with pytest.raises(ValueError, match="no such"):
+        Hyperparameters.load(tmp_path / "missing.json")
+
+
+def test_command_line_overrides_apply_on_top_of_the_preset():
+    parsed = parse(["--preset", "hifi", "--num-embeddings", "512", "--ema", "false"])
+    assert parsed == preset("hifi").replace(num_embeddings=512, ema=False)
+    parsed = parse(["--encoder-filters", "16,16,32", "--downsample-stages", "3"])
+    assert parsed.encoder_filters == (16, 16, 32)
+    assert parsed.code_map_size == 16
+    assert parse([]) == Hyperparameters()
+
+
+def test_command_line_rejects_malformed_values():
+    with pytest.raises(SystemExit):
+        parse(["--ema", "maybe"])
+    with pytest.raises(SystemExit):
+        parse(["--encoder-filters", "16,x"])
+    with pytest.raises(ValueError, match="num_embeddings"):
+        parse(["--num-embeddings", "1"])
