@@ -105,9 +105,7 @@ class Hyperparameters:
         if self.num_embeddings < 2:
             raise ValueError(f"num_embeddings must be at least 2, got {self.num_embeddings}")
         if self.pixelcnn_first_kernel % 2 == 0:
-            raise ValueError(
-                f"pixelcnn_first_kernel must be odd, got {self.pixelcnn_first_kernel}"
-            )
+            raise ValueError(f"pixelcnn_first_kernel must be odd, got {self.pixelcnn_first_kernel}")
         if self.beta < 0:
             raise ValueError(f"beta must be 0 or more, got {self.beta}")
         if not 0.0 < self.ema_decay < 1.0:

@@ -1,4 +1,4 @@
-"""The configuration: the card's defaults, validation, JSON round trip and command-line overrides."""
+"""The configuration: card defaults, validation, JSON round trip, command-line overrides."""
 
 import argparse
 import json
