@@ -59,8 +59,9 @@ class Hyperparameters:
     pixelcnn_first_kernel: int = 7
     pixelcnn_residual_blocks: int = 4
 
-    # Training.
+    # Training. `augment` adds random flips, small rotations and scalings and intensity jitter.
     batch_size: int = 32
+    augment: bool = False
     learning_rate_vqvae: float = 1e-3
     learning_rate_pixelcnn: float = 1e-3
     epochs_vqvae: int = 30

@@ -1,0 +1,150 @@
+"""`python train.py` end to end on a tiny dataset: the run folder, resume, refusals, NaN."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import tiny_arguments
+
+import modules
+import train
+from hyperparameters import Hyperparameters
+
+
+def read_history(path):
+    with open(path) as file:
+        return list(csv.DictReader(file))
+
+
+def test_run_folder_holds_everything_it_promises(tiny_run, tiny_hyperparameters):
+    out, metrics = tiny_run
+    for name in (
+        "hyperparameters.json",
+        "vqvae.keras",
+        "pixelcnn.keras",
+        "history_vqvae.csv",
+        "history_pixelcnn.csv",
+        "loss.png",
+        "ssim.png",
+        "metrics.json",
+    ):
+        assert (out / name).is_file(), name
+    assert Hyperparameters.load(out / "hyperparameters.json") == tiny_hyperparameters
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == pytest.approx(metrics)
+    for key in (
+        "ssim_mean",
+        "ssim_median",
+        "psnr_mean",
+        "mae_mean",
+        "fraction_above_target",
+        "perplexity",
+        "codes_used",
+        "prior_bits_per_code",
+    ):
+        assert math.isfinite(saved[key]), key
+    assert saved["slices"] == 6
+    assert 0.0 < saved["codes_used"] <= 1.0
+    assert 1.0 <= saved["perplexity"] <= tiny_hyperparameters.num_embeddings
+    assert saved["uniform_bits_per_code"] == pytest.approx(3.0)
+
+
+def test_vqvae_loss_falls_and_the_history_has_the_metrics(tiny_run):
+    out, _ = tiny_run
+    history = read_history(out / "history_vqvae.csv")
+    assert len(history) == 3
+    for column in ("loss", "val_loss", "perplexity", "codes_used", "val_ssim", "val_above_target"):
+        assert column in history[0], column
+    assert float(history[-1]["loss"]) < float(history[0]["loss"])
+    assert len(read_history(out / "history_pixelcnn.csv")) == 2
+
+
+def test_saved_models_keep_the_promised_interfaces(tiny_run, tiny_hyperparameters):
+    out, _ = tiny_run
+    vqvae = keras.saving.load_model(out / "vqvae.keras")
+    pixelcnn = keras.saving.load_model(out / "pixelcnn.keras")
+    images = np.random.default_rng(0).random((3, 32, 32, 1), dtype=np.float32)
+    assert vqvae(images).shape == (3, 32, 32, 1)
+    code_maps = modules.sample_code_maps(pixelcnn, 4, seed=1)
+    assert code_maps.shape == (4, 8, 8)
+    assert pixelcnn(code_maps.astype(np.int32)).shape == (4, 8, 8, 8)
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tiny_run, tiny_hyperparameters):
+    out, _ = tiny_run
+    before = (out / "vqvae.keras").stat().st_mtime_ns
+    with pytest.raises(train.RunError, match="already holds a run"):
+        train.run_training(tiny_arguments(tiny_hyperparameters, "unused", out), verbose=0)
+    assert (out / "vqvae.keras").stat().st_mtime_ns == before
+
+
+def test_resume_continues_the_epoch_count(tiny_hyperparameters, tiny_png_tree, tmp_path):
+    out = tmp_path / "run"
+    short = tiny_hyperparameters.replace(epochs_vqvae=1)
+    train.run_training(tiny_arguments(short, tiny_png_tree, out, "--stage", "vqvae"), verbose=0)
+    assert len(read_history(out / "history_vqvae.csv")) == 1
+
+    resumed = tiny_arguments(short, tiny_png_tree, out, "--stage", "vqvae", "--resume")
+    resumed.epochs_vqvae = 3
+    train.run_training(resumed, verbose=0)
+    epochs = [int(row["epoch"]) for row in read_history(out / "history_vqvae.csv")]
+    assert epochs == [0, 1, 2]
+    assert json.loads((out / "checkpoints" / "state.json").read_text())["vqvae"]["epochs_done"] == 3
+
+
+def test_resume_refuses_a_changed_configuration(tiny_hyperparameters, tiny_png_tree, tmp_path):
+    out = tmp_path / "run"
+    short = tiny_hyperparameters.replace(epochs_vqvae=1)
+    train.run_training(tiny_arguments(short, tiny_png_tree, out, "--stage", "vqvae"), verbose=0)
+    changed = tiny_arguments(short.replace(num_embeddings=4), tiny_png_tree, out, "--resume")
+    with pytest.raises(train.RunError, match="num_embeddings"):
+        train.run_training(changed, verbose=0)
+
+
+def test_pixelcnn_stage_alone_needs_a_trained_vqvae(tiny_hyperparameters, tiny_png_tree, tmp_path):
+    out = tmp_path / "run"
+    (out).mkdir()
+    (out / "notes.txt").write_text("mine")
+    arguments = tiny_arguments(tiny_hyperparameters, tiny_png_tree, out, "--stage", "pixelcnn")
+    with pytest.raises(train.RunError, match="vqvae.keras"):
+        train.run_training(arguments, verbose=0)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tiny_hyperparameters, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    with pytest.raises(train.RunError, match="not a run folder"):
+        train.prepare_run_folder(out, train.STAGES, resume=False, overwrite=True)
+    assert (out / "thesis.tex").exists()
+
+
+def test_a_nan_loss_stops_training_with_a_clear_message(tmp_path):
+    run = train.prepare_run_folder(tmp_path / "run", ("toy",), resume=False, overwrite=False)
+    inputs = np.full((8, 2), np.nan, dtype=np.float32)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    targets = np.ones((8, 1), np.float32)
+    nan_data = tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(4)
+    callbacks, guard = train.stage_callbacks(
+        run, "toy", Hyperparameters(), resume=False, tensorboard=False
+    )
+    with pytest.raises(train.RunError, match="NaN at epoch 1, batch 1"):
+        train.fit_stage(model, run, "toy", nan_data, nan_data, 3, callbacks, guard, verbose=0)
+    assert not run.model("toy").exists()
+
+
+def test_pixel_variance_is_on_the_unit_scale(tiny_png_tree):
+    from dataset import load_slices
+
+    train_split = load_slices(tiny_png_tree, image_size=32).splits["train"]
+    expected = np.var(train_split.images.astype(np.float64) / 255.0)
+    assert train.pixel_variance(train_split) == pytest.approx(expected, rel=1e-9)
+    assert train.pixel_variance(train_split) < 1.0
