@@ -26,6 +26,19 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 RECONSTRUCTION_LOSSES = ("mse", "ssim_l1")
 
+# The fields that shape the models' weights: a saved model must agree with its run on these.
+ARCHITECTURE_FIELDS = (
+    "image_size",
+    "encoder_filters",
+    "downsample_stages",
+    "residual_blocks",
+    "num_embeddings",
+    "latent_dim",
+    "pixelcnn_filters",
+    "pixelcnn_first_kernel",
+    "pixelcnn_residual_blocks",
+)
+
 
 @dataclass(frozen=True)
 class Hyperparameters:

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyperparameters import Hyperparameters
+from hyperparameters import ARCHITECTURE_FIELDS, Hyperparameters
 
 STAGES = ("vqvae", "pixelcnn")
 
@@ -111,18 +111,15 @@ def load_run(path: str | Path, stages: tuple[str, ...] = STAGES):
 
 
 def _check_models_fit(run: RunFolder, hyperparameters: Hyperparameters, models: dict) -> None:
-    size, codes = hyperparameters.image_size, hyperparameters.num_embeddings
-    if "vqvae" in models:
-        shape = tuple(models["vqvae"].input_shape[1:3])
-        if shape != (size, size):
+    """Each model was built with the architecture hyperparameters.json describes."""
+    for stage, model in models.items():
+        differing = [
+            name
+            for name in ARCHITECTURE_FIELDS
+            if getattr(model.hyperparameters, name) != getattr(hyperparameters, name)
+        ]
+        if differing:
             raise RunError(
-                f"{run.model('vqvae')} takes {shape} images but hyperparameters.json says "
-                f"image_size {size}: the folder mixes files of different runs"
-            )
-    if "pixelcnn" in models:
-        outputs = models["pixelcnn"].output_shape[-1]
-        if outputs != codes:
-            raise RunError(
-                f"{run.model('pixelcnn')} predicts {outputs} codes but hyperparameters.json "
-                f"says num_embeddings {codes}: the folder mixes files of different runs"
+                f"{run.model(stage)} was built with other values of {', '.join(differing)} than "
+                f"{run.hyperparameters} says: the folder mixes files of different runs"
             )

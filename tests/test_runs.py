@@ -1,0 +1,54 @@
+"""Loading a run folder: every missing or mismatched piece is named."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from hyperparameters import Hyperparameters
+from runs import RunError, RunFolder, load_run, write_atomically
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    run, _ = tiny_run
+    return shutil.copytree(run, tmp_path / "run")
+
+
+def test_a_run_loads_with_its_configuration(run_copy, tiny_hyperparameters):
+    hyperparameters, models = load_run(run_copy)
+    assert hyperparameters == tiny_hyperparameters
+    images = np.zeros((2, 32, 32, 1), np.float32)
+    assert models["vqvae"](images).shape == (2, 32, 32, 1)
+    assert set(models) == {"vqvae", "pixelcnn"}
+
+
+def test_missing_pieces_are_named(run_copy, tmp_path):
+    with pytest.raises(RunError, match="no such run folder"):
+        load_run(tmp_path / "nowhere")
+    (run_copy / "pixelcnn.keras").unlink()
+    with pytest.raises(RunError, match=r"no pixelcnn\.keras"):
+        load_run(run_copy)
+    assert set(load_run(run_copy, ("vqvae",))[1]) == {"vqvae"}
+    (run_copy / "hyperparameters.json").unlink()
+    with pytest.raises(RunError, match=r"hyperparameters\.json is missing"):
+        load_run(run_copy)
+
+
+def test_a_model_from_another_run_is_detected(run_copy):
+    path = run_copy / "hyperparameters.json"
+    Hyperparameters.load(path).replace(num_embeddings=4).save(path)
+    with pytest.raises(RunError, match="num_embeddings.*mixes files"):
+        load_run(run_copy)
+
+
+def test_state_is_written_atomically_and_merged(tmp_path):
+    run = RunFolder(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    run.write_state("vqvae", epochs_done=2)
+    run.write_state("vqvae", best=0.5)
+    assert run.read_state() == {"vqvae": {"epochs_done": 2, "best": 0.5}}
+    write_atomically(tmp_path / "note.txt", "done")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoints", "note.txt"]
