@@ -1,0 +1,215 @@
+"""The synthetic MNI152 demo dataset: layout, determinism, variation, output-folder safety."""
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import demo_data
+from demo_data import build_demo_dataset
+
+SPLIT_SUBJECTS = {"train": 2, "validate": 1, "test": 1}
+IMAGE_NAME = re.compile(r"^case_(\d{3})_slice_(\d|[12]\d|3[01])\.nii\.png$")
+MASK_NAME = re.compile(r"^seg_(\d{3})_slice_(\d|[12]\d|3[01])\.nii\.png$")
+FOLDERS = [f"keras_png_slices_{s}" for s in demo_data.SPLITS] + [
+    f"keras_png_slices_seg_{s}" for s in demo_data.SPLITS
+]
+
+
+def build_small(out_dir, **options):
+    """Build the 2 + 1 + 1 subject dataset (options override the counts, seed, workers...)."""
+    arguments = {
+        "train_subjects": SPLIT_SUBJECTS["train"],
+        "validate_subjects": SPLIT_SUBJECTS["validate"],
+        "test_subjects": SPLIT_SUBJECTS["test"],
+        "workers": 1,
+    }
+    return build_demo_dataset(out_dir, **(arguments | options))
+
+
+def read_png(path):
+    with Image.open(path) as image:
+        image.load()
+        return image
+
+
+def read_subject(root, split, case):
+    """(32, 256, 256) uint8 images and masks of one case."""
+    images, masks = [], []
+    for s in range(demo_data.SLICES_PER_SUBJECT):
+        name = f"{case}_slice_{s}.nii.png"
+        images.append(np.asarray(read_png(root / f"keras_png_slices_{split}" / f"case_{name}")))
+        masks.append(np.asarray(read_png(root / f"keras_png_slices_seg_{split}" / f"seg_{name}")))
+    return np.stack(images), np.stack(masks)
+
+
+def file_bytes(root):
+    """{relative path: bytes} of every file under root."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The small dataset built with two worker processes."""
+    return build_small(tmp_path_factory.mktemp("demo") / "keras_png_slices_data", workers=2)
+
+
+def test_layout_and_names_match_the_oasis_png_tree(demo):
+    assert sorted(p.name for p in demo.iterdir()) == sorted([*FOLDERS, "README.txt"])
+    for split, subjects in SPLIT_SUBJECTS.items():
+        images = sorted((demo / f"keras_png_slices_{split}").iterdir())
+        masks = sorted((demo / f"keras_png_slices_seg_{split}").iterdir())
+        assert len(images) == len(masks) == subjects * 32
+        assert all(IMAGE_NAME.match(p.name) for p in images)
+        assert all(MASK_NAME.match(p.name) for p in masks)
+        assert {p.name.replace("case_", "seg_", 1) for p in images} == {p.name for p in masks}
+        for case in {IMAGE_NAME.match(p.name).group(1) for p in images}:
+            slices = {int(IMAGE_NAME.match(p.name).group(2)) for p in images if p.name[5:8] == case}
+            assert slices == set(range(32))
+
+
+def test_case_numbers_are_consecutive_and_never_in_two_splits(demo):
+    cases = {}
+    for split in SPLIT_SUBJECTS:
+        names = [p.name for p in (demo / f"keras_png_slices_{split}").iterdir()]
+        cases[split] = {IMAGE_NAME.match(name).group(1) for name in names}
+    assert cases == {"train": {"001", "002"}, "validate": {"003"}, "test": {"004"}}
+
+
+def test_images_are_8_bit_greyscale_and_masks_hold_four_classes(demo):
+    for path in sorted(demo.rglob("*.png"))[::17]:
+        image = read_png(path)
+        assert (image.mode, image.size) == ("L", (256, 256)), path
+    images, masks = read_subject(demo, "train", "001")
+    assert set(np.unique(masks)) == {0, 85, 170, 255}
+    assert np.all(images[masks == 0] == 0), "background must be black"
+    assert np.mean(images[masks > 0] > 0) > 0.99
+    middle = masks[16] // 85
+    brain_pixels = np.count_nonzero(middle)
+    for tissue in (1, 2, 3):
+        assert np.count_nonzero(middle == tissue) > 0.02 * brain_pixels
+    # White matter is brighter than grey matter, which is brighter than CSF (a T1 image).
+    tissue_means = [images[16][middle == tissue].mean() for tissue in (1, 2, 3)]
+    assert tissue_means[0] < tissue_means[1] < tissue_means[2]
+
+
+def test_every_slice_shows_a_centred_upright_brain(demo):
+    masks = read_subject(demo, "validate", "003")[1]
+    brain_fraction = (masks > 0).mean(axis=(1, 2))
+    assert np.all(brain_fraction > 0.02), "no empty slices"
+    assert 0.25 < brain_fraction[16] < 0.7
+    assert not masks[:, [0, -1], :].any() and not masks[:, :, [0, -1]].any(), "brain cut off"
+    rows, columns = np.nonzero(masks[16])
+    assert abs(rows.mean() - 127.5) < 20 and abs(columns.mean() - 127.5) < 20
+    # Upright: the head is longer front to back than side to side, and the lowest slice shows
+    # the cerebellum, which is posterior, so it lies in the bottom half of the image.
+    assert np.ptp(rows) > np.ptp(columns)
+    assert np.nonzero(masks[0])[0].mean() > 128
+
+
+def test_subjects_differ_but_stay_brains(demo):
+    first, first_masks = read_subject(demo, "train", "001")
+    second, second_masks = read_subject(demo, "train", "002")
+    difference = np.abs(first.astype(np.int16) - second.astype(np.int16))
+    assert difference[16].mean() > 10
+    assert np.mean(first_masks[16] != second_masks[16]) > 0.1
+    for masks in (first_masks, second_masks):
+        assert 0.25 < (masks[16] > 0).mean() < 0.7
+
+
+def test_same_seed_gives_identical_bytes_with_any_worker_count(demo, tmp_path):
+    again = build_small(tmp_path / "again", workers=1)
+    assert file_bytes(again) == file_bytes(demo)
+
+
+def test_another_seed_gives_other_images(demo, tmp_path):
+    other = build_demo_dataset(
+        tmp_path / "other", train_subjects=1, validate_subjects=0, test_subjects=0, seed=1
+    )
+    image_name = "keras_png_slices_train/case_001_slice_16.nii.png"
+    first = np.asarray(read_png(demo / image_name)).astype(np.int16)
+    second = np.asarray(read_png(other / image_name)).astype(np.int16)
+    assert np.abs(first - second).mean() > 10
+    assert not list((other / "keras_png_slices_validate").iterdir())
+
+
+def test_readme_says_synthetic_mni152_not_oasis(demo):
+    text = (demo / "README.txt").read_text()
+    assert demo_data.README_MARKER in text
+    assert "SYNTHETIC DATA - NOT OASIS" in text
+    assert "MNI152 2009a" in text and "nilearn" in text
+    assert "Seed: 0." in text
+    assert "cases 001-002" in text and "cases 004-004" in text
+
+
+def test_refuses_a_non_empty_folder_and_leaves_it_alone(tmp_path):
+    user_folder = tmp_path / "my_scans"
+    user_folder.mkdir()
+    (user_folder / "scan.nii").write_bytes(b"precious")
+    with pytest.raises(ValueError, match="my_scans.*not empty"):
+        build_demo_dataset(user_folder, train_subjects=1, validate_subjects=0, test_subjects=0)
+    with pytest.raises(ValueError, match="my_scans.*not a demo dataset"):
+        build_demo_dataset(
+            user_folder, train_subjects=1, validate_subjects=0, test_subjects=0, overwrite=True
+        )
+    assert [p.name for p in tmp_path.iterdir()] == ["my_scans"]
+    assert [p.name for p in user_folder.iterdir()] == ["scan.nii"]
+
+
+def test_overwrite_replaces_a_previous_demo_only(tmp_path):
+    out_dir = tmp_path / "demo"
+    counts = {"train_subjects": 1, "validate_subjects": 0, "test_subjects": 0}
+    build_demo_dataset(out_dir, **counts, seed=0)
+    (out_dir / ".complete").touch()  # the Makefile's stamp file may sit in the folder
+    build_demo_dataset(out_dir, **counts, seed=1, overwrite=True)
+    assert "Seed: 1." in (out_dir / "README.txt").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"], "no staging folder left behind"
+
+    (out_dir / "notes.txt").write_text("mine")
+    (out_dir / ".git").mkdir()
+    with pytest.raises(ValueError, match=r"\.git, notes\.txt"):
+        build_demo_dataset(out_dir, **counts, overwrite=True)
+    assert (out_dir / "notes.txt").read_text() == "mine"
+    assert (out_dir / ".git").is_dir()
+
+
+def test_a_failed_build_leaves_no_partial_dataset(tmp_path, monkeypatch):
+    def fail(*arguments):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(demo_data, "write_subject", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_small(tmp_path / "demo")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"train_subjects": 0}, "train_subjects"),
+        ({"validate_subjects": -1}, "validate_subjects"),
+        ({"test_subjects": 2.5}, "test_subjects"),
+        ({"train_subjects": 990, "validate_subjects": 10}, "at most 999"),
+        ({"seed": -3}, "seed"),
+        ({"workers": 0}, "workers"),
+    ],
+)
+def test_bad_arguments_are_refused_by_name(tmp_path, arguments, named):
+    with pytest.raises(ValueError, match=named):
+        build_demo_dataset(tmp_path / "demo", **arguments)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_dataset_loader_reads_the_demo_as_a_png_tree(demo):
+    from dataset import load_slices
+
+    brain_slices = load_slices(demo, image_size=64)
+    assert brain_slices.format == "png_tree"
+    assert brain_slices.problems == []
+    train = brain_slices.splits["train"]
+    assert train.images.shape == (2 * 32, 64, 64)
+    assert set(train.subject_ids) == {"001", "002"}
+    assert sorted(set(train.slice_indices)) == list(range(32))
+    assert set(np.unique(train.masks)) == {0, 1, 2, 3}
+    assert set(brain_slices.splits["test"].subject_ids) == {"004"}
