@@ -1,0 +1,222 @@
+"""`python predict.py` on a tiny trained run: samples, reconstructions, the user's own files,
+and the refusals (bad run folders, bad inputs, an output folder that already holds files)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel
+import numpy as np
+import pytest
+from conftest import brain_like_slice
+from fixtures import synthetic_head, write_nifti
+from PIL import Image
+
+import predict
+from dataset import load_slices
+from similarity import score_model
+
+
+def run_predict(*argv) -> int:
+    return predict.main([str(argument) for argument in argv])
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    """A copy of the tiny run that a test may write into or break."""
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run[0], copy, ignore=shutil.ignore_patterns("checkpoints"))
+    return copy
+
+
+def figure_size(path):
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        return image.size
+
+
+def test_samples_are_8_bit_pngs_a_grid_and_an_axial_nifti_stack(tiny_run, tmp_path):
+    run, _ = tiny_run
+    out = tmp_path / "samples"
+    assert run_predict("--run", run, "--num", 5, "--seed", 3, "--out", out) == 0
+
+    pngs = sorted(out.glob("sample_*.png"))
+    assert [path.name for path in pngs] == [f"sample_{index:03d}.png" for index in range(5)]
+    pixels = []
+    for path in pngs:
+        with Image.open(path) as image:
+            assert (image.mode, image.size) == ("L", (32, 32))
+            pixels.append(np.asarray(image))
+    assert figure_size(out / "samples.png") == (540, 420)  # 3 x 2 tiles of 1.8 in, at 100 dpi
+
+    volume = nibabel.load(out / "samples.nii.gz")
+    assert volume.shape == (32, 32, 5)
+    assert volume.get_data_dtype() == np.uint8
+    assert volume.header.get_zooms() == (1.0, 1.0, 1.0)
+    np.testing.assert_array_equal(np.diag(volume.affine)[:3], [1.0, 1.0, 1.0])
+    data = np.asarray(volume.dataobj)
+    for index, image in enumerate(pixels):  # voxel (x, y, n) = slice n at row S-1-y, column x
+        np.testing.assert_array_equal(np.flip(data[:, :, index], axis=1).T, image)
+
+
+def test_the_seed_fixes_the_samples(tiny_run):
+    hyperparameters, vqvae, pixelcnn = predict.load_run(tiny_run[0])
+    codes, slices = predict.sample_slices(vqvae, pixelcnn, 4, temperature=0.8, seed=7)
+    again_codes, again_slices = predict.sample_slices(vqvae, pixelcnn, 4, temperature=0.8, seed=7)
+    other_codes, _ = predict.sample_slices(vqvae, pixelcnn, 4, temperature=0.8, seed=8)
+    assert codes.shape == (4, hyperparameters.code_map_size, hyperparameters.code_map_size)
+    assert slices.shape == (4, 32, 32) and slices.dtype == np.uint8
+    np.testing.assert_array_equal(codes, again_codes)
+    np.testing.assert_array_equal(slices, again_slices)
+    assert not np.array_equal(codes, other_codes)
+    with pytest.raises(ValueError, match="temperature"):
+        predict.sample_slices(vqvae, pixelcnn, 2, temperature=0.0)
+
+
+def test_nifti_stack_puts_each_slice_upright_in_an_axial_plane():
+    slices = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    volume = predict.slices_to_nifti(slices)
+    data = np.asarray(volume.dataobj)
+    assert data.shape == (3, 3, 2)
+    assert data[0, 2, 1] == slices[1, 0, 0]  # top-left pixel: x = 0, y = top
+    assert data[2, 0, 0] == slices[0, 2, 2]  # bottom-right pixel: x = right, y = 0
+    assert nibabel.aff2axcodes(volume.affine) == ("R", "A", "S")
+    np.testing.assert_allclose(volume.affine[:3, 3], [-1.0, -1.0, -0.5])
+
+
+def test_default_output_is_in_the_run_and_not_overwritten_without_the_flag(run_copy, capsys):
+    assert run_predict("--run", run_copy, "--num", 4) == 0
+    out = run_copy / "samples"
+    assert len(list(out.glob("sample_*.png"))) == 4
+    before = (out / "samples.nii.gz").stat().st_mtime_ns
+
+    assert run_predict("--run", run_copy, "--num", 4) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "already holds files" in error and "--overwrite" in error
+    assert (out / "samples.nii.gz").stat().st_mtime_ns == before
+
+    assert run_predict("--run", run_copy, "--num", 2, "--overwrite") == 0
+    assert sorted(path.name for path in out.glob("sample_*.png")) == [
+        "sample_000.png",
+        "sample_001.png",
+    ]
+    assert nibabel.load(out / "samples.nii.gz").shape == (32, 32, 2)
+
+
+def test_reconstruct_draws_slices_of_the_training_data_by_default(tiny_run, tmp_path):
+    run, _ = tiny_run
+    out = tmp_path / "reconstructions"
+    assert run_predict("--run", run, "--reconstruct", "--num", 3, "--out", out) == 0
+    assert figure_size(out / "reconstructions.png") == (1050, 800)  # 3 rows of 2.4 in + title
+    assert sorted(path.name for path in out.iterdir()) == ["reconstructions.png"]
+
+
+def test_reconstructed_slices_are_spread_labelled_and_scored_like_similarity(
+    tiny_run, tiny_png_tree, tiny_hyperparameters
+):
+    images, labels = predict.split_slices(tiny_png_tree, tiny_hyperparameters, "test", 3)
+    assert images.shape == (3, 32, 32, 1) and images.dtype == np.float32
+    assert labels == ["subject 006, slice 0", "subject 006, slice 2", "subject 006, slice 5"]
+    test = load_slices(tiny_png_tree, image_size=32).splits["test"]
+    np.testing.assert_array_equal(images, test.float_images()[[0, 2, 5]])
+
+    _, vqvae, _ = predict.load_run(tiny_run[0], require_pixelcnn=False)
+    result = predict.reconstruct(vqvae, images, labels)
+    assert result.code_maps.shape == (3, 8, 8)
+    assert 0.0 <= result.reconstructions.min() <= result.reconstructions.max() <= 1.0
+    np.testing.assert_allclose(result.ssim, score_model(vqvae, images).ssim, atol=1e-6)
+    np.testing.assert_array_equal(predict.spread_indices(4, 10), [0, 1, 2, 3])
+
+
+def test_input_reads_a_png_slice_and_a_nifti_volume(tiny_run, tmp_path):
+    run, _ = tiny_run
+    png = tmp_path / "my slice.png"
+    Image.fromarray(brain_like_slice(np.random.default_rng(1), size=100), mode="L").save(png)
+    volume = write_nifti(tmp_path / "head.nii.gz", synthetic_head((30, 36, 28)))
+
+    images, labels = predict.input_slices(png, 32, num=4)
+    assert images.shape == (1, 32, 32, 1) and labels == ["my slice.png"]
+    images, labels = predict.input_slices(volume, 32, num=4)
+    assert images.shape == (4, 32, 32, 1)
+    assert images.min() >= 0.0 and images.max() == pytest.approx(1.0)
+    assert labels[0] == "head.nii.gz: slice 1 of 4"
+    assert not np.array_equal(images[0], images[-1])  # planes spread, not one plane repeated
+
+    out = tmp_path / "png_out"
+    assert run_predict("--run", run, "--input", png, "--out", out) == 0
+    assert figure_size(out / "reconstructions.png") == (1050, 320)
+    assert run_predict("--run", run, "--input", volume, "--num", 4, "--out", tmp_path / "nii") == 0
+    assert figure_size(tmp_path / "nii" / "reconstructions.png") == (1050, 1040)
+
+
+def test_input_takes_a_single_plane_nifti_as_one_slice(tmp_path):
+    head = synthetic_head((30, 36, 28))
+    plane = write_nifti(tmp_path / "plane.nii", head[:, :, 14:15])
+    flat = tmp_path / "flat.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(head[:, :, 14].astype(np.float32), np.eye(4)), flat)
+    first, labels = predict.input_slices(plane, 32, num=5)
+    second, _ = predict.input_slices(flat, 32, num=5)
+    assert first.shape == second.shape == (1, 32, 32, 1) and labels == ["plane.nii"]
+    np.testing.assert_allclose(first, second, atol=1 / 255)
+
+
+def test_bad_input_files_are_named(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    assert run_predict("--run", run, "--input", notes, "--out", tmp_path / "a") == 2
+    assert "notes.txt: cannot read this type of file" in capsys.readouterr().err
+    assert run_predict("--run", run, "--input", tmp_path / "gone.png", "--out", tmp_path / "b") == 2
+    assert "gone.png: no such file" in capsys.readouterr().err
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not gzip")
+    assert run_predict("--run", run, "--input", broken, "--out", tmp_path / "c") == 2
+    assert "broken.nii.gz: cannot read volume" in capsys.readouterr().err
+
+
+def break_run(run, fault: str):
+    if fault == "no folder":
+        shutil.rmtree(run)
+    elif fault == "no hyperparameters":
+        (run / "hyperparameters.json").unlink()
+    elif fault == "no vqvae":
+        (run / "vqvae.keras").unlink()
+    elif fault == "no pixelcnn":
+        (run / "pixelcnn.keras").unlink()
+    elif fault == "other image size":
+        values = json.loads((run / "hyperparameters.json").read_text())
+        (run / "hyperparameters.json").write_text(json.dumps({**values, "image_size": 64}))
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("no folder", "no such run folder"),
+        ("no hyperparameters", "hyperparameters.json is missing"),
+        ("no vqvae", "vqvae.keras"),
+        ("no pixelcnn", "pixelcnn.keras"),
+        ("other image size", "other values of image_size"),
+    ],
+)
+def test_a_bad_run_folder_is_named_and_exits_2(run_copy, tmp_path, capsys, fault, message):
+    break_run(run_copy, fault)
+    out = tmp_path / "out"
+    assert run_predict("--run", run_copy, "--out", out) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error
+    assert not out.exists()
+
+
+def test_reconstruction_needs_no_prior(run_copy, tmp_path):
+    (run_copy / "pixelcnn.keras").unlink()
+    out = tmp_path / "out"
+    assert run_predict("--run", run_copy, "--reconstruct", "--num", 1, "--out", out) == 0
+    assert (out / "reconstructions.png").is_file()
+
+
+def test_dataset_flags_only_go_with_reconstruct(tiny_run):
+    with pytest.raises(SystemExit) as exit_info:
+        run_predict("--run", tiny_run[0], "--split", "train")
+    assert exit_info.value.code == 2
