@@ -201,6 +201,7 @@ def fit_stage(
         validation_data=validation_data,
         epochs=epochs,
         initial_epoch=epochs_done,
+        shuffle=False,  # the tf.data pipelines shuffle themselves
         callbacks=callbacks,
         verbose=verbose,
     )
@@ -440,7 +441,7 @@ def resolve_hyperparameters(arguments: argparse.Namespace, run_path: Path) -> Hy
 def data_path(arguments: argparse.Namespace, seed: int) -> Path:
     """The dataset to train on: --data, or the demo dataset (built on first use)."""
     if arguments.data is not None:
-        return Path(arguments.data)
+        return Path(arguments.data).resolve()
     if not DEMO_DATA_DIR.exists():
         from demo_data import build_demo_dataset
 
