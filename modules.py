@@ -1,0 +1,843 @@
+"""The two-stage model: a VQ-VAE that turns a brain slice into a small map of codes, and a
+PixelCNN prior that learns (and samples) the distribution of those code maps.
+
+Stage 1, the VQ-VAE (van den Oord, Vinyals and Kavukcuoglu 2017, "Neural Discrete
+Representation Learning"). For the default design ("the card") a slice x of shape
+[128, 128, 1] on the [0, 1] scale goes through
+
+    encoder      z_e = E(x - 1/2)                  [8, 8, 16]   3x3 ReLU convs, 4 of stride 2
+    quantizer    k(i, j) = argmin_k ||z_e(i, j) - e_k||^2        [8, 8] indices into the
+                 z_q(i, j) = e_k(i, j)             [8, 8, 16]   codebook e of shape [16, 16]
+    decoder      x_hat = D(z_q) + 1/2              [128, 128, 1] mirrored transposed convs
+
+and is trained on (eq. 3 of the paper, with sg the stop-gradient)
+
+    L = L_rec(x, x_hat) + ||sg[z_e] - e||^2 + beta ||z_e - sg[e]||^2
+                          (codebook term)     (commitment term)
+
+where the gradient of L_rec reaches the encoder through the straight-through estimator
+z_q = z_e + sg[e - z_e]. L_rec is either ||x - x_hat||^2 / var(x) ("mse", the scaling of
+DeepMind's VQ-VAE notebook) or 0.84 (1 - SSIM(x, x_hat)) + 0.16 |x - x_hat| ("ssim_l1", Zhao
+et al. 2017, "Loss Functions for Image Restoration with Neural Networks"). With the EMA
+codebook option the codebook term is replaced by exponential moving averages of the encoder
+outputs assigned to each code (`VectorQuantizer`).
+
+The decoder output is linear, on centred data: the encoder sees x - 1/2, the decoder predicts
+x_hat - 1/2. A sigmoid would saturate exactly where brain slices live: about half of every
+slice is background at exactly 0, which a sigmoid only reaches as its input goes to minus
+infinity, where its gradient vanishes. The linear output reaches 0 exactly and keeps its
+gradient, which is how DeepMind's notebook and the keras-io example train. The model's public
+contract is still [0, 1] in and [0, 1] out: `VQVAE.__call__`, `decode_indices` and
+`decode_code_maps` clip to [0, 1]; only the losses see the raw linear output.
+
+Why var(x) must be computed on the [0, 1] scale the model sees. Dividing by the variance makes
+L_rec about 1 for a model that predicts the mean image, so it is commensurate with the
+quantizer terms. A variance computed on 0-255 pixels while the model sees [0, 1] images is
+255^2 = 65,025 times too large, so L_rec shrinks by that factor. This does not switch the
+commitment term off; it makes it dominate: the encoder's gradient is then about 65,000 parts
+beta ||z_e - sg[e]||^2 to one part reconstruction, so the encoder learns to sit on codebook
+vectors instead of carrying the image, codes collapse (perplexity near 1) and reconstructions
+become a blurry mean slice, while the decoder, whose only signal is L_rec, still trains (Adam
+rescales its tiny gradients), so the loss curve looks healthy. It is the opposite mistake, a
+variance from [0, 1] values with the model fed 0-255 pixels, that makes L_rec 65,025 times too
+large and so effectively switches the commitment term off, letting the encoder outputs drift
+away from the codebook. `VQVAE` therefore refuses a variance above 0.25, the largest variance
+any values in [0, 1] can have.
+
+Stage 2, the prior (van den Oord et al. 2016, "Pixel Recurrent Neural Networks"; "Conditional
+Image Generation with PixelCNN Decoders"). The code maps of the training images are modelled
+autoregressively in raster order,
+
+    p(k) = prod_{(i, j)} p(k(i, j) | k(i', j') for (i', j') before (i, j)),
+
+by a PixelCNN: one-hot codes [8, 8, 16] -> 7x7 mask-A convolution -> residual blocks of masked
+3x3 mask-B convolutions -> 1x1 convolution to 16 logits per position [8, 8, 16]. Mask A hides
+the current position and everything after it, mask B only what comes after it, so the logits at
+(i, j) depend on earlier codes only. `sample_code_maps` draws new maps position by position in
+one compiled loop, running the PixelCNN at each step only on the window of codes that position
+can see (`position_logits`); `decode_code_maps` turns them into slices.
+
+Public API: `VectorQuantizer`, `VQVAE`, `build_vqvae`, `MaskedConv2D`, `PixelCNN`,
+`build_pixelcnn`, `encode_code_maps`, `decode_code_maps`, `sample_code_maps`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import random
+import weakref
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from hyperparameters import Hyperparameters
+
+SERIALIZATION_PACKAGE = "brain_vqvae"
+VQVAE_METRICS = (
+    "loss",
+    "reconstruction_loss",
+    "vq_loss",
+    "perplexity",
+    "codes_used",
+    "ssim",
+    "psnr",
+)
+SSIM_LOSS_WEIGHT = 0.84  # Zhao et al. 2017: alpha in alpha (1 - SSIM) + (1 - alpha) L1
+SSIM_FILTER_SIZE = 11
+SSIM_FILTER_SIGMA = 1.5
+MAX_UNIT_INTERVAL_VARIANCE = 0.25  # no values in [0, 1] have a larger variance
+
+
+# ---------------------------------------------------------------------------------------------
+# Vector quantizer
+# ---------------------------------------------------------------------------------------------
+
+
+def squared_distances(vectors, codebook):
+    """||v - e||^2 = ||v||^2 - 2 v.e + ||e||^2 for every pair: [M, D], [K, D] -> [M, K]."""
+    return (
+        ops.sum(ops.square(vectors), axis=1, keepdims=True)
+        - 2.0 * ops.matmul(vectors, ops.transpose(codebook))
+        + ops.sum(ops.square(codebook), axis=1)[None, :]
+    )
+
+
+def usage_statistics(one_hot):
+    """Perplexity and fraction of codes used, from the one-hot assignments [M, K].
+
+    With p_k the share of the M vectors assigned to code k, the perplexity is
+    exp(-sum_k p_k log p_k): 1 when every vector uses one code, K when all K codes are used
+    equally often. The fraction of codes used is #{k : p_k > 0} / K.
+    """
+    average_usage = ops.mean(one_hot, axis=0)
+    entropy = -ops.sum(average_usage * ops.log(average_usage + 1e-10))
+    return ops.exp(entropy), ops.mean(ops.cast(average_usage > 0, "float32"))
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class VectorQuantizer(keras.layers.Layer):
+    """Vector quantization layer of van den Oord et al. 2017, "Neural Discrete Representation
+    Learning" (https://arxiv.org/abs/1711.00937), with optional EMA codebook and dead-code
+    restart.
+
+    The input may have any shape whose last dimension is `latent_dim`; all other dimensions
+    are flattened, each vector is replaced by its nearest codebook vector, and the result is
+    reshaped back. For example, an input of shape [32, 8, 8, 16] is reshaped into [2048, 16],
+    compared with the [num_embeddings, 16] codebook, and quantized back to [32, 8, 8, 16];
+    the code indices come out as [32, 8, 8].
+
+    Losses, named by eq. 3 of the paper (sg = stop-gradient, z_e the input, e its code):
+      - codebook term ||sg[z_e] - e||^2, which moves the codes toward the encoder outputs;
+      - commitment term beta ||z_e - sg[e]||^2, which keeps the encoder near its codes.
+    Both are means over all elements. With `ema=True` the codebook term is dropped and the
+    codebook follows exponential moving averages instead (appendix A.1 of the paper; Sonnet's
+    `VectorQuantizerEMA`): with one-hot assignments r [M, K] and decay gamma,
+        N_k <- gamma N_k + (1 - gamma) sum_m r_mk              (cluster size)
+        m_k <- gamma m_k + (1 - gamma) sum_m r_mk z_m          (cluster sum)
+        e_k =  m_k / N~_k,  N~_k = (N_k + eps) / (n + K eps) n,  n = sum_k N_k
+    (Laplace smoothing keeps N~_k > 0). N_k starts at 1 and m_k at the initial e_k, so the
+    initial codebook counts as one pseudo-vector per code and an unused code keeps its place
+    instead of collapsing to zero as with Sonnet's zero-debiased averages.
+
+    With `dead_code_restart=True` each code's share of the assignments is tracked as an
+    exponential moving average u_k <- gamma u_k + (1 - gamma) sum_m r_mk / M (u_k starts at
+    1/K); a code with u_k < `dead_code_threshold` is re-seeded with a randomly chosen encoder
+    output of the current batch and its u_k reset to 1/K (and, with EMA, N_k to 1 and m_k to
+    the new vector). This works with and without EMA.
+
+    State changes (EMA, restarts) happen only when called with `training=True`, as assignments
+    to non-trainable variables, so they run inside a compiled `train_step`.
+
+    `call` returns a dict: "quantized" (input shape; straight-through gradient), "loss" (the
+    terms above, scalar), "perplexity" and "codes_used" (scalars, see `usage_statistics`) and
+    "code_indices" (input shape without its last axis, int32).
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        latent_dim: int,
+        beta: float = 0.25,
+        ema: bool = False,
+        ema_decay: float = 0.99,
+        ema_epsilon: float = 1e-5,
+        dead_code_restart: bool = False,
+        dead_code_threshold: float = 1e-3,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if num_embeddings < 2:
+            raise ValueError(f"num_embeddings must be at least 2, got {num_embeddings}")
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be at least 1, got {latent_dim}")
+        if beta < 0:
+            raise ValueError(f"beta must be 0 or more, got {beta}")
+        if not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in range (0, 1), got {ema_decay}")
+        if ema_epsilon <= 0:
+            raise ValueError(f"ema_epsilon must be positive, got {ema_epsilon}")
+        if not 0.0 <= dead_code_threshold < 1.0:
+            raise ValueError(
+                f"dead_code_threshold must be in range [0, 1), got {dead_code_threshold}"
+            )
+        self.num_embeddings = num_embeddings
+        self.latent_dim = latent_dim
+        self.beta = beta
+        self.ema = ema
+        self.ema_decay = ema_decay
+        self.ema_epsilon = ema_epsilon
+        self.dead_code_restart = dead_code_restart
+        self.dead_code_threshold = dead_code_threshold
+        self.seed = seed
+        self.restart_seed_generator = (
+            keras.random.SeedGenerator(seed) if dead_code_restart else None
+        )
+
+    def build(self, input_shape) -> None:
+        if input_shape[-1] != self.latent_dim:
+            raise ValueError(
+                f"VectorQuantizer expects inputs whose last axis is latent_dim="
+                f"{self.latent_dim}, got shape {tuple(input_shape)}"
+            )
+        codebook_shape = (self.num_embeddings, self.latent_dim)
+        # Small codes (uniform in +-1/K) next to the initial encoder outputs (norm ~0.05 for
+        # the card) make the first assignments go by direction, spread over the codebook.
+        # Sonnet's +-sqrt(3/latent_dim) codes are ~20x larger: every vector starts on one code.
+        limit = 1.0 / self.num_embeddings
+        self.codebook = self.add_weight(
+            shape=codebook_shape,
+            initializer=keras.initializers.RandomUniform(-limit, limit),
+            trainable=not self.ema,
+            name="codebook",
+        )
+        if self.ema:
+            self.ema_cluster_size = self._state_variable("ema_cluster_size", (self.num_embeddings,))
+            self.ema_cluster_sum = self._state_variable("ema_cluster_sum", codebook_shape)
+            self.ema_cluster_size.assign(ops.ones((self.num_embeddings,)))
+            self.ema_cluster_sum.assign(self.codebook)
+        if self.dead_code_restart:
+            self.usage_share = self._state_variable("usage_share", (self.num_embeddings,))
+            self.usage_share.assign(ops.full((self.num_embeddings,), 1.0 / self.num_embeddings))
+
+    def _state_variable(self, name: str, shape: tuple[int, ...]):
+        return self.add_weight(shape=shape, initializer="zeros", trainable=False, name=name)
+
+    def call(self, latents, training=False):
+        flat_latents = ops.reshape(latents, (-1, self.latent_dim))
+        flat_indices = self._nearest_codes(flat_latents)
+        one_hot = ops.one_hot(flat_indices, self.num_embeddings)
+        codes = ops.reshape(ops.take(self.codebook, flat_indices, axis=0), ops.shape(latents))
+        commitment_loss = ops.mean(ops.square(latents - ops.stop_gradient(codes)))
+        loss = self.beta * commitment_loss
+        if not self.ema:
+            loss = loss + ops.mean(ops.square(ops.stop_gradient(latents) - codes))
+        perplexity, codes_used = usage_statistics(one_hot)
+        if training:
+            self._update_state(flat_latents, one_hot)
+        # Straight-through estimator: forward pass outputs the codes, backward pass copies the
+        # gradient with respect to them unchanged to the encoder outputs.
+        quantized = latents + ops.stop_gradient(codes - latents)
+        return {
+            "quantized": quantized,
+            "loss": loss,
+            "perplexity": perplexity,
+            "codes_used": codes_used,
+            "code_indices": ops.reshape(flat_indices, ops.shape(latents)[:-1]),
+        }
+
+    def code_indices(self, latents):
+        """Index of the nearest code for every vector: [..., latent_dim] -> [...] int32."""
+        flat_indices = self._nearest_codes(ops.reshape(latents, (-1, self.latent_dim)))
+        return ops.reshape(flat_indices, ops.shape(latents)[:-1])
+
+    def lookup(self, code_indices):
+        """Codebook vectors for integer indices: [...] -> [..., latent_dim]."""
+        return ops.take(self.codebook, ops.cast(code_indices, "int32"), axis=0)
+
+    def _nearest_codes(self, flat_latents):
+        distances = squared_distances(flat_latents, self.codebook)
+        return ops.cast(ops.argmin(distances, axis=1), "int32")
+
+    def _update_state(self, flat_latents, one_hot) -> None:
+        flat_latents = ops.stop_gradient(flat_latents)
+        counts = ops.sum(one_hot, axis=0)
+        if self.ema:
+            self._update_ema_codebook(flat_latents, one_hot, counts)
+        if self.dead_code_restart:
+            self._restart_dead_codes(flat_latents, counts)
+
+    def _update_ema_codebook(self, flat_latents, one_hot, counts) -> None:
+        decay = self.ema_decay
+        cluster_size = decay * self.ema_cluster_size + (1.0 - decay) * counts
+        cluster_sum = decay * self.ema_cluster_sum + (1.0 - decay) * ops.matmul(
+            ops.transpose(one_hot), flat_latents
+        )
+        total = ops.sum(cluster_size)
+        smoothed_size = (
+            (cluster_size + self.ema_epsilon)
+            / (total + self.num_embeddings * self.ema_epsilon)
+            * total
+        )
+        self.ema_cluster_size.assign(cluster_size)
+        self.ema_cluster_sum.assign(cluster_sum)
+        self.codebook.assign(cluster_sum / smoothed_size[:, None])
+
+    def _restart_dead_codes(self, flat_latents, counts) -> None:
+        vector_count = ops.shape(flat_latents)[0]
+        share = self.ema_decay * self.usage_share + (1.0 - self.ema_decay) * (
+            counts / ops.cast(vector_count, "float32")
+        )
+        dead = share < self.dead_code_threshold
+        dead_rows = dead[:, None]
+        chosen = keras.random.randint(
+            (self.num_embeddings,), 0, vector_count, seed=self.restart_seed_generator
+        )
+        replacements = ops.take(flat_latents, chosen, axis=0)
+        self.codebook.assign(ops.where(dead_rows, replacements, self.codebook))
+        self.usage_share.assign(ops.where(dead, 1.0 / self.num_embeddings, share))
+        if self.ema:
+            self.ema_cluster_size.assign(ops.where(dead, 1.0, self.ema_cluster_size))
+            self.ema_cluster_sum.assign(ops.where(dead_rows, replacements, self.ema_cluster_sum))
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "num_embeddings": self.num_embeddings,
+            "latent_dim": self.latent_dim,
+            "beta": self.beta,
+            "ema": self.ema,
+            "ema_decay": self.ema_decay,
+            "ema_epsilon": self.ema_epsilon,
+            "dead_code_restart": self.dead_code_restart,
+            "dead_code_threshold": self.dead_code_threshold,
+            "seed": self.seed,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder and decoder
+# ---------------------------------------------------------------------------------------------
+
+
+def _encoder_convolutions(hyperparameters: Hyperparameters) -> list[tuple[int, int]]:
+    """(filters, stride) of each encoder convolution: stride 2 for the first
+    `downsample_stages`, then 1. For the card: (32, 2), (32, 2), (64, 2), (64, 2), (128, 1)."""
+    return [
+        (filters, 2 if index < hyperparameters.downsample_stages else 1)
+        for index, filters in enumerate(hyperparameters.encoder_filters)
+    ]
+
+
+def residual_block(features, name: str):
+    """x + conv1x1(relu(conv3x3(x))), then ReLU, at constant width (Sonnet / MONAI VQ-VAE)."""
+    channels = features.shape[-1]
+    hidden = keras.layers.Conv2D(
+        channels, 3, padding="same", activation="relu", name=f"{name}_conv3x3"
+    )(features)
+    hidden = keras.layers.Conv2D(channels, 1, name=f"{name}_conv1x1")(hidden)
+    return keras.layers.ReLU(name=f"{name}_relu")(keras.layers.Add()([features, hidden]))
+
+
+def build_encoder(hyperparameters: Hyperparameters) -> keras.Model:
+    """Images [N, S, S, 1] in [0, 1] -> pre-quantization vectors z_e [N, h, h, latent_dim].
+
+    Centre (x - 1/2), then one 3x3 ReLU convolution per `encoder_filters` entry (stride 2 for
+    the first `downsample_stages`, so h = S / 2**downsample_stages), `residual_blocks`
+    residual blocks at that resolution, and a linear 1x1 convolution to `latent_dim`. For the
+    card: [N, 128, 128, 1] -> [N, 8, 8, 16].
+    """
+    size = hyperparameters.image_size
+    images = keras.Input((size, size, 1), name="images")
+    features = keras.layers.Rescaling(1.0, offset=-0.5, name="centre")(images)
+    for index, (filters, stride) in enumerate(_encoder_convolutions(hyperparameters)):
+        features = keras.layers.Conv2D(
+            filters, 3, strides=stride, padding="same", activation="relu", name=f"conv_{index}"
+        )(features)
+    for index in range(hyperparameters.residual_blocks):
+        features = residual_block(features, name=f"residual_{index}")
+    latents = keras.layers.Conv2D(hyperparameters.latent_dim, 1, name="pre_quantization")(features)
+    return keras.Model(images, latents, name="encoder")
+
+
+def build_decoder(hyperparameters: Hyperparameters) -> keras.Model:
+    """Quantized vectors [N, h, h, latent_dim] -> images [N, S, S, 1] on the [0, 1] scale.
+
+    The encoder's mirror: a 3x3 ReLU convolution up to the last encoder width, the residual
+    blocks, one 3x3 ReLU transposed convolution per encoder convolution in reverse order (stride
+    2 where the encoder had stride 2), and a linear 3x3 convolution to one channel; 1/2 is added
+    back to undo the encoder's centring. The output is not clipped (see the module docstring).
+    """
+    size = hyperparameters.code_map_size
+    quantized = keras.Input((size, size, hyperparameters.latent_dim), name="quantized")
+    features = keras.layers.Conv2D(
+        hyperparameters.encoder_filters[-1], 3, padding="same", activation="relu", name="conv_in"
+    )(quantized)
+    for index in range(hyperparameters.residual_blocks):
+        features = residual_block(features, name=f"residual_{index}")
+    mirrored = reversed(list(enumerate(_encoder_convolutions(hyperparameters))))
+    for index, (filters, stride) in mirrored:
+        features = keras.layers.Conv2DTranspose(
+            filters, 3, strides=stride, padding="same", activation="relu", name=f"deconv_{index}"
+        )(features)
+    centred = keras.layers.Conv2D(1, 3, padding="same", name="conv_out")(features)
+    reconstructions = keras.layers.Rescaling(1.0, offset=0.5, name="uncentre")(centred)
+    return keras.Model(quantized, reconstructions, name="decoder")
+
+
+# ---------------------------------------------------------------------------------------------
+# VQ-VAE
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_data_variance(data_variance: float) -> float:
+    data_variance = float(data_variance)
+    if not 0.0 < data_variance <= MAX_UNIT_INTERVAL_VARIANCE:
+        raise ValueError(
+            f"data_variance must be in (0, {MAX_UNIT_INTERVAL_VARIANCE}]: the pixel variance of "
+            f"the training images on the [0, 1] scale the model sees; got {data_variance} "
+            "(a value above 0.25 was computed on 0-255 pixels, see the modules docstring)"
+        )
+    return data_variance
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class VQVAE(keras.Model):
+    """Encoder -> `VectorQuantizer` -> decoder, trained by its own `train_step`.
+
+    `VQVAE(hyperparameters, data_variance)` takes the plain dict of `Hyperparameters.to_dict()`
+    and the pixel variance of the training images on the [0, 1] scale (used by the "mse"
+    reconstruction loss); both are the whole config, so `keras.saving.load_model` rebuilds it.
+
+    `model(images)` maps [N, S, S, 1] in [0, 1] to reconstructions of the same shape, clipped
+    to [0, 1]. Loss: reconstruction ("mse": mean (x - x_hat)^2 / data_variance; "ssim_l1":
+    0.84 (1 - SSIM) + 0.16 mean |x - x_hat|, SSIM with an 11x11 Gaussian window of sigma 1.5)
+    plus the quantizer's loss. `fit` and `evaluate` report the epoch means of loss,
+    reconstruction_loss, vq_loss, perplexity, codes_used, and ssim and psnr (max_val 1) of the
+    clipped reconstructions.
+
+    A caution on "ssim_l1" from scratch: in a window where the target is flat (the black
+    background of a slice, the inside of a uniform region) SSIM's contrast-structure term
+    C2 / (var(x_hat) + C2) punishes any variation of the output, so the first steps mostly flatten
+    the decoder's random output; the card on brain slices spends ~40 steps on that plateau before
+    SSIM climbs, and a very small decoder can lose every ReLU there and stall for good.
+    """
+
+    def __init__(self, hyperparameters: dict, data_variance: float, **kwargs):
+        super().__init__(**kwargs)
+        self.hyperparameters = Hyperparameters.from_dict(hyperparameters)
+        self.data_variance = _check_data_variance(data_variance)
+        settings = self.hyperparameters
+        self.encoder = build_encoder(settings)
+        self.quantizer = VectorQuantizer(
+            settings.num_embeddings,
+            settings.latent_dim,
+            beta=settings.beta,
+            ema=settings.ema,
+            ema_decay=settings.ema_decay,
+            ema_epsilon=settings.ema_epsilon,
+            dead_code_restart=settings.dead_code_restart,
+            dead_code_threshold=settings.dead_code_threshold,
+            seed=settings.seed,
+            name="vector_quantizer",
+        )
+        self.quantizer.build(self.encoder.output.shape)
+        self.decoder = build_decoder(settings)
+        self.trackers = [keras.metrics.Mean(name=name) for name in VQVAE_METRICS]
+        self.built = True  # every weight exists once the parts above are made
+
+    @property
+    def metrics(self) -> list:
+        return self.trackers
+
+    def call(self, images, training=False):
+        return ops.clip(self._forward(images, training)["reconstructions"], 0.0, 1.0)
+
+    def encode(self, images):
+        """Pre-quantization vectors z_e: [N, S, S, 1] in [0, 1] -> [N, h, h, latent_dim]."""
+        return self.encoder(images)
+
+    def code_indices(self, images):
+        """Code maps: [N, S, S, 1] in [0, 1] -> [N, h, h] int32 in [0, num_embeddings)."""
+        return self.quantizer.code_indices(self.encoder(images))
+
+    def decode_indices(self, code_maps):
+        """Images from code maps: [N, h, h] int -> [N, S, S, 1] clipped to [0, 1]."""
+        return ops.clip(self.decoder(self.quantizer.lookup(code_maps)), 0.0, 1.0)
+
+    def _forward(self, images, training: bool) -> dict:
+        quantizer_outputs = self.quantizer(
+            self.encoder(images, training=training), training=training
+        )
+        reconstructions = self.decoder(quantizer_outputs["quantized"], training=training)
+        return {**quantizer_outputs, "reconstructions": reconstructions}
+
+    def reconstruction_loss(self, images, reconstructions):
+        """The configured L_rec (scalar) of raw reconstructions; see the class docstring."""
+        if self.hyperparameters.reconstruction_loss == "mse":
+            return ops.mean(ops.square(images - reconstructions)) / self.data_variance
+        ssim = tf.image.ssim(
+            images,
+            reconstructions,
+            max_val=1.0,
+            filter_size=SSIM_FILTER_SIZE,
+            filter_sigma=SSIM_FILTER_SIGMA,
+        )
+        l1 = ops.mean(ops.abs(images - reconstructions))
+        return SSIM_LOSS_WEIGHT * (1.0 - ops.mean(ssim)) + (1.0 - SSIM_LOSS_WEIGHT) * l1
+
+    def _loss_terms(self, images, outputs: dict) -> dict:
+        reconstruction_loss = self.reconstruction_loss(images, outputs["reconstructions"])
+        return {
+            "loss": reconstruction_loss + outputs["loss"],
+            "reconstruction_loss": reconstruction_loss,
+            "vq_loss": outputs["loss"],
+        }
+
+    def _record(self, images, outputs: dict, losses: dict) -> dict:
+        clipped = ops.clip(outputs["reconstructions"], 0.0, 1.0)
+        values = {
+            **losses,
+            "perplexity": outputs["perplexity"],
+            "codes_used": outputs["codes_used"],
+            "ssim": ops.mean(tf.image.ssim(images, clipped, max_val=1.0)),
+            "psnr": ops.mean(tf.image.psnr(images, clipped, max_val=1.0)),
+        }
+        for tracker in self.trackers:
+            tracker.update_state(values[tracker.name])
+        return {tracker.name: tracker.result() for tracker in self.trackers}
+
+    def train_step(self, data):
+        images = keras.utils.unpack_x_y_sample_weight(data)[0]
+        with tf.GradientTape() as tape:
+            outputs = self._forward(images, training=True)
+            losses = self._loss_terms(images, outputs)
+        gradients = tape.gradient(losses["loss"], self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
+        return self._record(images, outputs, losses)
+
+    def test_step(self, data):
+        images = keras.utils.unpack_x_y_sample_weight(data)[0]
+        outputs = self._forward(images, training=False)
+        return self._record(images, outputs, self._loss_terms(images, outputs))
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "hyperparameters": self.hyperparameters.to_dict(),
+            "data_variance": self.data_variance,
+        }
+
+
+def build_vqvae(hyperparameters: Hyperparameters, data_variance: float) -> VQVAE:
+    """A `VQVAE` for `hyperparameters`, its weights built by a call on a dummy batch.
+
+    `data_variance` is the pixel variance of the training images on the [0, 1] scale, e.g.
+    `np.var(train.float_images())`.
+    """
+    model = VQVAE(hyperparameters.to_dict(), data_variance, name="vqvae")
+    size = hyperparameters.image_size
+    model(np.zeros((1, size, size, 1), dtype="float32"))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# PixelCNN prior
+# ---------------------------------------------------------------------------------------------
+
+
+def causal_mask(
+    kernel_size: tuple[int, int], in_channels: int, out_channels: int, mask_type: str
+) -> np.ndarray:
+    """The [kh, kw, in, out] 0/1 mask of a masked convolution, for raster order.
+
+    Ones on every row above the centre and left of the centre on its row; the centre itself is
+    1 for type "B" and 0 for type "A". All channels at one position belong to the same code, so
+    the mask is the same for every (in, out) pair. For a 3x3 kernel, type A is
+    [[1, 1, 1], [1, 0, 0], [0, 0, 0]] and type B [[1, 1, 1], [1, 1, 0], [0, 0, 0]].
+    """
+    rows, columns = kernel_size
+    centre_row, centre_column = rows // 2, columns // 2
+    mask = np.zeros((rows, columns, in_channels, out_channels), dtype="float32")
+    mask[:centre_row] = 1.0
+    mask[centre_row, :centre_column] = 1.0
+    if mask_type == "B":
+        mask[centre_row, centre_column] = 1.0
+    return mask
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class MaskedConv2D(keras.layers.Conv2D):
+    """A 'same'-padded, stride-1 `Conv2D` whose kernel is multiplied by `causal_mask` in every
+    call (the stored kernel itself is never masked), so the output at (i, j) sees only inputs
+    before (i, j) in raster order (type "A") or at and before it (type "B").
+    """
+
+    def __init__(self, mask_type: str, filters: int, kernel_size, **kwargs):
+        if mask_type not in ("A", "B"):
+            raise ValueError(f'mask_type must be "A" or "B", got {mask_type!r}')
+        super().__init__(filters, kernel_size, **{"padding": "same", **kwargs})
+        if (
+            self.padding != "same"
+            or self.strides != (1, 1)
+            or self.dilation_rate != (1, 1)
+            or self.groups != 1
+            or self.data_format != "channels_last"
+        ):
+            raise ValueError(
+                "MaskedConv2D needs padding='same', strides 1, dilation 1, groups 1 and "
+                "channels_last data, so that output (i, j) is aligned with input (i, j)"
+            )
+        if any(size % 2 == 0 for size in self.kernel_size):
+            raise ValueError(f"MaskedConv2D needs an odd kernel size, got {self.kernel_size}")
+        self.mask_type = mask_type
+
+    def build(self, input_shape) -> None:
+        super().build(input_shape)
+        self.mask = causal_mask(self.kernel_size, input_shape[-1], self.filters, self.mask_type)
+
+    def convolution_op(self, inputs, kernel):
+        return super().convolution_op(inputs, kernel * self.mask)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mask_type": self.mask_type}
+
+
+def pixelcnn_residual_block(features, name: str):
+    """van den Oord et al. 2016 (fig. 5): x + relu(1x1(relu(3x3 mask B(relu(1x1(x)))))), with
+    the hidden width half of x's."""
+    filters = features.shape[-1]
+    hidden = keras.layers.Conv2D(filters // 2, 1, activation="relu", name=f"{name}_reduce")(
+        features
+    )
+    hidden = MaskedConv2D("B", filters // 2, 3, activation="relu", name=f"{name}_masked")(hidden)
+    hidden = keras.layers.Conv2D(filters, 1, activation="relu", name=f"{name}_expand")(hidden)
+    return keras.layers.Add(name=f"{name}_add")([features, hidden])
+
+
+def build_pixelcnn_network(hyperparameters: Hyperparameters) -> keras.Model:
+    """One-hot code maps [N, H, W, K] -> logits [N, H, W, K] (fully convolutional; H = W = h
+    for whole code maps, smaller for the sampler's windows).
+
+    7x7 mask-A convolution (ReLU), `pixelcnn_residual_blocks` residual blocks with a 1x1
+    mask-B convolution (ReLU) between each pair (R, B, R, B, R, B, R for 4 blocks), ReLU, and a
+    1x1 convolution to K logits.
+    """
+    codes, filters = hyperparameters.num_embeddings, hyperparameters.pixelcnn_filters
+    one_hot = keras.Input((None, None, codes), name="one_hot_code_maps")  # any window size
+    features = MaskedConv2D(
+        "A", filters, hyperparameters.pixelcnn_first_kernel, activation="relu", name="mask_a"
+    )(one_hot)
+    for index in range(hyperparameters.pixelcnn_residual_blocks):
+        if index > 0:
+            features = MaskedConv2D("B", filters, 1, activation="relu", name=f"mask_b_{index}")(
+                features
+            )
+        features = pixelcnn_residual_block(features, name=f"residual_{index}")
+    features = keras.layers.ReLU(name="relu")(features)
+    logits = keras.layers.Conv2D(codes, 1, name="logits")(features)
+    return keras.Model(one_hot, logits, name="pixelcnn_network")
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class PixelCNN(keras.Model):
+    """Autoregressive prior over code maps: int code maps [N, h, h] -> logits [N, h, h, K].
+
+    `PixelCNN(hyperparameters)` takes the plain dict of `Hyperparameters.to_dict()` (the whole
+    config). Train it as an ordinary model on (code_maps, code_maps) with
+    `SparseCategoricalCrossentropy(from_logits=True)`; the masks make the logits at (i, j)
+    depend only on the codes before (i, j) in raster order.
+    """
+
+    def __init__(self, hyperparameters: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.hyperparameters = Hyperparameters.from_dict(hyperparameters)
+        self.network = build_pixelcnn_network(self.hyperparameters)
+        self.built = True  # every weight exists once the network is made
+
+    @property
+    def code_map_size(self) -> int:
+        return self.hyperparameters.code_map_size
+
+    @property
+    def receptive_reach(self) -> int:
+        """How far the logits at (i, j) can see: rows i - r .. i and columns j - r .. j + r,
+        with r = first_kernel // 2 + residual_blocks (each mask-B 3x3 adds one; 1x1s none)."""
+        settings = self.hyperparameters
+        return settings.pixelcnn_first_kernel // 2 + settings.pixelcnn_residual_blocks
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.hyperparameters.num_embeddings
+
+    def call(self, code_maps):
+        return self.network(ops.one_hot(ops.cast(code_maps, "int32"), self.num_embeddings))
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "hyperparameters": self.hyperparameters.to_dict()}
+
+
+def build_pixelcnn(hyperparameters: Hyperparameters) -> PixelCNN:
+    """A `PixelCNN` for `hyperparameters`, its weights built by a call on a dummy batch."""
+    model = PixelCNN(hyperparameters.to_dict(), name="pixelcnn")
+    size = hyperparameters.code_map_size
+    model(np.zeros((1, size, size), dtype="int32"))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling, encoding and decoding code maps
+# ---------------------------------------------------------------------------------------------
+
+
+def position_logits(pixelcnn: PixelCNN, code_maps, row, column):
+    """Logits [N, K] at position (row, column) of code maps [N, h, h], exactly as
+    `pixelcnn(code_maps)[:, row, column]`, but computed on the smallest window that holds
+    every code they depend on: `receptive_reach` r rows above and r columns on either side
+    (clamped to the map). Outside that window nothing reaches (row, column) through the masked
+    convolutions, and the window's own zero padding only touches features that do not reach it
+    either. For 32x32 maps and r = 7 the window is 8x15 instead of 32x32.
+    """
+    size, reach = pixelcnn.code_map_size, pixelcnn.receptive_reach
+    height, width = min(size, reach + 1), min(size, 2 * reach + 1)
+    top = tf.clip_by_value(row - reach, 0, size - height)
+    left = tf.clip_by_value(column - reach, 0, size - width)
+    window = tf.slice(code_maps, tf.stack([0, top, left]), [-1, height, width])
+    return pixelcnn(window, training=False)[:, row - top, column - left, :]
+
+
+class _CodeMapSampler:
+    """Raster-order ancestral sampling from one PixelCNN, compiled once.
+
+    One `tf.function` runs a `tf.while_loop` over the h*h positions: at position (i, j) it
+    computes the logits from the codes drawn so far (`position_logits`), draws
+    k(i, j) ~ Categorical(softmax(logits / T)) for every map, and writes it in with
+    `tf.tensor_scatter_nd_update`. The draws come from a `keras.random.SeedGenerator` reset to
+    the caller's seed at the start of each call.
+    """
+
+    def __init__(self, pixelcnn: PixelCNN):
+        self._pixelcnn = weakref.ref(pixelcnn)  # the cache is keyed by the model: no cycle
+        self._seed_generator = keras.random.SeedGenerator(0)
+        self.sample = tf.function(
+            self._sample,
+            input_signature=(
+                tf.TensorSpec((), tf.int32),
+                tf.TensorSpec((), tf.float32),
+                tf.TensorSpec((), tf.int32),
+            ),
+        )
+
+    def _sample(self, count, temperature, seed):
+        pixelcnn = self._pixelcnn()
+        size = pixelcnn.code_map_size
+        state = self._seed_generator.state
+        state.assign(tf.cast(tf.stack([seed, 0]), state.dtype))
+        map_index = tf.range(count)
+
+        def draw_position(position, code_maps):
+            row, column = position // size, position % size
+            logits = position_logits(pixelcnn, code_maps, row, column)
+            codes = keras.random.categorical(
+                logits / temperature, 1, dtype="int32", seed=self._seed_generator
+            )[:, 0]
+            where = tf.stack([map_index, tf.fill([count], row), tf.fill([count], column)], axis=1)
+            return position + 1, tf.tensor_scatter_nd_update(code_maps, where, codes)
+
+        _, code_maps = tf.while_loop(
+            lambda position, _: position < size * size,
+            draw_position,
+            (tf.constant(0), tf.zeros(tf.stack([count, size, size]), tf.int32)),
+        )
+        return code_maps
+
+
+_SAMPLERS: weakref.WeakKeyDictionary[PixelCNN, _CodeMapSampler] = weakref.WeakKeyDictionary()
+
+
+def sample_code_maps(
+    pixelcnn: PixelCNN, count: int, temperature: float = 1.0, seed: int | None = None
+) -> np.ndarray:
+    """Draw `count` code maps [count, h, h] int32 from the prior, in raster order.
+
+    `temperature` T > 0 divides the logits (T < 1 sharper, T > 1 flatter). The same `seed`
+    gives the same maps; `seed=None` draws one from Python's `random` (seeded by
+    `keras.utils.set_random_seed`). The compiled sampler is cached per model.
+    """
+    if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
+        raise ValueError(f"count must be a positive integer, got {count!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if seed is None:
+        seed = random.randrange(2**31)
+    if pixelcnn not in _SAMPLERS:
+        _SAMPLERS[pixelcnn] = _CodeMapSampler(pixelcnn)
+    code_maps = _SAMPLERS[pixelcnn].sample(
+        tf.constant(int(count), tf.int32),
+        tf.constant(float(temperature), tf.float32),
+        tf.constant(int(seed) % 2**31, tf.int32),
+    )
+    return code_maps.numpy()
+
+
+def _in_batches(function: Callable, inputs: np.ndarray, batch_size: int, empty_shape) -> np.ndarray:
+    """Apply `function` to consecutive slices of `batch_size` rows and concatenate."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    outputs = [
+        np.asarray(function(inputs[start : start + batch_size]))
+        for start in range(0, len(inputs), batch_size)
+    ]
+    return np.concatenate(outputs) if outputs else np.zeros(empty_shape, dtype="float32")
+
+
+def _checked_images(vqvae: VQVAE, images) -> np.ndarray:
+    size = vqvae.hyperparameters.image_size
+    images = np.asarray(images, dtype="float32")
+    if images.ndim != 4 or images.shape[1:] != (size, size, 1):
+        raise ValueError(f"images must have shape (N, {size}, {size}, 1), got {images.shape}")
+    if images.size and not (
+        np.isfinite(images).all() and 0.0 <= images.min() <= images.max() <= 1.0
+    ):
+        raise ValueError(
+            f"images must be finite and on the [0, 1] scale, got values in "
+            f"[{images.min()}, {images.max()}] (divide 0-255 pixels by 255)"
+        )
+    return images
+
+
+def _checked_code_maps(vqvae: VQVAE, code_maps) -> np.ndarray:
+    size = vqvae.hyperparameters.code_map_size
+    codes = vqvae.hyperparameters.num_embeddings
+    code_maps = np.asarray(code_maps)
+    if code_maps.ndim != 3 or code_maps.shape[1:] != (size, size):
+        raise ValueError(f"code_maps must have shape (N, {size}, {size}), got {code_maps.shape}")
+    if code_maps.size and not np.issubdtype(code_maps.dtype, np.integer):
+        raise ValueError(f"code_maps must hold integers, got dtype {code_maps.dtype}")
+    if code_maps.size and not 0 <= code_maps.min() <= code_maps.max() < codes:
+        raise ValueError(
+            f"code_maps values must be in [0, {codes}), got [{code_maps.min()}, {code_maps.max()}]"
+        )
+    return code_maps.astype("int32")
+
+
+def encode_code_maps(vqvae: VQVAE, images, batch_size: int = 64) -> np.ndarray:
+    """Images [N, S, S, 1] float in [0, 1] -> code maps [N, h, h] int32, `batch_size` at a time."""
+    images = _checked_images(vqvae, images)
+    size = vqvae.hyperparameters.code_map_size
+    code_maps = _in_batches(vqvae.code_indices, images, batch_size, (0, size, size))
+    return code_maps.astype("int32")
+
+
+def decode_code_maps(vqvae: VQVAE, code_maps, batch_size: int = 64) -> np.ndarray:
+    """Code maps [N, h, h] int -> images [N, S, S, 1] float32 clipped to [0, 1], batched."""
+    code_maps = _checked_code_maps(vqvae, code_maps)
+    size = vqvae.hyperparameters.image_size
+    images = _in_batches(vqvae.decode_indices, code_maps, batch_size, (0, size, size, 1))
+    return images.astype("float32")

@@ -1,0 +1,492 @@
+"""Tests for modules.py on tiny models: 32x32 images, 8x8 code maps, 8 codes of dimension 4."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import modules
+from hyperparameters import Hyperparameters
+from modules import (
+    VQVAE,
+    VQVAE_METRICS,
+    MaskedConv2D,
+    PixelCNN,
+    VectorQuantizer,
+    build_decoder,
+    build_encoder,
+    build_pixelcnn,
+    build_vqvae,
+    causal_mask,
+    decode_code_maps,
+    encode_code_maps,
+    sample_code_maps,
+)
+
+TINY = Hyperparameters(
+    image_size=32,
+    encoder_filters=(8, 8, 16),
+    downsample_stages=2,
+    num_embeddings=8,
+    latent_dim=4,
+    pixelcnn_filters=16,
+    pixelcnn_residual_blocks=2,
+    batch_size=8,
+)
+CODES = TINY.num_embeddings
+MAP_SIZE = TINY.code_map_size  # 8
+
+
+def wave_images(count: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Plane waves of random frequency and phase, 0.5 +- 0.4: [count, size, size, 1] in [0, 1].
+
+    Every 11x11 window has structure. (On large flat regions, SSIM's contrast-structure term
+    punishes the decoder's initial noise so hard that a tiny decoder goes flat and stalls.)
+    """
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[:size, :size] / size
+    frequencies = rng.uniform(1.0, 3.0, (count, 2))
+    phases = rng.uniform(0.0, 2 * np.pi, count)
+    angles = (
+        2 * np.pi * (frequencies[:, 0, None, None] * rows + frequencies[:, 1, None, None] * columns)
+    )
+    images = 0.5 + 0.4 * np.sin(angles + phases[:, None, None])
+    return images[..., None].astype("float32")
+
+
+def quantizer_with_codebook(codebook: np.ndarray, **options) -> VectorQuantizer:
+    """A built `VectorQuantizer` whose codebook (and EMA cluster sums) start at `codebook`."""
+    quantizer = VectorQuantizer(codebook.shape[0], codebook.shape[1], **options)
+    quantizer.build((None, codebook.shape[1]))
+    quantizer.codebook.assign(codebook)
+    if quantizer.ema:
+        quantizer.ema_cluster_sum.assign(codebook)
+    return quantizer
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return wave_images(8)
+
+
+@pytest.fixture(scope="module")
+def vqvae(images) -> VQVAE:
+    keras.utils.set_random_seed(0)
+    return build_vqvae(TINY, float(images.var()))
+
+
+@pytest.fixture(scope="module")
+def pixelcnn() -> PixelCNN:
+    keras.utils.set_random_seed(0)
+    return build_pixelcnn(TINY)
+
+
+# ---------------------------------------------------------------------------------------------
+# Vector quantizer
+# ---------------------------------------------------------------------------------------------
+
+
+def test_quantizer_picks_the_true_nearest_codes():
+    rng = np.random.default_rng(1)
+    codebook = rng.normal(size=(CODES, 4)).astype("float32")
+    latents = rng.normal(size=(2, 5, 5, 4)).astype("float32")
+    outputs = quantizer_with_codebook(codebook)(latents)
+
+    distances = ((latents[..., None, :] - codebook) ** 2).sum(axis=-1)
+    expected = distances.argmin(axis=-1)
+    assert outputs["code_indices"].dtype == "int32"
+    np.testing.assert_array_equal(outputs["code_indices"], expected)
+    np.testing.assert_allclose(outputs["quantized"], codebook[expected], atol=1e-6)
+
+
+def test_quantizer_loss_is_codebook_plus_beta_commitment_and_beta_only_with_ema():
+    rng = np.random.default_rng(2)
+    codebook = rng.normal(size=(CODES, 4)).astype("float32")
+    latents = rng.normal(size=(64, 4)).astype("float32")
+    squared_error = np.mean(
+        (latents - codebook[quantizer_with_codebook(codebook).code_indices(latents)]) ** 2
+    )
+
+    plain = quantizer_with_codebook(codebook, beta=0.25)(latents)["loss"]
+    ema = quantizer_with_codebook(codebook, beta=0.25, ema=True)(latents)["loss"]
+    np.testing.assert_allclose(plain, 1.25 * squared_error, rtol=1e-5)
+    np.testing.assert_allclose(ema, 0.25 * squared_error, rtol=1e-5)
+
+
+def test_straight_through_gradient_copies_the_decoder_gradient_to_the_encoder_outputs():
+    rng = np.random.default_rng(3)
+    quantizer = quantizer_with_codebook(rng.normal(size=(CODES, 4)).astype("float32"))
+    latents = tf.Variable(rng.normal(size=(3, 4)).astype("float32"))
+    weights = rng.normal(size=(3, 4)).astype("float32")
+    with tf.GradientTape() as tape:
+        objective = tf.reduce_sum(quantizer(latents)["quantized"] * weights)
+    np.testing.assert_allclose(tape.gradient(objective, latents), weights, rtol=1e-6)
+
+
+def test_reconstruction_gradient_reaches_every_encoder_weight(vqvae, images):
+    with tf.GradientTape() as tape:
+        quantized = vqvae.quantizer(vqvae.encode(images))["quantized"]
+        loss = vqvae.reconstruction_loss(images, vqvae.decoder(quantized))
+    gradients = tape.gradient(loss, vqvae.encoder.trainable_variables)
+    assert all(g is not None and np.abs(g).max() > 0 for g in gradients)
+
+
+@pytest.mark.parametrize(
+    ("assigned_codes", "perplexity", "codes_used"),
+    [
+        ([3] * 16, 1.0, 1 / 8),
+        (list(range(8)) * 2, 8.0, 1.0),
+        ([0, 2, 4, 6] * 4, 4.0, 0.5),
+    ],
+)
+def test_perplexity_and_fraction_of_codes_used(assigned_codes, perplexity, codes_used):
+    codebook = 5.0 * np.random.default_rng(4).normal(size=(CODES, 4)).astype("float32")
+    outputs = quantizer_with_codebook(codebook)(codebook[assigned_codes])
+    np.testing.assert_allclose(outputs["perplexity"], perplexity, rtol=1e-5)
+    np.testing.assert_allclose(outputs["codes_used"], codes_used)
+
+
+def _code_to_cluster_mean_distance(quantizer: VectorQuantizer, latents: np.ndarray) -> float:
+    indices = np.asarray(quantizer.code_indices(latents))
+    codebook = quantizer.codebook.numpy()
+    return np.mean(
+        [np.linalg.norm(codebook[k] - latents[indices == k].mean(0)) for k in np.unique(indices)]
+    )
+
+
+def test_ema_codebook_moves_toward_the_mean_of_its_assigned_vectors_only_in_training():
+    rng = np.random.default_rng(5)
+    centres = np.array([[2, 0], [0, 2], [-2, 0], [0, -2]], dtype="float32")
+    latents = (np.repeat(centres, 16, axis=0) + 0.1 * rng.normal(size=(64, 2))).astype("float32")
+    quantizer = quantizer_with_codebook(0.5 * centres, ema=True, ema_decay=0.8)
+    assert not quantizer.codebook.trainable
+    initial = _code_to_cluster_mean_distance(quantizer, latents)
+
+    quantizer(latents, training=False)
+    assert _code_to_cluster_mean_distance(quantizer, latents) == initial
+    for _ in range(20):
+        quantizer(latents, training=True)
+    assert _code_to_cluster_mean_distance(quantizer, latents) < 0.05 * initial
+
+
+def test_one_ema_step_follows_the_laplace_smoothed_update():
+    codebook = np.array([[0, 0], [10, 10], [-10, 10]], dtype="float32")
+    latents = np.array([[1, 0], [0, 1], [9, 9]], dtype="float32")
+    quantizer = quantizer_with_codebook(codebook, ema=True, ema_decay=0.9, ema_epsilon=1e-5)
+    quantizer(latents, training=True)
+
+    counts = np.array([2, 1, 0])
+    sums = np.array([[1, 1], [9, 9], [0, 0]])
+    cluster_size = 0.9 * 1 + 0.1 * counts
+    cluster_sum = 0.9 * codebook + 0.1 * sums
+    total = cluster_size.sum()
+    smoothed = (cluster_size + 1e-5) / (total + 3e-5) * total
+    np.testing.assert_allclose(quantizer.ema_cluster_size, cluster_size, rtol=1e-6)
+    np.testing.assert_allclose(quantizer.codebook, cluster_sum / smoothed[:, None], rtol=1e-5)
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_dead_code_restart_reseeds_an_unused_code_with_an_encoder_output(ema):
+    codebook = np.array([[0, 0], [1, 0], [0, 1], [50, 50]], dtype="float32")
+    noise = 0.05 * np.random.default_rng(6).normal(size=(30, 2))
+    latents = (np.repeat(codebook[:3], 10, axis=0) + noise).astype("float32")
+    quantizer = quantizer_with_codebook(
+        codebook, ema=ema, ema_decay=0.5, dead_code_restart=True, dead_code_threshold=0.2, seed=0
+    )
+
+    quantizer(latents, training=False)
+    np.testing.assert_array_equal(quantizer.codebook, codebook)
+    quantizer(latents, training=True)  # code 3 share: 0.5 * 1/4 + 0.5 * 0 < 0.2
+    restarted = quantizer.codebook.numpy()[3]
+    assert np.abs(latents - restarted).sum(axis=1).min() < 1e-6
+    np.testing.assert_allclose(quantizer.usage_share.numpy()[3], 0.25)
+    if ema:
+        assert quantizer.ema_cluster_size.numpy()[3] == 1.0
+        np.testing.assert_allclose(quantizer.ema_cluster_sum.numpy()[3], restarted)
+    else:
+        np.testing.assert_array_equal(quantizer.codebook.numpy()[:3], codebook[:3])
+
+
+def test_quantizer_rejects_bad_arguments():
+    for arguments in (
+        {"num_embeddings": 1},
+        {"latent_dim": 0},
+        {"beta": -0.1},
+        {"ema_decay": 1.0},
+        {"ema_epsilon": 0.0},
+        {"dead_code_threshold": 1.0},
+    ):
+        with pytest.raises(ValueError, match=next(iter(arguments))):
+            VectorQuantizer(**{"num_embeddings": 8, "latent_dim": 4, **arguments})
+    with pytest.raises(ValueError, match="latent_dim=4"):
+        VectorQuantizer(8, 4)(np.zeros((2, 3), dtype="float32"))
+
+
+def test_quantizer_config_round_trip():
+    quantizer = VectorQuantizer(8, 4, beta=0.5, ema=True, dead_code_restart=True, seed=3)
+    assert VectorQuantizer.from_config(quantizer.get_config()).get_config() == (
+        quantizer.get_config()
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder, decoder and VQ-VAE
+# ---------------------------------------------------------------------------------------------
+
+
+def test_card_encoder_and_decoder_shapes_and_strides():
+    card = Hyperparameters()
+    encoder = build_encoder(card)
+    assert encoder.output.shape == (None, 8, 8, 16)
+    strides = [layer.strides for layer in encoder.layers if layer.name.startswith("conv_")]
+    assert strides == [(2, 2)] * 4 + [(1, 1)]
+    assert build_decoder(card).output.shape == (None, 128, 128, 1)
+    assert build_encoder(card.replace(downsample_stages=2)).output.shape == (None, 32, 32, 16)
+    with_blocks = build_encoder(card.replace(residual_blocks=2))
+    assert {"residual_0_conv3x3", "residual_1_conv1x1"} <= {
+        layer.name for layer in with_blocks.layers
+    }
+
+
+@pytest.mark.parametrize("reconstruction_loss", ["mse", "ssim_l1"])
+def test_vqvae_training_lowers_the_loss_and_reports_every_metric(images, reconstruction_loss):
+    keras.utils.set_random_seed(0)
+    settings = TINY.replace(reconstruction_loss=reconstruction_loss)
+    model = build_vqvae(settings, float(images.var()))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    history = model.fit(images, batch_size=8, epochs=18, verbose=0).history
+
+    assert set(history) == set(VQVAE_METRICS)
+    assert all(np.isfinite(values).all() for values in history.values())
+    assert history["loss"][-1] < 0.8 * history["loss"][0]
+    assert 1.0 <= history["perplexity"][-1] <= CODES
+    assert 0.0 < history["codes_used"][-1] <= 1.0
+    evaluation = model.evaluate(images, batch_size=8, verbose=0, return_dict=True)
+    assert set(evaluation) == set(VQVAE_METRICS)
+    assert -1.0 <= evaluation["ssim"] <= 1.0 and evaluation["psnr"] > 0
+
+
+def test_compiled_train_step_updates_ema_and_restart_state_but_evaluate_does_not(images):
+    keras.utils.set_random_seed(0)
+    model = build_vqvae(TINY.replace(ema=True, dead_code_restart=True), float(images.var()))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    quantizer = model.quantizer
+    state = (quantizer.codebook, quantizer.ema_cluster_size, quantizer.usage_share)
+
+    before = [variable.numpy().copy() for variable in state]
+    model.fit(images, batch_size=8, epochs=2, verbose=0)
+    assert not model.run_eagerly
+    after = [variable.numpy().copy() for variable in state]
+    assert all(not np.array_equal(old, new) for old, new in zip(before, after, strict=True))
+    model.evaluate(images, batch_size=8, verbose=0)
+    for old, variable in zip(after, state, strict=True):
+        np.testing.assert_array_equal(old, variable.numpy())
+
+
+def test_build_vqvae_keeps_the_variance_and_divides_the_mse_by_it(images):
+    variance = float(images.var())
+    model = build_vqvae(TINY, variance)
+    assert model.data_variance == variance
+    assert model.get_config()["data_variance"] == variance
+
+    guesses = np.random.default_rng(7).uniform(size=images.shape).astype("float32")
+    expected = np.mean((images - guesses) ** 2) / variance
+    np.testing.assert_allclose(model.reconstruction_loss(images, guesses), expected, rtol=1e-5)
+
+    model.compile(optimizer="adam")
+    raw = model.decoder(model.quantizer.lookup(model.code_indices(images))).numpy()
+    metrics = model.evaluate(images, batch_size=8, verbose=0, return_dict=True)
+    np.testing.assert_allclose(
+        metrics["reconstruction_loss"], np.mean((images - raw) ** 2) / variance, rtol=1e-4
+    )
+
+
+def test_a_variance_computed_on_0_255_pixels_is_refused(images):
+    with pytest.raises(ValueError, match="0-255"):
+        build_vqvae(TINY, float((255 * images).var()))
+    with pytest.raises(ValueError, match="data_variance"):
+        build_vqvae(TINY, 0.0)
+
+
+def test_vqvae_save_and_load_give_identical_outputs(tmp_path, images):
+    keras.utils.set_random_seed(0)
+    settings = TINY.replace(ema=True, dead_code_restart=True, residual_blocks=1)
+    model = build_vqvae(settings, float(images.var()))
+    model.quantizer(model.encode(images), training=True)  # EMA state away from its start
+    path = tmp_path / "vqvae.keras"
+    model.save(path)
+
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, VQVAE)
+    assert loaded.hyperparameters == settings
+    assert loaded.data_variance == model.data_variance
+    np.testing.assert_array_equal(loaded(images), model(images))
+    np.testing.assert_array_equal(loaded.quantizer.ema_cluster_sum, model.quantizer.ema_cluster_sum)
+    code_maps = encode_code_maps(loaded, images)
+    np.testing.assert_array_equal(code_maps, encode_code_maps(model, images))
+    np.testing.assert_array_equal(
+        decode_code_maps(loaded, code_maps), decode_code_maps(model, code_maps)
+    )
+
+
+def test_encode_and_decode_code_maps_in_batches(vqvae, images):
+    code_maps = encode_code_maps(vqvae, images[:5], batch_size=2)
+    assert code_maps.shape == (5, MAP_SIZE, MAP_SIZE) and code_maps.dtype == np.int32
+    np.testing.assert_array_equal(code_maps, vqvae.code_indices(images[:5]))
+    assert code_maps.min() >= 0 and code_maps.max() < CODES
+
+    decoded = decode_code_maps(vqvae, code_maps, batch_size=2)
+    assert decoded.shape == (5, 32, 32, 1) and decoded.dtype == np.float32
+    assert decoded.min() >= 0.0 and decoded.max() <= 1.0
+    np.testing.assert_allclose(decoded, vqvae.decode_indices(code_maps), atol=1e-6)
+    np.testing.assert_allclose(vqvae(images[:5]), decoded, atol=1e-6)
+    assert encode_code_maps(vqvae, images[:0]).shape == (0, MAP_SIZE, MAP_SIZE)
+
+
+def test_encode_and_decode_reject_bad_inputs(vqvae, images):
+    with pytest.raises(ValueError, match=r"\[0, 1\] scale"):
+        encode_code_maps(vqvae, 255 * images)
+    with pytest.raises(ValueError, match=r"shape \(N, 32, 32, 1\)"):
+        encode_code_maps(vqvae, images[..., 0])
+    with pytest.raises(ValueError, match=r"in \[0, 8\)"):
+        decode_code_maps(vqvae, np.full((1, MAP_SIZE, MAP_SIZE), CODES))
+    with pytest.raises(ValueError, match="integers"):
+        decode_code_maps(vqvae, np.zeros((1, MAP_SIZE, MAP_SIZE), dtype="float32"))
+    with pytest.raises(ValueError, match="batch_size"):
+        encode_code_maps(vqvae, images, batch_size=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masked convolutions and PixelCNN
+# ---------------------------------------------------------------------------------------------
+
+
+def test_causal_masks_hide_the_future_and_for_type_a_the_centre():
+    mask_a = causal_mask((3, 3), 2, 5, "A")
+    mask_b = causal_mask((3, 3), 2, 5, "B")
+    assert mask_a.shape == mask_b.shape == (3, 3, 2, 5)
+    np.testing.assert_array_equal(mask_a[:, :, 1, 4], [[1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(mask_b[:, :, 0, 0], [[1, 1, 1], [1, 1, 0], [0, 0, 0]])
+    assert (mask_a == mask_a[:, :, :1, :1]).all() and (mask_b == mask_b[:, :, :1, :1]).all()
+    assert causal_mask((7, 7), 1, 1, "A").sum() == 24
+    assert causal_mask((7, 7), 1, 1, "B").sum() == 25
+
+
+def test_masked_conv_multiplies_the_mask_into_the_kernel_without_changing_the_weights():
+    layer = MaskedConv2D("A", 3, 5)
+    inputs = np.random.default_rng(8).normal(size=(2, 6, 6, 4)).astype("float32")
+    outputs = layer(inputs)
+    assert layer.mask.shape == (5, 5, 4, 3)
+    kernel = layer.kernel.numpy()
+    assert np.abs(kernel[2, 2]).sum() > 0  # the stored kernel keeps its masked-out entries
+    expected = tf.nn.conv2d(inputs, kernel * layer.mask, 1, "SAME") + layer.bias.numpy()
+    np.testing.assert_allclose(outputs, expected, atol=1e-5)
+    assert MaskedConv2D.from_config(layer.get_config()).mask_type == "A"
+
+
+def test_masked_conv_rejects_configurations_that_break_causality():
+    with pytest.raises(ValueError, match="mask_type"):
+        MaskedConv2D("C", 4, 3)
+    with pytest.raises(ValueError, match="strides 1"):
+        MaskedConv2D("B", 4, 3, strides=2)
+    with pytest.raises(ValueError, match="odd kernel"):
+        MaskedConv2D("B", 4, 4)
+
+
+def test_pixelcnn_layout_for_four_residual_blocks():
+    network = build_pixelcnn(Hyperparameters()).network
+    masked = [layer for layer in network.layers if isinstance(layer, MaskedConv2D)]
+    one_by_one_b = [
+        conv.name for conv in masked if conv.kernel_size == (1, 1) and conv.mask_type == "B"
+    ]
+    assert masked[0].mask_type == "A" and masked[0].kernel_size == (7, 7)
+    assert one_by_one_b == ["mask_b_1", "mask_b_2", "mask_b_3"]
+    assert len([conv for conv in masked if conv.kernel_size == (3, 3)]) == 4
+    assert network.output.shape == (None, None, None, 16)
+
+
+def test_pixelcnn_logits_depend_only_on_earlier_codes(pixelcnn):
+    positions = MAP_SIZE * MAP_SIZE
+    base = np.random.default_rng(9).integers(0, CODES, (MAP_SIZE, MAP_SIZE))
+    perturbed = np.repeat(base[None], positions, axis=0)  # map p changes the code at p only
+    rows, columns = np.divmod(np.arange(positions), MAP_SIZE)
+    perturbed[np.arange(positions), rows, columns] = (base[rows, columns] + 1) % CODES
+    logits = np.asarray(pixelcnn(np.concatenate([base[None], perturbed])))
+    logits = logits.reshape(positions + 1, positions, CODES)
+    # change[p, t]: how much the logits at position t move when the code at p changes.
+    change = np.abs(logits[1:] - logits[:1]).max(axis=-1)
+
+    at_or_after = np.triu(np.ones((positions, positions), dtype=bool)).T  # p >= t
+    assert change[at_or_after].max() < 1e-5
+    assert all(change[:target, target].max() > 1e-3 for target in range(1, positions))
+
+
+def test_position_logits_on_a_window_equal_the_whole_map_logits():
+    keras.utils.set_random_seed(0)
+    prior = build_pixelcnn(TINY.replace(image_size=64))  # 16x16 maps, windows of 6x11
+    assert prior.receptive_reach == 5
+    code_maps = np.random.default_rng(11).integers(0, CODES, (3, 16, 16)).astype("int32")
+    whole = np.asarray(prior(code_maps))
+    for row, column in [(0, 0), (0, 15), (3, 2), (7, 8), (10, 0), (12, 15), (15, 15), (15, 4)]:
+        window = modules.position_logits(prior, code_maps, row, column)
+        np.testing.assert_allclose(window, whole[:, row, column], atol=1e-5)
+
+
+def test_pixelcnn_save_and_load_give_identical_logits(tmp_path, pixelcnn):
+    code_maps = np.random.default_rng(10).integers(0, CODES, (4, MAP_SIZE, MAP_SIZE))
+    path = tmp_path / "pixelcnn.keras"
+    pixelcnn.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, PixelCNN) and loaded.hyperparameters == TINY
+    np.testing.assert_array_equal(loaded(code_maps), pixelcnn(code_maps))
+    np.testing.assert_array_equal(
+        sample_code_maps(loaded, 2, seed=1), sample_code_maps(pixelcnn, 2, seed=1)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sampler_shape_range_and_seeds(pixelcnn):
+    first = sample_code_maps(pixelcnn, 3, seed=7)
+    assert first.shape == (3, MAP_SIZE, MAP_SIZE) and first.dtype == np.int32
+    assert first.min() >= 0 and first.max() < CODES
+    assert len(np.unique(first)) > 1
+    np.testing.assert_array_equal(sample_code_maps(pixelcnn, 3, seed=7), first)
+    assert not np.array_equal(sample_code_maps(pixelcnn, 3, seed=8), first)
+    sample_code_maps(pixelcnn, 5, temperature=0.5, seed=9)
+    assert modules._SAMPLERS[pixelcnn].sample.experimental_get_tracing_count() == 1
+
+
+def test_sampler_rejects_bad_temperature_and_count(pixelcnn):
+    for temperature in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            sample_code_maps(pixelcnn, 2, temperature=temperature)
+    with pytest.raises(ValueError, match="count"):
+        sample_code_maps(pixelcnn, 0)
+
+
+def test_prior_trained_on_constant_maps_samples_constant_maps():
+    keras.utils.set_random_seed(0)
+    prior = build_pixelcnn(TINY)
+    constants = np.array([2, 6] * 32)
+    code_maps = np.broadcast_to(constants[:, None, None], (64, MAP_SIZE, MAP_SIZE)).copy()
+    prior.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    prior.fit(code_maps, code_maps, batch_size=16, epochs=15, verbose=0)
+
+    samples = sample_code_maps(prior, 8, seed=0)
+    majority_code = [np.bincount(sample.ravel(), minlength=CODES).argmax() for sample in samples]
+    share_of_majority = [
+        np.mean(sample == code) for sample, code in zip(samples, majority_code, strict=True)
+    ]
+    assert set(majority_code) <= {2, 6}
+    assert np.mean(share_of_majority) > 0.9
