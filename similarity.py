@@ -22,41 +22,48 @@ prior copies its training set); and the share of each code in samples against re
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import tensorflow as tf
+from modules import structural_similarity
 
-SSIM_WINDOW = 11
-SSIM_SIGMA = 1.5
 PSNR_MSE_FLOOR = 1e-10
 
 
-def _as_batch(images: np.ndarray) -> tf.Tensor:
-    """(N, S, S) or (N, S, S, 1) in [0, 1] -> float32 tensor (N, S, S, 1)."""
+def _as_batch(images: np.ndarray) -> np.ndarray:
+    """(N, S, S) or (N, S, S, 1) in [0, 1] -> float32 array (N, S, S, 1)."""
     images = np.asarray(images, dtype=np.float32)
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] != 1:
         raise ValueError(f"expected images shaped (N, S, S, 1), got {images.shape}")
-    return tf.convert_to_tensor(images)
+    return images
 
 
-def ssim_per_slice(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
-    """SSIM of each pair, (N, S, S, 1) x 2 -> (N,) float64; see the module docstring."""
-    scores = tf.image.ssim(
-        _as_batch(originals),
-        _as_batch(reconstructions),
-        max_val=1.0,
-        filter_size=SSIM_WINDOW,
-        filter_sigma=SSIM_SIGMA,
+def ssim_per_slice(
+    originals: np.ndarray, reconstructions: np.ndarray, chunk: int = 256
+) -> np.ndarray:
+    """SSIM of each pair, (N, S, S, 1) x 2 -> (N,) float64; see the module docstring.
+
+    Computed by `modules.structural_similarity`, `chunk` pairs at a time to bound memory.
+    """
+    originals, reconstructions = _as_batch(originals), _as_batch(reconstructions)
+    if originals.shape != reconstructions.shape:
+        raise ValueError(
+            f"originals {originals.shape} and reconstructions {reconstructions.shape} differ"
+        )
+    scores = [
+        structural_similarity(
+            originals[start : start + chunk], reconstructions[start : start + chunk]
+        )
+        for start in range(0, len(originals), chunk)
+    ]
+    return np.concatenate([np.asarray(score) for score in scores] or [np.zeros(0)]).astype(
+        np.float64
     )
-    return scores.numpy().astype(np.float64)
 
 
 def psnr_per_slice(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
