@@ -20,8 +20,20 @@ $(DEMO_DATA)/.complete: $(VENV)/installed
 	$(PY) dataset.py demo --out $(DEMO_DATA) --overwrite
 	touch $@
 
-demo: $(DEMO_DATA)/.complete
-	$(PY) dataset.py summary $(DEMO_DATA)
+# Training resumes from the last checkpoint when a previous `make demo` was interrupted.
+$(RUN)/metrics.json: $(DEMO_DATA)/.complete
+	if [ -f $(RUN)/hyperparameters.json ]; then \
+		$(PY) train.py --data $(DEMO_DATA) --out $(RUN) --resume; \
+	else \
+		$(PY) train.py --data $(DEMO_DATA) --out $(RUN); \
+	fi
+
+demo: $(RUN)/metrics.json
+	$(PY) predict.py --run $(RUN) --num 16 --overwrite
+	$(PY) predict.py --run $(RUN) --reconstruct --num 8 --overwrite
+	$(PY) similarity.py --run $(RUN)
+	$(PY) latent.py --run $(RUN) --overwrite
+	@echo "Everything is in $(RUN)/: samples/, reconstructions/, similarity_test/, latent/"
 
 lint: setup
 	$(PY) -m ruff check .

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 RECONSTRUCTION_LOSSES = ("mse", "ssim_l1")
+LEARNING_RATE_SCHEDULES = ("constant", "cosine")
 
 # The fields that shape the models' weights: a saved model must agree with its run on these.
 ARCHITECTURE_FIELDS = (
@@ -73,10 +74,12 @@ class Hyperparameters:
     pixelcnn_residual_blocks: int = 4
 
     # Training. `augment` adds random flips, small rotations and scalings and intensity jitter.
+    # "cosine" decays each stage's learning rate to 5 % of its start over the stage's epochs.
     batch_size: int = 32
     augment: bool = False
     learning_rate_vqvae: float = 1e-3
     learning_rate_pixelcnn: float = 1e-3
+    learning_rate_schedule: str = "constant"
     epochs_vqvae: int = 30
     epochs_pixelcnn: int = 30
     early_stopping_patience: int = 10
@@ -134,6 +137,11 @@ class Hyperparameters:
             raise ValueError(
                 f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, "
                 f"got {self.reconstruction_loss!r}"
+            )
+        if self.learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
+            raise ValueError(
+                f"learning_rate_schedule must be one of {LEARNING_RATE_SCHEDULES}, "
+                f"got {self.learning_rate_schedule!r}"
             )
         for name in ("learning_rate_vqvae", "learning_rate_pixelcnn"):
             if getattr(self, name) <= 0:

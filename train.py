@@ -41,6 +41,7 @@ PROJECT_DIR = Path(__file__).resolve().parent
 DEMO_DATA_DIR = PROJECT_DIR / "data" / "demo"
 MIN_FREE_BYTES = 200 * 2**20
 ENCODE_CHUNK = 1024
+COSINE_FINAL_FRACTION = 0.05  # a cosine schedule ends at this fraction of the learning rate
 
 
 def prepare_run_folder(
@@ -218,6 +219,22 @@ def fit_stage(
     return keras.saving.load_model(run.model(stage))
 
 
+def steps_per_epoch(examples: int, hyperparameters: Hyperparameters) -> int:
+    """Batches in one pass over `examples` (the last batch may be partial)."""
+    return -(-examples // hyperparameters.batch_size)
+
+
+def adam(learning_rate: float, schedule: str, total_steps: int) -> keras.optimizers.Adam:
+    """Adam at a constant `learning_rate`, or with "cosine" decay over `total_steps` steps:
+    lr(t) = lr (0.05 + 0.95 (1 + cos(pi min(t, T) / T)) / 2). The schedule is saved with the
+    optimizer, so a resumed run continues it from its step count."""
+    if schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=max(total_steps, 1), alpha=COSINE_FINAL_FRACTION
+        )
+    return keras.optimizers.Adam(learning_rate)
+
+
 def stage_is_done(run: RunFolder, stage: str, epochs: int) -> bool:
     """Whether a stage finished (all its epochs, or stopped early) for at least `epochs`."""
     state = run.read_state().get(stage, {})
@@ -259,7 +276,13 @@ def train_vqvae(
         vqvae = keras.saving.load_model(run.last_checkpoint("vqvae"))
     else:
         vqvae = modules.build_vqvae(hyperparameters, data_variance=pixel_variance(train))
-        vqvae.compile(optimizer=keras.optimizers.Adam(hyperparameters.learning_rate_vqvae))
+        vqvae.compile(
+            optimizer=adam(
+                hyperparameters.learning_rate_vqvae,
+                hyperparameters.learning_rate_schedule,
+                hyperparameters.epochs_vqvae * steps_per_epoch(len(train), hyperparameters),
+            )
+        )
     batch_size = hyperparameters.batch_size
     train_data = make_tf_dataset(
         train, batch_size, shuffle=True, seed=hyperparameters.seed, augment=hyperparameters.augment
@@ -325,7 +348,12 @@ def train_pixelcnn(
     else:
         pixelcnn = modules.build_pixelcnn(hyperparameters)
         pixelcnn.compile(
-            optimizer=keras.optimizers.Adam(hyperparameters.learning_rate_pixelcnn),
+            optimizer=adam(
+                hyperparameters.learning_rate_pixelcnn,
+                hyperparameters.learning_rate_schedule,
+                hyperparameters.epochs_pixelcnn
+                * steps_per_epoch(len(train_codes), hyperparameters),
+            ),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )

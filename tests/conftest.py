@@ -30,7 +30,7 @@ def tiny_hyperparameters() -> Hyperparameters:
         pixelcnn_first_kernel=3,
         pixelcnn_residual_blocks=1,
         batch_size=8,
-        epochs_vqvae=3,
+        epochs_vqvae=8,
         epochs_pixelcnn=2,
         learning_rate_vqvae=3e-3,
     )

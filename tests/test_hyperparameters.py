@@ -52,6 +52,7 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
         ({"pixelcnn_first_kernel": 6}, "pixelcnn_first_kernel"),
         ({"reconstruction_loss": "l2"}, "reconstruction_loss"),
         ({"learning_rate_vqvae": 0.0}, "learning_rate_vqvae"),
+        ({"learning_rate_schedule": "step"}, "learning_rate_schedule"),
         ({"ssim_target": 1.5}, "ssim_target"),
         ({"batch_size": 0}, "batch_size"),
     ],
