@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DATA := data/demo
-RUN := runs/demo
+RUN := runs/demo-card
 
 .PHONY: demo test lint setup clean-demo
 

@@ -31,14 +31,17 @@ image_folder
 
 Volumes are reoriented to RAS+ with `nibabel.as_closest_canonical` (a plain Analyze image gets
 the axes its header's `orient` field names, transverse LAS by default), so the third axis is
-axial. The foreground is the non-zero voxels of the skull-stripped OASIS-1 volumes and the voxels
-above Otsu's threshold otherwise. `slices_per_volume` axial planes are spread evenly from the
-plane with AXIAL_TRIM (3 %) of the foreground below it to the one with 3 % above it (the brain
-without the thin brainstem and vertex ends); every slice is cropped to the volume's in-plane
-foreground box plus a 5 % margin, so the brain fills the picture whatever the field of view.
-Intensities map linearly from the 0.5th..99.5th percentiles of the foreground voxels to 0..255
-(clipped), and each slice is rotated to show anterior at the top and the subject's left on the
-left, with square pixels.
+axial. The foreground is the non-zero voxels of the skull-stripped OASIS-1 volumes and of any
+volume with a masked background (at least MASKED_BACKGROUND, 25 %, of its voxels exactly at its
+minimum: skull-stripped or zero-padded scans, whose dark CSF must not be cut away), and the
+voxels above Otsu's threshold otherwise (scans with noisy air around the head).
+`slices_per_volume` axial planes are spread evenly from the plane with AXIAL_TRIM (3 %) of the
+foreground below it to the one with 3 % above it (the brain without the thin brainstem and
+vertex ends); every slice is cropped to the volume's in-plane foreground box plus a 5 % margin,
+so the brain fills the picture whatever the field of view. Intensities map linearly to 0..255
+(clipped) from the background value of a masked volume, or the 0.5th percentile of the
+foreground voxels in noisy air, to their 99.5th percentile, and each slice is rotated to show
+anterior at the top and the subject's left on the left, with square pixels.
 
 Volumes, npz images and plain image slices are split by person: people are ordered by a SHA-256
 hash of (seed, person) and dealt out 5 % test, 10 % validate, the rest train (at least one each
@@ -94,6 +97,7 @@ MASK_GREY_STEP = 85  # mask grey value // 85 = tissue class 0..3
 AXIAL_TRIM = 0.03  # fraction of the foreground voxels below the first / above the last slice
 BOX_TRIM = 0.002  # fraction of the foreground voxels left outside the in-plane crop per side
 BOX_MARGIN = 0.05  # of the crop's size, added around it on each side
+MASKED_BACKGROUND = 0.25  # share of voxels at the minimum that marks a masked background
 INTENSITY_PERCENTILES = (0.5, 99.5)  # of foreground voxels, mapped to 0 and 255
 GREY_TOLERANCE = 2  # grey levels by which the channels of a "greyscale" colour file may differ
 
@@ -533,12 +537,12 @@ def _volume_slices(volume: _VolumeFile, options: _Options) -> np.ndarray:
         raise DataError(f"{volume.path}: volume holds NaN or infinite values")
     if not voxels.any():
         raise DataError(f"{volume.path}: volume is all zeros")
-    foreground = voxels != 0 if volume.skull_stripped else voxels > _otsu_threshold(voxels)
+    foreground, background = _foreground(voxels, volume.skull_stripped)
     if not foreground.any():
         raise DataError(f"{volume.path}: no voxel stands out from the background")
     planes = _spread_planes(foreground, options.slices_per_volume)
     columns, rows = _foreground_box(foreground)
-    scaled = _robust_uint8(voxels[columns, rows][:, :, planes], voxels[foreground])
+    scaled = _robust_uint8(voxels[columns, rows][:, :, planes], voxels[foreground], background)
     return np.stack(
         [
             _fit_square(_upright(scaled[:, :, k], spacing), options.image_size)
@@ -602,6 +606,21 @@ def _with_analyze_orientation(image: Any) -> Any:
     return nib.Nifti1Image(image.dataobj, affine)
 
 
+def _foreground(voxels: np.ndarray, skull_stripped: bool) -> tuple[np.ndarray, float | None]:
+    """The foreground mask, and the background's value when the background is masked.
+
+    Skull-stripped OASIS volumes: the non-zero voxels, background 0. Any other volume with a
+    share MASKED_BACKGROUND or more of its voxels exactly at its minimum: the voxels above it,
+    background that minimum. Otherwise (noisy air): the voxels above Otsu's threshold, None.
+    """
+    if skull_stripped:
+        return voxels != 0, 0.0
+    lowest = float(voxels.min())
+    if np.mean(voxels == lowest) >= MASKED_BACKGROUND:
+        return voxels > lowest, lowest
+    return voxels > _otsu_threshold(voxels), None
+
+
 def _otsu_threshold(voxels: np.ndarray) -> float:
     """Otsu's threshold of the voxel histogram (on every 2nd voxel along each axis)."""
     from skimage.filters import threshold_otsu  # 0.3 s to import: only volumes need it
@@ -638,9 +657,15 @@ def _mass_range(counts: np.ndarray, tail: float) -> tuple[int, int]:
     return int(first), int(last)
 
 
-def _robust_uint8(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """uint8 255 * clip((values - p_low) / (p_high - p_low), 0, 1), percentiles of `reference`."""
+def _robust_uint8(
+    values: np.ndarray, reference: np.ndarray, background: float | None = None
+) -> np.ndarray:
+    """uint8 255 * clip((values - low) / (high - low), 0, 1): high the 99.5th percentile of
+    `reference` (the foreground), low the masked `background` value (so dark CSF stays above
+    the black background) or, for noisy air, the foreground's 0.5th percentile."""
     low, high = np.percentile(reference, INTENSITY_PERCENTILES)
+    if background is not None:
+        low = background
     if high <= low:  # constant foreground: map the range between it and 0 instead
         low, high = min(0.0, float(reference.min())), max(0.0, float(reference.max()))
     return np.rint(np.clip((values - low) / (high - low), 0.0, 1.0) * 255).astype(np.uint8)

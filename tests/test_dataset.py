@@ -437,6 +437,27 @@ def test_nifti_folder_reorients_and_keeps_the_aspect_ratio(tmp_path, cache):
     assert snapshot(folder) == before
 
 
+def test_dark_csf_of_a_masked_volume_is_not_cut_to_black(tmp_path, cache):
+    """A skull-stripped volume (background exactly 0) whose ventricles are darker than Otsu's
+    threshold keeps them above black; the same head in noisy air loses its air to black."""
+    head = fixtures.synthetic_head((40, 40, 40)).astype(np.float32)
+    x, y, z = np.mgrid[0:40, 0:40, 0:40] / 40 - 0.5
+    ventricles = x**2 + y**2 + z**2 < 0.12**2
+    head[ventricles] = 150.0  # CSF: far below the ~1000 of tissue, far above the 0 outside
+    fixtures.write_nifti(tmp_path / "stripped" / "subject.nii", head)
+    noisy = head + np.random.default_rng(0).normal(40, 10, head.shape)
+    fixtures.write_nifti(tmp_path / "in_air" / "subject.nii", noisy)
+
+    stripped = all_slices(load_slices(tmp_path / "stripped", image_size=40, slices_per_volume=5,
+                                      cache_dir=cache))["subject"][2]  # fmt: skip
+    in_air = all_slices(load_slices(tmp_path / "in_air", image_size=40, slices_per_volume=5,
+                                    cache_dir=cache))["subject"][2]  # fmt: skip
+
+    assert 0 < stripped[20, 20] < 100  # the ventricle centre: dark grey, not black
+    assert stripped[0, 0] == 0
+    assert in_air[0, 0] == 0  # the noisy air is below the Otsu foreground's low end
+
+
 def test_anisotropic_voxels_are_resampled_to_square_pixels(tmp_path, cache):
     head = fixtures.synthetic_head((40, 40, 40))
     fixtures.write_nifti(tmp_path / "scans" / "tall.nii", head, zooms=(1.0, 1.5, 1.0))
