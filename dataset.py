@@ -1139,7 +1139,8 @@ def _augment_batch(images, seed):
     max_angle = np.deg2rad(10.0)
     angle = tf.random.stateless_uniform([count], angle_seed, -max_angle, max_angle)
     zoom = tf.random.stateless_uniform([count], zoom_seed, 0.9, 1.1)
-    images = _flip_rotate_zoom(images, flip, angle, zoom)
+    # The warp loses the static image size, which the model's SSIM needs: restore it.
+    images = tf.ensure_shape(_flip_rotate_zoom(images, flip, angle, zoom), images.shape)
     gain = tf.random.stateless_uniform([count, 1, 1, 1], gain_seed, 0.9, 1.1)
     log_gamma = tf.random.stateless_uniform([count, 1, 1, 1], gamma_seed, -0.223, 0.223)
     return tf.clip_by_value(gain * tf.pow(images, tf.exp(log_gamma)), 0.0, 1.0)

@@ -704,6 +704,7 @@ def test_tf_dataset_augmentation_keeps_shape_and_range_and_varies_per_image():
     (same_seed,) = [b.numpy() for b in make_tf_dataset(slice_set, 8, augment=True, seed=1)]
 
     assert batch.shape == (8, 32, 32, 1) and batch.dtype == np.float32
+    assert augmented.element_spec.shape.as_list() == [None, 32, 32, 1]  # static, for the SSIM
     assert batch.min() >= 0.0 and batch.max() <= 1.0
     assert len({image.tobytes() for image in batch}) == 8
     assert not np.allclose(batch[0, ..., 0], brain / 255.0)
