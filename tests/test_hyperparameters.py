@@ -31,6 +31,7 @@ def test_defaults_are_the_card_design():
     assert (card.epochs_vqvae, card.epochs_pixelcnn) == (30, 30)
     assert card.ssim_target == 0.6
     assert not card.ema and not card.dead_code_restart
+    assert (card.reconstruction_loss, card.learning_rate_schedule) == ("ssim_l1", "cosine")
     assert preset("card") == card
 
 
