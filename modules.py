@@ -66,6 +66,11 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# On Linux, TensorFlow turns its oneDNN CPU kernels on by default only for CPUs with VNNI,
+# AVX512_BF16 or AMX (tensorflow/core/util/port.cc); on plain AVX2 CPUs (most AMD and older Intel
+# ones) they still halve a VQ-VAE training step (bench/throughput.py, BENCHMARKS.md). Read once,
+# when TensorFlow is imported; TF_ENABLE_ONEDNN_OPTS=0 turns them off.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import random
 import weakref
@@ -88,6 +93,7 @@ VQVAE_METRICS = (
     "ssim",
     "psnr",
 )
+PIXELCNN_METRICS = ("loss", "accuracy")
 SSIM_LOSS_WEIGHT = 0.84  # Zhao et al. 2017: alpha in alpha (1 - SSIM) + (1 - alpha) L1
 SSIM_FILTER_SIZE = 11
 SSIM_FILTER_SIGMA = 1.5
@@ -158,16 +164,66 @@ def squared_distances(vectors, codebook):
     )
 
 
-def usage_statistics(one_hot):
-    """Perplexity and fraction of codes used, from the one-hot assignments [M, K].
+def usage_statistics(counts):
+    """Perplexity and fraction of codes used, from the number of vectors assigned to each code
+    (counts [K], summing to M).
 
-    With p_k the share of the M vectors assigned to code k, the perplexity is
+    With p_k = counts_k / M the share of the M vectors assigned to code k, the perplexity is
     exp(-sum_k p_k log p_k): 1 when every vector uses one code, K when all K codes are used
     equally often. The fraction of codes used is #{k : p_k > 0} / K.
     """
-    average_usage = ops.mean(one_hot, axis=0)
+    average_usage = counts / ops.sum(counts)
     entropy = -ops.sum(average_usage * ops.log(average_usage + 1e-10))
     return ops.exp(entropy), ops.mean(ops.cast(average_usage > 0, "float32"))
+
+
+def replica_sum(value):
+    """`value` summed over the replicas of a `tf.distribute` strategy (an all-reduce inside
+    `strategy.run`, i.e. in a compiled `train_step`, `test_step` or `predict_step`); `value`
+    itself without a strategy, with one replica, or outside a replica context."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def batch_share(batch):
+    """n / N: the share of the global batch this replica holds, with n its rows (the first axis
+    of `batch`) and N = sum of n over the replicas; 1 without a strategy. Scalar float32."""
+    count = ops.cast(ops.shape(batch)[0], "float32")
+    return count / replica_sum(count)
+
+
+def weighted_by_share(mean, share):
+    """A replica's mean over its rows times its `batch_share`, 0 for a replica with an empty
+    batch (whose mean is NaN). Summed over the replicas this is the mean over the global batch,
+    sum_r (n_r / N) mean_r, however unevenly the batch was split."""
+    return ops.where(share > 0, mean, 0.0) * share
+
+
+def apply_to_rows(network, inputs, **options):
+    """`network(inputs, **options)` for a batch of any size, 0 included: an empty batch is run
+    as one row of zeros and the output cut back to no rows. With oneDNN (on by default here)
+    TensorFlow's CPU convolutions give an empty batch a wrongly shaped output, and a replica gets
+    an empty batch when the last batch of an epoch has fewer rows than there are replicas."""
+    rows = ops.shape(inputs)[0]
+    padding = ops.zeros((ops.maximum(1 - rows, 0), *ops.shape(inputs)[1:]), dtype=inputs.dtype)
+    return network(ops.concatenate([inputs, padding]), **options)[:rows]
+
+
+def step_logs(logs: dict) -> dict:
+    """The scalars a `train_step` or `test_step` returns, in a shape Keras 3 can reduce over
+    the replicas. On several workers of a `MultiWorkerMirroredStrategy` Keras averages them with
+    `strategy.reduce(MEAN, value, axis=0)`, which fails on scalars (tensorflow/tensorflow#72388),
+    so there each becomes a [1] vector and the average is a scalar again; elsewhere `logs` is
+    returned as it is. The test is Keras' own (`_collective_all_reduce_multi_worker`)."""
+    strategy = tf.distribute.get_strategy()
+    if not (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    ):
+        return logs
+    return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
@@ -203,6 +259,14 @@ class VectorQuantizer(keras.layers.Layer):
 
     State changes (EMA, restarts) happen only when called with `training=True`, as assignments
     to non-trainable variables, so they run inside a compiled `train_step`.
+
+    Under a `tf.distribute` strategy each replica quantizes its part of the global batch, and
+    the statistics are summed over the replicas (`replica_sum`) before they are used: the
+    counts sum_m r_mk (for N_k, u_k, the perplexity and codes_used) and the sums
+    sum_m r_mk z_m (for m_k), with m running over the M vectors of the global batch. The EMA
+    state is then the same as on one device with the whole batch. The codebook and the state are
+    "only_first_replica" variables: a restarted code takes the first replica's choice of an
+    encoder output, and every replica keeps the same codebook.
 
     `call` returns a dict: "quantized" (input shape; straight-through gradient), "loss" (the
     terms above, scalar), "perplexity" and "codes_used" (scalars, see `usage_statistics`) and
@@ -265,6 +329,7 @@ class VectorQuantizer(keras.layers.Layer):
             shape=codebook_shape,
             initializer=keras.initializers.RandomUniform(-limit, limit),
             trainable=not self.ema,
+            aggregation="only_first_replica",
             name="codebook",
         )
         if self.ema:
@@ -277,7 +342,13 @@ class VectorQuantizer(keras.layers.Layer):
             self.usage_share.assign(ops.full((self.num_embeddings,), 1.0 / self.num_embeddings))
 
     def _state_variable(self, name: str, shape: tuple[int, ...]):
-        return self.add_weight(shape=shape, initializer="zeros", trainable=False, name=name)
+        return self.add_weight(
+            shape=shape,
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+            name=name,
+        )
 
     def call(self, latents, training=False):
         flat_latents = ops.reshape(latents, (-1, self.latent_dim))
@@ -288,9 +359,10 @@ class VectorQuantizer(keras.layers.Layer):
         loss = self.beta * commitment_loss
         if not self.ema:
             loss = loss + ops.mean(ops.square(ops.stop_gradient(latents) - codes))
-        perplexity, codes_used = usage_statistics(one_hot)
+        counts = replica_sum(ops.sum(one_hot, axis=0))
+        perplexity, codes_used = usage_statistics(counts)
         if training:
-            self._update_state(flat_latents, one_hot)
+            self._update_state(flat_latents, one_hot, counts)
         # Straight-through estimator: forward pass outputs the codes, backward pass copies the
         # gradient with respect to them unchanged to the encoder outputs.
         quantized = latents + ops.stop_gradient(codes - latents)
@@ -315,9 +387,8 @@ class VectorQuantizer(keras.layers.Layer):
         distances = squared_distances(flat_latents, self.codebook)
         return ops.cast(ops.argmin(distances, axis=1), "int32")
 
-    def _update_state(self, flat_latents, one_hot) -> None:
+    def _update_state(self, flat_latents, one_hot, counts) -> None:
         flat_latents = ops.stop_gradient(flat_latents)
-        counts = ops.sum(one_hot, axis=0)
         if self.ema:
             self._update_ema_codebook(flat_latents, one_hot, counts)
         if self.dead_code_restart:
@@ -326,8 +397,8 @@ class VectorQuantizer(keras.layers.Layer):
     def _update_ema_codebook(self, flat_latents, one_hot, counts) -> None:
         decay = self.ema_decay
         cluster_size = decay * self.ema_cluster_size + (1.0 - decay) * counts
-        cluster_sum = decay * self.ema_cluster_sum + (1.0 - decay) * ops.matmul(
-            ops.transpose(one_hot), flat_latents
+        cluster_sum = decay * self.ema_cluster_sum + (1.0 - decay) * replica_sum(
+            ops.matmul(ops.transpose(one_hot), flat_latents)
         )
         total = ops.sum(cluster_size)
         smoothed_size = (
@@ -340,16 +411,23 @@ class VectorQuantizer(keras.layers.Layer):
         self.codebook.assign(cluster_sum / smoothed_size[:, None])
 
     def _restart_dead_codes(self, flat_latents, counts) -> None:
-        vector_count = ops.shape(flat_latents)[0]
         share = self.ema_decay * self.usage_share + (1.0 - self.ema_decay) * (
-            counts / ops.cast(vector_count, "float32")
+            counts / ops.sum(counts)
         )
         dead = share < self.dead_code_threshold
         dead_rows = dead[:, None]
+        # Replacements come from this replica's vectors. A replica can get an empty batch (the
+        # last batch of an epoch split over more replicas than it has images); it draws the
+        # zero row appended here, and its choice is discarded (only_first_replica).
+        vector_count = ops.shape(flat_latents)[0]
+        pool = ops.concatenate([flat_latents, ops.zeros((1, self.latent_dim))])
         chosen = keras.random.randint(
-            (self.num_embeddings,), 0, vector_count, seed=self.restart_seed_generator
+            (self.num_embeddings,),
+            0,
+            ops.maximum(vector_count, 1),
+            seed=self.restart_seed_generator,
         )
-        replacements = ops.take(flat_latents, chosen, axis=0)
+        replacements = ops.take(pool, chosen, axis=0)
         self.codebook.assign(ops.where(dead_rows, replacements, self.codebook))
         self.usage_share.assign(ops.where(dead, 1.0 / self.num_embeddings, share))
         if self.ema:
@@ -472,6 +550,13 @@ class VQVAE(keras.Model):
     reconstruction_loss, vq_loss, perplexity, codes_used, and ssim and psnr (max_val 1) of the
     clipped reconstructions.
 
+    Under a `tf.distribute` strategy (build and compile the model in `strategy.scope()`) the
+    global batch of N images is split over the replicas, n_r each. Replica r differentiates
+    (n_r / N) L_r, its mean loss L_r weighted by its share, and the optimizer sums the gradients
+    over the replicas, giving the gradient of the global-batch mean (1/N) sum over all images;
+    the reported values are global-batch means too, so training matches one device with batch
+    N up to rounding.
+
     A caution on "ssim_l1" from scratch: in a window where the target is flat (the black
     background of a slice, the inside of a uniform region) SSIM's contrast-structure term
     C2 / (var(x_hat) + C2) punishes any variation of the output, so the first steps mostly flatten
@@ -522,10 +607,10 @@ class VQVAE(keras.Model):
         return ops.clip(self.decoder(self.quantizer.lookup(code_maps)), 0.0, 1.0)
 
     def _forward(self, images, training: bool) -> dict:
-        quantizer_outputs = self.quantizer(
-            self.encoder(images, training=training), training=training
-        )
-        reconstructions = self.decoder(quantizer_outputs["quantized"], training=training)
+        latents = apply_to_rows(self.encoder, images, training=training)
+        quantizer_outputs = self.quantizer(latents, training=training)
+        quantized = quantizer_outputs["quantized"]
+        reconstructions = apply_to_rows(self.decoder, quantized, training=training)
         return {**quantizer_outputs, "reconstructions": reconstructions}
 
     def reconstruction_loss(self, images, reconstructions):
@@ -544,32 +629,42 @@ class VQVAE(keras.Model):
             "vq_loss": outputs["loss"],
         }
 
-    def _record(self, images, outputs: dict, losses: dict) -> dict:
+    def _record(self, images, outputs: dict, losses: dict, share) -> dict:
+        """Track the step's values over the global batch: each replica's means weighted by its
+        `share` and summed over the replicas; perplexity and codes_used are global already."""
         clipped = ops.clip(outputs["reconstructions"], 0.0, 1.0)
-        values = {
+        means = {
             **losses,
-            "perplexity": outputs["perplexity"],
-            "codes_used": outputs["codes_used"],
             "ssim": ops.mean(structural_similarity(images, clipped)),
             "psnr": ops.mean(tf.image.psnr(images, clipped, max_val=1.0)),
         }
+        values = {
+            **{name: replica_sum(weighted_by_share(mean, share)) for name, mean in means.items()},
+            "perplexity": outputs["perplexity"],
+            "codes_used": outputs["codes_used"],
+        }
         for tracker in self.trackers:
             tracker.update_state(values[tracker.name])
-        return {tracker.name: tracker.result() for tracker in self.trackers}
+        return step_logs({tracker.name: tracker.result() for tracker in self.trackers})
 
     def train_step(self, data):
         images = keras.utils.unpack_x_y_sample_weight(data)[0]
+        share = batch_share(images)
         with tf.GradientTape() as tape:
             outputs = self._forward(images, training=True)
             losses = self._loss_terms(images, outputs)
-        gradients = tape.gradient(losses["loss"], self.trainable_variables)
+            # The optimizer sums the replicas' gradients (Keras' TF backend all-reduces them
+            # with SUM), so each replica differentiates its share of the global-batch mean.
+            replica_loss = weighted_by_share(losses["loss"], share)
+        gradients = tape.gradient(replica_loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
-        return self._record(images, outputs, losses)
+        return self._record(images, outputs, losses, share)
 
     def test_step(self, data):
         images = keras.utils.unpack_x_y_sample_weight(data)[0]
         outputs = self._forward(images, training=False)
-        return self._record(images, outputs, self._loss_terms(images, outputs))
+        losses = self._loss_terms(images, outputs)
+        return self._record(images, outputs, losses, batch_share(images))
 
     def get_config(self) -> dict:
         return {
@@ -694,16 +789,28 @@ class PixelCNN(keras.Model):
     """Autoregressive prior over code maps: int code maps [N, h, h] -> logits [N, h, h, K].
 
     `PixelCNN(hyperparameters)` takes the plain dict of `Hyperparameters.to_dict()` (the whole
-    config). Train it as an ordinary model on (code_maps, code_maps) with
-    `SparseCategoricalCrossentropy(from_logits=True)`; the masks make the logits at (i, j)
-    depend only on the codes before (i, j) in raster order.
+    config). The masks make the logits at (i, j) depend only on the codes before (i, j) in
+    raster order.
+
+    It is trained by its own `train_step`: compile it with an optimizer and `fit` it on batches
+    of code maps, which are also the targets (a y given is ignored). The loss is the mean over
+    every position of every map of the cross-entropy -log softmax(logits(i, j))[k(i, j)] (nats
+    per code); "accuracy" is the share of positions whose most likely code is k(i, j). Under a
+    `tf.distribute` strategy both are weighted by each replica's share of the global batch, as
+    in `VQVAE`. (A batch of maps alone, not (maps, maps), is also what Keras 3 can hand to
+    several workers of a `MultiWorkerMirroredStrategy`: it fails to reduce (x, y) batches.)
     """
 
     def __init__(self, hyperparameters: dict, **kwargs):
         super().__init__(**kwargs)
         self.hyperparameters = Hyperparameters.from_dict(hyperparameters)
         self.network = build_pixelcnn_network(self.hyperparameters)
+        self.trackers = [keras.metrics.Mean(name=name) for name in PIXELCNN_METRICS]
         self.built = True  # every weight exists once the network is made
+
+    @property
+    def metrics(self) -> list:
+        return self.trackers
 
     @property
     def code_map_size(self) -> int:
@@ -721,7 +828,39 @@ class PixelCNN(keras.Model):
         return self.hyperparameters.num_embeddings
 
     def call(self, code_maps):
-        return self.network(ops.one_hot(ops.cast(code_maps, "int32"), self.num_embeddings))
+        return apply_to_rows(
+            self.network, ops.one_hot(ops.cast(code_maps, "int32"), self.num_embeddings)
+        )
+
+    def _loss_and_accuracy(self, code_maps, training: bool) -> dict:
+        code_maps = ops.cast(code_maps, "int32")
+        logits = self(code_maps, training=training)
+        cross_entropy = keras.losses.sparse_categorical_crossentropy(
+            code_maps, logits, from_logits=True
+        )
+        hits = ops.cast(ops.argmax(logits, axis=-1) == code_maps, "float32")
+        return {"loss": ops.mean(cross_entropy), "accuracy": ops.mean(hits)}
+
+    def _record(self, values: dict, share) -> dict:
+        for tracker in self.trackers:
+            tracker.update_state(replica_sum(weighted_by_share(values[tracker.name], share)))
+        return step_logs({tracker.name: tracker.result() for tracker in self.trackers})
+
+    def train_step(self, data):
+        code_maps = keras.utils.unpack_x_y_sample_weight(data)[0]
+        share = batch_share(code_maps)
+        with tf.GradientTape() as tape:
+            values = self._loss_and_accuracy(code_maps, training=True)
+            replica_loss = weighted_by_share(values["loss"], share)  # see VQVAE.train_step
+        gradients = tape.gradient(replica_loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
+        return self._record(values, share)
+
+    def test_step(self, data):
+        code_maps = keras.utils.unpack_x_y_sample_weight(data)[0]
+        return self._record(
+            self._loss_and_accuracy(code_maps, training=False), batch_share(code_maps)
+        )
 
     def get_config(self) -> dict:
         return {"name": self.name, "hyperparameters": self.hyperparameters.to_dict()}

@@ -2,28 +2,34 @@
 
     python train.py [--data PATH | --demo] [--out runs/NAME] [--stage all|vqvae|pixelcnn]
                     [--resume] [--overwrite] [--tensorboard] [--preset card|hifi] [--FIELD VALUE]
+                    [--strategy default|mirrored|multiworker]
 
 Stage 1 fits the VQ-VAE to the training split, validating on the validation split. Stage 2
 encodes every training slice to its code map (8x8 for the card) and fits the PixelCNN to them
 with sparse categorical cross-entropy, validating on the validation split's code maps. The test
 split is then scored once. What the run folder holds is described in `runs.py`; every file is
 written atomically, so a run killed at any moment leaves its last good checkpoint, and
-`--resume` continues from it with the optimizer's state and epoch count.
+`--resume` continues from it with the optimizer's state and epoch count. `--strategy` trains on
+every local GPU or on a cluster (`make_strategy`, README "Multiple devices and clusters").
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # before TensorFlow starts: see modules.py
 import keras
 import tensorflow as tf
 
@@ -40,6 +46,7 @@ from similarity import code_usage, plot_ssim_history, score_model, ssim_per_slic
 PROJECT_DIR = Path(__file__).resolve().parent
 DEMO_DATA_DIR = PROJECT_DIR / "data" / "demo"
 MIN_FREE_BYTES = 200 * 2**20
+STRATEGIES = ("default", "mirrored", "multiworker")
 ENCODE_CHUNK = 1024
 COSINE_FINAL_FRACTION = 0.05  # a cosine schedule ends at this fraction of the learning rate
 
@@ -77,7 +84,10 @@ def prepare_run_folder(
                 shutil.rmtree(path / "checkpoints", ignore_errors=True)
     if resume and not run.hyperparameters.exists():
         raise RunError(f"{path}: nothing to resume (no hyperparameters.json)")
-    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    try:
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"cannot create the run folder {path}: {error.strerror}") from None
     _check_writable(path)
     return run
 
@@ -162,12 +172,25 @@ class ValidationSSIM(keras.callbacks.Callback):
             logs["val_above_target"] = float(np.mean(scores >= self.ssim_target))
 
 
+def trim_history(path: Path, epochs: int) -> None:
+    """Keep the header and the first `epochs` rows of a CSV history, if it exists."""
+    if path.exists():
+        rows = path.read_text().splitlines(keepends=True)
+        write_atomically(path, "".join(rows[: 1 + epochs]))
+
+
 def stage_callbacks(
     run: RunFolder, stage: str, hyperparameters: Hyperparameters, resume: bool, tensorboard: bool
 ) -> tuple[list[keras.callbacks.Callback], StopOnNaN]:
-    """Early stopping (restoring the best weights), NaN guard, checkpoints, CSV history and,
-    optionally, TensorBoard logs under `run/tensorboard/<stage>`."""
+    """Early stopping (restoring the best weights), NaN guard, CSV history, checkpoints and,
+    optionally, TensorBoard logs under `run/tensorboard/<stage>`.
+
+    Each epoch's history row is written before its checkpoint, and a resumed run first cuts the
+    history back to the epochs of its checkpoint, so a run killed between the two writes
+    neither loses nor repeats a row."""
     nan_guard = StopOnNaN()
+    if resume:
+        trim_history(run.history(stage), run.read_state().get(stage, {}).get("epochs_done", 0))
     callbacks = [
         nan_guard,
         keras.callbacks.EarlyStopping(
@@ -175,8 +198,8 @@ def stage_callbacks(
             patience=hyperparameters.early_stopping_patience,
             restore_best_weights=True,
         ),
-        AtomicCheckpoint(run, stage),
         keras.callbacks.CSVLogger(str(run.history(stage)), append=resume),
+        AtomicCheckpoint(run, stage),
     ]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard" / stage)))
@@ -324,8 +347,9 @@ def encode_split(vqvae: modules.VQVAE, slice_set: SliceSet, batch_size: int) -> 
 def code_map_dataset(
     code_maps: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0
 ) -> tf.data.Dataset:
-    """(code map, code map) pairs: the PixelCNN predicts each code from the ones before it."""
-    data = tf.data.Dataset.from_tensor_slices((code_maps, code_maps))
+    """Batches of code maps, which are the PixelCNN's inputs and targets: it predicts each code
+    from the ones before it (`modules.PixelCNN`)."""
+    data = tf.data.Dataset.from_tensor_slices(code_maps)
     if shuffle:
         data = data.shuffle(len(code_maps), seed=seed, reshuffle_each_iteration=True)
     return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -354,8 +378,6 @@ def train_pixelcnn(
                 hyperparameters.epochs_pixelcnn
                 * steps_per_epoch(len(train_codes), hyperparameters),
             ),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
         )
     batch_size = hyperparameters.batch_size
     train_data = code_map_dataset(train_codes, batch_size, shuffle=True, seed=hyperparameters.seed)
@@ -436,6 +458,65 @@ def plot_histories(run: RunFolder, ssim_target: float) -> list[Path]:
     return written
 
 
+# Devices and clusters ----------------------------------------------------------------------
+
+
+@functools.cache
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy of --strategy. "default": the current (normally the
+    default, one-device) strategy; "mirrored": `MirroredStrategy` over every local GPU, or
+    over the logical CPU devices when there is none; "multiworker":
+    `MultiWorkerMirroredStrategy` over the cluster in TF_CONFIG (every GPU, or the CPU, of
+    every worker; this machine alone without TF_CONFIG). It is a runtime choice, not saved with
+    the run: a run trained on several devices loads and resumes on one, and the other way.
+    Made once per process: two strategies over the same devices would reuse the keys of
+    TensorFlow's collective operations."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run folder: any process outside a cluster, and on a
+    cluster the "chief" task or, when TF_CONFIG names none, worker 0."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type or resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+@contextlib.contextmanager
+def worker_folder(out: Path, strategy: tf.distribute.Strategy):
+    """The run folder this process writes: `out` on the chief. Every other worker of a cluster
+    trains in step with the chief (the same epochs, the same checkpoint to resume from), so it
+    runs in a scratch copy of what a resume or `--stage pixelcnn` reads from `out`, deleted at
+    the end; the run folder keeps a single writer."""
+    if is_chief(strategy):
+        yield out
+        return
+    with tempfile.TemporaryDirectory(prefix="brain-vqvae-worker-") as scratch:
+        copy = Path(scratch) / out.name
+        source, target = RunFolder(out), RunFolder(copy)
+        files = [(source.hyperparameters, target.hyperparameters), (source.state, target.state)]
+        for stage in STAGES:
+            files += [
+                (source.model(stage), target.model(stage)),
+                (source.last_checkpoint(stage), target.last_checkpoint(stage)),
+                (source.history(stage), target.history(stage)),
+            ]
+        for original, duplicate in files:
+            if original.exists():
+                duplicate.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(original, duplicate)
+        yield copy
+
+
 # Command line ------------------------------------------------------------------------------
 
 
@@ -492,18 +573,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable data files")
     parser.add_argument("--cache-dir", help="where decoded slices are cached")
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="default",
+        help="default: one device; mirrored: every local GPU (or the visible CPU devices); "
+        "multiworker: every worker of the cluster in TF_CONFIG (see README)",
+    )
     add_hyperparameter_arguments(parser)
     return parser
 
 
 def run_training(arguments: argparse.Namespace, verbose: int | str = "auto") -> dict:
-    """Everything `python train.py` does; returns the metrics written to metrics.json."""
+    """Everything `python train.py` does; returns the metrics written to metrics.json.
+
+    Models are built, loaded and trained in the scope of the --strategy (`make_strategy`), with
+    the global batch of `batch_size` images split over its replicas. On a cluster every worker
+    runs this in step; only the chief writes the run folder (`worker_folder`).
+    """
+    strategy = make_strategy(arguments.strategy)
     source = data_path(arguments, seed=arguments.seed or 0)
     out = Path(arguments.out or PROJECT_DIR / "runs" / f"{source.name}-{arguments.preset}")
+    with strategy.scope(), worker_folder(out, strategy) as folder:
+        return train_in_folder(arguments, source, folder, verbose)
+
+
+def train_in_folder(
+    arguments: argparse.Namespace, source: Path, out: Path, verbose: int | str
+) -> dict:
+    """`run_training` inside its strategy's scope: train on `source`, writing to `out`."""
     stages = STAGES if arguments.stage == "all" else (arguments.stage,)
     hyperparameters = resolve_hyperparameters(arguments, out)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if hyperparameters.batch_size < replicas:
+        raise RunError(
+            f"batch_size {hyperparameters.batch_size} is smaller than the {replicas} replicas of "
+            f"--strategy {arguments.strategy}: the batch is split over them"
+        )
+    if replicas > 1:
+        print(
+            f"--strategy {arguments.strategy}: {replicas} replicas, a global batch of "
+            f"{hyperparameters.batch_size} ({hyperparameters.batch_size / replicas:g} per replica)"
+        )
     run = prepare_run_folder(out, stages, arguments.resume, arguments.overwrite)
-    hyperparameters.save(run.hyperparameters)
+    write_atomically(run.hyperparameters, json.dumps(hyperparameters.to_dict(), indent=2) + "\n")
     keras.utils.set_random_seed(hyperparameters.seed)
 
     data = load_slices(

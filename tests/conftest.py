@@ -78,16 +78,22 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("BRAIN_VQVAE_CACHE", str(tmp_path / "cache"))
 
 
-def tiny_arguments(hyperparameters: Hyperparameters, data, out, *extra: str):
-    """`train.py` arguments that train `hyperparameters` on `data` into `out`, plus `extra`."""
-    import train
-
+def tiny_argv(hyperparameters: Hyperparameters, data, out, *extra: str) -> list[str]:
+    """`train.py` command-line words that train `hyperparameters` on `data` into `out`, plus
+    `extra`."""
     argv = ["--data", str(data), "--out", str(out), *extra]
     for name, value in hyperparameters.to_dict().items():
         flag = "--" + name.replace("_", "-")
         if flag not in extra:
             argv += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
-    return train.build_parser().parse_args(argv)
+    return argv
+
+
+def tiny_arguments(hyperparameters: Hyperparameters, data, out, *extra: str):
+    """`train.py` arguments that train `hyperparameters` on `data` into `out`, plus `extra`."""
+    import train
+
+    return train.build_parser().parse_args(tiny_argv(hyperparameters, data, out, *extra))
 
 
 @pytest.fixture(scope="session")

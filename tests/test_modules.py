@@ -490,3 +490,26 @@ def test_prior_trained_on_constant_maps_samples_constant_maps():
     ]
     assert set(majority_code) <= {2, 6}
     assert np.mean(share_of_majority) > 0.9
+
+
+def test_pixelcnn_reports_the_mean_cross_entropy_of_code_maps_alone():
+    keras.utils.set_random_seed(0)
+    prior = build_pixelcnn(TINY)
+    prior.compile(optimizer=keras.optimizers.Adam(1e-3))
+    code_maps = np.random.default_rng(3).integers(0, CODES, (10, MAP_SIZE, MAP_SIZE))
+    logits = prior.predict(code_maps, verbose=0).astype(np.float64)
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    chosen = np.take_along_axis(log_softmax, code_maps[..., None], axis=-1)
+    evaluation = prior.evaluate(code_maps, batch_size=10, verbose=0, return_dict=True)
+    assert set(evaluation) == {"loss", "accuracy"}
+    np.testing.assert_allclose(evaluation["loss"], -chosen.mean(), rtol=1e-5)
+    hits = logits.argmax(axis=-1) == code_maps
+    np.testing.assert_allclose(evaluation["accuracy"], hits.mean(), rtol=1e-6)
+    history = prior.fit(code_maps, batch_size=5, epochs=3, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0]
+
+
+def test_models_take_an_empty_batch(vqvae, pixelcnn):
+    """A replica gets one when the last batch has fewer rows than there are replicas."""
+    assert vqvae(np.zeros((0, 32, 32, 1), "float32")).shape == (0, 32, 32, 1)
+    assert pixelcnn(np.zeros((0, MAP_SIZE, MAP_SIZE), "int32")).shape == (0, 8, 8, CODES)
