@@ -72,6 +72,9 @@ class Hyperparameters:
     # while the MSE still improved, as the decoder left a faint haze (0.01-0.03) on the black
     # background, which SSIM punishes hard; "ssim_l1" reached 0.76 in 10 epochs and kept rising.
     reconstruction_loss: str = "ssim_l1"
+    # With "ssim_l1", training blends from "mse" to it over this many first steps (0: none):
+    # SSIM's gradient is weak on the flat output of an untrained decoder.
+    mse_warmup_steps: int = 100
 
     # PixelCNN prior (van den Oord et al., 2016) over the code maps.
     pixelcnn_filters: int = 128
@@ -109,7 +112,7 @@ class Hyperparameters:
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("residual_blocks", "pixelcnn_residual_blocks", "seed"):
+        for name in ("residual_blocks", "pixelcnn_residual_blocks", "mse_warmup_steps", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not self.encoder_filters or min(self.encoder_filters) < 1:

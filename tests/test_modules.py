@@ -289,7 +289,7 @@ def test_compiled_train_step_updates_ema_and_restart_state_but_evaluate_does_not
 
 def test_build_vqvae_keeps_the_variance_and_divides_the_mse_by_it(images):
     variance = float(images.var())
-    model = build_vqvae(TINY, variance)
+    model = build_vqvae(TINY.replace(reconstruction_loss="mse"), variance)
     assert model.data_variance == variance
     assert model.get_config()["data_variance"] == variance
 
@@ -303,6 +303,19 @@ def test_build_vqvae_keeps_the_variance_and_divides_the_mse_by_it(images):
     np.testing.assert_allclose(
         metrics["reconstruction_loss"], np.mean((images - raw) ** 2) / variance, rtol=1e-4
     )
+
+
+def test_ssim_l1_training_starts_on_mse_and_hands_over_within_the_warm_up(images):
+    model = build_vqvae(TINY.replace(mse_warmup_steps=10), float(images.var()))
+    guesses = np.random.default_rng(3).uniform(size=images.shape).astype("float32")
+    mse = float(build_vqvae(TINY.replace(reconstruction_loss="mse"), model.data_variance)
+                .reconstruction_loss(images, guesses))  # fmt: skip
+    ssim_l1 = float(model.reconstruction_loss(images, guesses))
+    blended = {step: float(model.reconstruction_loss(images, guesses, step)) for step in (0, 5, 20)}
+    assert blended[0] == pytest.approx(mse, rel=1e-5)
+    assert blended[5] == pytest.approx((mse + ssim_l1) / 2, rel=1e-5)
+    assert blended[20] == pytest.approx(ssim_l1, rel=1e-5)
+    assert mse != pytest.approx(ssim_l1, rel=1e-2)
 
 
 def test_a_variance_computed_on_0_255_pixels_is_refused(images):
