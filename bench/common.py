@@ -1,0 +1,248 @@
+"""What the benchmark scripts share: an OASIS-sized PNG tree, the machine's description, timing
+statistics, a plain-text table and the JSON output.
+
+The OASIS-sized tree has the layout and the split sizes of the preprocessed OASIS release
+(keras_png_slices_data: 9,664 train, 1,120 validate and 544 test slices of 256x256 8-bit grey,
+32 slices per case, each with its seg_ mask). Its pictures are the synthetic demo set's
+(data/demo, `python dataset.py demo`) hard-linked (or copied) under new case numbers, so the
+loader decodes 11,328 real-sized PNG pairs without the real data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+DEMO_DATA_DIR = PROJECT_DIR / "data" / "demo"
+BENCH_DIR = Path(tempfile.gettempdir()) / "brain-vqvae-bench"
+CODE_VARIABLE = "BRAIN_VQVAE_BENCH_CODE"  # the snapshot a benchmark and its children import
+OASIS_SPLIT_SIZES = {"train": 9664, "validate": 1120, "test": 544}
+SLICES_PER_CASE = 32
+QUICK_SCALE = 1 / 16  # --quick trees hold 1/16 of the OASIS slices (whole cases)
+TREE_MARKER = ".bench_tree.json"
+
+
+# ---------------------------------------------------------------------- the code measured
+
+
+def project_snapshot() -> Path:
+    """A frozen copy of the project's top-level .py files, named by their SHA-256, which a
+    benchmark imports instead of the working tree (and passes on to its child processes in
+    $BRAIN_VQVAE_BENCH_CODE).
+
+    Others edit modules.py while benchmarks run for an hour; TensorFlow's autograph rereads a
+    function's source file when it first traces it, so a worker that imported one version and
+    traces after an edit mixes two versions (and fails). A snapshot measures one version.
+    """
+    if os.environ.get(CODE_VARIABLE):
+        return Path(os.environ[CODE_VARIABLE])
+    sources = sorted(PROJECT_DIR.glob("*.py"))
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    snapshot = BENCH_DIR / f"code-{digest.hexdigest()[:16]}"
+    if not snapshot.is_dir():
+        BENCH_DIR.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="code-", dir=BENCH_DIR))
+        for source in sources:
+            shutil.copy2(source, staging / source.name)
+        try:
+            staging.rename(snapshot)
+        except OSError:  # another benchmark made the same snapshot meanwhile
+            shutil.rmtree(staging)
+    os.environ[CODE_VARIABLE] = str(snapshot)
+    return snapshot
+
+
+# Benchmark scripts import the project from a snapshot; anything else (the tests) from the tree.
+_RUN_AS_BENCHMARK = Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parent
+sys.path.insert(0, str(project_snapshot() if _RUN_AS_BENCHMARK else PROJECT_DIR))
+
+
+# ------------------------------------------------------------------------------ the tree
+
+
+def split_sizes(scale: float = 1.0) -> dict[str, int]:
+    """Slices per split of a tree `scale` times OASIS's, rounded to whole cases of 32."""
+    return {
+        split: max(1, round(size * scale / SLICES_PER_CASE)) * SLICES_PER_CASE
+        for split, size in OASIS_SPLIT_SIZES.items()
+    }
+
+
+def default_tree(scale: float = 1.0) -> Path:
+    """Where the benchmarks keep (and reuse) the tree of this scale, under the temp folder."""
+    total = sum(split_sizes(scale).values())
+    return BENCH_DIR / f"oasis_tree_{total}"
+
+
+def build_oasis_tree(root: Path, scale: float = 1.0, source: Path = DEMO_DATA_DIR) -> Path:
+    """The six keras_png_slices folders in `root` with `split_sizes(scale)` slices; returns root.
+
+    Split s takes the case_NNN_slice_S.nii.png files of the same split of the `source` PNG
+    tree in order, cycling through them, and names them case_CCC_slice_K.nii.png for
+    consecutive case numbers CCC (one number range per split, as in OASIS) and K = 0..31; the
+    seg_ mask of each source slice comes along when the source has masks. Files are
+    hard-linked, or copied where linking fails. A tree already complete at `root` (a marker
+    file records its sizes) is reused as it is.
+    """
+    sizes = split_sizes(scale)
+    marker = root / TREE_MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == sizes:
+        return root
+    if root.exists():
+        shutil.rmtree(root)
+    first_case = 1
+    for split, size in sizes.items():
+        sources = _source_slices(source, split)
+        for index in range(size):
+            case = first_case + index // SLICES_PER_CASE
+            _place(sources[index % len(sources)], root, split, case, index % SLICES_PER_CASE)
+        first_case += size // SLICES_PER_CASE
+    marker.write_text(json.dumps(sizes))
+    return root
+
+
+def _source_slices(source: Path, split: str) -> list[tuple[Path, Path | None]]:
+    """(image, mask or None) of every slice of one split of the source tree, sorted."""
+    folder = source / f"keras_png_slices_{split}"
+    images = sorted(folder.glob("case_*_slice_*.nii.png"))
+    if not images:
+        raise FileNotFoundError(
+            f"{folder}: no case_NNN_slice_S.nii.png files; build the demo set first with "
+            "`python dataset.py demo --out data/demo`"
+        )
+    masks = source / f"keras_png_slices_seg_{split}"
+    pairs = []
+    for image in images:
+        mask = masks / image.name.replace("case_", "seg_", 1)
+        pairs.append((image, mask if mask.is_file() else None))
+    return pairs
+
+
+def _place(pair: tuple[Path, Path | None], root: Path, split: str, case: int, slice_: int):
+    image, mask = pair
+    name = f"{case:03d}_slice_{slice_}.nii.png"
+    _link(image, root / f"keras_png_slices_{split}" / f"case_{name}")
+    if mask is not None:
+        _link(mask, root / f"keras_png_slices_seg_{split}" / f"seg_{name}")
+
+
+def _link(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+# ---------------------------------------------------------------------- the machine
+
+
+def cpu_flags() -> set[str]:
+    """The flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    match = re.search(r"^flags\s*:\s*(.*)$", text, re.MULTILINE)
+    return set(match.group(1).split()) if match else set()
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    match = re.search(r"^model name\s*:\s*(.*)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else "unknown"
+
+
+def onednn_enabled() -> bool:
+    """Whether this process's TensorFlow runs its oneDNN kernels (fixed when TF is imported)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def machine_summary() -> dict:
+    """CPU model, usable cores, the vector extensions that matter for TF on a CPU, the load
+    average when the benchmark started, and the library versions."""
+    import keras
+    import tensorflow as tf
+
+    flags = cpu_flags()
+    return {
+        "cpu": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "gpu": bool(tf.config.list_physical_devices("GPU")),
+        "avx2": "avx2" in flags,
+        "avx512f": "avx512f" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "onednn": onednn_enabled(),
+    }
+
+
+def describe_machine(machine: dict) -> str:
+    load = machine["load_average"]
+    return (
+        f"{machine['cpu']}, {machine['cores']} cores, GPU {'yes' if machine['gpu'] else 'no'}, "
+        f"AVX2 {machine['avx2']}, AVX-512 {machine['avx512f']}, "
+        f"AVX512_BF16 {machine['avx512_bf16']}; TF {machine['tensorflow']}, "
+        f"Keras {machine['keras']}" + (f"; load average at start {load[0]:.1f}" if load else "")
+    )
+
+
+# ---------------------------------------------------------------------- numbers out
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def print_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> None:
+    """Print `rows` as an aligned table; `columns` are (key, header, format spec) triples (a
+    spec starting with "<" left-aligns the column), and a missing or None value prints as "-"."""
+    cells = [
+        ["-" if row.get(key) is None else format(row[key], spec) for key, _, spec in columns]
+        for row in rows
+    ]
+    headers = [header for _, header, _ in columns]
+    widths = [max(len(text) for text in column) for column in zip(headers, *cells, strict=True)]
+    left = [spec.startswith("<") for _, _, spec in columns]
+    for line in [headers, *cells]:
+        print(
+            "  ".join(
+                text.ljust(width) if to_left else text.rjust(width)
+                for text, width, to_left in zip(line, widths, left, strict=True)
+            ).rstrip()
+        )
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+
+
+def write_json(path: Path | None, payload: dict) -> None:
+    """Write `payload` as indented JSON to `path` (nothing when `path` is None)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        print(f"wrote {path}")

@@ -1,0 +1,158 @@
+"""What a full default run costs: every stage of the card pipeline on the OASIS-sized set.
+
+    python bench/end_to_end.py [--tree DIR] [--epochs-vqvae 30] [--epochs-pixelcnn 30]
+        [--quick] [--json PATH]
+
+The stages are those of `python train.py` (train.run_training), each timed on its own with wall
+seconds, on the OASIS-sized tree (`common.build_oasis_tree`: 9,664 / 1,120 / 544 slices) and
+the card preset, in a temporary run folder:
+  load          `load_slices` into an empty cache (a first run; later runs read the cache)
+  VQ-VAE        `train.train_vqvae` for ONE epoch: tf.data pipeline, training, validation,
+                the validation-SSIM callback, checkpoints, reloading the best model
+  encode        `train.encode_split` of the train and validate splits (code maps)
+  PixelCNN      `train.train_pixelcnn` for ONE epoch
+  test report   `train.test_metrics` on the test split (SSIM/PSNR/MAE, codebook use, bits)
+  sample        `predict.sample_slices`: 64 code maps drawn and decoded
+The two training stages are then extrapolated linearly to `--epochs-vqvae` and
+`--epochs-pixelcnn` epochs (the defaults' 30 + 30). The one measured epoch carries the one-time
+costs (graph tracing, model building), so the extrapolation errs slightly high; early stopping
+can end a real run sooner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import (
+    QUICK_SCALE,
+    add_common_arguments,
+    build_oasis_tree,
+    default_tree,
+    describe_machine,
+    machine_summary,
+    print_table,
+    split_sizes,
+    write_json,
+)
+
+import predict  # the project's modules come first: modules.py sets TensorFlow's environment
+import train
+from dataset import load_slices
+from hyperparameters import preset
+
+SAMPLES = 64
+
+
+class StageClock:
+    """Times the stages run through it: `clock.run(name, function, *arguments)`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, function, *arguments, **keywords):
+        start = time.perf_counter()
+        result = function(*arguments, **keywords)
+        self.seconds[name] = time.perf_counter() - start
+        print(f"  {name}: {self.seconds[name]:.1f} s", file=sys.stderr, flush=True)
+        return result
+
+
+def run_pipeline(tree: Path, scratch: Path) -> dict[str, float]:
+    """Every stage once, one epoch per training stage; {stage: seconds}."""
+    hyperparameters = preset("card").replace(epochs_vqvae=1, epochs_pixelcnn=1)
+    clock = StageClock()
+    run = train.prepare_run_folder(scratch / "run", train.STAGES, resume=False, overwrite=False)
+    data = clock.run("load", load_slices, tree, image_size=128, cache_dir=scratch / "cache")
+    splits, batch = data.splits, hyperparameters.batch_size
+    vqvae = clock.run(
+        "VQ-VAE",
+        train.train_vqvae,
+        hyperparameters,
+        run,
+        splits["train"],
+        splits["validate"],
+        resume=False,
+        verbose=0,
+    )
+    codes = clock.run(
+        "encode",
+        lambda: [train.encode_split(vqvae, splits[name], batch) for name in ("train", "validate")],
+    )
+    pixelcnn = clock.run(
+        "PixelCNN", train.train_pixelcnn, hyperparameters, run, *codes, resume=False, verbose=0
+    )
+    clock.run("test report", train.test_metrics, hyperparameters, vqvae, pixelcnn, splits["test"])
+    clock.run("sample", predict.sample_slices, vqvae, pixelcnn, SAMPLES)
+    return clock.seconds
+
+
+def extrapolate(seconds: dict[str, float], epochs: dict[str, int]) -> list[dict]:
+    """Table rows: each stage as measured and for a full run (training stages x epochs)."""
+    rows = []
+    for stage, measured in seconds.items():
+        count = epochs.get(stage, 1)
+        rows.append(
+            {
+                "stage": stage,
+                "measured_s": measured,
+                "times": f"x{count}" if stage in epochs else "",
+                "full_min": measured * count / 60,
+            }
+        )
+    rows.append(
+        {
+            "stage": "total",
+            "measured_s": sum(seconds.values()),
+            "full_min": sum(row["full_min"] for row in rows),
+        }
+    )
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tree", type=Path, help="where the OASIS-sized tree is (or goes)")
+    defaults = preset("card")
+    parser.add_argument("--epochs-vqvae", type=int, default=defaults.epochs_vqvae)
+    parser.add_argument("--epochs-pixelcnn", type=int, default=defaults.epochs_pixelcnn)
+    add_common_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    scale = QUICK_SCALE if arguments.quick else 1.0
+    tree = build_oasis_tree(arguments.tree or default_tree(scale), scale)
+    machine = machine_summary()
+    print(describe_machine(machine) + f"; oneDNN {'on' if machine['onednn'] else 'off'}")
+    print(f"tree {tree}: {split_sizes(scale)}")
+    with tempfile.TemporaryDirectory(prefix="brain-vqvae-end-to-end-") as scratch:
+        seconds = run_pipeline(tree, Path(scratch))
+    epochs = {"VQ-VAE": arguments.epochs_vqvae, "PixelCNN": arguments.epochs_pixelcnn}
+    rows = extrapolate(seconds, epochs)
+    print(
+        f"\ncard pipeline, one epoch per training stage measured, full run = "
+        f"{arguments.epochs_vqvae} + {arguments.epochs_pixelcnn} epochs"
+    )
+    print_table(
+        rows,
+        (
+            ("stage", "stage", "<"),
+            ("measured_s", "measured s", ".1f"),
+            ("times", "full run", ""),
+            ("full_min", "full run min", ".1f"),
+        ),
+    )
+    write_json(
+        arguments.json,
+        {"machine": machine, "slices": split_sizes(scale), "seconds": seconds, "rows": rows},
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""The benchmarks' shared helpers (bench/common.py): the OASIS-shaped tree and the table."""
+
+from __future__ import annotations
+
+from bench import common
+from dataset import load_slices
+
+
+def test_split_sizes_are_oasis_in_whole_cases():
+    assert common.split_sizes() == {"train": 9664, "validate": 1120, "test": 544}
+    assert common.split_sizes(1 / 16) == {"train": 608, "validate": 64, "test": 32}
+    assert all(size % 32 == 0 for size in common.split_sizes(0.001).values())
+
+
+def test_tree_loads_with_its_sizes_and_is_reused(tiny_png_tree, tmp_path):
+    scale = 1 / 302  # one case of 32 slices per split
+    tree = common.build_oasis_tree(tmp_path / "tree", scale, source=tiny_png_tree)
+    slices = load_slices(tree, image_size=32, cache_dir=tmp_path / "cache")
+    assert {split: len(s) for split, s in slices.splits.items()} == common.split_sizes(scale)
+    assert sorted(slices.splits["validate"].slice_indices) == list(range(32))
+    first = next((tree / "keras_png_slices_train").iterdir()).stat().st_ino
+    common.build_oasis_tree(tree, scale, source=tiny_png_tree)
+    assert next((tree / "keras_png_slices_train").iterdir()).stat().st_ino == first
+
+
+def test_print_table_aligns_and_shows_missing_values(capsys):
+    common.print_table(
+        [{"name": "a", "value": 1.234}, {"name": "longer", "value": None}],
+        [("name", "name", "<"), ("value", "value", ".1f")],
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["name    value", "a         1.2", "longer      -"]
