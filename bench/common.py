@@ -178,7 +178,8 @@ def onednn_enabled() -> bool:
 
 def machine_summary() -> dict:
     """CPU model, usable cores, the vector extensions that matter for TF on a CPU, the load
-    average when the benchmark started, and the library versions."""
+    average when the benchmark started, the library versions and whether this process runs
+    TensorFlow's oneDNN kernels."""
     import keras
     import tensorflow as tf
 
@@ -195,7 +196,7 @@ def machine_summary() -> dict:
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
-        "onednn": onednn_enabled(),
+        "onednn_in_this_process": onednn_enabled(),
     }
 
 

@@ -128,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     scale = QUICK_SCALE if arguments.quick else 1.0
     tree = build_oasis_tree(arguments.tree or default_tree(scale), scale)
     machine = machine_summary()
-    print(describe_machine(machine) + f"; oneDNN {'on' if machine['onednn'] else 'off'}")
+    print(
+        describe_machine(machine)
+        + f"; oneDNN {'on' if machine['onednn_in_this_process'] else 'off'}"
+    )
     print(f"tree {tree}: {split_sizes(scale)}")
     with tempfile.TemporaryDirectory(prefix="brain-vqvae-end-to-end-") as scratch:
         seconds = run_pipeline(tree, Path(scratch))

@@ -127,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.quick:
         arguments.counts, arguments.repeats = [16], 2
     machine = machine_summary()
-    print(describe_machine(machine) + f"; oneDNN {'on' if machine['onednn'] else 'off'}")
+    print(
+        describe_machine(machine)
+        + f"; oneDNN {'on' if machine['onednn_in_this_process'] else 'off'}"
+    )
     keras.utils.set_random_seed(arguments.seed)
     hyperparameters = preset("card")
     pixelcnn = modules.build_pixelcnn(hyperparameters)
