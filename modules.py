@@ -54,8 +54,8 @@ by a PixelCNN: one-hot codes [8, 8, 16] -> 7x7 mask-A convolution -> residual bl
 3x3 mask-B convolutions -> 1x1 convolution to 16 logits per position [8, 8, 16]. Mask A hides
 the current position and everything after it, mask B only what comes after it, so the logits at
 (i, j) depend on earlier codes only. `sample_code_maps` draws new maps position by position in
-one compiled loop, running the PixelCNN at each step only on the window of codes that position
-can see (`position_logits`); `decode_code_maps` turns them into slices.
+one compiled loop that computes each position's features once and caches them (`_RasterScan`);
+`decode_code_maps` turns them into slices.
 
 Public API: `VectorQuantizer`, `VQVAE`, `build_vqvae`, `MaskedConv2D`, `PixelCNN`,
 `build_pixelcnn`, `encode_code_maps`, `decode_code_maps`, `sample_code_maps`.
@@ -775,15 +775,14 @@ def pixelcnn_residual_block(features, name: str):
 
 
 def build_pixelcnn_network(hyperparameters: Hyperparameters) -> keras.Model:
-    """One-hot code maps [N, H, W, K] -> logits [N, H, W, K] (fully convolutional; H = W = h
-    for whole code maps, smaller for the sampler's windows).
+    """One-hot code maps [N, h, h, K] -> logits [N, h, h, K].
 
     7x7 mask-A convolution (ReLU), `pixelcnn_residual_blocks` residual blocks with a 1x1
     mask-B convolution (ReLU) between each pair (R, B, R, B, R, B, R for 4 blocks), ReLU, and a
     1x1 convolution to K logits.
     """
     codes, filters = hyperparameters.num_embeddings, hyperparameters.pixelcnn_filters
-    one_hot = keras.Input((None, None, codes), name="one_hot_code_maps")  # any window size
+    one_hot = keras.Input((None, None, codes), name="one_hot_code_maps")
     features = MaskedConv2D(
         "A", filters, hyperparameters.pixelcnn_first_kernel, activation="relu", name="mask_a"
     )(one_hot)
@@ -829,13 +828,6 @@ class PixelCNN(keras.Model):
     @property
     def code_map_size(self) -> int:
         return self.hyperparameters.code_map_size
-
-    @property
-    def receptive_reach(self) -> int:
-        """How far the logits at (i, j) can see: rows i - r .. i and columns j - r .. j + r,
-        with r = first_kernel // 2 + residual_blocks (each mask-B 3x3 adds one; 1x1s none)."""
-        settings = self.hyperparameters
-        return settings.pixelcnn_first_kernel // 2 + settings.pixelcnn_residual_blocks
 
     @property
     def num_embeddings(self) -> int:
@@ -893,30 +885,119 @@ def build_pixelcnn(hyperparameters: Hyperparameters) -> PixelCNN:
 # ---------------------------------------------------------------------------------------------
 
 
-def position_logits(pixelcnn: PixelCNN, code_maps, row, column):
-    """Logits [N, K] at position (row, column) of code maps [N, h, h], exactly as
-    `pixelcnn(code_maps)[:, row, column]`, but computed on the smallest window that holds
-    every code they depend on: `receptive_reach` r rows above and r columns on either side
-    (clamped to the map). Outside that window nothing reaches (row, column) through the masked
-    convolutions, and the window's own zero padding only touches features that do not reach it
-    either. For 32x32 maps and r = 7 the window is 8x15 instead of 32x32.
+def _taps(layer) -> np.ndarray:
+    """Flat indices dy * kw + dx of the kernel taps a convolution sees: the unmasked ones of a
+    `MaskedConv2D`, every tap of a plain one."""
+    rows, columns = layer.kernel_size
+    if isinstance(layer, MaskedConv2D):
+        visible = causal_mask(layer.kernel_size, 1, 1, layer.mask_type)[..., 0, 0]
+    else:
+        visible = np.ones((rows, columns), dtype="float32")
+    return np.flatnonzero(visible.ravel())
+
+
+def _convolution_at(layer, inputs):
+    """The output [N, C_out] of a stride-1 convolution `layer` at one position, from the inputs
+    [N, V, C_in] under its V visible taps (`_taps`, in that order):
+    activation(sum_v inputs[:, v] @ kernel[tap v] + bias)."""
+    taps = _taps(layer)
+    kernel = ops.reshape(layer.kernel, (-1, *layer.kernel.shape[2:]))  # [kh * kw, C_in, C_out]
+    kernel = ops.reshape(ops.take(kernel, taps, axis=0), (-1, layer.filters))
+    outputs = ops.matmul(ops.reshape(inputs, (ops.shape(inputs)[0], -1)), kernel)
+    if layer.use_bias:
+        outputs = outputs + layer.bias
+    return layer.activation(outputs)
+
+
+BLOCK_PARTS = ("reduce", "masked", "expand")  # the layers of `pixelcnn_residual_block`, in order
+
+
+class _RasterScan:
+    """The PixelCNN run position by position in raster order, each position's features computed
+    once and cached (the fast generation of Ramachandran et al. 2017, "Fast Generation for
+    Convolutional Autoregressive Models", https://arxiv.org/abs/1704.06001).
+
+    At position t = (i, j) every layer is evaluated at t alone: a 1x1 convolution is a matmul
+    of the [N, C] features at t, and a masked convolution with a larger kernel (the 7x7 mask A
+    over the one-hot codes, each residual block's 3x3 mask B) gathers its V visible taps
+    (i + dy, j + dx) from a cache of its inputs, a `tf.TensorArray` of h*h + 1 entries [N, C]
+    whose last entry is the zeros of 'same' padding. Every visible tap is at or before t in
+    raster order, so it is already in the cache. A step costs one position's worth of
+    compute, about 1/h^2 of a whole-map call: drawing a map costs about one forward pass.
+    The layers are those `build_pixelcnn_network` makes, looked up by name.
     """
-    size, reach = pixelcnn.code_map_size, pixelcnn.receptive_reach
-    height, width = min(size, reach + 1), min(size, 2 * reach + 1)
-    top = tf.clip_by_value(row - reach, 0, size - height)
-    left = tf.clip_by_value(column - reach, 0, size - width)
-    window = tf.slice(code_maps, tf.stack([0, top, left]), [-1, height, width])
-    return pixelcnn(window, training=False)[:, row - top, column - left, :]
+
+    def __init__(self, pixelcnn: PixelCNN):
+        network = pixelcnn.network
+        self.size = pixelcnn.code_map_size
+        self.num_embeddings = pixelcnn.num_embeddings
+        self.first = network.get_layer("mask_a")
+        blocks = pixelcnn.hyperparameters.pixelcnn_residual_blocks
+        self.joins = [network.get_layer(f"mask_b_{index}") for index in range(1, blocks)]
+        self.blocks = [
+            [network.get_layer(f"residual_{index}_{part}") for part in BLOCK_PARTS]
+            for index in range(blocks)
+        ]
+        self.head = network.get_layer("logits")
+        self.cached_layers = [self.first] + [masked for _, masked, _ in self.blocks]
+
+    def tap_positions(self, layer, position):
+        """Cache indices [V] of `layer`'s visible taps around `position` (h*h where a tap falls
+        outside the map, the zero entry)."""
+        rows, columns = layer.kernel_size
+        taps = _taps(layer)
+        tap_rows = position // self.size + taps // columns - rows // 2
+        tap_columns = position % self.size + taps % columns - columns // 2
+        inside = (tap_rows >= 0) & (tap_columns >= 0) & (tap_columns < self.size)
+        return tf.where(inside, tap_rows * self.size + tap_columns, self.size * self.size)
+
+    def __call__(self, count, choose_codes):
+        """Run the scan over [count] maps; `choose_codes(position, logits [count, K])` returns
+        the int32 codes [count] at `position`. Returns the codes [count, h, h]."""
+        positions = self.size * self.size
+
+        def empty_cache(layer):
+            channels = layer.kernel.shape[2]
+            cache = tf.TensorArray(tf.float32, size=positions + 1, element_shape=(None, channels))
+            return cache.write(positions, tf.zeros(tf.stack([count, channels])))
+
+        def gather(cache, layer, position):
+            return tf.transpose(cache.gather(self.tap_positions(layer, position)), (1, 0, 2))
+
+        def step(position, caches, codes):
+            features = _convolution_at(self.first, gather(caches[0], self.first, position))
+            caches = list(caches)
+            for index, (reduce, masked, expand) in enumerate(self.blocks):
+                if index > 0:
+                    features = _convolution_at(self.joins[index - 1], features[:, None])
+                hidden = _convolution_at(reduce, features[:, None])
+                caches[index + 1] = caches[index + 1].write(position, hidden)
+                hidden = _convolution_at(masked, gather(caches[index + 1], masked, position))
+                features = features + _convolution_at(expand, hidden[:, None])
+            logits = _convolution_at(self.head, ops.relu(features)[:, None])
+            drawn = choose_codes(position, logits)
+            caches[0] = caches[0].write(position, tf.one_hot(drawn, self.num_embeddings))
+            return position + 1, caches, codes.write(position, drawn)
+
+        _, _, codes = tf.while_loop(
+            lambda position, *_: position < positions,
+            step,
+            (
+                tf.constant(0),
+                [empty_cache(layer) for layer in self.cached_layers],
+                tf.TensorArray(tf.int32, size=positions, element_shape=(None,)),
+            ),
+        )
+        return tf.reshape(tf.transpose(codes.stack()), tf.stack([count, self.size, self.size]))
 
 
 class _CodeMapSampler:
     """Raster-order ancestral sampling from one PixelCNN, compiled once.
 
-    One `tf.function` runs a `tf.while_loop` over the h*h positions: at position (i, j) it
-    computes the logits from the codes drawn so far (`position_logits`), draws
-    k(i, j) ~ Categorical(softmax(logits / T)) for every map, and writes it in with
-    `tf.tensor_scatter_nd_update`. The draws come from a `keras.random.SeedGenerator` reset to
-    the caller's seed at the start of each call.
+    One `tf.function` runs `_RasterScan` over the h*h positions: at position (i, j) it draws
+    k(i, j) ~ Categorical(softmax(logits(i, j) / T)) for every map, from the codes drawn so far.
+    The draws come from a `keras.random.SeedGenerator` reset to the caller's seed at the start
+    of each call.
     """
 
     def __init__(self, pixelcnn: PixelCNN):
@@ -932,27 +1013,15 @@ class _CodeMapSampler:
         )
 
     def _sample(self, count, temperature, seed):
-        pixelcnn = self._pixelcnn()
-        size = pixelcnn.code_map_size
         state = self._seed_generator.state
         state.assign(tf.cast(tf.stack([seed, 0]), state.dtype))
-        map_index = tf.range(count)
 
-        def draw_position(position, code_maps):
-            row, column = position // size, position % size
-            logits = position_logits(pixelcnn, code_maps, row, column)
-            codes = keras.random.categorical(
+        def draw(position, logits):
+            return keras.random.categorical(
                 logits / temperature, 1, dtype="int32", seed=self._seed_generator
             )[:, 0]
-            where = tf.stack([map_index, tf.fill([count], row), tf.fill([count], column)], axis=1)
-            return position + 1, tf.tensor_scatter_nd_update(code_maps, where, codes)
 
-        _, code_maps = tf.while_loop(
-            lambda position, _: position < size * size,
-            draw_position,
-            (tf.constant(0), tf.zeros(tf.stack([count, size, size]), tf.int32)),
-        )
-        return code_maps
+        return _RasterScan(self._pixelcnn())(count, draw)
 
 
 _SAMPLERS: weakref.WeakKeyDictionary[PixelCNN, _CodeMapSampler] = weakref.WeakKeyDictionary()

@@ -5,8 +5,9 @@
 The two samplers draw `count` code maps (8x8 for the card) from the same untrained card PixelCNN,
 `modules.build_pixelcnn(preset("card"))`; its weights do not change the cost of a draw.
   ours     `modules.sample_code_maps`: one `tf.function` running a `tf.while_loop` over the 64
-           positions, each step running the PixelCNN only on the window of codes the position
-           can see and drawing the codes of all maps at once.
+           positions, each step computing every layer at that position alone from cached
+           features of the earlier ones (`modules._RasterScan`) and drawing the codes of all
+           maps at once.
   example  the loop of the Keras examples (keras.io/examples/generative/vq_vae and pixelcnn):
            for each position in raster order, `pixelcnn.predict` on the whole batch of maps
            (full 8x8 maps, predict's default batch of 32), then one code per map from

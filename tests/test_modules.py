@@ -438,15 +438,24 @@ def test_pixelcnn_logits_depend_only_on_earlier_codes(pixelcnn):
     assert all(change[:target, target].max() > 1e-3 for target in range(1, positions))
 
 
-def test_position_logits_on_a_window_equal_the_whole_map_logits():
+def test_raster_scan_replaying_a_map_gives_the_whole_map_logits():
+    """The sampler's cached position-by-position pass computes what one call on the whole map
+    does, at every position, borders included."""
     keras.utils.set_random_seed(0)
-    prior = build_pixelcnn(TINY.replace(image_size=64))  # 16x16 maps, windows of 6x11
-    assert prior.receptive_reach == 5
+    prior = build_pixelcnn(TINY.replace(image_size=64, pixelcnn_residual_blocks=3))  # 16x16
     code_maps = np.random.default_rng(11).integers(0, CODES, (3, 16, 16)).astype("int32")
-    whole = np.asarray(prior(code_maps))
-    for row, column in [(0, 0), (0, 15), (3, 2), (7, 8), (10, 0), (12, 15), (15, 15), (15, 4)]:
-        window = modules.position_logits(prior, code_maps, row, column)
-        np.testing.assert_allclose(window, whole[:, row, column], atol=1e-5)
+    whole = np.asarray(prior(code_maps)).reshape(3, 16 * 16, CODES)
+    logits_seen = {}
+
+    def replay(position, logits):  # eager: tf.while_loop runs as a Python loop
+        logits_seen[int(position)] = np.asarray(logits)
+        return code_maps.reshape(3, -1)[:, int(position)]
+
+    replayed = modules._RasterScan(prior)(3, replay)
+    np.testing.assert_array_equal(replayed, code_maps)
+    assert sorted(logits_seen) == list(range(16 * 16))
+    for position, logits in logits_seen.items():
+        np.testing.assert_allclose(logits, whole[:, position], atol=1e-5)
 
 
 def test_pixelcnn_save_and_load_give_identical_logits(tmp_path, pixelcnn):
