@@ -1,14 +1,15 @@
 """How well a VQ-VAE reconstructs brains of people it never saw: leave-subjects-out folds.
 
     python bench/real_fidelity.py --preset card [--data /work/shared/realbrains]
-        [--slices-per-volume 96] [--held-out 2] [--folds 3] [--epochs 25] [--json out.json]
-        [--cache-dir DIR] [--FIELD VALUE ...]
+        [--slices-per-volume 96] [--held-out 2] [--folds 3] [--fold F] [--epochs 25]
+        [--json out.json] [--cache-dir DIR] [--FIELD VALUE ...]
 
 Protocol. Every slice of the data set is loaded with `dataset.load_slices` (all three of its
 splits pooled; the loader's own split is ignored) and the subjects are taken in sorted order.
 Fold f (0-based) holds out the `--held-out` subjects at positions f*H, f*H+1, ... of that order,
 wrapping around, so with folds * H >= subjects every subject is held out at least once (exactly
 once when folds * H equals the number of subjects; the default 3 x 2 for six volumes).
+`--fold F` runs fold F alone (1-based), so that folds can run in separate processes.
 
 In each fold the preset's VQ-VAE (with any `--FIELD VALUE` overrides, as in train.py) is trained
 from scratch by the project's own `train.train_vqvae`, with all its callbacks, into a temporary
@@ -170,13 +171,13 @@ def format_table(report: dict) -> str:
         f"{'>=' + str(target):>6}  {'PSNR':>6}  {'seen':>6}"
     )
     lines = [header, "-" * len(header)]
-    for number, fold in enumerate(report["folds"], start=1):
+    for fold in report["folds"]:
         for subject, row in fold["held_out"].items():
             seen_text = f"{seen[subject]:6.3f}" if subject in seen else f"{'-':>6}"
             lines.append(
-                f"{number:>4}  {subject:<{width}}  {row['slices']:>6}  {row['ssim_mean']:6.3f}  "
-                f"{row['ssim_p05']:6.3f}  {row['fraction_above_target']:6.1%}  "
-                f"{row['psnr_mean']:6.2f}  {seen_text}"
+                f"{fold['fold']:>4}  {subject:<{width}}  {row['slices']:>6}  "
+                f"{row['ssim_mean']:6.3f}  {row['ssim_p05']:6.3f}  "
+                f"{row['fraction_above_target']:6.1%}  {row['psnr_mean']:6.2f}  {seen_text}"
             )
     lines.append("-" * len(header))
     overall = report["overall"]
@@ -186,9 +187,9 @@ def format_table(report: dict) -> str:
         f"{overall['fraction_above_target']:6.1%}  {overall['psnr_mean']:6.2f}"
     )
     lines.append("")
-    for number, fold in enumerate(report["folds"], start=1):
+    for fold in report["folds"]:
         lines.append(
-            f"fold {number}: trained on {fold['train_slices']} slices "
+            f"fold {fold['fold']}: trained on {fold['train_slices']} slices "
             f"({fold['validate_slices']} validating), {fold['epochs_run']} epochs "
             f"(best {fold['best_epoch']}); SSIM train {fold['train_ssim_mean']:.3f}, "
             f"validation {fold['validate_ssim_mean']:.3f}; "
@@ -206,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="volumes (any dataset.py format)")
     parser.add_argument("--held-out", type=int, default=2, help="subjects held out per fold")
     parser.add_argument("--folds", type=int, default=3, help="number of folds")
+    parser.add_argument(
+        "--fold", type=int, help="run only this fold (1-based) of the rotation, e.g. in parallel"
+    )
     parser.add_argument("--epochs", type=int, help="VQ-VAE epochs per fold (= --epochs-vqvae)")
     parser.add_argument("--json", help="write the full report to this file")
     parser.add_argument("--cache-dir", help="where decoded slices are cached")
@@ -242,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--held-out must be in [1, {len(subjects) - 1}] for {len(subjects)} subjects")
     if arguments.folds < 1:
         parser.error("--folds must be at least 1")
+    if arguments.fold is not None and not 1 <= arguments.fold <= arguments.folds:
+        parser.error(f"--fold must be in [1, {arguments.folds}]")
     if not np.any(slices.slice_indices % VALIDATION_EVERY == VALIDATION_EVERY // 2):
         parser.error(f"--slices-per-volume must be at least {VALIDATION_EVERY // 2 + 1}")
     if arguments.folds * arguments.held_out < len(subjects):
@@ -255,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     for number, held_out in enumerate(
         held_out_subjects(subjects, arguments.held_out, arguments.folds), start=1
     ):
+        if arguments.fold not in (None, number):
+            continue
         print(f"fold {number}/{arguments.folds}: holding out {', '.join(held_out)}", flush=True)
         with tempfile.TemporaryDirectory(prefix="real_fidelity_") as work:
             try:
@@ -262,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             except (RunError, ValueError) as error:
                 print(f"error in fold {number}: {error}", file=sys.stderr)
                 return 2
-        folds.append(fold)
+        folds.append({"fold": number, **fold})
 
     report = {
         "data": str(Path(arguments.data).resolve()),
