@@ -65,6 +65,9 @@ class Hyperparameters:
     ema_epsilon: float = 1e-5
     dead_code_restart: bool = False
     dead_code_threshold: float = 1e-3
+    # Replace the initial codebook by k-means centroids of the first training batch's encoder
+    # outputs (see `modules.VectorQuantizer`).
+    kmeans_init: bool = False
 
     # Reconstruction loss: "ssim_l1", 0.84 (1 - SSIM) + 0.16 L1 (Zhao et al., 2017), or "mse"
     # divided by the data variance (the keras-io example). The metric's own loss is the default:

@@ -177,6 +177,50 @@ def usage_statistics(counts):
     return ops.exp(entropy), ops.mean(ops.cast(average_usage > 0, "float32"))
 
 
+KMEANS_ITERATIONS = 10  # Lloyd iterations after the k-means++ seeding
+
+
+def kmeans_plus_plus_seeds(vectors, count: int, seed_generator):
+    """`count` seeds [count, D] for k-means drawn from vectors [M, D] by k-means++ (Arthur and
+    Vassilvitskii 2007): the first uniformly, each next one with probability proportional to
+    its squared distance D(x)^2 to the nearest seed so far. Copies of a chosen vector (the
+    black background's identical encoder outputs) have D(x) = 0 and are never chosen again
+    while any other vector is left. With no vectors (an empty replica batch) the seeds are 0."""
+    rows = ops.shape(vectors)[0]
+    pool = ops.concatenate([vectors, ops.zeros((1, ops.shape(vectors)[1]), vectors.dtype)])
+    # Uniform over the M vectors, or the appended zero row if M = 0.
+    no_rows = ops.cast(ops.reshape(rows == 0, (1,)), "float32")
+    anywhere = ops.concatenate([ops.ones((rows,)), no_rows])
+
+    def add_seed(index, state):
+        seeds, nearest = state
+        weights = ops.where(ops.sum(nearest) > 0, nearest, anywhere)  # all 0: copies of one
+        chosen = keras.random.categorical(
+            ops.log(weights)[None], 1, dtype="int32", seed=seed_generator
+        )[0, 0]
+        seed = ops.take(pool, chosen, axis=0)
+        seeds = ops.where(ops.arange(count)[:, None] == index, seed[None], seeds)
+        distances = ops.sum(ops.square(pool - seed[None]), axis=1)
+        return seeds, ops.minimum(nearest, ops.where(ops.arange(rows + 1) < rows, distances, 0))
+
+    seeds = ops.zeros((count, ops.shape(vectors)[1]), vectors.dtype)
+    return ops.fori_loop(0, count, add_seed, (seeds, anywhere))[0]
+
+
+def kmeans(vectors, count: int, seed_generator, iterations: int = KMEANS_ITERATIONS):
+    """Centroids [count, D] of vectors [M, D]: k-means++ seeds, then `iterations` of Lloyd's
+    algorithm (assign each vector to its nearest centroid, move each centroid to the mean of
+    its vectors; a centroid with no vectors stays where it is)."""
+    centroids = kmeans_plus_plus_seeds(vectors, count, seed_generator)
+    for _ in range(iterations):
+        nearest = ops.argmin(squared_distances(vectors, centroids), axis=1)
+        one_hot = ops.one_hot(nearest, count)
+        sizes = ops.sum(one_hot, axis=0)[:, None]
+        sums = ops.matmul(ops.transpose(one_hot), vectors)
+        centroids = ops.where(sizes > 0, sums / ops.maximum(sizes, 1.0), centroids)
+    return centroids
+
+
 def replica_sum(value):
     """`value` summed over the replicas of a `tf.distribute` strategy (an all-reduce inside
     `strategy.run`, i.e. in a compiled `train_step`, `test_step` or `predict_step`); `value`
@@ -251,11 +295,18 @@ class VectorQuantizer(keras.layers.Layer):
     initial codebook counts as one pseudo-vector per code and an unused code keeps its place
     instead of collapsing to zero as with Sonnet's zero-debiased averages.
 
+    With `kmeans_init=True` the first training call replaces the codebook by the k-means
+    centroids of that batch's encoder outputs (`kmeans`: k-means++ seeds, then Lloyd; with
+    EMA, N_k <- 1 and m_k <- e_k), so every code starts where there are encoder outputs. The
+    default initial codebook instead puts most of them on one code: on real brains the card's
+    VQ-VAE then ran its first 280 steps with a single code in use.
+
     With `dead_code_restart=True` each code's share of the assignments is tracked as an
-    exponential moving average u_k <- gamma u_k + (1 - gamma) sum_m r_mk / M (u_k starts at
-    1/K); a code with u_k < `dead_code_threshold` is re-seeded with a randomly chosen encoder
-    output of the current batch and its u_k reset to 1/K (and, with EMA, N_k to 1 and m_k to
-    the new vector). This works with and without EMA.
+    exponential moving average u_k <- gamma u_k + (1 - gamma) sum_m r_mk / M; a code with
+    u_k < `dead_code_threshold` = t is re-seeded with a randomly chosen encoder output of the
+    current batch (and, with EMA, N_k <- 1 and m_k <- the new vector). u_k starts, and restarts,
+    at 2t, so a code that draws no vectors is restarted after ln 2 / (1 - gamma) steps (69 for
+    gamma = 0.99) whatever K is. This works with and without EMA.
 
     State changes (EMA, restarts) happen only when called with `training=True`, as assignments
     to non-trainable variables, so they run inside a compiled `train_step`.
@@ -283,6 +334,7 @@ class VectorQuantizer(keras.layers.Layer):
         ema_epsilon: float = 1e-5,
         dead_code_restart: bool = False,
         dead_code_threshold: float = 1e-3,
+        kmeans_init: bool = False,
         seed: int | None = None,
         **kwargs,
     ):
@@ -309,10 +361,12 @@ class VectorQuantizer(keras.layers.Layer):
         self.ema_epsilon = ema_epsilon
         self.dead_code_restart = dead_code_restart
         self.dead_code_threshold = dead_code_threshold
+        self.kmeans_init = kmeans_init
         self.seed = seed
         self.restart_seed_generator = (
             keras.random.SeedGenerator(seed) if dead_code_restart else None
         )
+        self.kmeans_seed_generator = keras.random.SeedGenerator(seed) if kmeans_init else None
 
     def build(self, input_shape) -> None:
         if input_shape[-1] != self.latent_dim:
@@ -339,7 +393,14 @@ class VectorQuantizer(keras.layers.Layer):
             self.ema_cluster_sum.assign(self.codebook)
         if self.dead_code_restart:
             self.usage_share = self._state_variable("usage_share", (self.num_embeddings,))
-            self.usage_share.assign(ops.full((self.num_embeddings,), 1.0 / self.num_embeddings))
+            self.usage_share.assign(ops.full((self.num_embeddings,), self._fresh_share))
+        if self.kmeans_init:
+            self.initialized = self._state_variable("initialized", ())  # 1 once k-means ran
+
+    @property
+    def _fresh_share(self) -> float:
+        """u_k of a new or restarted code: twice the dead-code threshold."""
+        return 2.0 * self.dead_code_threshold
 
     def _state_variable(self, name: str, shape: tuple[int, ...]):
         return self.add_weight(
@@ -352,6 +413,8 @@ class VectorQuantizer(keras.layers.Layer):
 
     def call(self, latents, training=False):
         flat_latents = ops.reshape(latents, (-1, self.latent_dim))
+        if training and self.kmeans_init:
+            self._initialize_codebook_once(ops.stop_gradient(flat_latents))
         flat_indices = self._nearest_codes(flat_latents)
         one_hot = ops.one_hot(flat_indices, self.num_embeddings)
         codes = ops.reshape(ops.take(self.codebook, flat_indices, axis=0), ops.shape(latents))
@@ -386,6 +449,21 @@ class VectorQuantizer(keras.layers.Layer):
     def _nearest_codes(self, flat_latents):
         distances = squared_distances(flat_latents, self.codebook)
         return ops.cast(ops.argmin(distances, axis=1), "int32")
+
+    def _initialize_codebook_once(self, flat_latents) -> None:
+        """On the first training call only: codebook <- k-means centroids of `flat_latents`.
+        Under a strategy each replica clusters its own vectors and the first one's are kept."""
+
+        def initialize():
+            centroids = kmeans(flat_latents, self.num_embeddings, self.kmeans_seed_generator)
+            self.codebook.assign(centroids)
+            if self.ema:
+                self.ema_cluster_size.assign(ops.ones((self.num_embeddings,)))
+                self.ema_cluster_sum.assign(centroids)
+            self.initialized.assign(1.0)
+            return ops.zeros(())
+
+        tf.cond(self.initialized > 0, lambda: ops.zeros(()), initialize)
 
     def _update_state(self, flat_latents, one_hot, counts) -> None:
         flat_latents = ops.stop_gradient(flat_latents)
@@ -429,7 +507,7 @@ class VectorQuantizer(keras.layers.Layer):
         )
         replacements = ops.take(pool, chosen, axis=0)
         self.codebook.assign(ops.where(dead_rows, replacements, self.codebook))
-        self.usage_share.assign(ops.where(dead, 1.0 / self.num_embeddings, share))
+        self.usage_share.assign(ops.where(dead, self._fresh_share, share))
         if self.ema:
             self.ema_cluster_size.assign(ops.where(dead, 1.0, self.ema_cluster_size))
             self.ema_cluster_sum.assign(ops.where(dead_rows, replacements, self.ema_cluster_sum))
@@ -445,6 +523,7 @@ class VectorQuantizer(keras.layers.Layer):
             "ema_epsilon": self.ema_epsilon,
             "dead_code_restart": self.dead_code_restart,
             "dead_code_threshold": self.dead_code_threshold,
+            "kmeans_init": self.kmeans_init,
             "seed": self.seed,
         }
 
@@ -583,6 +662,7 @@ class VQVAE(keras.Model):
             ema_epsilon=settings.ema_epsilon,
             dead_code_restart=settings.dead_code_restart,
             dead_code_threshold=settings.dead_code_threshold,
+            kmeans_init=settings.kmeans_init,
             seed=settings.seed,
             name="vector_quantizer",
         )

@@ -195,20 +195,58 @@ def test_dead_code_restart_reseeds_an_unused_code_with_an_encoder_output(ema):
     noise = 0.05 * np.random.default_rng(6).normal(size=(30, 2))
     latents = (np.repeat(codebook[:3], 10, axis=0) + noise).astype("float32")
     quantizer = quantizer_with_codebook(
-        codebook, ema=ema, ema_decay=0.5, dead_code_restart=True, dead_code_threshold=0.2, seed=0
+        codebook, ema=ema, ema_decay=0.4, dead_code_restart=True, dead_code_threshold=0.3, seed=0
     )
+    np.testing.assert_allclose(quantizer.usage_share, [0.6] * 4)  # twice the threshold
 
     quantizer(latents, training=False)
     np.testing.assert_array_equal(quantizer.codebook, codebook)
-    quantizer(latents, training=True)  # code 3 share: 0.5 * 1/4 + 0.5 * 0 < 0.2
+    quantizer(latents, training=True)  # code 3: 0.4 * 0.6 + 0.6 * 0 < 0.3; others 0.44
     restarted = quantizer.codebook.numpy()[3]
     assert np.abs(latents - restarted).sum(axis=1).min() < 1e-6
-    np.testing.assert_allclose(quantizer.usage_share.numpy()[3], 0.25)
+    np.testing.assert_allclose(quantizer.usage_share.numpy(), [0.44, 0.44, 0.44, 0.6], rtol=1e-5)
     if ema:
         assert quantizer.ema_cluster_size.numpy()[3] == 1.0
         np.testing.assert_allclose(quantizer.ema_cluster_sum.numpy()[3], restarted)
     else:
         np.testing.assert_array_equal(quantizer.codebook.numpy()[:3], codebook[:3])
+
+
+def clusters_with_background(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Four tight clusters of 20 vectors in 2-D and 400 copies of one background vector."""
+    centres = np.array([[3, 0], [0, 3], [-3, 0], [0, -3]], dtype="float32")
+    noise = 0.05 * np.random.default_rng(seed).normal(size=(80, 2))
+    vectors = np.concatenate([np.repeat(centres, 20, axis=0) + noise, np.zeros((400, 2))])
+    return centres, vectors.astype("float32")
+
+
+def test_kmeans_puts_a_centroid_on_every_cluster_despite_a_mass_of_copies():
+    centres, vectors = clusters_with_background(12)
+    centroids = np.asarray(modules.kmeans(vectors, 5, keras.random.SeedGenerator(0)))
+    for point in [*centres, [0, 0]]:
+        assert np.linalg.norm(centroids - point, axis=1).min() < 0.1
+    empty = modules.kmeans(np.zeros((0, 2), "float32"), 3, keras.random.SeedGenerator(0))
+    np.testing.assert_array_equal(empty, np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_kmeans_init_replaces_the_codebook_on_the_first_training_call_only(ema):
+    centres, vectors = clusters_with_background(13)
+    quantizer = VectorQuantizer(5, 2, ema=ema, kmeans_init=True, seed=0)
+    quantizer.build((None, 2))
+    initial = quantizer.codebook.numpy().copy()
+    quantizer(vectors, training=False)
+    np.testing.assert_array_equal(quantizer.codebook, initial)
+
+    outputs = quantizer(vectors, training=True)
+    codebook = quantizer.codebook.numpy().copy()
+    for point in [*centres, [0, 0]]:
+        assert np.linalg.norm(codebook - point, axis=1).min() < 0.1
+    assert float(outputs["codes_used"]) == 1.0
+    quantizer(vectors[:80] + 1.0, training=True)  # not clustered again
+    if not ema:
+        np.testing.assert_array_equal(quantizer.codebook, codebook)
+    assert float(quantizer.initialized) == 1.0
 
 
 def test_quantizer_rejects_bad_arguments():
@@ -270,12 +308,18 @@ def test_vqvae_training_lowers_the_loss_and_reports_every_metric(images, reconst
     assert -1.0 <= evaluation["ssim"] <= 1.0 and evaluation["psnr"] > 0
 
 
-def test_compiled_train_step_updates_ema_and_restart_state_but_evaluate_does_not(images):
+def test_compiled_train_step_updates_ema_restart_and_kmeans_state_but_evaluate_does_not(images):
     keras.utils.set_random_seed(0)
-    model = build_vqvae(TINY.replace(ema=True, dead_code_restart=True), float(images.var()))
+    settings = TINY.replace(ema=True, dead_code_restart=True, kmeans_init=True)
+    model = build_vqvae(settings, float(images.var()))
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     quantizer = model.quantizer
-    state = (quantizer.codebook, quantizer.ema_cluster_size, quantizer.usage_share)
+    state = (
+        quantizer.codebook,
+        quantizer.ema_cluster_size,
+        quantizer.usage_share,
+        quantizer.initialized,
+    )
 
     before = [variable.numpy().copy() for variable in state]
     model.fit(images, batch_size=8, epochs=2, verbose=0)
