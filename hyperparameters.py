@@ -68,6 +68,8 @@ class Hyperparameters:
     # Replace the initial codebook by k-means centroids of the first training batch's encoder
     # outputs (see `modules.VectorQuantizer`).
     kmeans_init: bool = False
+    # Compare, quantize and decode unit vectors: cosine-similarity codes (modules.VectorQuantizer).
+    l2_normalize: bool = False
 
     # Reconstruction loss: "ssim_l1", 0.84 (1 - SSIM) + 0.16 L1 (Zhao et al., 2017), or "mse"
     # divided by the data variance (the keras-io example). The metric's own loss is the default:

@@ -301,6 +301,12 @@ class VectorQuantizer(keras.layers.Layer):
     default initial codebook instead puts most of them on one code: on real brains the card's
     VQ-VAE then ran its first 280 steps with a single code in use.
 
+    With `l2_normalize=True` encoder outputs and codes are projected onto the unit sphere before
+    they are compared, quantized and used in the losses (Yu et al. 2022, "Vector-quantized Image
+    Modeling with Improved VQGAN", https://arxiv.org/abs/2110.04627): the nearest code is then
+    the one of highest cosine similarity, and a growing scale of the encoder outputs, which
+    otherwise leaves all but the nearest code behind, does not matter.
+
     With `dead_code_restart=True` each code's share of the assignments is tracked as an
     exponential moving average u_k <- gamma u_k + (1 - gamma) sum_m r_mk / M; a code with
     u_k < `dead_code_threshold` = t is re-seeded with a randomly chosen encoder output of the
@@ -335,6 +341,7 @@ class VectorQuantizer(keras.layers.Layer):
         dead_code_restart: bool = False,
         dead_code_threshold: float = 1e-3,
         kmeans_init: bool = False,
+        l2_normalize: bool = False,
         seed: int | None = None,
         **kwargs,
     ):
@@ -362,6 +369,7 @@ class VectorQuantizer(keras.layers.Layer):
         self.dead_code_restart = dead_code_restart
         self.dead_code_threshold = dead_code_threshold
         self.kmeans_init = kmeans_init
+        self.l2_normalize = l2_normalize
         self.seed = seed
         self.restart_seed_generator = (
             keras.random.SeedGenerator(seed) if dead_code_restart else None
@@ -412,12 +420,13 @@ class VectorQuantizer(keras.layers.Layer):
         )
 
     def call(self, latents, training=False):
+        latents = self._onto_sphere(latents)
         flat_latents = ops.reshape(latents, (-1, self.latent_dim))
         if training and self.kmeans_init:
             self._initialize_codebook_once(ops.stop_gradient(flat_latents))
         flat_indices = self._nearest_codes(flat_latents)
         one_hot = ops.one_hot(flat_indices, self.num_embeddings)
-        codes = ops.reshape(ops.take(self.codebook, flat_indices, axis=0), ops.shape(latents))
+        codes = ops.reshape(self.lookup(flat_indices), ops.shape(latents))
         commitment_loss = ops.mean(ops.square(latents - ops.stop_gradient(codes)))
         loss = self.beta * commitment_loss
         if not self.ema:
@@ -439,15 +448,24 @@ class VectorQuantizer(keras.layers.Layer):
 
     def code_indices(self, latents):
         """Index of the nearest code for every vector: [..., latent_dim] -> [...] int32."""
-        flat_indices = self._nearest_codes(ops.reshape(latents, (-1, self.latent_dim)))
-        return ops.reshape(flat_indices, ops.shape(latents)[:-1])
+        flat_latents = ops.reshape(self._onto_sphere(latents), (-1, self.latent_dim))
+        return ops.reshape(self._nearest_codes(flat_latents), ops.shape(latents)[:-1])
 
     def lookup(self, code_indices):
         """Codebook vectors for integer indices: [...] -> [..., latent_dim]."""
-        return ops.take(self.codebook, ops.cast(code_indices, "int32"), axis=0)
+        return ops.take(self._codes(), ops.cast(code_indices, "int32"), axis=0)
+
+    def _onto_sphere(self, vectors):
+        """vectors / ||vectors|| along the last axis with `l2_normalize`, else unchanged."""
+        return ops.normalize(vectors, axis=-1) if self.l2_normalize else vectors
+
+    def _codes(self):
+        """The codebook as used: each code projected onto the unit sphere with `l2_normalize`
+        (the stored vectors, EMA means of unit vectors, are not)."""
+        return self._onto_sphere(self.codebook)
 
     def _nearest_codes(self, flat_latents):
-        distances = squared_distances(flat_latents, self.codebook)
+        distances = squared_distances(flat_latents, self._codes())
         return ops.cast(ops.argmin(distances, axis=1), "int32")
 
     def _initialize_codebook_once(self, flat_latents) -> None:
@@ -524,6 +542,7 @@ class VectorQuantizer(keras.layers.Layer):
             "dead_code_restart": self.dead_code_restart,
             "dead_code_threshold": self.dead_code_threshold,
             "kmeans_init": self.kmeans_init,
+            "l2_normalize": self.l2_normalize,
             "seed": self.seed,
         }
 
@@ -663,6 +682,7 @@ class VQVAE(keras.Model):
             dead_code_restart=settings.dead_code_restart,
             dead_code_threshold=settings.dead_code_threshold,
             kmeans_init=settings.kmeans_init,
+            l2_normalize=settings.l2_normalize,
             seed=settings.seed,
             name="vector_quantizer",
         )

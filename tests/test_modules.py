@@ -249,6 +249,21 @@ def test_kmeans_init_replaces_the_codebook_on_the_first_training_call_only(ema):
     assert float(quantizer.initialized) == 1.0
 
 
+def test_l2_normalized_quantizer_picks_codes_by_direction_and_outputs_unit_vectors():
+    codebook = np.array([[1, 0], [0, 5], [-0.1, 0], [0, -1]], dtype="float32")
+    latents = np.array([[0.1, 0.01], [300, 290.0], [-2, 0.5], [0.2, -40]], dtype="float32")
+    quantizer = quantizer_with_codebook(codebook, l2_normalize=True)
+    outputs = quantizer(latents)
+    np.testing.assert_array_equal(outputs["code_indices"], [0, 0, 2, 3])
+    np.testing.assert_array_equal(quantizer.code_indices(latents * 1e3), [0, 0, 2, 3])
+    units = codebook / np.linalg.norm(codebook, axis=1, keepdims=True)
+    np.testing.assert_allclose(outputs["quantized"], units[[0, 0, 2, 3]], atol=1e-6)
+    np.testing.assert_allclose(quantizer.lookup(np.array([1, 2])), units[[1, 2]], atol=1e-6)
+    directions = latents / np.linalg.norm(latents, axis=1, keepdims=True)
+    squared_error = np.mean((directions - units[[0, 0, 2, 3]]) ** 2)
+    np.testing.assert_allclose(outputs["loss"], 1.25 * squared_error, rtol=1e-5)
+
+
 def test_quantizer_rejects_bad_arguments():
     for arguments in (
         {"num_embeddings": 1},
