@@ -1038,6 +1038,7 @@ class _RasterScan:
             [network.get_layer(f"residual_{index}_{part}") for part in BLOCK_PARTS]
             for index in range(blocks)
         ]
+        self.final_activation = network.get_layer("relu")
         self.head = network.get_layer("logits")
         self.cached_layers = [self.first] + [masked for _, masked, _ in self.blocks]
 
@@ -1074,7 +1075,7 @@ class _RasterScan:
                 caches[index + 1] = caches[index + 1].write(position, hidden)
                 hidden = _convolution_at(masked, gather(caches[index + 1], masked, position))
                 features = features + _convolution_at(expand, hidden[:, None])
-            logits = _convolution_at(self.head, ops.relu(features)[:, None])
+            logits = _convolution_at(self.head, self.final_activation(features)[:, None])
             drawn = choose_codes(position, logits)
             caches[0] = caches[0].write(position, tf.one_hot(drawn, self.num_embeddings))
             return position + 1, caches, codes.write(position, drawn)
