@@ -309,8 +309,11 @@ class VectorQuantizer(keras.layers.Layer):
 
     With `dead_code_restart=True` each code's share of the assignments is tracked as an
     exponential moving average u_k <- gamma u_k + (1 - gamma) sum_m r_mk / M; a code with
-    u_k < `dead_code_threshold` = t is re-seeded with a randomly chosen encoder output of the
-    current batch (and, with EMA, N_k <- 1 and m_k <- the new vector). u_k starts, and restarts,
+    u_k < `dead_code_threshold` = t is re-seeded with an encoder output z of the current batch
+    drawn with probability proportional to ||z - e(z)||^2, its squared distance to its code (and,
+    with EMA, N_k <- 1 and m_k <- the new vector): restarts go where the codebook fits the data
+    worst, and not onto copies of the black background's encoder output, which are most of a
+    batch and already have their code. u_k starts, and restarts,
     at 2t, so a code that draws no vectors is restarted after ln 2 / (1 - gamma) steps (69 for
     gamma = 0.99) whatever K is. This works with and without EMA.
 
@@ -424,7 +427,8 @@ class VectorQuantizer(keras.layers.Layer):
         flat_latents = ops.reshape(latents, (-1, self.latent_dim))
         if training and self.kmeans_init:
             self._initialize_codebook_once(ops.stop_gradient(flat_latents))
-        flat_indices = self._nearest_codes(flat_latents)
+        distances = squared_distances(flat_latents, self._codes())
+        flat_indices = ops.cast(ops.argmin(distances, axis=1), "int32")
         one_hot = ops.one_hot(flat_indices, self.num_embeddings)
         codes = ops.reshape(self.lookup(flat_indices), ops.shape(latents))
         commitment_loss = ops.mean(ops.square(latents - ops.stop_gradient(codes)))
@@ -434,7 +438,7 @@ class VectorQuantizer(keras.layers.Layer):
         counts = replica_sum(ops.sum(one_hot, axis=0))
         perplexity, codes_used = usage_statistics(counts)
         if training:
-            self._update_state(flat_latents, one_hot, counts)
+            self._update_state(flat_latents, one_hot, counts, ops.min(distances, axis=1))
         # Straight-through estimator: forward pass outputs the codes, backward pass copies the
         # gradient with respect to them unchanged to the encoder outputs.
         quantized = latents + ops.stop_gradient(codes - latents)
@@ -483,12 +487,14 @@ class VectorQuantizer(keras.layers.Layer):
 
         tf.cond(self.initialized > 0, lambda: ops.zeros(()), initialize)
 
-    def _update_state(self, flat_latents, one_hot, counts) -> None:
+    def _update_state(self, flat_latents, one_hot, counts, misfits) -> None:
+        """EMA and restarts from this batch; `misfits` [M] are the squared distances of the
+        vectors to their codes."""
         flat_latents = ops.stop_gradient(flat_latents)
         if self.ema:
             self._update_ema_codebook(flat_latents, one_hot, counts)
         if self.dead_code_restart:
-            self._restart_dead_codes(flat_latents, counts)
+            self._restart_dead_codes(flat_latents, counts, ops.stop_gradient(misfits))
 
     def _update_ema_codebook(self, flat_latents, one_hot, counts) -> None:
         decay = self.ema_decay
@@ -506,23 +512,30 @@ class VectorQuantizer(keras.layers.Layer):
         self.ema_cluster_sum.assign(cluster_sum)
         self.codebook.assign(cluster_sum / smoothed_size[:, None])
 
-    def _restart_dead_codes(self, flat_latents, counts) -> None:
+    def _restart_dead_codes(self, flat_latents, counts, misfits) -> None:
         share = self.ema_decay * self.usage_share + (1.0 - self.ema_decay) * (
             counts / ops.sum(counts)
         )
         dead = share < self.dead_code_threshold
         dead_rows = dead[:, None]
-        # Replacements come from this replica's vectors. A replica can get an empty batch (the
-        # last batch of an epoch split over more replicas than it has images); it draws the
-        # zero row appended here, and its choice is discarded (only_first_replica).
+        # Replacements come from this replica's vectors, drawn with probability proportional
+        # to their squared distance to their code (as k-means++ seeds), so that they go where
+        # the codebook fits worst, not onto the black background's many identical vectors.
+        # A replica can get an empty batch (the last batch of an epoch split over more
+        # replicas than it has images); it draws the zero row appended here, and its choice is
+        # discarded (only_first_replica).
         vector_count = ops.shape(flat_latents)[0]
         pool = ops.concatenate([flat_latents, ops.zeros((1, self.latent_dim))])
-        chosen = keras.random.randint(
-            (self.num_embeddings,),
-            0,
-            ops.maximum(vector_count, 1),
+        no_rows = ops.cast(ops.reshape(vector_count == 0, (1,)), "float32")
+        anywhere = ops.concatenate([ops.ones((vector_count,)), no_rows])
+        weights = ops.concatenate([misfits, ops.zeros((1,))])
+        weights = ops.where(ops.sum(weights) > 0, weights, anywhere)  # a perfect fit: uniform
+        chosen = keras.random.categorical(
+            ops.log(weights)[None],
+            self.num_embeddings,
+            dtype="int32",
             seed=self.restart_seed_generator,
-        )
+        )[0]
         replacements = ops.take(pool, chosen, axis=0)
         self.codebook.assign(ops.where(dead_rows, replacements, self.codebook))
         self.usage_share.assign(ops.where(dead, self._fresh_share, share))

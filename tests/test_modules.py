@@ -212,6 +212,18 @@ def test_dead_code_restart_reseeds_an_unused_code_with_an_encoder_output(ema):
         np.testing.assert_array_equal(quantizer.codebook.numpy()[:3], codebook[:3])
 
 
+def test_dead_codes_restart_where_the_codebook_fits_worst_not_on_the_background():
+    codebook = np.array([[0, 0], [50, 50], [-50, 50]], dtype="float32")
+    tissue = 5.0 + 0.1 * np.random.default_rng(7).normal(size=(8, 2))
+    latents = np.concatenate([np.zeros((400, 2)), tissue]).astype("float32")  # 98 % background
+    quantizer = quantizer_with_codebook(
+        codebook, ema_decay=0.4, dead_code_restart=True, dead_code_threshold=0.3, seed=0
+    )
+    quantizer(latents, training=True)  # codes 1 and 2 draw nothing: both restarted
+    for restarted in quantizer.codebook.numpy()[1:]:
+        assert np.abs(tissue - restarted).sum(axis=1).min() < 1e-6
+
+
 def clusters_with_background(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Four tight clusters of 20 vectors in 2-D and 400 copies of one background vector."""
     centres = np.array([[3, 0], [0, 3], [-3, 0], [0, -3]], dtype="float32")
