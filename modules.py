@@ -180,6 +180,16 @@ def usage_statistics(counts):
 KMEANS_ITERATIONS = 10  # Lloyd iterations after the k-means++ seeding
 
 
+def padded_pool(vectors):
+    """Vectors [M, D] to draw from, as (pool [M + 1, D], anywhere [M + 1]): the vectors with a
+    zero row appended, and weights uniform over the M vectors, or all on the zero row if M = 0
+    (an empty replica batch), so that a draw always has something to pick."""
+    rows = ops.shape(vectors)[0]
+    pool = ops.concatenate([vectors, ops.zeros((1, ops.shape(vectors)[1]), vectors.dtype)])
+    no_rows = ops.cast(ops.reshape(rows == 0, (1,)), "float32")
+    return pool, ops.concatenate([ops.ones((rows,)), no_rows])
+
+
 def kmeans_plus_plus_seeds(vectors, count: int, seed_generator):
     """`count` seeds [count, D] for k-means drawn from vectors [M, D] by k-means++ (Arthur and
     Vassilvitskii 2007): the first uniformly, each next one with probability proportional to
@@ -187,10 +197,7 @@ def kmeans_plus_plus_seeds(vectors, count: int, seed_generator):
     black background's identical encoder outputs) have D(x) = 0 and are never chosen again
     while any other vector is left. With no vectors (an empty replica batch) the seeds are 0."""
     rows = ops.shape(vectors)[0]
-    pool = ops.concatenate([vectors, ops.zeros((1, ops.shape(vectors)[1]), vectors.dtype)])
-    # Uniform over the M vectors, or the appended zero row if M = 0.
-    no_rows = ops.cast(ops.reshape(rows == 0, (1,)), "float32")
-    anywhere = ops.concatenate([ops.ones((rows,)), no_rows])
+    pool, anywhere = padded_pool(vectors)
 
     def add_seed(index, state):
         seeds, nearest = state
@@ -522,12 +529,9 @@ class VectorQuantizer(keras.layers.Layer):
         # to their squared distance to their code (as k-means++ seeds), so that they go where
         # the codebook fits worst, not onto the black background's many identical vectors.
         # A replica can get an empty batch (the last batch of an epoch split over more
-        # replicas than it has images); it draws the zero row appended here, and its choice is
+        # replicas than it has images); it draws the zero row of `padded_pool`, and its choice is
         # discarded (only_first_replica).
-        vector_count = ops.shape(flat_latents)[0]
-        pool = ops.concatenate([flat_latents, ops.zeros((1, self.latent_dim))])
-        no_rows = ops.cast(ops.reshape(vector_count == 0, (1,)), "float32")
-        anywhere = ops.concatenate([ops.ones((vector_count,)), no_rows])
+        pool, anywhere = padded_pool(flat_latents)
         weights = ops.concatenate([misfits, ops.zeros((1,))])
         weights = ops.where(ops.sum(weights) > 0, weights, anywhere)  # a perfect fit: uniform
         chosen = keras.random.categorical(
