@@ -445,7 +445,7 @@ class VectorQuantizer(keras.layers.Layer):
         counts = replica_sum(ops.sum(one_hot, axis=0))
         perplexity, codes_used = usage_statistics(counts)
         if training:
-            self._update_state(flat_latents, one_hot, counts, ops.min(distances, axis=1))
+            self._update_state(flat_latents, one_hot, counts, distances)
         # Straight-through estimator: forward pass outputs the codes, backward pass copies the
         # gradient with respect to them unchanged to the encoder outputs.
         quantized = latents + ops.stop_gradient(codes - latents)
@@ -494,14 +494,15 @@ class VectorQuantizer(keras.layers.Layer):
 
         tf.cond(self.initialized > 0, lambda: ops.zeros(()), initialize)
 
-    def _update_state(self, flat_latents, one_hot, counts, misfits) -> None:
-        """EMA and restarts from this batch; `misfits` [M] are the squared distances of the
-        vectors to their codes."""
+    def _update_state(self, flat_latents, one_hot, counts, distances) -> None:
+        """EMA and restarts from this batch; `distances` [M, K] are the squared distances of
+        the vectors to every code."""
         flat_latents = ops.stop_gradient(flat_latents)
         if self.ema:
             self._update_ema_codebook(flat_latents, one_hot, counts)
         if self.dead_code_restart:
-            self._restart_dead_codes(flat_latents, counts, ops.stop_gradient(misfits))
+            misfits = ops.stop_gradient(ops.min(distances, axis=1))  # to their own codes
+            self._restart_dead_codes(flat_latents, counts, misfits)
 
     def _update_ema_codebook(self, flat_latents, one_hot, counts) -> None:
         decay = self.ema_decay
@@ -1013,14 +1014,18 @@ def _taps(layer) -> np.ndarray:
     return np.flatnonzero(visible.ravel())
 
 
-def _convolution_at(layer, inputs):
-    """The output [N, C_out] of a stride-1 convolution `layer` at one position, from the inputs
-    [N, V, C_in] under its V visible taps (`_taps`, in that order):
-    activation(sum_v inputs[:, v] @ kernel[tap v] + bias)."""
-    taps = _taps(layer)
+def _tap_kernel(layer):
+    """The kernel rows of a convolution's visible taps (`_taps`, in that order), stacked as one
+    matrix [V * C_in, C_out]."""
     kernel = ops.reshape(layer.kernel, (-1, *layer.kernel.shape[2:]))  # [kh * kw, C_in, C_out]
-    kernel = ops.reshape(ops.take(kernel, taps, axis=0), (-1, layer.filters))
-    outputs = ops.matmul(ops.reshape(inputs, (ops.shape(inputs)[0], -1)), kernel)
+    return ops.reshape(ops.take(kernel, _taps(layer), axis=0), (-1, layer.filters))
+
+
+def _convolution_at(layer, tap_kernel, inputs):
+    """The output [N, C_out] of a stride-1 convolution `layer` at one position, from the inputs
+    [N, V, C_in] under its V visible taps and their `_tap_kernel`:
+    activation(sum_v inputs[:, v] @ kernel[tap v] + bias)."""
+    outputs = ops.matmul(ops.reshape(inputs, (ops.shape(inputs)[0], -1)), tap_kernel)
     if layer.use_bias:
         outputs = outputs + layer.bias
     return layer.activation(outputs)
@@ -1058,6 +1063,8 @@ class _RasterScan:
         self.final_activation = network.get_layer("relu")
         self.head = network.get_layer("logits")
         self.cached_layers = [self.first] + [masked for _, masked, _ in self.blocks]
+        self.layers = [self.first, *self.joins, *(part for block in self.blocks for part in block)]
+        self.layers.append(self.head)
 
     def tap_positions(self, layer, position):
         """Cache indices [V] of `layer`'s visible taps around `position` (h*h where a tap falls
@@ -1082,17 +1089,23 @@ class _RasterScan:
         def gather(cache, layer, position):
             return tf.transpose(cache.gather(self.tap_positions(layer, position)), (1, 0, 2))
 
+        # Gathered once, outside the loop: every step multiplies by the same tap kernels.
+        tap_kernels = {layer.name: _tap_kernel(layer) for layer in self.layers}
+
+        def at(layer, inputs):
+            return _convolution_at(layer, tap_kernels[layer.name], inputs)
+
         def step(position, caches, codes):
-            features = _convolution_at(self.first, gather(caches[0], self.first, position))
+            features = at(self.first, gather(caches[0], self.first, position))
             caches = list(caches)
             for index, (reduce, masked, expand) in enumerate(self.blocks):
                 if index > 0:
-                    features = _convolution_at(self.joins[index - 1], features[:, None])
-                hidden = _convolution_at(reduce, features[:, None])
+                    features = at(self.joins[index - 1], features[:, None])
+                hidden = at(reduce, features[:, None])
                 caches[index + 1] = caches[index + 1].write(position, hidden)
-                hidden = _convolution_at(masked, gather(caches[index + 1], masked, position))
-                features = features + _convolution_at(expand, hidden[:, None])
-            logits = _convolution_at(self.head, self.final_activation(features)[:, None])
+                hidden = at(masked, gather(caches[index + 1], masked, position))
+                features = features + at(expand, hidden[:, None])
+            logits = at(self.head, self.final_activation(features)[:, None])
             drawn = choose_codes(position, logits)
             caches[0] = caches[0].write(position, tf.one_hot(drawn, self.num_embeddings))
             return position + 1, caches, codes.write(position, drawn)
