@@ -411,6 +411,16 @@ def test_ssim_l1_training_starts_on_mse_and_hands_over_within_the_warm_up(images
     assert mse != pytest.approx(ssim_l1, rel=1e-2)
 
 
+def test_ssim_l1_scores_the_clipped_output_as_the_metric_does(images):
+    model = build_vqvae(TINY.replace(mse_warmup_steps=0), float(images.var()))
+    guesses = np.random.default_rng(5).uniform(-0.2, 1.2, size=images.shape).astype("float32")
+    clipped = np.clip(guesses, 0.0, 1.0)
+    ssim = float(np.mean(modules.structural_similarity(images, clipped)))
+    l1 = float(np.mean(np.abs(images - guesses)))  # of the raw output: a gradient everywhere
+    expected = modules.SSIM_LOSS_WEIGHT * (1 - ssim) + (1 - modules.SSIM_LOSS_WEIGHT) * l1
+    assert float(model.reconstruction_loss(images, guesses)) == pytest.approx(expected, rel=1e-5)
+
+
 def test_a_variance_computed_on_0_255_pixels_is_refused(images):
     with pytest.raises(ValueError, match="0-255"):
         build_vqvae(TINY, float((255 * images).var()))
