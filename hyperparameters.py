@@ -34,7 +34,6 @@ ARCHITECTURE_FIELDS = (
     "encoder_filters",
     "downsample_stages",
     "residual_blocks",
-    "decoder_positions",
     "num_embeddings",
     "latent_dim",
     "pixelcnn_filters",
@@ -56,9 +55,6 @@ class Hyperparameters:
     encoder_filters: tuple[int, ...] = (32, 32, 64, 64, 128)
     downsample_stages: int = 4
     residual_blocks: int = 0
-    # Add a learned vector per code-map position after the decoder's first convolution
-    # (`modules.PositionEmbedding`), so a code can mean a different patch at each position.
-    decoder_positions: bool = False
 
     # Vector quantizer (van den Oord et al., 2017).
     num_embeddings: int = 16

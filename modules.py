@@ -610,26 +610,6 @@ def build_encoder(hyperparameters: Hyperparameters) -> keras.Model:
     return keras.Model(images, latents, name="encoder")
 
 
-@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class PositionEmbedding(keras.layers.Layer):
-    """Adds a learned vector per map position: [N, h, w, C] -> x + P with P of shape [h, w, C].
-
-    The decoder's convolutions are translation-equivariant, so without it a code means the same
-    patch wherever it sits on the map. Brain slices are framed alike (`dataset` centres the brain
-    and scales it to the frame), so with P the decoder can read code k at the map's centre as
-    ventricles and at its rim as cortex: 16 codes become 16 x h x w possible patches while the
-    code map, and so the PixelCNN prior, keeps its size. P starts at zero (the plain decoder).
-    """
-
-    def build(self, input_shape) -> None:
-        self.positions = self.add_weight(
-            shape=tuple(input_shape[1:]), initializer="zeros", name="positions"
-        )
-
-    def call(self, features):
-        return features + self.positions
-
-
 def build_decoder(hyperparameters: Hyperparameters) -> keras.Model:
     """Quantized vectors [N, h, h, latent_dim] -> images [N, S, S, 1] on the [0, 1] scale.
 
@@ -643,8 +623,6 @@ def build_decoder(hyperparameters: Hyperparameters) -> keras.Model:
     features = keras.layers.Conv2D(
         hyperparameters.encoder_filters[-1], 3, padding="same", activation="relu", name="conv_in"
     )(quantized)
-    if hyperparameters.decoder_positions:
-        features = PositionEmbedding(name="positions")(features)
     for index in range(hyperparameters.residual_blocks):
         features = residual_block(features, name=f"residual_{index}")
     mirrored = reversed(list(enumerate(_encoder_convolutions(hyperparameters))))

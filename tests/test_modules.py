@@ -317,28 +317,6 @@ def test_card_encoder_and_decoder_shapes_and_strides():
     }
 
 
-def test_decoder_positions_let_one_code_decode_to_a_different_patch_at_each_position():
-    keras.utils.set_random_seed(0)
-    settings = TINY.replace(image_size=64)  # 16x16 code maps: the middle is far from the rim
-    constant_map = np.ones((1, 16, 16, settings.latent_dim), "float32")
-
-    def middle_patches(decoder):
-        """The 4x4 pixel patches of map positions (7, 7) and (8, 8)."""
-        image = decoder(constant_map).numpy()[0, ..., 0]
-        return image[28:32, 28:32], image[32:36, 32:36]
-
-    plain = build_decoder(settings)
-    np.testing.assert_allclose(*middle_patches(plain), atol=1e-6)  # translation-equivariant
-
-    with_positions = build_decoder(settings.replace(decoder_positions=True))
-    positions = with_positions.get_layer("positions").positions
-    assert positions.shape == (16, 16, settings.encoder_filters[-1])
-    assert not np.any(positions.numpy())  # starts as the plain decoder
-    positions.assign(np.random.default_rng(0).normal(size=positions.shape))
-    first, second = middle_patches(with_positions)
-    assert np.abs(first - second).max() > 1e-3
-
-
 @pytest.mark.parametrize("reconstruction_loss", ["mse", "ssim_l1"])
 def test_vqvae_training_lowers_the_loss_and_reports_every_metric(images, reconstruction_loss):
     keras.utils.set_random_seed(0)
@@ -430,13 +408,9 @@ def test_a_variance_computed_on_0_255_pixels_is_refused(images):
 
 def test_vqvae_save_and_load_give_identical_outputs(tmp_path, images):
     keras.utils.set_random_seed(0)
-    settings = TINY.replace(
-        ema=True, dead_code_restart=True, residual_blocks=1, decoder_positions=True
-    )
+    settings = TINY.replace(ema=True, dead_code_restart=True, residual_blocks=1)
     model = build_vqvae(settings, float(images.var()))
     model.quantizer(model.encode(images), training=True)  # EMA state away from its start
-    positions = model.decoder.get_layer("positions").positions
-    positions.assign(np.random.default_rng(0).normal(size=positions.shape))
     path = tmp_path / "vqvae.keras"
     model.save(path)
 
