@@ -40,7 +40,7 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
     assert hifi.code_map_size == 32
     assert hifi.num_embeddings >= 256
     assert hifi.ema and hifi.dead_code_restart and hifi.kmeans_init
-    assert hifi.reconstruction_loss == "mse"
+    assert hifi.reconstruction_loss == "ssim_l1"
 
 
 @pytest.mark.parametrize(
