@@ -219,10 +219,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "card": {},
     # 32x32 code maps over a 256-embedding EMA codebook with dead-code restart, seeded by
     # k-means, from a light encoder: 32 and 64 filters, both at stride 2, then two residual
-    # blocks. On real scans (BENCHMARKS.md, fold 1) it scored 0.888 on unseen subjects after
-    # 100 epochs; its step costs a third of one with the card's five widths kept at 32x32,
-    # which had reached 0.644 after 15 epochs. SSIM + L1 beat MSE (0.888 against 0.870), and
-    # without k-means it used 1-3 % of its codes.
+    # blocks. On real scans (BENCHMARKS.md) it scored 0.905 on unseen subjects over three folds
+    # after 100 epochs; its step costs a third of one with the card's five widths kept at
+    # 32x32, which had reached 0.644 on fold 1 after 15 epochs. SSIM + L1 beat MSE there (0.888
+    # against 0.870), and without k-means it used 1-3 % of its codes.
     "hifi": {
         "encoder_filters": (32, 64),
         "downsample_stages": 2,
