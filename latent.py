@@ -69,6 +69,7 @@ METHODS = ("pca", "tsne")
 POSITION_THIRDS = ("inferior third", "middle third", "superior third")
 AGE_BANDS = ((0, 40, "age < 40"), (40, 60, "age 40-59"), (60, 75, "age 60-74"), (75, 200, "75+"))
 DISTINCTIVE_CODES = 3
+CODEBOOK_CODES_SHOWN = 64  # codebook.png decodes at most this many codes, the most used
 ENCODE_CHUNK = 512
 EXACT_TSNE_LIMIT = 200  # slices up to which exact t-SNE is faster than Barnes-Hut
 
@@ -494,30 +495,38 @@ def plot_codebook(
     example_labels: list[str],
     title: str,
 ) -> Figure:
-    """Top: every code k decoded alone (a code map filled with k), framed in its colour and
-    titled with its share of all positions. Bottom: real (M, S, S) uint8 slices with their
-    (M, h, w) code maps laid over them (upsampled by repetition, so each code is a block)."""
+    """Top: each code k decoded alone (a code map filled with k), framed in its colour and
+    titled with its share of all positions: every code in order when there are at most
+    `CODEBOOK_CODES_SHOWN`, else that many of the most used, most used first. Bottom: real
+    (M, S, S) uint8 slices with their (M, h, w) code maps laid over them (upsampled by
+    repetition, so each code is a block)."""
     size, code_map_size = examples.shape[1], example_code_maps.shape[1]
-    filled = np.repeat(np.arange(num_embeddings), code_map_size**2)
+    if num_embeddings <= CODEBOOK_CODES_SHOWN:
+        shown = np.arange(num_embeddings)
+        heading = "each code decoded alone"
+    else:
+        shown = np.argsort(-code_share, kind="stable")[:CODEBOOK_CODES_SHOWN]
+        heading = f"the {CODEBOOK_CODES_SHOWN} most used of {num_embeddings} codes, decoded alone"
+    filled = np.repeat(shown, code_map_size**2)
     decoded = modules.decode_code_maps(
-        vqvae, filled.reshape(num_embeddings, code_map_size, code_map_size)
+        vqvae, filled.reshape(len(shown), code_map_size, code_map_size)
     )
-    columns = min(num_embeddings, 16)
-    code_rows = math.ceil(num_embeddings / columns)
+    columns = min(len(shown), 16)
+    code_rows = math.ceil(len(shown) / columns)
     figure = Figure(figsize=(1.3 * columns + 1.5, 1.5 * code_rows + 4.4), layout="constrained")
     top, bottom = figure.subfigures(2, 1, height_ratios=(1.5 * code_rows + 0.5, 3.9))
     colours = code_colormap(num_embeddings)
-    for code, axis in enumerate(top.subplots(code_rows, columns, squeeze=False).ravel()):
-        if code >= num_embeddings:
-            axis.set_axis_off()
-            continue
-        axis.imshow(decoded[code, ..., 0], cmap="gray", vmin=0, vmax=1)
+    axes = top.subplots(code_rows, columns, squeeze=False).ravel()
+    for axis in axes[len(shown) :]:
+        axis.set_axis_off()
+    for axis, code, image in zip(axes, shown, decoded, strict=False):
+        axis.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
         axis.set_xticks([])
         axis.set_yticks([])
         for spine in axis.spines.values():
             spine.set(edgecolor=colours(code), linewidth=3)
         axis.set_title(f"code {code}\n{code_share[code]:.1%}", fontsize=8)
-    top.suptitle("each code decoded alone (share of all code-map positions)", fontsize=10)
+    top.suptitle(f"{heading} (share of all code-map positions)", fontsize=10)
 
     scale = size // code_map_size
     code_norm = Normalize(-0.5, num_embeddings - 0.5)

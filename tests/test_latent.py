@@ -226,3 +226,20 @@ def test_capped_indices_are_a_fixed_sorted_sample():
     assert list(first) == sorted(first)
     np.testing.assert_array_equal(first, latent.capped_indices(100, 10, seed=4))
     np.testing.assert_array_equal(latent.capped_indices(5, 10, seed=4), np.arange(5))
+
+
+def test_codebook_figure_of_a_large_codebook_shows_only_the_most_used_codes(
+    tiny_hyperparameters,
+):
+    settings = tiny_hyperparameters.replace(num_embeddings=100)
+    vqvae = modules.build_vqvae(settings, data_variance=0.05)
+    share = np.zeros(100)
+    share[[7, 42, 99]] = [0.2, 0.5, 0.3]
+    examples = np.zeros((2, 32, 32), dtype=np.uint8)
+    code_maps = np.zeros((2, 8, 8), dtype=np.int32)
+    figure = latent.plot_codebook(vqvae, 100, share, examples, code_maps, ["a", "b"], "big")
+    top = figure.subfigs[0]
+    titled = [axis.get_title() for axis in top.axes if axis.get_title()]
+    assert len(titled) == latent.CODEBOOK_CODES_SHOWN
+    assert titled[:3] == ["code 42\n50.0%", "code 99\n30.0%", "code 7\n20.0%"]
+    assert "64 most used of 100" in top.get_suptitle()
