@@ -57,6 +57,7 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
         ({"learning_rate_schedule": "step"}, "learning_rate_schedule"),
         ({"ssim_target": 1.5}, "ssim_target"),
         ({"batch_size": 0}, "batch_size"),
+        ({"dead_code_restart": True, "num_embeddings": 1024}, "dead_code_threshold"),
     ],
 )
 def test_bad_values_raise_a_value_error_naming_the_field(changes, field):
