@@ -27,8 +27,9 @@ each 2-D projection, and the codes whose usage differs most between the groups (
 of h_k). The output folder (default RUN/latent) holds
 
     latent_<grouping>.png   one per grouping: rows = embeddings, columns = projections
-    codebook.png            each code decoded alone (a code map filled with k) and where the
-                            codes fall on a few real slices
+    codebook.png            each code decoded alone (a code map filled with k; of a codebook
+                            over 64, the 64 most used) and where the codes fall on a few real
+                            slices
     latent.json             slice counts, groups, silhouette scores and distinctive codes
 """
 
