@@ -155,12 +155,22 @@ def structural_similarity(images, others):
 # ---------------------------------------------------------------------------------------------
 
 
-def squared_distances(vectors, codebook):
-    """||v - e||^2 = ||v||^2 - 2 v.e + ||e||^2 for every pair: [M, D], [K, D] -> [M, K]."""
-    return (
-        ops.sum(ops.square(vectors), axis=1, keepdims=True)
-        - 2.0 * ops.matmul(vectors, ops.transpose(codebook))
-        + ops.sum(ops.square(codebook), axis=1)[None, :]
+def nearest_codes(vectors, codebook):
+    """Index of each vector's nearest code: [M, D], [K, D] -> [M] int32. As
+    ||v - e_k||^2 = ||v||^2 - 2 (v.e_k - ||e_k||^2 / 2) and ||v||^2 is the same for every k, the
+    nearest code is argmax_k (v.e_k - ||e_k||^2 / 2): one [M, K] matmul and one pass over it."""
+    scores = ops.matmul(vectors, ops.transpose(codebook)) - 0.5 * ops.sum(
+        ops.square(codebook), axis=1
+    )
+    return ops.cast(ops.argmax(scores, axis=1), "int32")
+
+
+def assignment_counts(assignments, count: int):
+    """n_k = sum_m [a_m = k] for k < `count`: how many of the integer assignments [M] name each
+    code -> [count] float32. A segment sum costs O(M), where summing one-hot rows costs O(M K);
+    the cluster sums sum_m [a_m = k] v_m are likewise `ops.segment_sum(v, a, count)`."""
+    return ops.segment_sum(
+        ops.ones_like(assignments, dtype="float32"), assignments, num_segments=count
     )
 
 
@@ -220,10 +230,9 @@ def kmeans(vectors, count: int, seed_generator, iterations: int = KMEANS_ITERATI
     its vectors; a centroid with no vectors stays where it is)."""
     centroids = kmeans_plus_plus_seeds(vectors, count, seed_generator)
     for _ in range(iterations):
-        nearest = ops.argmin(squared_distances(vectors, centroids), axis=1)
-        one_hot = ops.one_hot(nearest, count)
-        sizes = ops.sum(one_hot, axis=0)[:, None]
-        sums = ops.matmul(ops.transpose(one_hot), vectors)
+        nearest = nearest_codes(vectors, centroids)
+        sizes = assignment_counts(nearest, count)[:, None]
+        sums = ops.segment_sum(vectors, nearest, num_segments=count)
         centroids = ops.where(sizes > 0, sums / ops.maximum(sizes, 1.0), centroids)
     return centroids
 
@@ -434,18 +443,17 @@ class VectorQuantizer(keras.layers.Layer):
         flat_latents = ops.reshape(latents, (-1, self.latent_dim))
         if training and self.kmeans_init:
             self._initialize_codebook_once(ops.stop_gradient(flat_latents))
-        distances = squared_distances(flat_latents, self._codes())
-        flat_indices = ops.cast(ops.argmin(distances, axis=1), "int32")
-        one_hot = ops.one_hot(flat_indices, self.num_embeddings)
-        codes = ops.reshape(self.lookup(flat_indices), ops.shape(latents))
+        flat_indices = nearest_codes(flat_latents, self._codes())
+        flat_codes = self.lookup(flat_indices)
+        codes = ops.reshape(flat_codes, ops.shape(latents))
         commitment_loss = ops.mean(ops.square(latents - ops.stop_gradient(codes)))
         loss = self.beta * commitment_loss
         if not self.ema:
             loss = loss + ops.mean(ops.square(ops.stop_gradient(latents) - codes))
-        counts = replica_sum(ops.sum(one_hot, axis=0))
+        counts = replica_sum(assignment_counts(flat_indices, self.num_embeddings))
         perplexity, codes_used = usage_statistics(counts)
         if training:
-            self._update_state(flat_latents, one_hot, counts, distances)
+            self._update_state(flat_latents, flat_indices, counts, flat_codes)
         # Straight-through estimator: forward pass outputs the codes, backward pass copies the
         # gradient with respect to them unchanged to the encoder outputs.
         quantized = latents + ops.stop_gradient(codes - latents)
@@ -460,7 +468,7 @@ class VectorQuantizer(keras.layers.Layer):
     def code_indices(self, latents):
         """Index of the nearest code for every vector: [..., latent_dim] -> [...] int32."""
         flat_latents = ops.reshape(self._onto_sphere(latents), (-1, self.latent_dim))
-        return ops.reshape(self._nearest_codes(flat_latents), ops.shape(latents)[:-1])
+        return ops.reshape(nearest_codes(flat_latents, self._codes()), ops.shape(latents)[:-1])
 
     def lookup(self, code_indices):
         """Codebook vectors for integer indices: [...] -> [..., latent_dim]."""
@@ -474,10 +482,6 @@ class VectorQuantizer(keras.layers.Layer):
         """The codebook as used: each code projected onto the unit sphere with `l2_normalize`
         (the stored vectors, EMA means of unit vectors, are not)."""
         return self._onto_sphere(self.codebook)
-
-    def _nearest_codes(self, flat_latents):
-        distances = squared_distances(flat_latents, self._codes())
-        return ops.cast(ops.argmin(distances, axis=1), "int32")
 
     def _initialize_codebook_once(self, flat_latents) -> None:
         """On the first training call only: codebook <- k-means centroids of `flat_latents`.
@@ -494,21 +498,21 @@ class VectorQuantizer(keras.layers.Layer):
 
         tf.cond(self.initialized > 0, lambda: ops.zeros(()), initialize)
 
-    def _update_state(self, flat_latents, one_hot, counts, distances) -> None:
-        """EMA and restarts from this batch; `distances` [M, K] are the squared distances of
-        the vectors to every code."""
+    def _update_state(self, flat_latents, flat_indices, counts, flat_codes) -> None:
+        """EMA and restarts from this batch's vectors [M, D], their code indices [M], the
+        vectors per code [K] and their codes [M, D]."""
         flat_latents = ops.stop_gradient(flat_latents)
         if self.ema:
-            self._update_ema_codebook(flat_latents, one_hot, counts)
+            self._update_ema_codebook(flat_latents, flat_indices, counts)
         if self.dead_code_restart:
-            misfits = ops.stop_gradient(ops.min(distances, axis=1))  # to their own codes
+            misfits = ops.sum(ops.square(flat_latents - ops.stop_gradient(flat_codes)), axis=1)
             self._restart_dead_codes(flat_latents, counts, misfits)
 
-    def _update_ema_codebook(self, flat_latents, one_hot, counts) -> None:
+    def _update_ema_codebook(self, flat_latents, flat_indices, counts) -> None:
         decay = self.ema_decay
         cluster_size = decay * self.ema_cluster_size + (1.0 - decay) * counts
         cluster_sum = decay * self.ema_cluster_sum + (1.0 - decay) * replica_sum(
-            ops.matmul(ops.transpose(one_hot), flat_latents)
+            ops.segment_sum(flat_latents, flat_indices, num_segments=self.num_embeddings)
         )
         total = ops.sum(cluster_size)
         smoothed_size = (
