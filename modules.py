@@ -50,7 +50,8 @@ autoregressively in raster order,
 
     p(k) = prod_{(i, j)} p(k(i, j) | k(i', j') for (i', j') before (i, j)),
 
-by a PixelCNN: one-hot codes [8, 8, 16] -> 7x7 mask-A convolution -> residual blocks of masked
+by a PixelCNN: one-hot codes [8, 8, 16] (or learned embeddings of them, for a large codebook)
+-> 7x7 mask-A convolution -> residual blocks of masked
 3x3 mask-B convolutions -> 1x1 convolution to 16 logits per position [8, 8, 16]. Mask A hides
 the current position and everything after it, mask B only what comes after it, so the logits at
 (i, j) depend on earlier codes only. `sample_code_maps` draws new maps position by position in
@@ -902,17 +903,20 @@ def pixelcnn_residual_block(features, name: str):
 
 
 def build_pixelcnn_network(hyperparameters: Hyperparameters) -> keras.Model:
-    """One-hot code maps [N, h, h, K] -> logits [N, h, h, K].
+    """Code maps as features [N, h, h, C] -> logits [N, h, h, K], where C = K for one-hot codes
+    and C = `pixelcnn_embedding_dim` for embedded ones (`PixelCNN.code_features`).
 
     7x7 mask-A convolution (ReLU), `pixelcnn_residual_blocks` residual blocks with a 1x1
     mask-B convolution (ReLU) between each pair (R, B, R, B, R, B, R for 4 blocks), ReLU, and a
     1x1 convolution to K logits.
     """
     codes, filters = hyperparameters.num_embeddings, hyperparameters.pixelcnn_filters
-    one_hot = keras.Input((None, None, codes), name="one_hot_code_maps")
+    code_features = keras.Input(
+        (None, None, hyperparameters.pixelcnn_embedding_dim or codes), name="code_features"
+    )
     features = MaskedConv2D(
         "A", filters, hyperparameters.pixelcnn_first_kernel, activation="relu", name="mask_a"
-    )(one_hot)
+    )(code_features)
     for index in range(hyperparameters.pixelcnn_residual_blocks):
         if index > 0:
             features = MaskedConv2D("B", filters, 1, activation="relu", name=f"mask_b_{index}")(
@@ -921,7 +925,7 @@ def build_pixelcnn_network(hyperparameters: Hyperparameters) -> keras.Model:
         features = pixelcnn_residual_block(features, name=f"residual_{index}")
     features = keras.layers.ReLU(name="relu")(features)
     logits = keras.layers.Conv2D(codes, 1, name="logits")(features)
-    return keras.Model(one_hot, logits, name="pixelcnn_network")
+    return keras.Model(code_features, logits, name="pixelcnn_network")
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
@@ -945,6 +949,13 @@ class PixelCNN(keras.Model):
         super().__init__(**kwargs)
         self.hyperparameters = Hyperparameters.from_dict(hyperparameters)
         self.network = build_pixelcnn_network(self.hyperparameters)
+        embedding_dim = self.hyperparameters.pixelcnn_embedding_dim
+        self.code_embedding = None
+        if embedding_dim:
+            self.code_embedding = keras.layers.Embedding(
+                self.num_embeddings, embedding_dim, name="code_embedding"
+            )
+            self.code_embedding.build()
         self.trackers = [keras.metrics.Mean(name=name) for name in PIXELCNN_METRICS]
         self.built = True  # every weight exists once the network is made
 
@@ -960,10 +971,16 @@ class PixelCNN(keras.Model):
     def num_embeddings(self) -> int:
         return self.hyperparameters.num_embeddings
 
+    def code_features(self, codes):
+        """Integer codes [...] -> the network's input features [..., C]: one-hot vectors
+        (C = K) or, with `pixelcnn_embedding_dim` E, learned embeddings (C = E)."""
+        codes = ops.cast(codes, "int32")
+        if self.code_embedding is None:
+            return ops.one_hot(codes, self.num_embeddings)
+        return self.code_embedding(codes)
+
     def call(self, code_maps):
-        return apply_to_rows(
-            self.network, ops.one_hot(ops.cast(code_maps, "int32"), self.num_embeddings)
-        )
+        return apply_to_rows(self.network, self.code_features(code_maps))
 
     def _loss_and_accuracy(self, code_maps, training: bool) -> dict:
         code_maps = ops.cast(code_maps, "int32")
@@ -1050,7 +1067,7 @@ class _RasterScan:
 
     At position t = (i, j) every layer is evaluated at t alone: a 1x1 convolution is a matmul
     of the [N, C] features at t, and a masked convolution with a larger kernel (the 7x7 mask A
-    over the one-hot codes, each residual block's 3x3 mask B) gathers its V visible taps
+    over the code features, each residual block's 3x3 mask B) gathers its V visible taps
     (i + dy, j + dx) from a cache of its inputs, a `tf.TensorArray` of h*h + 1 entries [N, C]
     whose last entry is the zeros of 'same' padding. Every visible tap is at or before t in
     raster order, so it is already in the cache. A step costs one position's worth of
@@ -1061,7 +1078,7 @@ class _RasterScan:
     def __init__(self, pixelcnn: PixelCNN):
         network = pixelcnn.network
         self.size = pixelcnn.code_map_size
-        self.num_embeddings = pixelcnn.num_embeddings
+        self.code_features = pixelcnn.code_features
         self.first = network.get_layer("mask_a")
         blocks = pixelcnn.hyperparameters.pixelcnn_residual_blocks
         self.joins = [network.get_layer(f"mask_b_{index}") for index in range(1, blocks)]
@@ -1116,7 +1133,7 @@ class _RasterScan:
                 features = features + at(expand, hidden[:, None])
             logits = at(self.head, self.final_activation(features)[:, None])
             drawn = choose_codes(position, logits)
-            caches[0] = caches[0].write(position, tf.one_hot(drawn, self.num_embeddings))
+            caches[0] = caches[0].write(position, self.code_features(drawn))
             return position + 1, caches, codes.write(position, drawn)
 
         _, _, codes = tf.while_loop(

@@ -79,10 +79,11 @@ def vqvae(images) -> VQVAE:
     return build_vqvae(TINY, float(images.var()))
 
 
-@pytest.fixture(scope="module")
-def pixelcnn() -> PixelCNN:
+@pytest.fixture(scope="module", params=[0, 8], ids=["one-hot", "embedded"])
+def pixelcnn(request) -> PixelCNN:
+    """The tiny prior with codes entering as one-hot vectors, or as 8-dimensional embeddings."""
     keras.utils.set_random_seed(0)
-    return build_pixelcnn(TINY)
+    return build_pixelcnn(TINY.replace(pixelcnn_embedding_dim=request.param))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,11 +520,16 @@ def test_pixelcnn_logits_depend_only_on_earlier_codes(pixelcnn):
     assert all(change[:target, target].max() > 1e-3 for target in range(1, positions))
 
 
-def test_raster_scan_replaying_a_map_gives_the_whole_map_logits():
+@pytest.mark.parametrize("embedding_dim", [0, 8])
+def test_raster_scan_replaying_a_map_gives_the_whole_map_logits(embedding_dim):
     """The sampler's cached position-by-position pass computes what one call on the whole map
     does, at every position, borders included."""
     keras.utils.set_random_seed(0)
-    prior = build_pixelcnn(TINY.replace(image_size=64, pixelcnn_residual_blocks=3))  # 16x16
+    prior = build_pixelcnn(
+        TINY.replace(
+            image_size=64, pixelcnn_residual_blocks=3, pixelcnn_embedding_dim=embedding_dim
+        )
+    )  # 16x16
     code_maps = np.random.default_rng(11).integers(0, CODES, (3, 16, 16)).astype("int32")
     whole = np.asarray(prior(code_maps)).reshape(3, 16 * 16, CODES)
     logits_seen = {}
@@ -544,7 +550,7 @@ def test_pixelcnn_save_and_load_give_identical_logits(tmp_path, pixelcnn):
     path = tmp_path / "pixelcnn.keras"
     pixelcnn.save(path)
     loaded = keras.saving.load_model(path)
-    assert isinstance(loaded, PixelCNN) and loaded.hyperparameters == TINY
+    assert isinstance(loaded, PixelCNN) and loaded.hyperparameters == pixelcnn.hyperparameters
     np.testing.assert_array_equal(loaded(code_maps), pixelcnn(code_maps))
     np.testing.assert_array_equal(
         sample_code_maps(loaded, 2, seed=1), sample_code_maps(pixelcnn, 2, seed=1)
@@ -575,9 +581,10 @@ def test_sampler_rejects_bad_temperature_and_count(pixelcnn):
         sample_code_maps(pixelcnn, 0)
 
 
-def test_prior_trained_on_constant_maps_samples_constant_maps():
+@pytest.mark.parametrize("embedding_dim", [0, 8])
+def test_prior_trained_on_constant_maps_samples_constant_maps(embedding_dim):
     keras.utils.set_random_seed(0)
-    prior = build_pixelcnn(TINY)
+    prior = build_pixelcnn(TINY.replace(pixelcnn_embedding_dim=embedding_dim))
     constants = np.array([2, 6] * 32)
     code_maps = np.broadcast_to(constants[:, None, None], (64, MAP_SIZE, MAP_SIZE)).copy()
     prior.compile(
