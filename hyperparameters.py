@@ -237,24 +237,27 @@ class Hyperparameters:
 PRESETS: dict[str, dict[str, Any]] = {
     # The user's design: 8x8 code maps over a 16-embedding codebook, trained on SSIM + L1.
     "card": {},
-    # 32x32 code maps over a 1024-embedding EMA codebook with dead-code restart, seeded by
+    # 32x32 code maps over a 4096-embedding EMA codebook with dead-code restart, seeded by
     # k-means, from a light encoder: 32 and 64 filters, both at stride 2, then two residual
-    # blocks; batches of 4. On real scans (BENCHMARKS.md) it scored 0.945 on unseen subjects
-    # over three folds after 100 epochs, where 256 codes at batch 16 scored 0.905. Updates and
-    # codes lifted it, not width or depth: on fold 1, at the same time per image, batch 4 gave
-    # 0.943 and batch 8 0.930; 1024 codes gave 0.926 and 256 0.915 (both at batch 8). SSIM + L1
-    # beat MSE (0.888 against 0.870), and without k-means the codebook used 1-3 % of its codes.
+    # blocks; batches of 2; a prior over embedded codes. On real scans (BENCHMARKS.md) it scored
+    # 0.954 on unseen subjects over three folds after 100 epochs, where 1024 codes at batch 4
+    # scored 0.945 and 256 codes at batch 16 0.905. Codes and updates lifted it, not width,
+    # depth or the learning rate: on fold 1, at the same time per image, batch 4 gave 0.943,
+    # batch 8 0.930; 4096 codes gave 0.949 and 1024 0.943 (both at batch 4); a learning rate of
+    # 2e-3 gave 0.929. SSIM + L1 beat MSE (0.888 against 0.870), and without k-means the
+    # codebook used 1-3 % of its codes.
     "hifi": {
         "encoder_filters": (32, 64),
         "downsample_stages": 2,
-        "num_embeddings": 1024,
+        "num_embeddings": 4096,
         "latent_dim": 32,
         "ema": True,
         "dead_code_restart": True,
-        "dead_code_threshold": 2.5e-4,
+        "dead_code_threshold": 6e-5,
         "kmeans_init": True,
         "residual_blocks": 2,
-        "batch_size": 4,
+        "batch_size": 2,
+        "pixelcnn_embedding_dim": 64,
     },
 }
 

@@ -2,8 +2,9 @@
 
     python bench/quantizer.py [--codes 16 1024 4096] [--repeats 30] [--quick] [--json PATH]
 
-For each codebook size K, M vectors of `latent_dim` 32 (a hifi batch of four 32x32 code maps,
-M = 4096; a card batch of 32 8x8 maps with 16-dimensional latents for K = 16) go through
+For each codebook size K, M vectors of `latent_dim` 32 (four 32x32 code maps of the hifi
+encoder, M = 4096, two of its batches; a card batch of 32 8x8 maps with 16-dimensional
+latents for K = 16) go through
   ours      `modules.VectorQuantizer(K, ema=True, dead_code_restart=True)` called with
             `training=True`: nearest codes by argmax_k (v.e_k - ||e_k||^2 / 2), code counts
             and EMA cluster sums by segment sums, misfits from the chosen codes, then the EMA
@@ -37,7 +38,7 @@ from common import (
 
 import modules  # first: it sets TensorFlow's environment, so keras is imported after it
 
-HIFI_SHAPE = (4, 32, 32, 32)  # batch 4 of 32x32 code maps, latent_dim 32
+HIFI_SHAPE = (4, 32, 32, 32)  # four 32x32 code maps of the hifi encoder, latent_dim 32
 CARD_SHAPE = (32, 8, 8, 16)  # batch 32 of 8x8 code maps, latent_dim 16
 
 
