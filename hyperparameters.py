@@ -89,8 +89,8 @@ class Hyperparameters:
     pixelcnn_first_kernel: int = 7
     pixelcnn_residual_blocks: int = 4
     # 0: codes enter the PixelCNN as one-hot vectors (K channels); E > 0: as learned
-    # E-dimensional embeddings, so its first layer costs E, not K, channels per tap (for 4096
-    # codes, a seventh of the time per map with 64).
+    # E-dimensional embeddings, so its first layer reads E, not K, channels per tap (for 4096
+    # codes and E = 64, a sixteenth of the training time per map: bench/prior.py).
     pixelcnn_embedding_dim: int = 0
 
     # Training. `augment` adds random flips, small rotations and scalings and intensity jitter.

@@ -50,13 +50,13 @@ autoregressively in raster order,
 
     p(k) = prod_{(i, j)} p(k(i, j) | k(i', j') for (i', j') before (i, j)),
 
-by a PixelCNN: one-hot codes [8, 8, 16] (or learned embeddings of them, for a large codebook)
--> 7x7 mask-A convolution -> residual blocks of masked
-3x3 mask-B convolutions -> 1x1 convolution to 16 logits per position [8, 8, 16]. Mask A hides
-the current position and everything after it, mask B only what comes after it, so the logits at
-(i, j) depend on earlier codes only. `sample_code_maps` draws new maps position by position in
-one compiled loop that computes each position's features once and caches them (`_RasterScan`);
-`decode_code_maps` turns them into slices.
+by a PixelCNN: one-hot codes [8, 8, 16] (learned embeddings of them for a large codebook) ->
+7x7 mask-A convolution -> residual blocks of masked 3x3 mask-B convolutions -> 1x1 convolution
+to 16 logits per position [8, 8, 16]. Mask A hides the current position and everything after
+it, mask B only what comes after it, so the logits at (i, j) depend on earlier codes only.
+`sample_code_maps` draws new maps position by position in one compiled loop that computes each
+position's features once and caches them (`_RasterScan`); `decode_code_maps` turns them into
+slices.
 
 Public API: `VectorQuantizer`, `VQVAE`, `build_vqvae`, `MaskedConv2D`, `PixelCNN`,
 `build_pixelcnn`, `encode_code_maps`, `decode_code_maps`, `sample_code_maps`.
