@@ -52,6 +52,7 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
         ({"image_size": 100}, "image_size"),
         ({"downsample_stages": 6}, "downsample_stages"),
         ({"pixelcnn_first_kernel": 6}, "pixelcnn_first_kernel"),
+        ({"pixelcnn_embedding_dim": -1}, "pixelcnn_embedding_dim"),
         ({"reconstruction_loss": "l2"}, "reconstruction_loss"),
         ({"learning_rate_vqvae": 0.0}, "learning_rate_vqvae"),
         ({"learning_rate_schedule": "step"}, "learning_rate_schedule"),
