@@ -20,7 +20,8 @@ import shutil
 import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -215,6 +216,25 @@ def describe_machine(machine: dict) -> str:
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
+
+
+def interleaved_rounds(calls: dict[str, Callable[[int], object]], repeats: int) -> dict:
+    """Wall seconds of `call(round)` for every named call, over `repeats` rounds that call each
+    once, in the given order in even rounds and reversed in odd ones, so that all share the
+    machine's load of the same minutes. Returns {name: [seconds per round]}."""
+    names = list(calls)
+    rounds = {name: [] for name in names}
+    for index in range(repeats):
+        for name in names if index % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            calls[name](index)
+            rounds[name].append(time.perf_counter() - start)
+    return rounds
+
+
+def median_speedup(reference: Sequence[float], seconds: Sequence[float]) -> float:
+    """Median over the rounds of reference time / time in the same round."""
+    return median([slow / fast for slow, fast in zip(reference, seconds, strict=True)])
 
 
 def print_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> None:

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 from common import (
     add_common_arguments,
     describe_machine,
+    interleaved_rounds,
     machine_summary,
     median,
+    median_speedup,
     print_table,
     write_json,
 )
@@ -50,10 +51,8 @@ def fitted_prior(codes: int, embedding_dim: int, maps: np.ndarray):
     prior.compile(optimizer=keras.optimizers.Adam(1e-3))
     prior.fit(maps, batch_size=BATCH, epochs=1, verbose=0)
 
-    def epoch() -> float:
-        start = time.perf_counter()
+    def epoch(_round: int) -> None:
         prior.fit(maps, batch_size=BATCH, epochs=1, verbose=0)
-        return time.perf_counter() - start
 
     return epoch
 
@@ -65,19 +64,13 @@ def compare(codes: int, embedding_dim: int, repeats: int, seed: int) -> list[dic
         "one-hot": fitted_prior(codes, 0, maps),
         f"embedded ({embedding_dim})": fitted_prior(codes, embedding_dim, maps),
     }
-    rounds = {name: [] for name in epochs}
-    names = list(epochs)
-    for index in range(repeats):
-        for name in names if index % 2 == 0 else names[::-1]:
-            rounds[name].append(epochs[name]())
+    rounds = interleaved_rounds(epochs, repeats)
     return [
         {
             "codes": codes,
             "prior": name,
             "ms_per_map": 1000 * median(seconds) / MAPS,
-            "speedup": median(
-                [slow / fast for slow, fast in zip(rounds["one-hot"], seconds, strict=True)]
-            ),
+            "speedup": median_speedup(rounds["one-hot"], seconds),
             "seconds": seconds,
         }
         for name, seconds in rounds.items()

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 from common import (
     add_common_arguments,
     describe_machine,
+    interleaved_rounds,
     machine_summary,
     median,
+    median_speedup,
     print_table,
     write_json,
 )
@@ -99,13 +100,9 @@ def compare(codes: int, repeats: int, seed: int) -> list[dict]:
     textbook_codes = np.asarray(calls["textbook"]()[0]).reshape(-1)
     if not np.array_equal(np.asarray(calls["ours"]()[0]).reshape(-1), textbook_codes):
         raise RuntimeError(f"K={codes}: ours and the textbook picked different codes")
-    rounds = {name: [] for name in calls}
-    names = list(calls)
-    for index in range(repeats):
-        for name in names if index % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            calls[name]()
-            rounds[name].append(time.perf_counter() - start)
+    rounds = interleaved_rounds(
+        {name: (lambda _round, call=call: call()) for name, call in calls.items()}, repeats
+    )
     return [
         {
             "codes": codes,
@@ -113,9 +110,7 @@ def compare(codes: int, repeats: int, seed: int) -> list[dict]:
             "contestant": name,
             "median_ms": 1000 * median(seconds),
             "range": f"{1000 * min(seconds):.1f}-{1000 * max(seconds):.1f}",
-            "speedup": median(
-                [slow / fast for slow, fast in zip(rounds["textbook"], seconds, strict=True)]
-            ),
+            "speedup": median_speedup(rounds["textbook"], seconds),
             "seconds": seconds,
         }
         for name, seconds in rounds.items()

@@ -29,8 +29,10 @@ import numpy as np
 from common import (
     add_common_arguments,
     describe_machine,
+    interleaved_rounds,
     machine_summary,
     median,
+    median_speedup,
     print_table,
     write_json,
 )
@@ -79,11 +81,13 @@ def compare(samplers: dict, count: int, repeats: int, codes: int) -> list[dict]:
         if maps.shape[0] != count or maps.min() < 0 or maps.max() >= codes:
             raise RuntimeError(f"{name} drew invalid code maps: shape {maps.shape}")
         first[name] = seconds
-    rounds = {name: [] for name in samplers}
-    names = list(samplers)
-    for index in range(repeats):
-        for name in names if index % 2 == 0 else names[::-1]:
-            rounds[name].append(timed(samplers[name], count, index + 1)[0])
+    rounds = interleaved_rounds(
+        {
+            name: (lambda index, sample=sample: sample(count, index + 1))
+            for name, sample in samplers.items()
+        },
+        repeats,
+    )
     return [
         {
             "count": count,
@@ -92,9 +96,7 @@ def compare(samplers: dict, count: int, repeats: int, codes: int) -> list[dict]:
             "median_s": median(seconds),
             "range": f"{min(seconds):.3f}-{max(seconds):.3f}",
             "maps_per_s": count / median(seconds),
-            "speedup": median(
-                [slow / fast for slow, fast in zip(rounds["example"], seconds, strict=True)]
-            ),
+            "speedup": median_speedup(rounds["example"], seconds),
             "seconds": seconds,
         }
         for name, seconds in rounds.items()

@@ -30,3 +30,13 @@ def test_print_table_aligns_and_shows_missing_values(capsys):
     )
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["name    value", "a         1.2", "longer      -"]
+
+
+def test_interleaved_rounds_alternate_the_order_and_time_every_call():
+    order = []
+    calls = {name: (lambda index, name=name: order.append((index, name))) for name in "ab"}
+    rounds = common.interleaved_rounds(calls, repeats=3)
+    assert order == [(0, "a"), (0, "b"), (1, "b"), (1, "a"), (2, "a"), (2, "b")]
+    assert [len(seconds) for seconds in rounds.values()] == [3, 3]
+    assert all(second >= 0 for seconds in rounds.values() for second in seconds)
+    assert common.median_speedup([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
