@@ -27,48 +27,10 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 DEMO_DATA_DIR = PROJECT_DIR / "data" / "demo"
 BENCH_DIR = Path(tempfile.gettempdir()) / "brain-vqvae-bench"
-CODE_VARIABLE = "BRAIN_VQVAE_BENCH_CODE"  # the snapshot a benchmark and its children import
 OASIS_SPLIT_SIZES = {"train": 9664, "validate": 1120, "test": 544}
 SLICES_PER_CASE = 32
 QUICK_SCALE = 1 / 16  # --quick trees hold 1/16 of the OASIS slices (whole cases)
 TREE_MARKER = ".bench_tree.json"
-
-
-# ---------------------------------------------------------------------- the code measured
-
-
-def project_snapshot() -> Path:
-    """A frozen copy of the project's top-level .py files, named by their SHA-256, which a
-    benchmark imports instead of the working tree (and passes on to its child processes in
-    $BRAIN_VQVAE_BENCH_CODE).
-
-    Others edit modules.py while benchmarks run for an hour; TensorFlow's autograph rereads a
-    function's source file when it first traces it, so a worker that imported one version and
-    traces after an edit mixes two versions (and fails). A snapshot measures one version.
-    """
-    if os.environ.get(CODE_VARIABLE):
-        return Path(os.environ[CODE_VARIABLE])
-    sources = sorted(PROJECT_DIR.glob("*.py"))
-    digest = hashlib.sha256()
-    for source in sources:
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
-    snapshot = BENCH_DIR / f"code-{digest.hexdigest()[:16]}"
-    if not snapshot.is_dir():
-        BENCH_DIR.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="code-", dir=BENCH_DIR))
-        for source in sources:
-            shutil.copy2(source, staging / source.name)
-        try:
-            staging.rename(snapshot)
-        except OSError:  # another benchmark made the same snapshot meanwhile
-            shutil.rmtree(staging)
-    os.environ[CODE_VARIABLE] = str(snapshot)
-    return snapshot
-
-
-# Benchmark scripts import the project from a snapshot; anything else (the tests) from the tree.
-_RUN_AS_BENCHMARK = Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parent
-sys.path.insert(0, str(project_snapshot() if _RUN_AS_BENCHMARK else PROJECT_DIR))
 
 
 # ------------------------------------------------------------------------------ the tree

@@ -1,6 +1,6 @@
 """How long `dataset.load_slices` takes on an OASIS-sized PNG tree: first load and cached load.
 
-    python bench/data_loading.py [--tree DIR] [--repeats 3] [--quick] [--json PATH]
+    python -m bench.data_loading [--tree DIR] [--repeats 3] [--quick] [--json PATH]
 
 The tree (`common.build_oasis_tree`) has OASIS's layout and size: 9,664 train, 1,120 validate
 and 544 test slices, 256x256 8-bit grey PNGs with their seg_ masks, 22,656 files; it is built
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (
+from bench.common import (
     OASIS_SPLIT_SIZES,
     QUICK_SCALE,
     add_common_arguments,
@@ -37,7 +37,7 @@ from common import (
     write_json,
 )
 
-from dataset import load_slices
+from brain_vqvae.data import load_slices
 
 GOALS_S = {"first load": 30.0, "cached load": 2.0}
 

@@ -1,6 +1,6 @@
 """What a full default run costs: every stage of the card pipeline on the OASIS-sized set.
 
-    python bench/end_to_end.py [--tree DIR] [--epochs-vqvae 30] [--epochs-pixelcnn 30]
+    python -m bench.end_to_end [--tree DIR] [--epochs-vqvae 30] [--epochs-pixelcnn 30]
         [--quick] [--json PATH]
 
 The stages are those of `python train.py` (train.run_training), each timed on its own with wall
@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (
+from bench.common import (
     QUICK_SCALE,
     add_common_arguments,
     build_oasis_tree,
@@ -39,9 +39,11 @@ from common import (
     write_json,
 )
 
-import predict  # the project's modules come first: modules.py sets TensorFlow's environment
-import train
-from dataset import load_slices
+from brain_vqvae.data import load_slices
+from brain_vqvae.evaluation import run_test_metrics
+from brain_vqvae.model import sample_code_maps
+from brain_vqvae.runs import STAGES
+from brain_vqvae.training import encode_split, prepare_run_folder, train_pixelcnn, train_vqvae
 from hyperparameters import preset
 
 SAMPLES = 64
@@ -65,12 +67,12 @@ def run_pipeline(tree: Path, scratch: Path) -> dict[str, float]:
     """Every stage once, one epoch per training stage; {stage: seconds}."""
     hyperparameters = preset("card").replace(epochs_vqvae=1, epochs_pixelcnn=1)
     clock = StageClock()
-    run = train.prepare_run_folder(scratch / "run", train.STAGES, resume=False, overwrite=False)
+    run = prepare_run_folder(scratch / "run", STAGES, resume=False, overwrite=False)
     data = clock.run("load", load_slices, tree, image_size=128, cache_dir=scratch / "cache")
-    splits, batch = data.splits, hyperparameters.batch_size
+    splits, batch = data.splits, hyperparameters.inference_batch_size
     vqvae = clock.run(
         "VQ-VAE",
-        train.train_vqvae,
+        train_vqvae,
         hyperparameters,
         run,
         splits["train"],
@@ -80,13 +82,16 @@ def run_pipeline(tree: Path, scratch: Path) -> dict[str, float]:
     )
     codes = clock.run(
         "encode",
-        lambda: [train.encode_split(vqvae, splits[name], batch) for name in ("train", "validate")],
+        lambda: [encode_split(vqvae, splits[name], batch) for name in ("train", "validate", "test")],
     )
     pixelcnn = clock.run(
-        "PixelCNN", train.train_pixelcnn, hyperparameters, run, *codes, resume=False, verbose=0
+        "PixelCNN", train_pixelcnn, hyperparameters, run, *codes[:2], resume=False, verbose=0
     )
-    clock.run("test report", train.test_metrics, hyperparameters, vqvae, pixelcnn, splits["test"])
-    clock.run("sample", predict.sample_slices, vqvae, pixelcnn, SAMPLES)
+    test_images = splits["test"].float_images()
+    clock.run(
+        "test report", run_test_metrics, hyperparameters, vqvae, pixelcnn, test_images, codes[2]
+    )
+    clock.run("sample", sample_code_maps, pixelcnn, SAMPLES)
     return clock.seconds
 
 

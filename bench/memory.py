@@ -1,6 +1,6 @@
 """Peak memory (resident set) of training the card VQ-VAE for one epoch on the OASIS-sized set.
 
-    python bench/memory.py [--tree DIR] [--quick] [--json PATH]
+    python -m bench.memory [--tree DIR] [--quick] [--json PATH]
 
 A child process does what `python train.py` does for stage 1 on a first run, so nothing of this
 process counts: import `train` (TensorFlow, Keras, the project), load the OASIS-sized tree
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (
+from bench.common import (
     QUICK_SCALE,
     add_common_arguments,
     build_oasis_tree,
@@ -52,18 +52,18 @@ def train_one_epoch(tree: Path) -> list[dict]:
     def record(phase: str) -> None:
         phases.append({"phase": phase, "peak": peak_bytes(), "s": time.perf_counter() - start})
 
-    import train
-    from dataset import load_slices
+    from brain_vqvae.data import load_slices
+    from brain_vqvae.training import prepare_run_folder, train_vqvae
     from hyperparameters import preset
 
-    record("imported train.py (TensorFlow, Keras)")
+    record("imported brain_vqvae.training (TensorFlow, Keras)")
     hyperparameters = preset("card").replace(epochs_vqvae=1)
     with tempfile.TemporaryDirectory(prefix="brain-vqvae-memory-") as scratch:
         scratch = Path(scratch)
         data = load_slices(tree, image_size=128, cache_dir=scratch / "cache")
         record("load_slices, empty cache (decode + write cache)")
-        run = train.prepare_run_folder(scratch / "run", ("vqvae",), resume=False, overwrite=False)
-        train.train_vqvae(
+        run = prepare_run_folder(scratch / "run", ("vqvae",), resume=False, overwrite=False)
+        train_vqvae(
             hyperparameters,
             run,
             data.splits["train"],
@@ -78,7 +78,7 @@ def train_one_epoch(tree: Path) -> list[dict]:
 def run_child(tree: Path) -> tuple[list[dict], int]:
     """Run `train_one_epoch` in a child process; (its phases, its peak from RUSAGE_CHILDREN)."""
     completed = subprocess.run(
-        [sys.executable, __file__, "--child", "--tree", str(tree)],
+        [sys.executable, "-m", __spec__.name, "--child", "--tree", str(tree)],
         stdout=subprocess.PIPE,
         text=True,
         check=True,

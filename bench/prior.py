@@ -1,6 +1,6 @@
 """Training speed of the hifi PixelCNN with one-hot against embedded codes.
 
-    python bench/prior.py [--codes 1024 4096] [--embedding-dim 64] [--repeats 5] [--quick]
+    python -m bench.prior [--codes 1024 4096] [--embedding-dim 64] [--repeats 5] [--quick]
         [--json PATH]
 
 For each codebook size K, two priors over the hifi preset's 32x32 code maps,
@@ -20,7 +20,7 @@ import argparse
 import sys
 
 import numpy as np
-from common import (
+from bench.common import (
     add_common_arguments,
     describe_machine,
     interleaved_rounds,
@@ -31,7 +31,7 @@ from common import (
     write_json,
 )
 
-import modules  # first: it sets TensorFlow's environment, so keras is imported after it
+import modules
 from hyperparameters import preset
 
 MAPS = 16  # code maps per timed epoch

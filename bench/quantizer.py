@@ -1,6 +1,6 @@
 """Speed of a `VectorQuantizer` training step against the textbook one-hot formulation.
 
-    python bench/quantizer.py [--codes 16 1024 4096] [--repeats 30] [--quick] [--json PATH]
+    python -m bench.quantizer [--codes 16 1024 4096] [--repeats 30] [--quick] [--json PATH]
 
 For each codebook size K, M vectors of `latent_dim` 32 (four 32x32 code maps of the hifi
 encoder, M = 4096, two of its batches; a card batch of 32 8x8 maps with 16-dimensional
@@ -26,7 +26,7 @@ import argparse
 import sys
 
 import numpy as np
-from common import (
+from bench.common import (
     add_common_arguments,
     describe_machine,
     interleaved_rounds,
@@ -37,7 +37,7 @@ from common import (
     write_json,
 )
 
-import modules  # first: it sets TensorFlow's environment, so keras is imported after it
+import modules
 
 HIFI_SHAPE = (4, 32, 32, 32)  # four 32x32 code maps of the hifi encoder, latent_dim 32
 CARD_SHAPE = (32, 8, 8, 16)  # batch 32 of 8x8 code maps, latent_dim 16

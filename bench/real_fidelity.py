@@ -1,10 +1,10 @@
 """How well a VQ-VAE reconstructs brains of people it never saw: leave-subjects-out folds.
 
-    python bench/real_fidelity.py --preset card [--data /work/shared/realbrains]
+    python -m bench.real_fidelity --data DIR --preset card
         [--slices-per-volume 96] [--held-out 2] [--folds 3] [--fold F] [--epochs 25]
         [--json out.json] [--cache-dir DIR] [--FIELD VALUE ...]
 
-Protocol. Every slice of the data set is loaded with `dataset.load_slices` (all three of its
+Protocol. Every slice of the data set is loaded with `load_training_data` (all three of its
 splits pooled; the loader's own split is ignored) and the subjects are taken in sorted order.
 Fold f (0-based) holds out the `--held-out` subjects at positions f*H, f*H+1, ... of that order,
 wrapping around, so with folds * H >= subjects every subject is held out at least once (exactly
@@ -12,7 +12,7 @@ once when folds * H equals the number of subjects; the default 3 x 2 for six vol
 `--fold F` runs fold F alone (1-based), so that folds can run in separate processes.
 
 In each fold the preset's VQ-VAE (with any `--FIELD VALUE` overrides, as in train.py) is trained
-from scratch by the project's own `train.train_vqvae`, with all its callbacks, into a temporary
+from scratch by the project's own `training.train_vqvae`, with all its callbacks, into a temporary
 run folder. It sees the slices of the remaining subjects except every tenth slice of each of
 them (slice positions 5, 15, 25, ...), which is the validation set driving early stopping and
 the choice of the best epoch. The validation set is taken from the training people rather than
@@ -22,7 +22,7 @@ question of generalising to new people is answered by the held-out subjects anyw
 is that validation slices lie between training slices of the same brains, so the validation
 SSIM is an in-distribution number and early stopping seldom fires.
 
-Reported per held-out subject (all its slices, scored by `similarity.score_model` with the best
+Reported per held-out subject (all its slices, scored by `evaluation.score_model` with the best
 weights): mean SSIM, its 5th percentile, the fraction of slices with SSIM >= ssim_target (0.6),
 mean PSNR, and "seen": the subject's mean SSIM on its own training slices in the folds where it
 was trained on (the generalisation gap is seen minus held-out). Per fold: the training and
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -44,35 +43,25 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import keras
 
-import train
-from dataset import DataError, SliceSet, load_slices
+from brain_vqvae.data import DataError, SliceSet
+from brain_vqvae.evaluation import SliceScores, score_model
+from brain_vqvae.runs import RunError, load_training_data
+from brain_vqvae.training import prepare_run_folder, train_vqvae
 from hyperparameters import (
     Hyperparameters,
     add_hyperparameter_arguments,
     hyperparameters_from_arguments,
 )
-from runs import RunError
-from similarity import SliceScores, score_model
 
-DEFAULT_DATA = Path("/work/shared/realbrains")
 BENCH_DEFAULTS = {"slices_per_volume": 96, "epochs_vqvae": 25}
 VALIDATION_EVERY = 10  # every 10th slice of each training subject (offset 5) validates
 
 
 def pooled_slices(path: Path, hyperparameters: Hyperparameters, cache_dir: str | None):
     """All slices of the data set at `path`, the loader's splits pooled into one `SliceSet`."""
-    data = load_slices(
-        path,
-        image_size=hyperparameters.image_size,
-        slices_per_volume=hyperparameters.slices_per_volume,
-        seed=hyperparameters.seed,
-        cache_dir=cache_dir,
-    )
+    data = load_training_data(path, hyperparameters, cache_dir=cache_dir)
     for problem in data.problems:
         print(f"warning: {problem}", file=sys.stderr)
     parts = list(data.splits.values())
@@ -110,14 +99,16 @@ def run_fold(
     outside = ~np.isin(slices.subject_ids, held_out)
     validating = outside & (slices.slice_indices % VALIDATION_EVERY == VALIDATION_EVERY // 2)
     training = outside & ~validating
-    run = train.prepare_run_folder(work, ("vqvae",), resume=False, overwrite=False)
+    run = prepare_run_folder(work, ("vqvae",), resume=False, overwrite=False)
     hyperparameters.save(run.hyperparameters)
     keras.utils.set_random_seed(hyperparameters.seed)
-    vqvae = train.train_vqvae(
+    vqvae = train_vqvae(
         hyperparameters, run, subset(slices, training), subset(slices, validating), False, verbose=2
     )
     trained_at = time.perf_counter()
-    scores = score_model(vqvae, slices.float_images(), batch_size=hyperparameters.batch_size)
+    scores = score_model(
+        vqvae, slices.float_images(), batch_size=hyperparameters.inference_batch_size
+    )
 
     def among(chosen: np.ndarray) -> SliceScores:
         return SliceScores(scores.ssim[chosen], scores.psnr[chosen], scores.mae[chosen])
@@ -204,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         epilog="Defaults here: --slices-per-volume 96 and 25 epochs, whatever the preset says.",
     )
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="volumes (any dataset.py format)")
+    parser.add_argument(
+        "--data", required=True, help="a folder of T1 volumes (any format dataset.py reads)"
+    )
     parser.add_argument("--held-out", type=int, default=2, help="subjects held out per fold")
     parser.add_argument("--folds", type=int, default=3, help="number of folds")
     parser.add_argument(

@@ -1,6 +1,6 @@
 """Sampling speed of our compiled PixelCNN sampler against the Keras example's Python loop.
 
-    python bench/sampling.py [--counts 64 256] [--repeats 5] [--quick] [--json PATH]
+    python -m bench.sampling [--counts 64 256] [--repeats 5] [--quick] [--json PATH]
 
 The two samplers draw `count` code maps (8x8 for the card) from the same untrained card PixelCNN,
 `modules.build_pixelcnn(preset("card"))`; its weights do not change the cost of a draw.
@@ -26,7 +26,7 @@ import sys
 import time
 
 import numpy as np
-from common import (
+from bench.common import (
     add_common_arguments,
     describe_machine,
     interleaved_rounds,
@@ -37,7 +37,7 @@ from common import (
     write_json,
 )
 
-import modules  # first: it sets TensorFlow's environment, so keras is imported after it
+import modules
 from hyperparameters import preset
 
 

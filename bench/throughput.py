@@ -1,12 +1,12 @@
 """Training throughput of our VQ-VAE against a reference written like the Keras example.
 
-    python bench/throughput.py [--data data/demo] [--images 2048] [--repeats 3] [--variants]
+    python -m bench.throughput [--data data/demo] [--images 2048] [--repeats 3] [--variants]
         [--arms NAME ...] [--profile] [--quick] [--json PATH]
 
 The two contestants.
   ours       `modules.build_vqvae(preset("card"))` fed by `dataset.make_tf_dataset` (uint8
              slices, cast to [0, 1] per batch), trained by `VQVAE.train_step` with all its
-             per-step metrics and `train.adam`, exactly as `train.train_vqvae` runs it: the
+             per-step metrics and `training.adam`, exactly as `training.train_vqvae` runs it: the
              card's SSIM + L1 loss (blended in from MSE over the first 100 steps) and Adam with
              the cosine decay of a full 30-epoch run.
   reference  the style of the Keras example "Vector-Quantized Variational Autoencoders"
@@ -60,7 +60,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import (
+from bench.common import (
     BENCH_DIR,
     DEMO_DATA_DIR,
     add_common_arguments,
@@ -113,7 +113,6 @@ VARIANT_ARMS = (
 def start_tensorflow(arm: Arm):
     """Import TensorFlow under the arm's oneDNN setting (set by the coordinator in the
     environment) before any project module can choose, and fix its thread pools."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(arm.intra_threads)
@@ -224,8 +223,8 @@ class Contestant:
         import keras
 
         import modules
-        import train
-        from dataset import make_tf_dataset
+        from brain_vqvae import training
+        from brain_vqvae.data import make_tf_dataset
         from hyperparameters import preset
 
         self.arm = arm
@@ -241,8 +240,8 @@ class Contestant:
                 use_depthwise_output(self.model.decoder.get_layer("conv_out"))
             self.data = make_tf_dataset(slices, BATCH_SIZE, shuffle=True, seed=seed)
             self.weights = self.model.count_params()
-            steps = card.epochs_vqvae * train.steps_per_epoch(len(slices), card)  # a full run's
-            optimizer = train.adam(card.learning_rate_vqvae, card.learning_rate_schedule, steps)
+            steps = card.epochs_vqvae * training.steps_per_epoch(len(slices), card)  # a full run's
+            optimizer = training.adam(card.learning_rate_vqvae, card.learning_rate_schedule, steps)
         else:
             self.model = build_reference(data_variance, seed)
             self.data = slices.float_images() - 0.5  # the example's x / 255 - 1/2
@@ -316,7 +315,7 @@ def run_worker(settings: dict) -> None:
     import numpy as np
     from common import onednn_enabled
 
-    from dataset import SliceSet, load_slices
+    from brain_vqvae.data import SliceSet, load_slices
     from similarity import score_reconstructions
     from train import pixel_variance
 
@@ -448,7 +447,7 @@ class Worker:
         payload = json.dumps({**settings, "arm": dataclasses.asdict(arm)})
         self.arm = arm
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--worker", payload],
+            [sys.executable, "-m", __spec__.name, "--worker", payload],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import brain_vqvae  # noqa: F401  (sets TensorFlow's environment before a test imports it)
 from hyperparameters import Hyperparameters
 
 TINY_CASES = {"train": (1, 2, 3, 4), "validate": (5,), "test": (6,)}

@@ -18,6 +18,7 @@ import pytest
 from conftest import tiny_argv
 
 import train
+from brain_vqvae import training
 
 HELPER = Path(__file__).with_name("two_replicas.py")
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -63,24 +64,24 @@ def test_only_the_chief_of_a_cluster_writes_the_run_folder(tmp_path):
         resolver = SimpleNamespace(task_type=task_type, task_id=task_id, cluster_spec=lambda: spec)
         return SimpleNamespace(cluster_resolver=resolver)
 
-    assert train.is_chief(SimpleNamespace(cluster_resolver=None))
-    assert train.is_chief(strategy("worker", 0, ["worker"]))
-    assert not train.is_chief(strategy("worker", 1, ["worker"]))
-    assert train.is_chief(strategy("chief", 0, ["chief", "worker"]))
-    assert not train.is_chief(strategy("worker", 0, ["chief", "worker"]))
+    assert training.is_chief(SimpleNamespace(cluster_resolver=None))
+    assert training.is_chief(strategy("worker", 0, ["worker"]))
+    assert not training.is_chief(strategy("worker", 1, ["worker"]))
+    assert training.is_chief(strategy("chief", 0, ["chief", "worker"]))
+    assert not training.is_chief(strategy("worker", 0, ["chief", "worker"]))
 
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
     (out / "hyperparameters.json").write_text("{}")
     (out / "checkpoints" / "vqvae_last.keras").write_text("checkpoint")
     (out / "loss.png").write_text("not needed")
-    with train.worker_folder(out, strategy("worker", 1, ["worker"])) as scratch:
+    with training.worker_folder(out, strategy("worker", 1, ["worker"])) as scratch:
         assert scratch != out
         assert (scratch / "hyperparameters.json").read_text() == "{}"
         assert (scratch / "checkpoints" / "vqvae_last.keras").read_text() == "checkpoint"
         assert not (scratch / "loss.png").exists()
     assert not scratch.exists()
-    with train.worker_folder(out, strategy("worker", 0, ["worker"])) as folder:
+    with training.worker_folder(out, strategy("worker", 0, ["worker"])) as folder:
         assert folder == out
 
 
@@ -88,13 +89,13 @@ def test_a_batch_smaller_than_the_replicas_is_refused(tiny_hyperparameters, tmp_
     from conftest import tiny_arguments
 
     monkeypatch.setattr(
-        train.tf.distribute,
+        training.tf.distribute,
         "get_strategy",
         lambda: SimpleNamespace(num_replicas_in_sync=16),
     )
     arguments = tiny_arguments(tiny_hyperparameters, tmp_path, tmp_path / "run")
-    with pytest.raises(train.RunError, match="smaller than the 16 replicas"):
-        train.train_in_folder(arguments, tmp_path, tmp_path / "run", verbose=0)
+    with pytest.raises(training.RunError, match="smaller than the 16 replicas"):
+        train.run_training(arguments, verbose=0)
     assert not (tmp_path / "run").exists()
 
 

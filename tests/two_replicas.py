@@ -5,7 +5,7 @@ the CPU must be split into two logical devices before TensorFlow initialises.
 
 writes WORK_DIR/result.json:
 
-    "replicas"   replicas of train.make_strategy("mirrored") on the two logical CPUs
+    "replicas"   replicas of training.make_strategy("mirrored") on the two logical CPUs
     "steps"      {"plain" | "ema": {"one_device" | "mirrored": {"loss" | "perplexity": [value
                  after each step]}}}: fit of a fresh VQ-VAE (same seed) on 17 slices in batches
                  of 8, 8 and 1 (the last leaves one replica empty) for 2 epochs with SGD, whose
@@ -23,14 +23,13 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train.py and modules.py run TensorFlow
-import tensorflow as tf
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import brain_vqvae  # noqa: E402, F401  (sets TensorFlow's environment before it starts)
+import tensorflow as tf  # noqa: E402
 
 (cpu,) = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import csv  # noqa: E402
 
@@ -40,6 +39,7 @@ from conftest import brain_like_slice, tiny_arguments  # noqa: E402
 
 import modules  # noqa: E402
 import train  # noqa: E402
+from brain_vqvae import training  # noqa: E402
 from hyperparameters import Hyperparameters  # noqa: E402
 
 SLICES = 17
@@ -74,7 +74,7 @@ def fit_steps(strategy, settings: Hyperparameters, images: np.ndarray):
 
 def main(settings_path: str, data: str, work: str) -> None:
     settings = Hyperparameters.load(settings_path)
-    mirrored = train.make_strategy("mirrored")  # the one run_training uses below
+    mirrored = training.make_strategy("mirrored")  # the one run_training uses below
     rng = np.random.default_rng(0)
     size = settings.image_size
     images = np.stack([brain_like_slice(rng, size) for _ in range(SLICES)])

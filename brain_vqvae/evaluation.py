@@ -1,0 +1,246 @@
+"""Judging a trained run: how well its VQ-VAE reconstructs held-out slices, and what its
+prior's samples look like.
+
+Reconstruction is scored per slice (SSIM, PSNR, MAE from `metrics`) and summarised against
+the SSIM target: mean, median, 5th percentile and the share of slices at or above it. The
+prior is judged by its negative log-likelihood of real code maps (bits per code, against
+log2 K for a uniform prior), the diversity of its samples beside that of real slices, their
+novelty (how close each comes to a training slice) and how its code usage compares with the
+real one. `run_test_metrics` is what training writes to metrics.json; `evaluate_run` is what
+`python similarity.py` reports, with its figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from brain_vqvae import plotting
+from brain_vqvae.metrics import (
+    bits_per_code,
+    code_usage,
+    mae_per_slice,
+    psnr_per_slice,
+    ssim_per_slice,
+    usage_statistics,
+)
+from brain_vqvae.model import decode_code_maps, encode_code_maps, sample_code_maps
+from brain_vqvae.runs import RunError, load_run, load_run_data
+from hyperparameters import Hyperparameters
+
+
+@dataclass(frozen=True)
+class SliceScores:
+    """Per-slice scores of one split, each an (N,) array aligned with the split's slices."""
+
+    ssim: np.ndarray
+    psnr: np.ndarray
+    mae: np.ndarray
+
+    def summary(self, ssim_target: float) -> dict[str, float | int]:
+        """The headline numbers: SSIM mean/median/5th percentile, the fraction of slices at or
+        above the target, mean PSNR and MAE, and the slice count."""
+        return {
+            "slices": len(self.ssim),
+            "ssim_mean": float(np.mean(self.ssim)),
+            "ssim_median": float(np.median(self.ssim)),
+            "ssim_p05": float(np.percentile(self.ssim, 5)),
+            "fraction_above_target": float(np.mean(self.ssim >= ssim_target)),
+            "ssim_target": ssim_target,
+            "psnr_mean": float(np.mean(self.psnr)),
+            "mae_mean": float(np.mean(self.mae)),
+        }
+
+
+def score_reconstructions(originals: np.ndarray, reconstructions: np.ndarray) -> SliceScores:
+    """SSIM, PSNR and MAE of each (original, reconstruction) pair, both (N, S, S, 1) in [0, 1]."""
+    return SliceScores(
+        ssim=ssim_per_slice(originals, reconstructions),
+        psnr=psnr_per_slice(originals, reconstructions),
+        mae=mae_per_slice(originals, reconstructions),
+    )
+
+
+def reconstruct_images(vqvae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The VQ-VAE's reconstructions (N, S, S, 1) in [0, 1] (the model clips) of `images`."""
+    return np.asarray(vqvae.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
+
+
+def score_model(vqvae, images: np.ndarray, batch_size: int = 64) -> SliceScores:
+    """Reconstruct `images` (N, S, S, 1) in [0, 1] with `vqvae` and score every slice."""
+    return score_reconstructions(images, reconstruct_images(vqvae, images, batch_size))
+
+
+def prior_bits_per_code(pixelcnn, code_maps: np.ndarray, batch_size: int = 64) -> float:
+    """The prior's mean negative log2-likelihood of real code maps (N, h, w), in bits per code:
+    -(1 / N h w) sum log2 p(k(i, j) | codes before (i, j)). Computed `batch_size` maps at a
+    time, so the (N, h, w, K) logits of a large codebook never sit in memory at once."""
+    total = 0.0
+    for start in range(0, len(code_maps), batch_size):
+        batch = code_maps[start : start + batch_size]
+        logits = np.asarray(pixelcnn.predict(batch, batch_size=batch_size, verbose=0))
+        total += bits_per_code(logits, batch) * len(batch)
+    return total / len(code_maps)
+
+
+def codebook_use(code_maps: np.ndarray, num_embeddings: int) -> dict[str, float]:
+    """Perplexity exp(-sum_k p_k log p_k) of the code frequencies p over all `code_maps`, and the
+    fraction of the codes used at all."""
+    counts = np.bincount(np.asarray(code_maps).ravel(), minlength=num_embeddings)
+    perplexity, used = usage_statistics(counts.astype(np.float32))
+    return {"perplexity": float(perplexity), "codes_used": float(used)}
+
+
+def run_test_metrics(
+    hyperparameters: Hyperparameters,
+    vqvae,
+    pixelcnn,
+    images: np.ndarray,
+    code_maps: np.ndarray,
+) -> dict:
+    """The run's headline numbers on the test split (metrics.json): reconstruction scores of
+    `images` (N, S, S, 1), codebook use of their `code_maps` (N, h, w) and, with a prior, its
+    bits per code against the uniform prior's log2 K."""
+    batch_size = hyperparameters.inference_batch_size
+    metrics = {
+        "split": "test",
+        **score_model(vqvae, images, batch_size).summary(hyperparameters.ssim_target),
+        **codebook_use(code_maps, hyperparameters.num_embeddings),
+    }
+    if pixelcnn is not None:
+        metrics["prior_bits_per_code"] = prior_bits_per_code(pixelcnn, code_maps, batch_size)
+        metrics["uniform_bits_per_code"] = float(np.log2(hyperparameters.num_embeddings))
+    return metrics
+
+
+# Generation ---------------------------------------------------------------------------------
+
+
+def pairwise_ssim_mean(images: np.ndarray) -> float:
+    """Diversity of a set of slices: mean SSIM over all distinct pairs (lower = more diverse).
+    (N, S, S, 1) with N >= 2 -> float."""
+    first, second = np.triu_indices(len(images), k=1)
+    if len(first) == 0:
+        raise ValueError("diversity needs at least two images")
+    return float(np.mean(ssim_per_slice(images[first], images[second])))
+
+
+def novelty_ssim(
+    samples: np.ndarray, reference: np.ndarray, candidates: int = 16, chunk: int = 512
+) -> np.ndarray:
+    """For each sample, the highest SSIM to any reference (training) slice: near 1 means the
+    generator reproduced a training slice. (M, S, S, 1), (N, S, S, 1) -> (M,).
+
+    Exact SSIM against every reference slice costs M x N window passes, so each sample is
+    compared with its `candidates` nearest reference slices by Euclidean distance (found with
+    one matrix product per chunk); a copy of a training slice is always its nearest neighbour.
+    """
+    flat_samples = samples.reshape(len(samples), -1).astype(np.float32)
+    sample_norms = np.square(flat_samples).sum(axis=1)
+    distances = []
+    for start in range(0, len(reference), chunk):
+        block = reference[start : start + chunk].reshape(-1, flat_samples.shape[1])
+        block = block.astype(np.float32)
+        distances.append(
+            sample_norms[:, None] - 2 * flat_samples @ block.T + np.square(block).sum(axis=1)
+        )
+    nearest = np.argsort(np.concatenate(distances, axis=1), axis=1)[:, :candidates]
+    repeated_samples = np.repeat(samples, nearest.shape[1], axis=0)
+    scores = ssim_per_slice(repeated_samples, reference[nearest.ravel()])
+    return scores.reshape(nearest.shape).max(axis=1)
+
+
+# Evaluating a run --------------------------------------------------------------------------
+
+
+def evaluate_run(
+    run_dir: Path,
+    data: Path | None = None,
+    split: str = "test",
+    samples: int = 64,
+    seed: int = 0,
+    out: Path | None = None,
+    cache_dir: Path | None = None,
+) -> dict:
+    """Score a trained run's reconstructions of `split` and its prior's samples; write the
+    figures into `out` (default `run_dir/similarity_<split>`) and return the numbers."""
+    run = load_run(run_dir, prior="optional")
+    hyperparameters, vqvae, pixelcnn = run.hyperparameters, run.vqvae, run.pixelcnn
+    slices = load_run_data(run, data, cache_dir=cache_dir)
+    chosen = slices.splits.get(split)
+    if chosen is None or len(chosen) == 0:
+        raise RunError(f"{slices.source} has no slices in the {split!r} split")
+    out = Path(out) if out else run.folder.path / f"similarity_{split}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    batch_size = hyperparameters.inference_batch_size
+    images = chosen.float_images()
+    reconstructions = reconstruct_images(vqvae, images, batch_size)
+    scores = score_reconstructions(images, reconstructions)
+    target = hyperparameters.ssim_target
+    report = {"run": str(run.folder.path), "data": str(slices.source), "split": split}
+    report |= scores.summary(target)
+    labels = [f"{s} #{i}" for s, i in zip(chosen.subject_ids, chosen.slice_indices, strict=True)]
+    figures = [
+        plotting.plot_ssim_histogram(scores.ssim, target, out / "ssim_histogram.png"),
+        plotting.plot_ssim_by_slice(
+            scores.ssim, chosen.slice_indices, target, out / "ssim_by_slice.png"
+        ),
+        plotting.plot_worst_slices(
+            images, reconstructions, scores.ssim, labels, out / "worst_slices.png"
+        ),
+    ]
+    history = run.folder.history("vqvae")
+    if history.exists():
+        figures.append(plotting.plot_ssim_history(history, target, out / "ssim_per_epoch.png"))
+
+    if pixelcnn is not None:
+        real_codes = encode_code_maps(vqvae, images, batch_size=batch_size)
+        report["prior_bits_per_code"] = prior_bits_per_code(pixelcnn, real_codes, batch_size)
+        report["uniform_bits_per_code"] = float(np.log2(hyperparameters.num_embeddings))
+        sampled_codes = sample_code_maps(pixelcnn, samples, seed=seed)
+        generated = decode_code_maps(vqvae, sampled_codes, batch_size=batch_size)
+        novelty = novelty_ssim(generated, slices.splits["train"].float_images())
+        real_usage = code_usage(real_codes, hyperparameters.num_embeddings)
+        sampled_usage = code_usage(sampled_codes, hyperparameters.num_embeddings)
+        report |= {
+            "samples": samples,
+            "sample_diversity_ssim": pairwise_ssim_mean(generated),
+            "real_diversity_ssim": pairwise_ssim_mean(images[: min(len(images), samples)]),
+            "novelty_ssim_mean": float(novelty.mean()),
+            "novelty_ssim_max": float(novelty.max()),
+            "code_usage_total_variation": float(0.5 * np.abs(real_usage - sampled_usage).sum()),
+        }
+        figures.append(plotting.plot_code_usage(real_usage, sampled_usage, out / "code_usage.png"))
+    report["figures"] = [str(path) for path in figures]
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The summary table printed by `python similarity.py`."""
+    rows = [
+        ("slices", f"{report['slices']}"),
+        ("SSIM mean", f"{report['ssim_mean']:.4f}"),
+        ("SSIM median", f"{report['ssim_median']:.4f}"),
+        ("SSIM 5th percentile", f"{report['ssim_p05']:.4f}"),
+        (f"fraction SSIM >= {report['ssim_target']}", f"{report['fraction_above_target']:.1%}"),
+        ("PSNR mean (dB)", f"{report['psnr_mean']:.2f}"),
+        ("MAE mean", f"{report['mae_mean']:.4f}"),
+    ]
+    if "prior_bits_per_code" in report:
+        rows += [
+            (
+                "prior NLL (bits/code)",
+                f"{report['prior_bits_per_code']:.3f} "
+                f"(uniform {report['uniform_bits_per_code']:.3f})",
+            ),
+            ("sample diversity (pairwise SSIM)", f"{report['sample_diversity_ssim']:.4f}"),
+            ("real diversity (pairwise SSIM)", f"{report['real_diversity_ssim']:.4f}"),
+            ("novelty (max SSIM to train), mean", f"{report['novelty_ssim_mean']:.4f}"),
+            ("code usage total variation", f"{report['code_usage_total_variation']:.4f}"),
+        ]
+    width = max(len(name) for name, _ in rows)
+    title = f"{report['run']} on the {report['split']} split of {report['data']}"
+    return "\n".join([title, *(f"  {name:<{width}}  {value}" for name, value in rows)])

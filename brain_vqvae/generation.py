@@ -1,0 +1,166 @@
+"""New slices from a run's prior, and slices passed through its VQ-VAE.
+
+Sampling draws code maps z ~ p(z) = prod_i p(z_i | z_<i) from the PixelCNN in raster order and
+decodes each with the VQ-VAE decoder into a slice x = D(e_z). Reconstruction encodes slices to
+code maps and decodes them again. Slices follow the project's convention (README, "Data"):
+anterior at the top and the subject's left on the image's left, so a stack of them is written
+as a NIfTI volume whose voxel axes run to the subject's right, anterior and superior (RAS+).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel
+import numpy as np
+from PIL import Image
+
+from brain_vqvae import plotting
+from brain_vqvae.data import BrainSlices, DataError, load_volume_slices
+from brain_vqvae.metrics import ssim_per_slice
+from brain_vqvae.model import decode_code_maps, encode_code_maps, sample_code_maps
+from brain_vqvae.runs import Run
+
+SAMPLE_PATTERN = "sample_{:03d}.png"
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """(N, S, S, 1) or (N, S, S) floats in [0, 1] -> (N, S, S) uint8, round(255 clip(x, 0, 1))."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 4:
+        images = images[..., 0]
+    return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+# Sampling -----------------------------------------------------------------------------------
+
+
+def sample_slices(
+    run: Run, count: int, temperature: float = 1.0, seed: int | None = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw `count` code maps from the run's prior and decode them: (count, h, w) int32 code
+    maps and (count, S, S) uint8 slices. `sample_code_maps` checks `count` and `temperature`."""
+    code_maps = sample_code_maps(run.pixelcnn, count, temperature=temperature, seed=seed)
+    decoded = decode_code_maps(
+        run.vqvae, code_maps, batch_size=run.hyperparameters.inference_batch_size
+    )
+    return code_maps, to_uint8(decoded)
+
+
+def slices_to_nifti(slices: np.ndarray) -> nibabel.Nifti1Image:
+    """(N, S, S) slices as they are shown (row 0 at the top, anterior; column 0 on the left, the
+    subject's left) -> a (S, S, N) NIfTI volume.
+
+    Voxel (x, y, n) = slices[n, S - 1 - y, x]: x runs from the subject's left to right along the
+    image's columns, y from posterior to anterior up its rows, n from inferior to superior. The
+    affine is 1 mm isotropic, axes RAS+, with the origin at the volume's centre.
+    """
+    slices = np.asarray(slices)
+    volume = np.flip(np.transpose(slices, (2, 1, 0)), axis=1)
+    affine = np.eye(4)
+    affine[:3, 3] = -(np.array(volume.shape) - 1) / 2.0
+    image = nibabel.Nifti1Image(np.ascontiguousarray(volume), affine)
+    image.header.set_xyzt_units("mm")
+    return image
+
+
+def write_samples(
+    run: Run, out: Path, count: int, temperature: float, seed: int | None
+) -> list[Path]:
+    """Sample, then write sample_NNN.png, samples.png and samples.nii.gz into `out` (which
+    must exist); returns the paths written."""
+    _, slices = sample_slices(run, count, temperature, seed)
+    for stale in out.glob("sample_*.png"):
+        stale.unlink()
+    written = []
+    for index, image in enumerate(slices):
+        path = out / SAMPLE_PATTERN.format(index)
+        Image.fromarray(image, mode="L").save(path)
+        written.append(path)
+    title = f"{run.name}: {count} PixelCNN samples, temperature {temperature:g}, seed {seed}"
+    written.append(
+        plotting.save_figure(plotting.plot_sample_grid(slices, title), out / "samples.png")
+    )
+    nibabel.save(slices_to_nifti(slices), out / "samples.nii.gz")
+    return [*written, out / "samples.nii.gz"]
+
+
+# Reconstruction -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reconstructions:
+    """Slices passed through the VQ-VAE, all aligned on the first axis (N)."""
+
+    originals: np.ndarray  # (N, S, S, 1) float32 in [0, 1]
+    reconstructions: np.ndarray  # (N, S, S, 1) float32 in [0, 1]
+    code_maps: np.ndarray  # (N, h, w) int32
+    ssim: np.ndarray  # (N,) float64
+    labels: list[str]  # what each slice is, e.g. "subject 441, slice 12"
+
+
+def reconstruct(run: Run, images: np.ndarray, labels: list[str]) -> Reconstructions:
+    """Encode (N, S, S, 1) images in [0, 1] to code maps and decode them again."""
+    batch_size = run.hyperparameters.inference_batch_size
+    code_maps = encode_code_maps(run.vqvae, images, batch_size=batch_size)
+    reconstructions = decode_code_maps(run.vqvae, code_maps, batch_size=batch_size)
+    return Reconstructions(
+        originals=images,
+        reconstructions=reconstructions,
+        code_maps=code_maps,
+        ssim=ssim_per_slice(images, reconstructions),
+        labels=list(labels),
+    )
+
+
+def spread_indices(count: int, num: int) -> np.ndarray:
+    """`num` distinct indices into `count` items, evenly spaced from the first to the last."""
+    if count < 1:
+        raise ValueError("there are no slices to choose from")
+    return np.unique(np.round(np.linspace(0, count - 1, min(num, count))).astype(int))
+
+
+def split_slices(slices: BrainSlices, split: str, num: int) -> tuple[np.ndarray, list[str]]:
+    """`num` slices spread over `split` of loaded data: (num, S, S, 1) float32 in [0, 1] and a
+    label per slice."""
+    chosen = slices.splits.get(split)
+    if chosen is None or len(chosen) == 0:
+        raise DataError(f"{slices.source}: the {split!r} split holds no slices")
+    indices = spread_indices(len(chosen), num)
+    labels = [
+        f"subject {chosen.subject_ids[index]}, slice {chosen.slice_indices[index]}"
+        for index in indices
+    ]
+    return chosen.float_images()[indices], labels
+
+
+def input_slices(path: Path, image_size: int, num: int) -> tuple[np.ndarray, list[str]]:
+    """The user's own file as (M, S, S, 1) float32 slices in [0, 1] and a label per slice: a
+    PNG/JPEG slice gives one slice; a volume (.nii, .nii.gz, .mgz, Analyze .hdr + .img) gives
+    `num` axial slices spread over the brain's extent, inferior to superior, read exactly as a
+    folder of such files is read for training (`load_volume_slices`)."""
+    images = load_volume_slices(path, image_size=image_size, slices_per_volume=num)
+    labels = (
+        [f"{path.name}: slice {index + 1} of {len(images)}" for index in range(len(images))]
+        if len(images) > 1
+        else [path.name]
+    )
+    return images[..., None] / np.float32(255.0), labels
+
+
+def write_reconstructions(
+    run: Run, images: np.ndarray, labels: list[str], out: Path, title: str
+) -> list[Path]:
+    """Reconstruct (N, S, S, 1) images and write out/reconstructions.png."""
+    result = reconstruct(run, images, labels)
+    figure = plotting.plot_reconstructions(
+        result.originals,
+        result.reconstructions,
+        result.code_maps,
+        result.ssim,
+        result.labels,
+        run.hyperparameters.num_embeddings,
+        f"{title}: mean SSIM {result.ssim.mean():.3f}",
+    )
+    return [plotting.save_figure(figure, out / "reconstructions.png")]

@@ -1,0 +1,237 @@
+"""The run folder: what training writes and every other tool reads, and the one place that
+loads a run, its configuration and the data it was trained on.
+
+    hyperparameters.json                  the configuration (`Hyperparameters.load`)
+    vqvae.keras, pixelcnn.keras           the best model of each stage (by validation loss)
+    history_vqvae.csv, history_pixelcnn.csv
+    loss.png, ssim.png                    curves per epoch; the SSIM target is drawn
+    metrics.json                          the training data's path, test SSIM/PSNR/MAE,
+                                          codebook use, prior bits per code
+    checkpoints/                          last epoch of each stage and its state, for --resume
+
+Files are written to a temporary name and renamed over the old one, so a process killed at
+any moment leaves every file either as it was or complete.
+
+    run = load_run("runs/demo-card")               # configuration and models, checked
+    slices = load_run_data(run)                    # the slices it was trained on, as it saw them
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from brain_vqvae.data import BrainSlices, load_slices
+from hyperparameters import ARCHITECTURE_FIELDS, Hyperparameters
+
+STAGES = ("vqvae", "pixelcnn")
+
+
+class RunError(RuntimeError):
+    """A run folder that cannot be used as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths of one run's files (see the module docstring)."""
+
+    path: Path
+
+    def model(self, stage: str) -> Path:
+        return self.path / f"{stage}.keras"
+
+    def history(self, stage: str) -> Path:
+        return self.path / f"history_{stage}.csv"
+
+    def last_checkpoint(self, stage: str) -> Path:
+        return self.path / "checkpoints" / f"{stage}_last.keras"
+
+    def stage_files(self, stage: str) -> list[Path]:
+        """What training `stage` writes: its best model, history and last checkpoint."""
+        return [self.model(stage), self.history(stage), self.last_checkpoint(stage)]
+
+    @property
+    def hyperparameters(self) -> Path:
+        return self.path / "hyperparameters.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def state(self) -> Path:
+        return self.path / "checkpoints" / "state.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def resumable_files(self) -> list[Path]:
+        """The files a resumed run or a later stage reads: configuration, state, and every
+        stage's files."""
+        files = [self.hyperparameters, self.state]
+        for stage in STAGES:
+            files += self.stage_files(stage)
+        return files
+
+    def read_state(self) -> dict:
+        """{stage: {"epochs_done": int, "best": float, "finished": bool, ...}} of begun stages."""
+        return json.loads(self.state.read_text()) if self.state.exists() else {}
+
+    def write_state(self, stage: str, **values) -> None:
+        state = self.read_state()
+        state[stage] = {**state.get(stage, {}), **values}
+        write_atomically(self.state, json.dumps(state, indent=2))
+
+    def read_metrics(self) -> dict:
+        """The run's metrics.json, or {} before the run has finished."""
+        return json.loads(self.metrics.read_text()) if self.metrics.exists() else {}
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def save_model_atomically(model, path: Path) -> None:
+    """`model.save` to a temporary `.keras` file beside `path`, then rename it over `path`."""
+    temporary = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(temporary)
+    os.replace(temporary, path)
+
+
+def copy_run_files(source: RunFolder, target: RunFolder) -> None:
+    """Copy the `resumable_files` that exist from one run folder to another."""
+    for original, duplicate in zip(source.resumable_files(), target.resumable_files(), strict=True):
+        if original.exists():
+            duplicate.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(original, duplicate)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A trained run: its folder, configuration and models (`pixelcnn` is None when the run
+    has no prior or it was not asked for)."""
+
+    folder: RunFolder
+    hyperparameters: Hyperparameters
+    vqvae: object
+    pixelcnn: object | None
+
+    @property
+    def name(self) -> str:
+        return self.folder.path.name
+
+
+def load_run(path: str | Path, prior: str = "required") -> Run:
+    """A trained run's configuration and models, checked against each other.
+
+    `prior` is "required" (a missing pixelcnn.keras is an error), "optional" (loaded when
+    present) or "skip" (not loaded). A missing folder or file, or a model that does not fit the
+    configuration, raises `RunError` naming it.
+    """
+    import keras
+
+    import brain_vqvae.model  # noqa: F401  (registers the custom layers and models with Keras)
+
+    if prior not in ("required", "optional", "skip"):
+        raise ValueError(f'prior must be "required", "optional" or "skip", got {prior!r}')
+    folder = RunFolder(Path(path))
+    if not folder.path.is_dir():
+        raise RunError(f"{folder.path}: no such run folder")
+    if not folder.hyperparameters.exists():
+        raise RunError(f"{folder.path} is not a trained run: hyperparameters.json is missing")
+    try:
+        hyperparameters = Hyperparameters.load(folder.hyperparameters)
+    except ValueError as error:
+        raise RunError(str(error)) from None
+    stages = ["vqvae"]
+    if prior == "required" or (prior == "optional" and folder.model("pixelcnn").exists()):
+        stages.append("pixelcnn")
+    models = {}
+    for stage in stages:
+        if not folder.model(stage).exists():
+            raise RunError(f"{folder.path} has no {stage}.keras: train it with train.py first")
+        models[stage] = keras.saving.load_model(folder.model(stage))
+    _check_models_fit(folder, hyperparameters, models)
+    return Run(folder, hyperparameters, models["vqvae"], models.get("pixelcnn"))
+
+
+def _check_models_fit(folder: RunFolder, hyperparameters: Hyperparameters, models: dict) -> None:
+    """Each model was built with the architecture hyperparameters.json describes."""
+    for stage, model in models.items():
+        differing = [
+            name
+            for name in ARCHITECTURE_FIELDS
+            if getattr(model.hyperparameters, name) != getattr(hyperparameters, name)
+        ]
+        if differing:
+            raise RunError(
+                f"{folder.model(stage)} was built with other values of {', '.join(differing)} "
+                f"than {folder.hyperparameters} says: the folder mixes files of different runs"
+            )
+
+
+def training_data_path(folder: RunFolder, data: str | Path | None = None) -> Path:
+    """The dataset to read for a run: `data` when given, else the one its metrics.json says it
+    was trained on. A run that names none, or names a path missing here, raises `RunError`."""
+    if data is not None:
+        return Path(data)
+    recorded = folder.read_metrics().get("data")
+    if not recorded:
+        raise RunError(f"{folder.metrics} does not name the training data; pass --data")
+    if not Path(recorded).exists():
+        raise RunError(
+            f"the run was trained on {recorded} (from {folder.metrics}), which does not exist "
+            "here; pass --data"
+        )
+    return Path(recorded)
+
+
+def load_training_data(
+    source: str | Path,
+    hyperparameters: Hyperparameters,
+    cache_dir: str | Path | None = None,
+    skip_bad: bool = False,
+    demographics_csv: str | Path | None = None,
+) -> BrainSlices:
+    """The slices of `source` as a run with `hyperparameters` sees them: its image size, slices
+    per volume and split seed."""
+    return load_slices(
+        source,
+        image_size=hyperparameters.image_size,
+        slices_per_volume=hyperparameters.slices_per_volume,
+        seed=hyperparameters.seed,
+        cache_dir=cache_dir,
+        skip_bad=skip_bad,
+        demographics_csv=demographics_csv,
+    )
+
+
+def load_run_data(
+    run: Run,
+    data: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    demographics_csv: str | Path | None = None,
+) -> BrainSlices:
+    """The data a run was trained on (or `data`), loaded as the run saw it."""
+    source = training_data_path(run.folder, data)
+    return load_training_data(
+        source, run.hyperparameters, cache_dir=cache_dir, demographics_csv=demographics_csv
+    )
+
+
+def prepare_output_folder(path: Path, overwrite: bool) -> Path:
+    """Create `path` for a tool's outputs; one that already holds files is refused unless
+    `overwrite`, so nothing a user has is replaced without asking."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a folder: choose another --out")
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} already holds files; pass --overwrite to write over them")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,577 @@
+"""Training the two stages into a run folder: the VQ-VAE on slices, then the PixelCNN prior on
+their code maps.
+
+Stage 1 fits the VQ-VAE to the training split, validating on the validation split. Stage 2
+encodes every training slice to its code map (8x8 for the card) and fits the PixelCNN to them
+with sparse categorical cross-entropy, validating on the validation split's code maps. The test
+split is then scored once (`evaluation.run_test_metrics`). Both stages are one `fit_stage`:
+`model.fit` with early stopping (restoring the best weights), a NaN guard, a CSV history and
+atomic checkpoints, so a run killed at any moment keeps its last good checkpoint and
+`resume=True` continues from it with the optimizer's state and epoch count.
+
+`train_run` is everything `python train.py` does. Training runs in the scope of a
+`tf.distribute` strategy (`make_strategy`): the global batch of `batch_size` images is split
+over its replicas, and on a cluster only the chief writes the run folder (`worker_folder`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from brain_vqvae import evaluation, plotting
+from brain_vqvae.data import SliceSet, code_map_dataset, make_tf_dataset
+from brain_vqvae.metrics import ssim_per_slice
+from brain_vqvae.model import build_pixelcnn, build_vqvae, encode_code_maps
+from brain_vqvae.runs import (
+    STAGES,
+    RunError,
+    RunFolder,
+    copy_run_files,
+    load_training_data,
+    save_model_atomically,
+    write_atomically,
+)
+from hyperparameters import Hyperparameters
+
+MIN_FREE_BYTES = 200 * 2**20
+STRATEGIES = ("default", "mirrored", "multiworker")
+ENCODE_CHUNK = 1024  # slices converted to float32 at a time when encoding a split
+COSINE_FINAL_FRACTION = 0.05  # a cosine schedule ends at this fraction of the learning rate
+VALIDATION_SSIM_SLICES = 512  # validation slices scored per epoch by `ValidationSSIM`
+
+
+# The run folder ----------------------------------------------------------------------------
+
+
+def prepare_run_folder(
+    path: Path, stages: tuple[str, ...], resume: bool, overwrite: bool
+) -> RunFolder:
+    """Create or check the run folder before any training, so a mistake costs no time.
+
+    A folder that already holds a run is never overwritten: `resume` continues it, `overwrite`
+    replaces the files of the stages being trained (all of it when training both). The folder
+    must be writable and its disk must have room for checkpoints.
+    """
+    run = RunFolder(path)
+    if resume and overwrite:
+        raise RunError("--resume and --overwrite contradict each other: choose one")
+    existing = path.exists() and any(path.iterdir())
+    if existing and not resume:
+        replaced = [run.metrics] + [file for stage in stages for file in run.stage_files(stage)]
+        if "vqvae" not in stages and not run.model("vqvae").exists():
+            raise RunError(f"{path}: --stage pixelcnn needs a trained vqvae.keras in the folder")
+        if any(file.exists() for file in replaced) or not run.hyperparameters.exists():
+            if not overwrite:
+                raise RunError(
+                    f"{path} already holds a run; pass --resume to continue it or "
+                    "--overwrite to replace it"
+                )
+            if not run.hyperparameters.exists():
+                raise RunError(
+                    f"{path} is not a run folder (no hyperparameters.json): not replacing it"
+                )
+            for file in replaced:
+                file.unlink(missing_ok=True)
+            if "vqvae" in stages:
+                shutil.rmtree(run.checkpoints, ignore_errors=True)
+    if resume and not run.hyperparameters.exists():
+        raise RunError(f"{path}: nothing to resume (no hyperparameters.json)")
+    try:
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"cannot create the run folder {path}: {error.strerror}") from None
+    _check_writable(path)
+    return run
+
+
+def _check_writable(path: Path) -> None:
+    probe = path / ".write_test"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise RunError(f"cannot write to the run folder {path}: {error.strerror}") from None
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise RunError(
+            f"only {free / 2**20:.0f} MiB free on the disk of {path}; "
+            f"training needs at least {MIN_FREE_BYTES / 2**20:.0f} MiB for checkpoints"
+        )
+
+
+def resolve_hyperparameters(
+    requested: Hyperparameters, given: set[str], run_path: Path, keep_saved: bool
+) -> Hyperparameters:
+    """The configuration to train with: `requested` (a preset with the command line's fields
+    applied), or, when `keep_saved` (resuming, or training the prior of an existing run) and
+    the run has one, the run's own, with only the epoch counts allowed to change. `given`
+    names the fields the user set explicitly; one that contradicts the saved run is an error."""
+    saved_path = run_path / "hyperparameters.json"
+    if not keep_saved or not saved_path.exists():
+        return requested
+    saved = Hyperparameters.load(saved_path)
+    epoch_fields = {"epochs_vqvae", "epochs_pixelcnn"}
+    conflicting = sorted(
+        name
+        for name in given
+        if name not in epoch_fields and getattr(requested, name) != getattr(saved, name)
+    )
+    if conflicting:
+        raise RunError(
+            f"{saved_path} was trained with other values of {', '.join(conflicting)}; "
+            "a resumed run keeps its configuration (only epoch counts may change)"
+        )
+    return saved.replace(**{name: getattr(requested, name) for name in epoch_fields & given})
+
+
+# Callbacks ---------------------------------------------------------------------------------
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop training at the first batch whose loss is NaN or infinite, and remember where."""
+
+    def __init__(self):
+        super().__init__()
+        self.failed_at: tuple[int, int] | None = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.failed_at = (self._epoch + 1, batch + 1)
+            self.model.stop_training = True
+
+
+class AtomicCheckpoint(keras.callbacks.Callback):
+    """Each epoch with finite losses: save the model as the stage's last checkpoint (with its
+    optimizer) and, when `monitor` improves on the best so far, as the stage's model file."""
+
+    def __init__(self, run: RunFolder, stage: str, monitor: str = "val_loss"):
+        super().__init__()
+        self.run, self.stage, self.monitor = run, stage, monitor
+        self.best = run.read_state().get(stage, {}).get("best", math.inf)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if not all(math.isfinite(value) for value in logs.values()):
+            return
+        current = logs.get(self.monitor, logs["loss"])
+        if current < self.best:
+            self.best = current
+            save_model_atomically(self.model, self.run.model(self.stage))
+        save_model_atomically(self.model, self.run.last_checkpoint(self.stage))
+        self.run.write_state(self.stage, epochs_done=epoch + 1, best=self.best, finished=False)
+
+
+class ValidationSSIM(keras.callbacks.Callback):
+    """Per-slice SSIM of the validation slices each epoch: adds `val_ssim_p05` (5th percentile)
+    and `val_above_target` (fraction of slices with SSIM >= target) to the epoch's logs."""
+
+    def __init__(self, images: np.ndarray, ssim_target: float, batch_size: int):
+        super().__init__()
+        self.images, self.ssim_target, self.batch_size = images, ssim_target, batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        reconstructions = self.model.predict(self.images, batch_size=self.batch_size, verbose=0)
+        scores = ssim_per_slice(self.images, reconstructions)
+        if logs is not None:
+            logs["val_ssim_p05"] = float(np.percentile(scores, 5))
+            logs["val_above_target"] = float(np.mean(scores >= self.ssim_target))
+
+
+def trim_history(path: Path, epochs: int) -> None:
+    """Keep the header and the first `epochs` rows of a CSV history, if it exists."""
+    if path.exists():
+        rows = path.read_text().splitlines(keepends=True)
+        write_atomically(path, "".join(rows[: 1 + epochs]))
+
+
+def stage_callbacks(
+    run: RunFolder, stage: str, hyperparameters: Hyperparameters, resume: bool, tensorboard: bool
+) -> tuple[list[keras.callbacks.Callback], StopOnNaN]:
+    """Early stopping (restoring the best weights), NaN guard, CSV history, checkpoints and,
+    optionally, TensorBoard logs under `run/tensorboard/<stage>`.
+
+    Each epoch's history row is written before its checkpoint, and a resumed run first cuts the
+    history back to the epochs of its checkpoint, so a run killed between the two writes
+    neither loses nor repeats a row."""
+    nan_guard = StopOnNaN()
+    if resume:
+        trim_history(run.history(stage), run.read_state().get(stage, {}).get("epochs_done", 0))
+    callbacks = [
+        nan_guard,
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss",
+            patience=hyperparameters.early_stopping_patience,
+            restore_best_weights=True,
+        ),
+        keras.callbacks.CSVLogger(str(run.history(stage)), append=resume),
+        AtomicCheckpoint(run, stage),
+    ]
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard" / stage)))
+    return callbacks, nan_guard
+
+
+# Fitting a stage ---------------------------------------------------------------------------
+
+
+def fit_stage(
+    model: keras.Model,
+    run: RunFolder,
+    stage: str,
+    train_data: tf.data.Dataset,
+    validation_data: tf.data.Dataset,
+    epochs: int,
+    callbacks: list[keras.callbacks.Callback],
+    nan_guard: StopOnNaN,
+    verbose: int | str,
+) -> keras.Model:
+    """Fit `model` from the stage's last finished epoch up to `epochs`, then return the best
+    model saved on disk. A NaN loss stops the run with a `RunError`; checkpoints are kept."""
+    epochs_done = run.read_state().get(stage, {}).get("epochs_done", 0)
+    model.fit(
+        train_data,
+        validation_data=validation_data,
+        epochs=epochs,
+        initial_epoch=epochs_done,
+        shuffle=False,  # the tf.data pipelines shuffle themselves
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    if nan_guard.failed_at is not None:
+        epoch, batch = nan_guard.failed_at
+        raise RunError(
+            f"{stage}: the loss became NaN at epoch {epoch}, batch {batch}; training stopped. "
+            f"The last good checkpoint is kept in {run.path}; try a lower learning rate and "
+            "--resume."
+        )
+    if not run.model(stage).exists():
+        raise RunError(f"{stage}: no epoch finished with finite losses; nothing was saved")
+    run.write_state(stage, finished=True, epochs_requested=epochs)
+    return keras.saving.load_model(run.model(stage))
+
+
+def steps_per_epoch(examples: int, hyperparameters: Hyperparameters) -> int:
+    """Batches in one pass over `examples` (the last batch may be partial)."""
+    return -(-examples // hyperparameters.batch_size)
+
+
+def adam(learning_rate: float, schedule: str, total_steps: int) -> keras.optimizers.Adam:
+    """Adam at a constant `learning_rate`, or with "cosine" decay over `total_steps` steps:
+    lr(t) = lr (0.05 + 0.95 (1 + cos(pi min(t, T) / T)) / 2). The schedule is saved with the
+    optimizer, so a resumed run continues it from its step count."""
+    if schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=max(total_steps, 1), alpha=COSINE_FINAL_FRACTION
+        )
+    return keras.optimizers.Adam(learning_rate)
+
+
+def stage_is_done(run: RunFolder, stage: str, epochs: int) -> bool:
+    """Whether a stage finished (all its epochs, or stopped early) for at least `epochs`."""
+    state = run.read_state().get(stage, {})
+    return state.get("finished", False) and epochs <= state.get("epochs_requested", 0)
+
+
+def train_stage(
+    stage: str,
+    build_model,
+    hyperparameters: Hyperparameters,
+    run: RunFolder,
+    train_data: tf.data.Dataset,
+    validation_data: tf.data.Dataset,
+    examples: int,
+    resume: bool,
+    tensorboard: bool = False,
+    verbose: int | str = "auto",
+    extra_callbacks: tuple[keras.callbacks.Callback, ...] = (),
+) -> keras.Model:
+    """Train one stage ("vqvae" or "pixelcnn") and return its best model.
+
+    A finished stage of a resumed run is loaded as it is; an unfinished one continues from its
+    last checkpoint; otherwise `build_model()` makes a new model, compiled here with Adam at the
+    stage's learning rate and schedule over its epochs of `examples` training examples.
+    """
+    epochs = getattr(hyperparameters, f"epochs_{stage}")
+    if resume and stage_is_done(run, stage, epochs):
+        return keras.saving.load_model(run.model(stage))
+    if resume and run.last_checkpoint(stage).exists():
+        model = keras.saving.load_model(run.last_checkpoint(stage))
+    else:
+        model = build_model()
+        total_steps = epochs * steps_per_epoch(examples, hyperparameters)
+        learning_rate = getattr(hyperparameters, f"learning_rate_{stage}")
+        model.compile(
+            optimizer=adam(learning_rate, hyperparameters.learning_rate_schedule, total_steps)
+        )
+    callbacks, nan_guard = stage_callbacks(run, stage, hyperparameters, resume, tensorboard)
+    callbacks[1:1] = extra_callbacks  # after the NaN guard, before checkpoints read the logs
+    return fit_stage(
+        model, run, stage, train_data, validation_data, epochs, callbacks, nan_guard, verbose
+    )
+
+
+def pixel_variance(slice_set: SliceSet) -> float:
+    """Variance of the pixel values on the [0, 1] scale the model sees, computed in chunks.
+
+    The reconstruction loss is MSE / variance; computing the variance on 0..255 pixels instead
+    would divide the MSE by a number 255**2 times too big and leave only the VQ loss to train.
+    """
+    count, total, total_of_squares = 0, 0.0, 0.0
+    for start in range(0, len(slice_set), ENCODE_CHUNK):
+        chunk = slice_set.images[start : start + ENCODE_CHUNK].astype(np.float64) / 255.0
+        count += chunk.size
+        total += chunk.sum()
+        total_of_squares += np.square(chunk).sum()
+    mean = total / count
+    return float(total_of_squares / count - mean**2)
+
+
+def train_vqvae(
+    hyperparameters: Hyperparameters,
+    run: RunFolder,
+    train: SliceSet,
+    validate: SliceSet,
+    resume: bool,
+    tensorboard: bool = False,
+    verbose: int | str = "auto",
+):
+    """Stage 1: fit the VQ-VAE to `train`, validating on `validate` (with the per-slice
+    `ValidationSSIM` each epoch); returns the best model."""
+    batch_size = hyperparameters.batch_size
+    ssim_images = validate.float_images()[:VALIDATION_SSIM_SLICES]
+    return train_stage(
+        "vqvae",
+        lambda: build_vqvae(hyperparameters, data_variance=pixel_variance(train)),
+        hyperparameters,
+        run,
+        make_tf_dataset(
+            train,
+            batch_size,
+            shuffle=True,
+            seed=hyperparameters.seed,
+            augment=hyperparameters.augment,
+        ),
+        make_tf_dataset(validate, batch_size),
+        len(train),
+        resume,
+        tensorboard,
+        verbose,
+        extra_callbacks=(
+            ValidationSSIM(
+                ssim_images, hyperparameters.ssim_target, hyperparameters.inference_batch_size
+            ),
+        ),
+    )
+
+
+def encode_split(vqvae, slice_set: SliceSet, batch_size: int) -> np.ndarray:
+    """Code maps of every slice of a split: (N, S, S) uint8 -> (N, h, w) int32, in chunks so a
+    large split never sits in memory as float32."""
+    chunks = [
+        encode_code_maps(
+            vqvae,
+            slice_set.images[start : start + ENCODE_CHUNK, ..., None] / np.float32(255.0),
+            batch_size=batch_size,
+        )
+        for start in range(0, len(slice_set), ENCODE_CHUNK)
+    ]
+    return np.concatenate(chunks)
+
+
+def train_pixelcnn(
+    hyperparameters: Hyperparameters,
+    run: RunFolder,
+    train_codes: np.ndarray,
+    validate_codes: np.ndarray,
+    resume: bool,
+    tensorboard: bool = False,
+    verbose: int | str = "auto",
+):
+    """Stage 2: fit the PixelCNN to the training code maps; returns the best model."""
+    batch_size = hyperparameters.batch_size
+    return train_stage(
+        "pixelcnn",
+        lambda: build_pixelcnn(hyperparameters),
+        hyperparameters,
+        run,
+        code_map_dataset(train_codes, batch_size, shuffle=True, seed=hyperparameters.seed),
+        code_map_dataset(validate_codes, batch_size),
+        len(train_codes),
+        resume,
+        tensorboard,
+        verbose,
+    )
+
+
+# Devices and clusters ----------------------------------------------------------------------
+
+
+@functools.cache
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy of --strategy. "default": the current (normally the
+    default, one-device) strategy; "mirrored": `MirroredStrategy` over every local GPU, or
+    over the logical CPU devices when there is none; "multiworker":
+    `MultiWorkerMirroredStrategy` over the cluster in TF_CONFIG (every GPU, or the CPU, of
+    every worker; this machine alone without TF_CONFIG). It is a runtime choice, not saved with
+    the run: a run trained on several devices loads and resumes on one, and the other way.
+    Made once per process: two strategies over the same devices would reuse the keys of
+    TensorFlow's collective operations."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run folder: any process outside a cluster, and on a
+    cluster the "chief" task or, when TF_CONFIG names none, worker 0."""
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type or resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+@contextlib.contextmanager
+def worker_folder(out: Path, strategy: tf.distribute.Strategy):
+    """The run folder this process writes: `out` on the chief. Every other worker of a cluster
+    trains in step with the chief (the same epochs, the same checkpoint to resume from), so it
+    runs in a scratch copy of what a resume or `--stage pixelcnn` reads from `out`, deleted at
+    the end; the run folder keeps a single writer."""
+    if is_chief(strategy):
+        yield out
+        return
+    with tempfile.TemporaryDirectory(prefix="brain-vqvae-worker-") as scratch:
+        copy = Path(scratch) / out.name
+        copy_run_files(RunFolder(out), RunFolder(copy))
+        yield copy
+
+
+# The whole run -----------------------------------------------------------------------------
+
+
+def train_run(
+    source: Path,
+    out: Path,
+    hyperparameters: Hyperparameters,
+    stages: tuple[str, ...] = STAGES,
+    resume: bool = False,
+    overwrite: bool = False,
+    strategy_name: str = "default",
+    tensorboard: bool = False,
+    cache_dir: Path | None = None,
+    skip_bad: bool = False,
+    verbose: int | str = "auto",
+) -> dict:
+    """Train `stages` of a run on the data at `source` into the folder `out`, score the test
+    split and return the metrics written to metrics.json.
+
+    Models are built, loaded and trained in the scope of the strategy `strategy_name`
+    (`make_strategy`), with the global batch of `batch_size` images split over its replicas.
+    On a cluster every worker runs this in step; only the chief writes `out` (`worker_folder`).
+    """
+    strategy = make_strategy(strategy_name)
+    with strategy.scope(), worker_folder(out, strategy) as folder:
+        return _train_in_folder(
+            source,
+            folder,
+            hyperparameters,
+            stages,
+            resume,
+            overwrite,
+            strategy_name,
+            tensorboard,
+            cache_dir,
+            skip_bad,
+            verbose,
+        )
+
+
+def _train_in_folder(
+    source: Path,
+    out: Path,
+    hyperparameters: Hyperparameters,
+    stages: tuple[str, ...],
+    resume: bool,
+    overwrite: bool,
+    strategy_name: str,
+    tensorboard: bool,
+    cache_dir: Path | None,
+    skip_bad: bool,
+    verbose: int | str,
+) -> dict:
+    """`train_run` inside its strategy's scope, writing to `out`."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if hyperparameters.batch_size < replicas:
+        raise RunError(
+            f"batch_size {hyperparameters.batch_size} is smaller than the {replicas} replicas of "
+            f"--strategy {strategy_name}: the batch is split over them"
+        )
+    if replicas > 1:
+        print(
+            f"--strategy {strategy_name}: {replicas} replicas, a global batch of "
+            f"{hyperparameters.batch_size} ({hyperparameters.batch_size / replicas:g} per replica)"
+        )
+    run = prepare_run_folder(out, stages, resume, overwrite)
+    write_atomically(run.hyperparameters, json.dumps(hyperparameters.to_dict(), indent=2) + "\n")
+    keras.utils.set_random_seed(hyperparameters.seed)
+
+    data = load_training_data(source, hyperparameters, cache_dir=cache_dir, skip_bad=skip_bad)
+    for problem in data.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    splits = {name: data.splits.get(name) for name in ("train", "validate", "test")}
+    empty = [name for name, split in splits.items() if split is None or len(split) == 0]
+    if empty:
+        raise RunError(f"{source}: the {', '.join(empty)} split(s) hold no slices")
+
+    if "vqvae" in stages:
+        vqvae = train_vqvae(
+            hyperparameters, run, splits["train"], splits["validate"], resume, tensorboard, verbose
+        )
+    else:
+        vqvae = keras.saving.load_model(run.model("vqvae"))
+    pixelcnn = None
+    encode_batch = hyperparameters.inference_batch_size
+    if "pixelcnn" in stages:
+        pixelcnn = train_pixelcnn(
+            hyperparameters,
+            run,
+            encode_split(vqvae, splits["train"], encode_batch),
+            encode_split(vqvae, splits["validate"], encode_batch),
+            resume,
+            tensorboard,
+            verbose,
+        )
+    elif run.model("pixelcnn").exists():
+        pixelcnn = keras.saving.load_model(run.model("pixelcnn"))
+
+    test_codes = encode_split(vqvae, splits["test"], encode_batch)
+    metrics = {
+        "data": str(source),
+        **evaluation.run_test_metrics(
+            hyperparameters, vqvae, pixelcnn, splits["test"].float_images(), test_codes
+        ),
+    }
+    write_atomically(run.metrics, json.dumps(metrics, indent=2) + "\n")
+    plotting.plot_histories(run, hyperparameters.ssim_target)
+    return metrics
