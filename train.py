@@ -552,7 +552,7 @@ def data_path(arguments: argparse.Namespace, seed: int) -> Path:
     if arguments.data is not None:
         return Path(arguments.data).resolve()
     if not DEMO_DATA_DIR.exists():
-        from demo_data import build_demo_dataset
+        from brain_vqvae.data.demo import build_demo_dataset
 
         print(f"Building the synthetic demo dataset in {DEMO_DATA_DIR} ...")
         build_demo_dataset(DEMO_DATA_DIR, seed=seed)
