@@ -1,14 +1,17 @@
 """Writers of small brain MRI test data in the exact on-disk formats users have.
 
-Everything is written as the real releases name, nest, shape and encode it (shared/DATA.md):
-the keras_png_slices tree of 8-bit greyscale PNGs with {0, 85, 170, 255} masks; the OASIS-1
-disc*/OAS1_xxxx_MRn/PROCESSED/MPRAGE/T88_111 tree of 16-bit big-endian Analyze pairs beside
-their unmasked and FSL_SEG siblings, with oasis_cross-sectional.csv; the OASIS-2 RAW layout with
-oasis_longitudinal.csv; NIfTI volumes. A loader that reads these reads the real thing.
+Everything is written as the real releases name, nest, shape and encode it (the README's "Data"
+section lists the formats): the keras_png_slices tree of 8-bit greyscale PNGs with
+{0, 85, 170, 255} masks; the OASIS-1 disc*/OAS1_xxxx_MRn/PROCESSED/MPRAGE/T88_111 tree of 16-bit
+big-endian Analyze pairs beside their unmasked and FSL_SEG siblings, with
+oasis_cross-sectional.csv; the OASIS-2 OAS2_xxxx_MRn/RAW/mpr-N.nifti.hdr/.img layout with
+oasis_longitudinal.csv; NIfTI and FreeSurfer MGH volumes in any voxel axis order. A loader that
+reads these reads the real thing.
 
 The synthetic head is defined in RAS+ voxel order (x towards the subject's right, y anterior,
 z superior): an ellipsoid "brain" of grey ~1000 with a marker column at 3000 in its
-anterior-left quarter, so tests can check that slices come out upright (marker top-left).
+anterior-left quarter (negative x, positive y), so tests can check that slices come out upright
+in the neurological convention: marker top-left.
 """
 
 from __future__ import annotations
@@ -145,6 +148,23 @@ def write_nifti(file: Path, volume_ras: np.ndarray, flip_axis: int | None = None
         affine[flip_axis, 3] = zooms[flip_axis] * (volume_ras.shape[flip_axis] - 1)
     file.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(np.ascontiguousarray(data), affine), file)
+    return file
+
+
+def write_oriented(file: Path, volume_ras: np.ndarray, axcodes: str) -> Path:
+    """`volume_ras` (1 mm voxels) stored with its voxel axes running towards `axcodes` ("LPS",
+    "PIL", ...: a permutation and flips of RAS) and an affine that maps them back to the same
+    world points; NIfTI-1 (.nii, .nii.gz) or FreeSurfer MGH (.mgz) by the name."""
+    ras = nib.orientations.axcodes2ornt("RAS")
+    transform = nib.orientations.ornt_transform(ras, nib.orientations.axcodes2ornt(axcodes))
+    image = nib.Nifti1Image(volume_ras, np.eye(4)).as_reoriented(transform)
+    assert nib.aff2axcodes(image.affine) == tuple(axcodes)
+    data = np.ascontiguousarray(np.asarray(image.dataobj))
+    file.parent.mkdir(parents=True, exist_ok=True)
+    if file.name.endswith(".mgz"):
+        nib.save(nib.MGHImage(data, image.affine), file)
+    else:
+        nib.save(nib.Nifti1Image(data, image.affine), file)
     return file
 
 

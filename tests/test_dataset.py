@@ -1,4 +1,5 @@
-"""dataset.py on fixtures written in the real on-disk formats (see tests/fixtures.py)."""
+"""dataset.py and brain_vqvae.data on fixtures written in the real on-disk formats (see
+tests/fixtures.py)."""
 
 import json
 import os
@@ -13,7 +14,17 @@ import pytest
 from PIL import Image
 
 import dataset
-from dataset import DataError, SliceSet, load_slices, main, make_tf_dataset
+from brain_vqvae.data import cache as data_cache
+from brain_vqvae.data import png_tree
+from dataset import (
+    DataError,
+    SliceSet,
+    code_map_dataset,
+    load_slices,
+    load_volume_slices,
+    main,
+    make_tf_dataset,
+)
 
 
 @pytest.fixture
@@ -119,6 +130,23 @@ def test_mask_with_no_image_is_an_error_or_skipped_and_reported(tmp_path, cache)
 
     assert len(slices.splits["train"]) == 5
     assert any("seg_001_slice_2.nii.png: mask with no image" in p for p in slices.problems)
+
+
+def test_images_without_masks_all_load_and_are_named(tmp_path, cache):
+    root = fixtures.write_png_tree(tmp_path / "data", slices=3)
+    for name in ("seg_001_slice_1.nii.png", "seg_002_slice_0.nii.png"):
+        (root / "keras_png_slices_seg_train" / name).unlink()
+
+    slices = load_slices(root, image_size=32, cache_dir=cache)
+
+    train = slices.splits["train"]
+    assert len(train) == 6 and train.masks is None
+    assert train.slice_indices.tolist() == [0, 1, 2] * 2
+    assert slices.splits["validate"].masks.shape == (3, 32, 32)  # the other splits keep theirs
+    unmasked = [problem for problem in slices.problems if "image with no mask" in problem]
+    assert len(unmasked) == 2 == len(slices.problems)
+    assert "case_001_slice_1.nii.png" in unmasked[0] and "seg_001_slice_1" in unmasked[0]
+    assert "case_002_slice_0.nii.png" in unmasked[1] and "without masks" in unmasked[1]
 
 
 def test_truncated_png_is_an_error_naming_it_or_skipped(tmp_path, cache):
@@ -306,12 +334,37 @@ def test_oasis_demographics_are_joined_from_the_table_above_the_disc(tmp_path, c
     assert len(given.demographics) == 3
 
 
-def test_a_table_without_the_oasis_columns_is_an_error_naming_it(tmp_path, cache):
+@pytest.mark.parametrize(
+    "columns", [("Subject", "Age"), ("ID", "Notes")], ids=["no id column", "no demographics"]
+)
+def test_a_table_without_the_oasis_columns_is_an_error_naming_it(tmp_path, cache, columns):
     write_oasis_release(tmp_path / "oasis", 3)
-    table = fixtures.write_csv(tmp_path / "table.csv", ("ID", "Age"), [{"ID": "x", "Age": "1"}])
+    row = dict(zip(columns, ("OAS1_0001_MR1", "1"), strict=True))
+    table = fixtures.write_csv(tmp_path / "table.csv", columns, [row])
     with pytest.raises(DataError, match=r"table\.csv: not an OASIS demographics table"):
         load_slices(tmp_path / "oasis", image_size=32, slices_per_volume=2, cache_dir=cache,
                     demographics_csv=table)  # fmt: skip
+
+
+def test_a_table_without_mmse_still_joins(tmp_path, cache):
+    write_oasis_release(tmp_path / "oasis", 3)
+    columns = tuple(column for column in fixtures.OASIS1_COLUMNS if column != "MMSE")
+    rows = [
+        {"ID": "OAS1_0001_MR1", "M/F": "F", "Age": "74", "CDR": "0"},
+        {"ID": "OAS1_0002_MR1", "M/F": "M", "Age": "23"},
+    ]
+    fixtures.write_csv(tmp_path / "oasis" / "oasis_cross-sectional.csv", columns, rows)
+
+    slices = load_slices(tmp_path / "oasis", image_size=32, slices_per_volume=2, cache_dir=cache)
+
+    assert slices.demographics["OAS1_0001_MR1"] == {
+        "age": 74.0,
+        "sex": "F",
+        "cdr": 0.0,
+        "mmse": None,
+    }
+    assert slices.demographics["OAS1_0002_MR1"]["age"] == 23.0
+    assert any("1 of 3 subjects have no row" in problem for problem in slices.problems)
 
 
 def test_oasis2_longitudinal_layout_and_its_table(tmp_path, cache):
@@ -531,7 +584,7 @@ def test_second_load_is_a_cache_hit_and_changed_inputs_reload(tmp_path, cache, m
         raise AssertionError(f"decoded {path} although the cache holds it")
 
     with monkeypatch.context() as patch:
-        patch.setattr(dataset, "_read_greyscale", refuse)
+        patch.setattr(png_tree, "read_greyscale", refuse)
         second = load_slices(root, image_size=32, cache_dir=cache)
         assert np.array_equal(second.splits["train"].images, first.splits["train"].images)
         assert np.array_equal(second.splits["test"].masks, first.splits["test"].masks)
@@ -551,6 +604,18 @@ def test_second_load_is_a_cache_hit_and_changed_inputs_reload(tmp_path, cache, m
         root / "keras_png_slices_seg_test" / "seg_004_slice_2.nii.png"
     )
     assert len(load_slices(root, image_size=32, cache_dir=cache).splits["test"]) == 3
+
+
+def test_new_loading_code_keys_a_new_cache_file(tmp_path, cache, monkeypatch):
+    root = fixtures.write_png_tree(tmp_path / "data", slices=2)
+    load_slices(root, image_size=32, cache_dir=cache)
+    (first,) = cache.glob("png_tree-*.npz")
+    assert data_cache._code_hash() == data_cache._code_hash()  # stable between calls
+
+    monkeypatch.setattr(data_cache, "_code_hash", lambda: "edited loading code")
+    load_slices(root, image_size=32, cache_dir=cache)
+
+    assert {path.name for path in cache.glob("png_tree-*.npz")} - {first.name}
 
 
 def test_damaged_cache_file_is_rebuilt_and_cache_never_goes_in_the_data(tmp_path, cache):
@@ -638,7 +703,9 @@ def test_demo_command_calls_build_demo_dataset(tmp_path, monkeypatch, capsys):
         return out_dir
 
     monkeypatch.setitem(
-        sys.modules, "demo_data", types.SimpleNamespace(build_demo_dataset=build_demo_dataset)
+        sys.modules,
+        "brain_vqvae.data.demo",
+        types.SimpleNamespace(build_demo_dataset=build_demo_dataset),
     )
     argv = ["demo", "--out", str(tmp_path / "demo"), "--overwrite", "--train-subjects", "3"]
     assert main([*argv, "--validate-subjects", "2", "--test-subjects", "1", "--seed", "5"]) == 0
@@ -709,3 +776,111 @@ def test_tf_dataset_augmentation_keeps_shape_and_range_and_varies_per_image():
     assert len({image.tobytes() for image in batch}) == 8
     assert not np.allclose(batch[0, ..., 0], brain / 255.0)
     assert np.array_equal(same_seed, batch) and not np.array_equal(next_epoch, batch)
+
+
+def test_code_map_dataset_batches_and_reshuffles_every_epoch():
+    code_maps = np.arange(20 * 4, dtype=np.int32).reshape(20, 2, 2)
+    batches = [batch.numpy() for batch in code_map_dataset(code_maps, batch_size=6)]
+    assert [batch.shape for batch in batches] == [(6, 2, 2)] * 3 + [(2, 2, 2)]
+    assert np.array_equal(np.concatenate(batches), code_maps)
+
+    shuffled = code_map_dataset(code_maps, batch_size=6, shuffle=True, seed=3)
+
+    def firsts(dataset):
+        return [int(code) // 4 for batch in dataset for code in batch[:, 0, 0].numpy()]
+
+    first_epoch, second_epoch = firsts(shuffled), firsts(shuffled)
+    assert sorted(first_epoch) == list(range(20)) and first_epoch != list(range(20))
+    assert first_epoch != second_epoch
+    assert firsts(code_map_dataset(code_maps, 6, shuffle=True, seed=3)) == first_epoch
+
+
+# ------------------------------------------------------------------ orientation round trip
+
+HEAD_SHAPE = (40, 48, 44)  # unequal sides, so a permuted axis order changes the stored shape
+ORIENTED_FILES = {  # subject id (file stem) -> (suffix, voxel axis directions written)
+    "ras": (".nii", "RAS"),
+    "lps": (".nii", "LPS"),
+    "pil": (".nii.gz", "PIL"),
+    "sar": (".nii.gz", "SAR"),
+    "lia_mgz": (".mgz", "LIA"),  # FreeSurfer's conformed orientation
+    "ras_mgz": (".mgz", "RAS"),
+}
+
+
+def assert_marker_top_left(images, size, name):
+    """The marker (on the subject's anterior left) in the top-left quarter of the middle
+    slices of (M, S, S) `images`."""
+    middle = len(images) // 2
+    for image in images[max(0, middle - 1) : middle + 2]:
+        row, column = marker_position(image)
+        assert row < size / 2, f"{name}: marker at row {row:.1f}, not anterior (top)"
+        assert column < size / 2, f"{name}: marker at column {column:.1f}, not on the left"
+
+
+def write_every_volume_format(folder):
+    """The same head in every volume format and orientation the loaders read:
+    {subject id in a nifti_folder load: file}."""
+    head = fixtures.synthetic_head(HEAD_SHAPE)
+    files = {
+        stem: fixtures.write_oriented(folder / f"{stem}{suffix}", head, axcodes)
+        for stem, (suffix, axcodes) in ORIENTED_FILES.items()
+    }
+    files["transverse"] = fixtures.write_analyze(folder / "transverse.hdr", head, orient=0)
+    files["sagittal"] = fixtures.write_analyze(folder / "sagittal.hdr", head, orient=2)
+    return files
+
+
+def test_every_volume_format_and_orientation_loads_left_on_the_left(tmp_path, cache):
+    folder = tmp_path / "scans"
+    files = write_every_volume_format(folder)
+
+    images = all_slices(load_slices(folder, image_size=32, slices_per_volume=5, cache_dir=cache))
+
+    assert set(images) == set(files)
+    for name in files:
+        assert_marker_top_left(images[name], 32, name)
+        assert np.array_equal(images[name], images["ras"]), name  # the same head, any file
+        single, planes = load_volume_slices(files[name], image_size=32, slices_per_volume=5)
+        assert np.array_equal(single, images[name]), name
+        assert planes.shape == (5,) and (np.diff(planes) > 0).all()
+
+
+@pytest.mark.parametrize("release", ["oasis1", "oasis2"])
+def test_raw_oasis_releases_load_left_on_the_left(tmp_path, cache, release):
+    if release == "oasis1":
+        header = fixtures.write_oasis1_session(tmp_path / "disc1", "OAS1_0001_MR1", (48, 56, 48))
+    else:
+        header = fixtures.write_oasis2_session(tmp_path / "disc1", "OAS2_0001_MR1")
+    slices = load_slices(tmp_path / "disc1", image_size=32, slices_per_volume=5, cache_dir=cache)
+    (images,) = all_slices(slices).values()
+    assert_marker_top_left(images, 32, release)
+    single, _ = load_volume_slices(header, image_size=32, slices_per_volume=5)
+    assert_marker_top_left(single, 32, f"{release} file")
+
+
+def test_load_volume_slices_of_one_file_a_plane_and_bad_files(tmp_path):
+    head = fixtures.synthetic_head((40, 48, 40))
+    volume = fixtures.write_oriented(tmp_path / "head.nii.gz", head, "LPS")
+    images, planes = load_volume_slices(volume, image_size=24, slices_per_volume=7)
+    assert images.shape == (7, 24, 24) and images.dtype == np.uint8 and planes.shape == (7,)
+    assert_marker_top_left(images, 24, "head.nii.gz")
+
+    middle = head[:, :, 20]
+    fixtures.write_nifti(tmp_path / "plane.nii", middle[:, :, None])
+    nib.save(nib.Nifti1Image(middle, np.eye(4)), tmp_path / "flat.nii")  # a 2-D image
+    for name in ("plane.nii", "flat.nii"):
+        (image,), planes = load_volume_slices(tmp_path / name, image_size=24)
+        assert planes.tolist() == [0]
+        assert_marker_top_left(image[None], 24, name)
+
+    (tmp_path / "broken.nii").write_bytes(b"not a volume")
+    with pytest.raises(DataError, match=r"broken\.nii: cannot read volume"):
+        load_volume_slices(tmp_path / "broken.nii")
+    with pytest.raises(DataError, match=r"missing\.mgz: no such file"):
+        load_volume_slices(tmp_path / "missing.mgz")
+    with pytest.raises(DataError, match=r"notes\.txt: not a volume file"):
+        load_volume_slices(tmp_path / "notes.txt")
+    fixtures.write_analyze(tmp_path / "alone.hdr", head).with_suffix(".img").unlink()
+    with pytest.raises(DataError, match=r"alone\.hdr: Analyze header with no alone\.img"):
+        load_volume_slices(tmp_path / "alone.hdr")

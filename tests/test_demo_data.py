@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import demo_data
-from demo_data import build_demo_dataset
+from brain_vqvae.data import demo as demo_data
+from brain_vqvae.data.demo import build_demo_dataset
 
 SPLIT_SUBJECTS = {"train": 2, "validate": 1, "test": 1}
 IMAGE_NAME = re.compile(r"^case_(\d{3})_slice_(\d|[12]\d|3[01])\.nii\.png$")
@@ -213,3 +213,38 @@ def test_dataset_loader_reads_the_demo_as_a_png_tree(demo):
     assert sorted(set(train.slice_indices)) == list(range(32))
     assert set(np.unique(train.masks)) == {0, 1, 2, 3}
     assert set(brain_slices.splits["test"].subject_ids) == {"004"}
+
+
+def lopsided_template():
+    """A small template in RAS voxel order: an ellipsoid brain whose left hemisphere (voxel x
+    below the centre, i.e. towards the subject's left) is bright and right one dark."""
+    shape = (150, 180, 140)
+    centre = (np.array(shape) - 1) / 2
+    x, y, z = (np.arange(side)[:, None, None] - c for side, c in zip(shape, centre, strict=True))
+    y, z = np.moveaxis(y, 0, 1), np.moveaxis(z, 0, 2)
+    brain = ((x / 60) ** 2 + (y / 75) ** 2 + (z / 55) ** 2 < 1).astype(np.uint8) * 255
+    t1 = np.where(x < 0, brain, brain // 3).astype(np.uint8)
+    return demo_data.Template(
+        t1=t1,
+        grey_matter=brain,
+        white_matter=np.zeros_like(brain),
+        brain=brain,
+        centre=centre,
+        ventricle_push=np.zeros((3, 2, 2, 2), np.float32),
+        ventricle_origin=np.zeros(3),
+    )
+
+
+def test_subject_left_is_written_on_the_image_left():
+    """The neurological convention of the loaders: the subject's left (negative RAS x) in the
+    left half of every slice, anterior at the top."""
+    x_mm, y_mm, _ = demo_data.output_plane_axes(1)
+    assert x_mm[0] < 0 < x_mm[255] and y_mm[0] > 0 > y_mm[255]
+
+    images, classes = demo_data.synthesize_subject(lopsided_template(), case_number=1, seed=0)
+
+    middle, brain = images[16].astype(float), classes[16] > 0
+    left, right = middle[:, :128][brain[:, :128]], middle[:, 128:][brain[:, 128:]]
+    assert left.mean() > 2 * right.mean()
+    rows, columns = np.nonzero(brain)
+    assert np.ptp(rows) > np.ptp(columns)  # upright: the long front-back axis runs down

@@ -1,9 +1,10 @@
 """A synthetic, offline demo dataset of axial brain MRI slices made from the MNI152 template.
 
 OASIS cannot be downloaded on every machine, so `build_demo_dataset` writes a stand-in in the
-exact on-disk layout of the preprocessed OASIS PNG slices (`keras_png_slices_data`, see
-shared/DATA.md section 1): per split a folder of `case_NNN_slice_S.nii.png` images and a folder
-of `seg_NNN_slice_S.nii.png` tissue masks, 32 slices per subject, 256x256 8-bit greyscale.
+exact on-disk layout of the preprocessed OASIS PNG slices (`keras_png_slices_data`, read by
+`png_tree`): per split a folder keras_png_slices_{split} of `case_NNN_slice_S.nii.png` images
+and a folder keras_png_slices_seg_{split} of `seg_NNN_slice_S.nii.png` tissue masks (grey value
+85 * class), 32 slices per subject, 256x256 8-bit greyscale.
 
 **The data are synthetic.** Every "subject" is the one MNI152 2009a nonlinear symmetric
 template that nilearn ships (`nilearn/datasets/data/mni_icbm152_*_09a_converted.nii.gz`:
@@ -35,8 +36,9 @@ T is evaluated on every 4th pixel of each output plane and interpolated bilinear
 smooth on a scale of centimetres), then the template is sampled only at the 32 x 256 x 256
 output points with trilinear interpolation (`scipy.ndimage.map_coordinates`, order 1). The 32
 axial planes are evenly spaced from 55 mm below to 60 mm above c (lower cerebellum and
-temporal lobes to near the vertex), 0.85 mm pixels, shown as radiological axial views: anterior
-at the top, the subject's right on the image's left.
+temporal lobes to near the vertex), 0.85 mm pixels, shown in the neurological convention of the
+loaders (`geometry`): anterior at the top, the subject's left on the image's left, so column j
+lies at x = (j - 127.5) * 0.85 mm and row i at y = (127.5 - i) * 0.85 mm from c.
 
 Intensity. With I the template T1 in [0, 1] and P_gm, P_wm, P_brain the sampled probabilities:
 
@@ -71,15 +73,17 @@ from scipy import ndimage
 from scipy.interpolate import CubicSpline
 from scipy.spatial.transform import Rotation
 
-SPLITS = ("train", "validate", "test")
+from .slices import MASK_GREY_STEP, SPLITS, png_folder
+
 SLICES_PER_SUBJECT = 32
 IMAGE_SIZE = 256
 PIXEL_SPACING_MM = 0.85
 SLICE_RANGE_MM = (-55.0, 60.0)  # lowest and highest plane, relative to the brain centre
 COARSE_GRID_STEP = 4  # the transform is computed on every 4th pixel, then interpolated
 FIELD_HALF_WIDTH_MM = 120.0  # the displacement and bias grids span [-120, 120] mm per axis
-MASK_GREY_STEP = 85  # mask grey value = 85 * class: 0 background, 1 CSF, 2 GM, 3 WM
 MAX_CASE_NUMBER = 999  # case ids have three digits
+# The first line of README.txt; unchanged since the builder lived in demo_data.py, so that
+# `overwrite` still recognises the demo folders made then.
 README_MARKER = "SYNTHETIC DEMO DATASET made by demo_data.build_demo_dataset"
 
 # Ranges of the per-subject random variation (see the module docstring for the maths).
@@ -267,13 +271,13 @@ def output_plane_axes(step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Returns x (n + 1,), y (n + 1,), z (32,) float64 with n = 256 / step: the positions of
     columns and rows 0, step, ..., 256 (the last one lies one step past the image, so that
-    interpolation covers every pixel) and the heights of the 32 axial planes. Row 0 is
-    anterior (largest y), column 0 is the subject's right (largest x): a radiological view.
+    interpolation covers every pixel) and the heights of the 32 axial planes. Column 0 is the
+    subject's left (smallest x), row 0 is anterior (largest y): the neurological view.
     """
     pixels = np.arange(0, IMAGE_SIZE + 1, step, dtype=np.float64)
-    offsets_mm = ((IMAGE_SIZE - 1) / 2 - pixels) * PIXEL_SPACING_MM
+    offsets_mm = (pixels - (IMAGE_SIZE - 1) / 2) * PIXEL_SPACING_MM
     heights_mm = np.linspace(*SLICE_RANGE_MM, SLICES_PER_SUBJECT)
-    return offsets_mm, offsets_mm, heights_mm
+    return offsets_mm, -offsets_mm, heights_mm
 
 
 def spline_weights(control_count: int, positions_mm: np.ndarray) -> np.ndarray:
@@ -453,11 +457,9 @@ def write_subject(
     """Write one subject's 32 images and masks as keras_png_slices PNGs under `root`."""
     for slice_index in range(SLICES_PER_SUBJECT):
         name = f"{case_number:03d}_slice_{slice_index}.nii.png"
-        Image.fromarray(images[slice_index]).save(
-            root / f"keras_png_slices_{split}" / f"case_{name}"
-        )
+        Image.fromarray(images[slice_index]).save(root / png_folder(split) / f"case_{name}")
         Image.fromarray(classes[slice_index] * np.uint8(MASK_GREY_STEP)).save(
-            root / f"keras_png_slices_seg_{split}" / f"seg_{name}"
+            root / png_folder(split, masks=True) / f"seg_{name}"
         )
 
 
@@ -563,8 +565,7 @@ def _check_output_folder(out_dir: Path, overwrite: bool) -> bool:
             f"{out_dir} is not a demo dataset made by build_demo_dataset (its README.txt lacks "
             f"the line {README_MARKER!r}); refusing to delete it"
         )
-    known = {"README.txt"} | {f"keras_png_slices_{s}" for s in SPLITS}
-    known |= {f"keras_png_slices_seg_{s}" for s in SPLITS}
+    known = {"README.txt"} | {png_folder(s, masks) for s in SPLITS for masks in (False, True)}
     unknown = [
         path.name
         for path in entries
@@ -581,8 +582,8 @@ def _check_output_folder(out_dir: Path, overwrite: bool) -> bool:
 def _write_subjects(root: Path, case_numbers: dict[str, range], seed: int, workers: int) -> None:
     """Create the six split folders under `root` and fill them, one task per subject."""
     for split in SPLITS:
-        (root / f"keras_png_slices_{split}").mkdir()
-        (root / f"keras_png_slices_seg_{split}").mkdir()
+        (root / png_folder(split)).mkdir()
+        (root / png_folder(split, masks=True)).mkdir()
     tasks = [(case, split) for split in SPLITS for case in case_numbers[split]]
     template = load_template()
     if workers == 1:
@@ -620,7 +621,7 @@ def _write_readme(root: Path, case_numbers: dict[str, range], seed: int) -> None
     parameter_lines = [
         f"  planes: {SLICES_PER_SUBJECT} axial, {SLICE_RANGE_MM[0]:+.0f} to "
         f"{SLICE_RANGE_MM[1]:+.0f} mm from the brain centre, {PIXEL_SPACING_MM} mm pixels",
-        "  view: radiological, anterior at the top, the subject's right on the image's left",
+        "  view: neurological, anterior at the top, the subject's left on the image's left",
         f"  size: x U{SIZE_RANGE}, per-axis anisotropy +-{ANISOTROPY}",
         f"  rotation: +-{ROTATION_DEGREES} degrees per axis; shift: +-{SHIFT_MM} mm per axis",
         f"  smooth displacement: cubic spline of N(0, {COARSE_DISPLACEMENT_MM} mm) on a "
@@ -650,10 +651,10 @@ def _write_readme(root: Path, case_numbers: dict[str, range], seed: int) -> None
             "  grey value 85 * class (0 background, 1 CSF, 2 grey matter, 3 white matter)",
             *split_lines,
             "",
-            "How it was made (the module docstring of demo_data.py gives the maths): each subject",
-            "is the template resampled trilinearly through its own random transform, then given",
-            "random scanner-like intensities. The mask is the argmax of the background, CSF, grey",
-            "and white matter probabilities warped by the same transform. Parameters:",
+            "How it was made (the docstring of brain_vqvae/data/demo.py gives the maths): each",
+            "subject is the template resampled trilinearly through its own random transform, then",
+            "given random scanner-like intensities. The mask is the argmax of the background, CSF,",
+            "grey and white matter probabilities warped by the same transform. Parameters:",
             *parameter_lines,
             "",
             f"Seed: {seed}. Subject n draws from numpy.random.default_rng([{seed}, n]); the same",

@@ -1,0 +1,50 @@
+"""A plain folder of greyscale slices (format "image_folder").
+
+`*.png` / `*.jpg` / `*.jpeg` files directly in the folder, 8-bit or deeper grey (see
+`decoding.read_greyscale`); each file is one slice of its own subject, id = file stem, and the
+subjects are split by person (`splits`). Each image is padded to a square with 0 and resized.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from .decoding import decode_all, read_greyscale
+from .geometry import fit_square
+from .slices import SliceSet, slice_sets_from
+from .sources import Found, Options, natural_key, visible_files
+from .splits import split_subjects
+
+__all__ = ["find_image_folder"]
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def find_image_folder(path: Path) -> Found | None:
+    """The image files directly in `path`, in natural order; None if there are none."""
+    files = [file for file in visible_files(path) if file.suffix.lower() in _IMAGE_SUFFIXES]
+    if not files:
+        return None
+    files.sort(key=lambda file: natural_key(file.name))
+    return Found("image_folder", path, tuple(files), partial(_load_image_folder, files))
+
+
+def _load_image_folder(
+    files: list[Path], options: Options, problems: list[str]
+) -> dict[str, SliceSet]:
+    split_of = split_subjects([file.stem for file in files], options.seed)
+    decode = partial(_read_fitted, size=options.image_size)
+    decoded = decode_all(decode, files, options.skip_bad, problems)
+    records = (
+        (split_of[file.stem], file.stem, 0, image)
+        for file, image in zip(files, decoded, strict=True)
+        if image is not None
+    )
+    return slice_sets_from(records, options.image_size)
+
+
+def _read_fitted(file: Path, size: int) -> np.ndarray:
+    return fit_square(read_greyscale(file), size)
