@@ -16,7 +16,7 @@ $(VENV)/installed: requirements.txt
 
 setup: $(VENV)/installed
 
-$(DEMO_DATA)/.complete: $(VENV)/installed
+$(DEMO_DATA)/.complete: $(VENV)/installed brain_vqvae/data/demo.py
 	$(PY) dataset.py demo --out $(DEMO_DATA) --overwrite
 	touch $@
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from brain_vqvae import plotting
-from brain_vqvae.data import BrainSlices, DataError, load_volume_slices
+from brain_vqvae.data import BrainSlices, DataError, load_file_slices
 from brain_vqvae.metrics import ssim_per_slice
 from brain_vqvae.model import decode_code_maps, encode_code_maps, sample_code_maps
 from brain_vqvae.runs import Run
@@ -139,8 +139,8 @@ def input_slices(path: Path, image_size: int, num: int) -> tuple[np.ndarray, lis
     """The user's own file as (M, S, S, 1) float32 slices in [0, 1] and a label per slice: a
     PNG/JPEG slice gives one slice; a volume (.nii, .nii.gz, .mgz, Analyze .hdr + .img) gives
     `num` axial slices spread over the brain's extent, inferior to superior, read exactly as a
-    folder of such files is read for training (`load_volume_slices`)."""
-    images = load_volume_slices(path, image_size=image_size, slices_per_volume=num)
+    folder of such files is read for training (`load_file_slices`)."""
+    images = load_file_slices(path, image_size=image_size, slices_per_volume=num)
     labels = (
         [f"{path.name}: slice {index + 1} of {len(images)}" for index in range(len(images))]
         if len(images) > 1

@@ -2,7 +2,7 @@
 
 `load_slices(path)` finds the format (the README's "Data" section lists them) and returns a
 `BrainSlices` of per-split `SliceSet`s; `load_volume_slices(file)` reads one volume file the
-same way; `make_tf_dataset` and `code_map_dataset` turn slices and code maps into tf.data
+same way (`load_file_slices` one image or volume file); `make_tf_dataset` and `code_map_dataset` turn slices and code maps into tf.data
 batches. Slices are shown in the neurological convention: anterior at the top, the subject's
 left on the image's left.
 
@@ -17,7 +17,7 @@ crop, intensity scaling, upright, square), `decoding` (image files, parallel dec
 set).
 """
 
-from .loading import load_slices
+from .loading import load_file_slices, load_slices
 from .pipeline import code_map_dataset, make_tf_dataset
 from .slices import SPLITS, BrainSlices, DataError, SliceSet
 from .volumes import load_volume_slices
@@ -28,6 +28,7 @@ __all__ = [
     "DataError",
     "SliceSet",
     "code_map_dataset",
+    "load_file_slices",
     "load_slices",
     "load_volume_slices",
     "make_tf_dataset",

@@ -18,14 +18,14 @@ from .slices import SliceSet, slice_sets_from
 from .sources import Found, Options, natural_key, visible_files
 from .splits import split_subjects
 
-__all__ = ["find_image_folder"]
+__all__ = ["IMAGE_SUFFIXES", "find_image_folder", "load_image_slice"]
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def find_image_folder(path: Path) -> Found | None:
     """The image files directly in `path`, in natural order; None if there are none."""
-    files = [file for file in visible_files(path) if file.suffix.lower() in _IMAGE_SUFFIXES]
+    files = [file for file in visible_files(path) if file.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         return None
     files.sort(key=lambda file: natural_key(file.name))
@@ -36,7 +36,7 @@ def _load_image_folder(
     files: list[Path], options: Options, problems: list[str]
 ) -> dict[str, SliceSet]:
     split_of = split_subjects([file.stem for file in files], options.seed)
-    decode = partial(_read_fitted, size=options.image_size)
+    decode = partial(load_image_slice, image_size=options.image_size)
     decoded = decode_all(decode, files, options.skip_bad, problems)
     records = (
         (split_of[file.stem], file.stem, 0, image)
@@ -46,5 +46,7 @@ def _load_image_folder(
     return slice_sets_from(records, options.image_size)
 
 
-def _read_fitted(file: Path, size: int) -> np.ndarray:
-    return fit_square(read_greyscale(file), size)
+def load_image_slice(path: Path, image_size: int) -> np.ndarray:
+    """One greyscale image file as an (S, S) uint8 slice, S = `image_size`: padded to a square
+    with 0 and resized, as every slice of an image folder is."""
+    return fit_square(read_greyscale(path), image_size)

@@ -16,15 +16,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from hyperparameters import Hyperparameters
 
 from .cache import load_cached
 from .demographics import join_demographics, read_demographics_tables
 from .discovery import discover
+from .image_folder import IMAGE_SUFFIXES, load_image_slice
 from .slices import BrainSlices, DataError
 from .sources import Options
+from .volumes import VOLUME_SUFFIXES, load_volume_slices
 
-__all__ = ["load_slices"]
+__all__ = ["load_file_slices", "load_slices"]
 
 _DEFAULTS = Hyperparameters()
 
@@ -63,3 +67,28 @@ def load_slices(
     table = read_demographics_tables(found.root, demographics_csv, problems)
     demographics = join_demographics(table, splits, problems)
     return BrainSlices(found.root, found.format, splits, demographics, problems)
+
+
+def load_file_slices(
+    path: str | os.PathLike,
+    image_size: int = _DEFAULTS.image_size,
+    slices_per_volume: int = _DEFAULTS.slices_per_volume,
+) -> np.ndarray:
+    """The slices of one file, read as `load_slices` reads such files: (M, S, S) uint8. A
+    PNG/JPEG slice gives one slice (`load_image_slice`); a volume (.nii, .nii.gz, .mgz,
+    Analyze .hdr + .img) gives `slices_per_volume` axial slices over the brain's extent,
+    inferior to superior, or one for a single plane (`load_volume_slices`). A file of another
+    type, a missing file or one that cannot be decoded raises `DataError` naming it."""
+    path = Path(path).expanduser()
+    name = path.name.lower()
+    if name.endswith(VOLUME_SUFFIXES):
+        return load_volume_slices(path, image_size, slices_per_volume)[0]
+    if not name.endswith(IMAGE_SUFFIXES):
+        expected = ", ".join((*IMAGE_SUFFIXES, *VOLUME_SUFFIXES))
+        raise DataError(f"{path}: cannot read this type of file; expected one of {expected}")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        return load_image_slice(path, image_size)[None]
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot read image ({error})") from None
