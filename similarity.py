@@ -28,68 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from modules import structural_similarity
-
-PSNR_MSE_FLOOR = 1e-10
-
-
-def _as_batch(images: np.ndarray) -> np.ndarray:
-    """(N, S, S) or (N, S, S, 1) in [0, 1] -> float32 array (N, S, S, 1)."""
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] != 1:
-        raise ValueError(f"expected images shaped (N, S, S, 1), got {images.shape}")
-    return images
-
-
-def ssim_per_slice(
-    originals: np.ndarray, reconstructions: np.ndarray, chunk: int = 256
-) -> np.ndarray:
-    """SSIM of each pair, (N, S, S, 1) x 2 -> (N,) float64; see the module docstring.
-
-    Computed by `modules.structural_similarity`, `chunk` pairs at a time to bound memory.
-    """
-    originals, reconstructions = _as_batch(originals), _as_batch(reconstructions)
-    if originals.shape != reconstructions.shape:
-        raise ValueError(
-            f"originals {originals.shape} and reconstructions {reconstructions.shape} differ"
-        )
-    scores = [
-        structural_similarity(
-            originals[start : start + chunk], reconstructions[start : start + chunk]
-        )
-        for start in range(0, len(originals), chunk)
-    ]
-    return np.concatenate([np.asarray(score) for score in scores] or [np.zeros(0)]).astype(
-        np.float64
-    )
-
-
-def psnr_per_slice(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
-    """PSNR in dB of each pair, 10 log10(1 / max(MSE, 1e-10)): (N,) float64."""
-    mse = mean_per_slice(np.square(_difference(originals, reconstructions)))
-    return 10.0 * np.log10(1.0 / np.maximum(mse, PSNR_MSE_FLOOR))
-
-
-def mae_per_slice(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
-    """Mean absolute error of each pair: (N,) float64."""
-    return mean_per_slice(np.abs(_difference(originals, reconstructions)))
-
-
-def mean_per_slice(values: np.ndarray) -> np.ndarray:
-    """Mean over every axis but the first: (N, ...) -> (N,) float64."""
-    return values.reshape(len(values), -1).mean(axis=1, dtype=np.float64)
-
-
-def _difference(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
-    originals = np.asarray(originals, dtype=np.float32)
-    reconstructions = np.asarray(reconstructions, dtype=np.float32)
-    if originals.shape != reconstructions.shape:
-        raise ValueError(
-            f"originals {originals.shape} and reconstructions {reconstructions.shape} differ"
-        )
-    return originals - reconstructions
+from brain_vqvae.metrics import (
+    bits_per_code,
+    code_usage,
+    mae_per_slice,
+    psnr_per_slice,
+    ssim_per_slice,
+)
 
 
 @dataclass(frozen=True)
@@ -165,12 +110,6 @@ def novelty_ssim(
     repeated_samples = np.repeat(samples, nearest.shape[1], axis=0)
     scores = ssim_per_slice(repeated_samples, reference[nearest.ravel()])
     return scores.reshape(nearest.shape).max(axis=1)
-
-
-def code_usage(code_maps: np.ndarray, num_embeddings: int) -> np.ndarray:
-    """Share of positions given to each code: (N, h, w) ints -> (num_embeddings,), sums to 1."""
-    counts = np.bincount(np.asarray(code_maps).ravel(), minlength=num_embeddings)
-    return counts / counts.sum()
 
 
 # Figures -----------------------------------------------------------------------------------
@@ -326,7 +265,7 @@ def evaluate_run(
     if pixelcnn is not None:
         real_codes = encode_code_maps(vqvae, images)
         logits = pixelcnn.predict(real_codes, batch_size=64, verbose=0)
-        report["prior_bits_per_code"] = float(_cross_entropy_bits(logits, real_codes))
+        report["prior_bits_per_code"] = bits_per_code(logits, real_codes)
         report["uniform_bits_per_code"] = float(np.log2(hyperparameters.num_embeddings))
         sampled_codes = sample_code_maps(pixelcnn, samples, seed=seed)
         generated = decode_code_maps(vqvae, sampled_codes)
@@ -344,14 +283,6 @@ def evaluate_run(
         figures.append(plot_code_usage(real_usage, sampled_usage, out / "code_usage.png"))
     report["figures"] = [str(path) for path in figures]
     return report
-
-
-def _cross_entropy_bits(logits: np.ndarray, codes: np.ndarray) -> float:
-    """Mean negative log2-likelihood of `codes` (N, h, w) under `logits` (N, h, w, K)."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    chosen = np.take_along_axis(log_probabilities, codes[..., None], axis=-1)
-    return float(-chosen.mean() / np.log(2.0))
 
 
 def format_report(report: dict) -> str:
