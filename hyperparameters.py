@@ -25,8 +25,68 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+import numpy as np
+
 RECONSTRUCTION_LOSSES = ("mse", "ssim_l1")
 LEARNING_RATE_SCHEDULES = ("constant", "cosine")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation rules, one definition each: `Hyperparameters` and the layers and functions that
+# take the same values directly (`VectorQuantizer`, `MaskedConv2D`, the sampler) call these, so
+# a direct user gets the same `ValueError` naming the argument.
+# ---------------------------------------------------------------------------------------------
+
+
+def check_at_least(name: str, value, minimum: int) -> None:
+    """`value` >= `minimum`, else a `ValueError` naming `name`."""
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def check_odd_kernel(name: str, size) -> None:
+    """A masked convolution's kernel side must be odd, so that the centre is a tap and output
+    (i, j) lines up with input (i, j); `size` is an int or a tuple of them."""
+    sizes = size if isinstance(size, tuple | list) else (size,)
+    if any(side % 2 == 0 for side in sizes):
+        raise ValueError(
+            f"{name} must be odd (a masked convolution needs an odd kernel), got {size}"
+        )
+
+
+def check_quantizer_settings(
+    num_embeddings: int,
+    latent_dim: int,
+    beta: float,
+    ema_decay: float,
+    ema_epsilon: float,
+    dead_code_threshold: float,
+) -> None:
+    """The vector quantizer's own rules (`VectorQuantizer`): at least two codes of at least one
+    dimension, beta >= 0, a decay in (0, 1), a positive epsilon, a threshold in [0, 1)."""
+    check_at_least("num_embeddings", num_embeddings, 2)
+    check_at_least("latent_dim", latent_dim, 1)
+    if beta < 0:
+        raise ValueError(f"beta must be 0 or more, got {beta}")
+    if not 0.0 < ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in range (0, 1), got {ema_decay}")
+    if ema_epsilon <= 0:
+        raise ValueError(f"ema_epsilon must be positive, got {ema_epsilon}")
+    if not 0.0 <= dead_code_threshold < 1.0:
+        raise ValueError(f"dead_code_threshold must be in range [0, 1), got {dead_code_threshold}")
+
+
+def check_sample_count(count) -> None:
+    """The number of code maps to draw: a positive integer (not a bool)."""
+    if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
+        raise ValueError(f"count must be a positive integer, got {count!r}")
+
+
+def check_temperature(temperature) -> None:
+    """The sampling temperature T, which divides the logits: positive (NaN is refused)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+
 
 # The fields that shape the models' weights: a saved model must agree with its run on these.
 ARCHITECTURE_FIELDS = (
@@ -69,16 +129,16 @@ class Hyperparameters:
     # below 1 / num_embeddings, the share of every code when all are used equally.
     dead_code_threshold: float = 1e-3
     # Replace the initial codebook by k-means centroids of the first training batch's encoder
-    # outputs (see `modules.VectorQuantizer`).
+    # outputs (see `brain_vqvae.model.VectorQuantizer`).
     kmeans_init: bool = False
-    # Compare, quantize and decode unit vectors: cosine-similarity codes (modules.VectorQuantizer).
+    # Compare, quantize and decode unit vectors: cosine-similarity codes (VectorQuantizer).
     l2_normalize: bool = False
 
     # Reconstruction loss: "ssim_l1", 0.84 (1 - SSIM) + 0.16 L1 (Zhao et al., 2017), or "mse"
     # divided by the data variance (the keras-io example). The metric's own loss is the default:
-    # with "mse" the validation SSIM of the card on the demo data peaked at 0.72 and fell to 0.50
-    # while the MSE still improved, as the decoder left a faint haze (0.01-0.03) on the black
-    # background, which SSIM punishes hard; "ssim_l1" reached 0.76 in 10 epochs and kept rising.
+    # trained on "mse" the decoder leaves a faint haze on the black background, which the MSE
+    # barely counts and SSIM punishes hard, so the validation SSIM peaks and then falls while
+    # the MSE still improves; "ssim_l1" keeps rising past that peak (BENCHMARKS.md).
     reconstruction_loss: str = "ssim_l1"
     # With "ssim_l1", training blends from "mse" to it over this many first steps (0: none):
     # SSIM's gradient is weak on the flat output of an untrained decoder.
@@ -89,8 +149,8 @@ class Hyperparameters:
     pixelcnn_first_kernel: int = 7
     pixelcnn_residual_blocks: int = 4
     # 0: codes enter the PixelCNN as one-hot vectors (K channels); E > 0: as learned
-    # E-dimensional embeddings, so its first layer reads E, not K, channels per tap (for 4096
-    # codes and E = 64, a sixteenth of the training time per map: bench/prior.py).
+    # E-dimensional embeddings, so its first layer reads E, not K, channels per tap: for many
+    # codes much faster to train, for few codes one-hot is the cheaper (BENCHMARKS.md).
     pixelcnn_embedding_dim: int = 0
 
     # Training. `augment` adds random flips, small rotations and scalings and intensity jitter.
@@ -104,26 +164,27 @@ class Hyperparameters:
     epochs_pixelcnn: int = 30
     early_stopping_patience: int = 10
 
-    # Evaluation and reproducibility.
+    # Evaluation and reproducibility. `inference_batch_size` is the batch size of encoding,
+    # decoding, evaluation and prediction: no gradients are kept there, so it can be larger
+    # than the training `batch_size` (2 for the hifi preset). It does not shape any weights.
     ssim_target: float = 0.6
     seed: int = 0
+    inference_batch_size: int = 64
 
     def __post_init__(self) -> None:
         positive_ints = (
             "image_size",
             "slices_per_volume",
-            "num_embeddings",
-            "latent_dim",
             "pixelcnn_filters",
             "pixelcnn_first_kernel",
             "batch_size",
             "epochs_vqvae",
             "epochs_pixelcnn",
             "early_stopping_patience",
+            "inference_batch_size",
         )
         for name in positive_ints:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+            check_at_least(name, getattr(self, name), 1)
         for name in (
             "residual_blocks",
             "pixelcnn_residual_blocks",
@@ -145,20 +206,15 @@ class Hyperparameters:
                 f"image_size {self.image_size} must be divisible by "
                 f"2**downsample_stages = {2**self.downsample_stages}"
             )
-        if self.num_embeddings < 2:
-            raise ValueError(f"num_embeddings must be at least 2, got {self.num_embeddings}")
-        if self.pixelcnn_first_kernel % 2 == 0:
-            raise ValueError(f"pixelcnn_first_kernel must be odd, got {self.pixelcnn_first_kernel}")
-        if self.beta < 0:
-            raise ValueError(f"beta must be 0 or more, got {self.beta}")
-        if not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in range (0, 1), got {self.ema_decay}")
-        if self.ema_epsilon <= 0:
-            raise ValueError(f"ema_epsilon must be positive, got {self.ema_epsilon}")
-        if not 0.0 <= self.dead_code_threshold < 1.0:
-            raise ValueError(
-                f"dead_code_threshold must be in range [0, 1), got {self.dead_code_threshold}"
-            )
+        check_odd_kernel("pixelcnn_first_kernel", self.pixelcnn_first_kernel)
+        check_quantizer_settings(
+            num_embeddings=self.num_embeddings,
+            latent_dim=self.latent_dim,
+            beta=self.beta,
+            ema_decay=self.ema_decay,
+            ema_epsilon=self.ema_epsilon,
+            dead_code_threshold=self.dead_code_threshold,
+        )
         if self.dead_code_restart and self.dead_code_threshold >= 1.0 / self.num_embeddings:
             raise ValueError(
                 f"dead_code_threshold {self.dead_code_threshold} is not below 1/num_embeddings = "
@@ -239,13 +295,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "card": {},
     # 32x32 code maps over a 4096-embedding EMA codebook with dead-code restart, seeded by
     # k-means, from a light encoder: 32 and 64 filters, both at stride 2, then two residual
-    # blocks; batches of 2; a prior over embedded codes. On real scans (BENCHMARKS.md) it scored
-    # 0.954 on unseen subjects over three folds after 100 epochs, where 1024 codes at batch 4
-    # scored 0.945 and 256 codes at batch 16 0.905. Codes and updates lifted it, not width,
-    # depth or the learning rate: on fold 1, at the same time per image, batch 4 gave 0.943,
-    # batch 8 0.930; 4096 codes gave 0.949 and 1024 0.943 (both at batch 4); a learning rate of
-    # 2e-3 gave 0.929. SSIM + L1 beat MSE (0.888 against 0.870), and without k-means the
-    # codebook used 1-3 % of its codes.
+    # blocks; batches of 2; a prior over embedded codes. On real scans more codes and more
+    # (smaller) updates raised the held-out SSIM, where more width, depth or a larger learning
+    # rate did not; SSIM + L1 beat MSE; and without k-means the codebook left most of its codes
+    # unused (BENCHMARKS.md).
     "hifi": {
         "encoder_filters": (32, 64),
         "downsample_stages": 2,

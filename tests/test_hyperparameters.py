@@ -3,11 +3,17 @@
 import argparse
 import json
 
+import numpy as np
 import pytest
 
 from hyperparameters import (
+    ARCHITECTURE_FIELDS,
     Hyperparameters,
     add_hyperparameter_arguments,
+    check_odd_kernel,
+    check_quantizer_settings,
+    check_sample_count,
+    check_temperature,
     hyperparameters_from_arguments,
     preset,
 )
@@ -38,9 +44,12 @@ def test_defaults_are_the_card_design():
 def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
     hifi = preset("hifi")
     assert hifi.code_map_size == 32
-    assert hifi.num_embeddings >= 256
+    assert (hifi.num_embeddings, hifi.latent_dim) == (4096, 32)
     assert hifi.ema and hifi.dead_code_restart and hifi.kmeans_init
+    assert hifi.dead_code_threshold < 1 / hifi.num_embeddings
     assert hifi.reconstruction_loss == "ssim_l1"
+    assert (hifi.batch_size, hifi.inference_batch_size) == (2, 64)
+    assert hifi.pixelcnn_embedding_dim == 64
 
 
 @pytest.mark.parametrize(
@@ -58,12 +67,36 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
         ({"learning_rate_schedule": "step"}, "learning_rate_schedule"),
         ({"ssim_target": 1.5}, "ssim_target"),
         ({"batch_size": 0}, "batch_size"),
+        ({"inference_batch_size": 0}, "inference_batch_size"),
+        ({"latent_dim": 0}, "latent_dim"),
         ({"dead_code_restart": True, "num_embeddings": 1024}, "dead_code_threshold"),
     ],
 )
 def test_bad_values_raise_a_value_error_naming_the_field(changes, field):
     with pytest.raises(ValueError, match=field):
         Hyperparameters().replace(**changes)
+
+
+def test_inference_batch_size_is_not_an_architecture_field_and_has_a_flag():
+    assert Hyperparameters().inference_batch_size == 64
+    assert "inference_batch_size" not in ARCHITECTURE_FIELDS
+    assert parse(["--inference-batch-size", "16"]).inference_batch_size == 16
+    assert Hyperparameters.from_dict({}).inference_batch_size == 64  # files saved before it
+
+
+def test_check_helpers_name_the_argument():
+    with pytest.raises(ValueError, match="count must be a positive integer"):
+        check_sample_count(True)
+    with pytest.raises(ValueError, match="count"):
+        check_sample_count(2.0)
+    check_sample_count(np.int64(3))
+    for temperature in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature must be positive"):
+            check_temperature(temperature)
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        check_odd_kernel("kernel_size", (3, 4))
+    with pytest.raises(ValueError, match="ema_decay"):
+        check_quantizer_settings(8, 4, 0.25, ema_decay=1.0, ema_epsilon=1e-5, dead_code_threshold=0)
 
 
 def test_unknown_field_is_rejected_by_name():

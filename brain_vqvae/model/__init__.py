@@ -1,0 +1,44 @@
+"""The two-stage model: the VQ-VAE (`vqvae`, with its `quantizer`), the PixelCNN prior
+(`prior`), sampling and coding (`sampler`), and the multi-device helpers they share
+(`distribute`). The top-level `modules` gives the maths of both stages.
+
+Every class here is registered with Keras under the package "brain_vqvae"
+(`SERIALIZATION_PACKAGE`), so importing this package is enough for `keras.saving.load_model`.
+"""
+
+from brain_vqvae.model.prior import (
+    PIXELCNN_METRICS,
+    MaskedConv2D,
+    PixelCNN,
+    build_pixelcnn,
+    causal_mask,
+)
+from brain_vqvae.model.quantizer import VectorQuantizer, kmeans
+from brain_vqvae.model.sampler import decode_code_maps, encode_code_maps, sample_code_maps
+from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
+from brain_vqvae.model.vqvae import (
+    VQVAE,
+    VQVAE_METRICS,
+    build_decoder,
+    build_encoder,
+    build_vqvae,
+)
+
+__all__ = [
+    "PIXELCNN_METRICS",
+    "SERIALIZATION_PACKAGE",
+    "VQVAE",
+    "VQVAE_METRICS",
+    "MaskedConv2D",
+    "PixelCNN",
+    "VectorQuantizer",
+    "build_decoder",
+    "build_encoder",
+    "build_pixelcnn",
+    "build_vqvae",
+    "causal_mask",
+    "decode_code_maps",
+    "encode_code_maps",
+    "kmeans",
+    "sample_code_maps",
+]

@@ -1,0 +1,189 @@
+"""Image and code metrics, one definition each.
+
+Images are compared on the [0, 1] scale, shaped (N, S, S, 1):
+
+- SSIM (Wang et al. 2004) with an 11x11 Gaussian window of sigma 1.5, data range 1,
+  K1 = 0.01, K2 = 0.03, averaged over the window positions that lie wholly inside the image
+  (the same numbers as `skimage.metrics.structural_similarity(..., gaussian_weights=True,
+  sigma=1.5, use_sample_covariance=False, data_range=1)`): `structural_similarity`
+  (differentiable, in-graph) and `ssim_per_slice` (numpy);
+- PSNR = 10 log10(1 / max(MSE, 1e-10)) in dB: the MSE is floored at `PSNR_MSE_FLOOR` so that
+  identical images score a finite 100 dB instead of infinity (which would turn every mean over
+  slices into infinity): `peak_signal_noise_ratio` (in-graph, the VQ-VAE's training metric) and
+  `psnr_per_slice` (numpy);
+- MAE = mean |x - y|: `mae_per_slice`.
+
+Code maps (N, h, w) of integer codes in [0, K):
+
+- `code_usage` (the share of each code over all maps) and `code_histograms` (per map);
+- `usage_statistics`: the perplexity exp(-sum_k p_k log p_k) of the code shares p and the
+  fraction of codes in use, from counts (in-graph);
+- `bits_per_code`: the mean -log2 p(k) of codes under a prior's logits (its negative
+  log-likelihood in bits, against log2 K for a uniform prior).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from keras import ops
+
+SSIM_FILTER_SIZE = 11
+SSIM_FILTER_SIGMA = 1.5
+PSNR_MSE_FLOOR = 1e-10  # identical images: 10 log10(1 / 1e-10) = 100 dB
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------
+
+
+def _gaussian_band(size: int) -> np.ndarray:
+    """The [size - w + 1, size] matrix G whose rows are the normalised 1-D Gaussian window
+    (w = SSIM_FILTER_SIZE taps, sigma = SSIM_FILTER_SIGMA) at every 'valid' offset, so that
+    G @ X @ G^T is X filtered by the separable 2-D Gaussian without padding."""
+    taps = np.arange(SSIM_FILTER_SIZE) - (SSIM_FILTER_SIZE - 1) / 2
+    window = np.exp(-(taps**2) / (2 * SSIM_FILTER_SIGMA**2))
+    window /= window.sum()
+    band = np.zeros((size - SSIM_FILTER_SIZE + 1, size), dtype="float32")
+    for row in range(len(band)):
+        band[row, row : row + SSIM_FILTER_SIZE] = window
+    return band
+
+
+def structural_similarity(images, others):
+    """SSIM of each pair of [0, 1] images: [N, H, W, 1] x 2 -> [N] (Wang et al. 2004).
+
+    With mu, sigma^2 and sigma_xy the Gaussian-weighted local means, variances and covariance
+    (11 taps, sigma 1.5, no padding, as `tf.image.ssim` and skimage's `gaussian_weights=True`),
+
+        SSIM = mean over positions of (2 mu_x mu_y + C1)(2 sigma_xy + C2)
+                                      / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2)),
+
+    C1 = 0.01^2, C2 = 0.03^2 for data range 1. The separable filter is applied as two matrix
+    products with banded matrices, one dense matmul per axis, which a CPU runs faster than the
+    11x11 depthwise convolution of `tf.image.ssim`; the values are the same up to float
+    rounding. Differentiable.
+    """
+    images = ops.cast(images, "float32")[..., 0]
+    others = ops.cast(others, "float32")[..., 0]
+    rows = ops.convert_to_tensor(_gaussian_band(images.shape[1]))
+    columns = ops.convert_to_tensor(_gaussian_band(images.shape[2]))
+    moments = ops.concatenate(
+        [images, others, images * images, others * others, images * others], axis=0
+    )
+    filtered = ops.matmul(ops.matmul(rows, moments), ops.transpose(columns))
+    mean_x, mean_y, square_x, square_y, product = ops.split(filtered, 5, axis=0)
+    variance_x = square_x - mean_x * mean_x
+    variance_y = square_y - mean_y * mean_y
+    covariance = product - mean_x * mean_y
+    c1, c2 = 0.01**2, 0.03**2
+    ssim_map = ((2 * mean_x * mean_y + c1) * (2 * covariance + c2)) / (
+        (mean_x * mean_x + mean_y * mean_y + c1) * (variance_x + variance_y + c2)
+    )
+    return ops.mean(ssim_map, axis=(1, 2))
+
+
+def peak_signal_noise_ratio(images, others):
+    """PSNR in dB of each pair of [0, 1] images, 10 log10(1 / max(MSE, `PSNR_MSE_FLOOR`)):
+    [N, ...] x 2 -> [N] float32. In-graph (keras.ops)."""
+    images = ops.cast(images, "float32")
+    others = ops.cast(others, "float32")
+    squared = ops.reshape(ops.square(images - others), (ops.shape(images)[0], -1))
+    mse = ops.mean(squared, axis=1)
+    return 10.0 * ops.log10(1.0 / ops.maximum(mse, PSNR_MSE_FLOOR))
+
+
+def _as_batch(images) -> np.ndarray:
+    """(N, S, S) or (N, S, S, 1) in [0, 1] -> float32 array (N, S, S, 1)."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] != 1:
+        raise ValueError(f"expected images shaped (N, S, S, 1), got {images.shape}")
+    return images
+
+
+def _same_shape(originals, reconstructions) -> tuple[np.ndarray, np.ndarray]:
+    originals = np.asarray(originals, dtype=np.float32)
+    reconstructions = np.asarray(reconstructions, dtype=np.float32)
+    if originals.shape != reconstructions.shape:
+        raise ValueError(
+            f"originals {originals.shape} and reconstructions {reconstructions.shape} differ"
+        )
+    return originals, reconstructions
+
+
+def ssim_per_slice(originals, reconstructions, chunk: int = 256) -> np.ndarray:
+    """SSIM of each pair, (N, S, S, 1) x 2 -> (N,) float64: `structural_similarity`, `chunk`
+    pairs at a time to bound memory."""
+    originals, reconstructions = _same_shape(_as_batch(originals), _as_batch(reconstructions))
+    scores = [
+        np.asarray(
+            structural_similarity(
+                originals[start : start + chunk], reconstructions[start : start + chunk]
+            )
+        )
+        for start in range(0, len(originals), chunk)
+    ]
+    return np.concatenate(scores or [np.zeros(0)]).astype(np.float64)
+
+
+def psnr_per_slice(originals, reconstructions) -> np.ndarray:
+    """PSNR in dB of each pair (`peak_signal_noise_ratio`): (N, ...) x 2 -> (N,) float64."""
+    originals, reconstructions = _same_shape(originals, reconstructions)
+    if len(originals) == 0:
+        return np.zeros(0)
+    return np.asarray(peak_signal_noise_ratio(originals, reconstructions)).astype(np.float64)
+
+
+def mae_per_slice(originals, reconstructions) -> np.ndarray:
+    """Mean absolute error of each pair: (N, ...) x 2 -> (N,) float64."""
+    originals, reconstructions = _same_shape(originals, reconstructions)
+    difference = np.abs(originals - reconstructions).reshape(len(originals), -1)
+    return difference.mean(axis=1, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Codes
+# ---------------------------------------------------------------------------------------------
+
+
+def usage_statistics(counts):
+    """Perplexity and fraction of codes used, from the number of vectors assigned to each code
+    (counts [K], summing to M). In-graph (keras.ops); numpy counts are fine too.
+
+    With p_k = counts_k / M the share of the M vectors assigned to code k, the perplexity is
+    exp(-sum_k p_k log p_k): 1 when every vector uses one code, K when all K codes are used
+    equally often. The fraction of codes used is #{k : p_k > 0} / K.
+    """
+    counts = ops.cast(counts, "float32")
+    average_usage = counts / ops.sum(counts)
+    entropy = -ops.sum(average_usage * ops.log(average_usage + 1e-10))
+    return ops.exp(entropy), ops.mean(ops.cast(average_usage > 0, "float32"))
+
+
+def code_histograms(code_maps, num_embeddings: int) -> np.ndarray:
+    """(N, h, w) codes -> (N, K) shares: row n, column k = the share of map n's positions with
+    code k. Counted with one bincount over n K + code, so no (N, h w, K) one-hot is made."""
+    code_maps = np.asarray(code_maps)
+    flat = code_maps.reshape(len(code_maps), -1).astype(np.int64)
+    offsets = num_embeddings * np.arange(len(flat))[:, None]
+    counts = np.bincount((flat + offsets).ravel(), minlength=len(flat) * num_embeddings)
+    return counts.reshape(len(flat), num_embeddings) / max(flat.shape[1], 1)
+
+
+def code_usage(code_maps, num_embeddings: int) -> np.ndarray:
+    """Share of all positions given to each code: (N, h, w) ints -> (K,), sums to 1."""
+    counts = np.bincount(np.asarray(code_maps).ravel(), minlength=num_embeddings)
+    return counts / counts.sum()
+
+
+def bits_per_code(logits, code_maps) -> float:
+    """Mean negative log2-likelihood of `code_maps` (N, h, w) under `logits` (N, h, w, K): the
+    cross-entropy in nats (a PixelCNN's loss) divided by ln 2."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    codes = np.asarray(code_maps).astype(np.int64)
+    chosen = np.take_along_axis(log_probabilities, codes[..., None], axis=-1)
+    return float(-chosen.mean() / np.log(2.0))

@@ -1,0 +1,62 @@
+"""Running the models under a `tf.distribute` strategy: sums over the replicas, each replica's
+share of the global batch, batches of any size (an empty one included), and step logs Keras can
+reduce over several workers.
+
+Under a strategy each replica gets its part of the global batch, n_r of N rows. A replica's
+mean weighted by n_r / N and summed over the replicas is the global-batch mean, however unevenly
+the batch was split; the models' `train_step`s differentiate and report such weighted means.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from keras import ops
+
+
+def replica_sum(value):
+    """`value` summed over the replicas of a `tf.distribute` strategy (an all-reduce inside
+    `strategy.run`, i.e. in a compiled `train_step`, `test_step` or `predict_step`); `value`
+    itself without a strategy, with one replica, or outside a replica context."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def batch_share(batch):
+    """n / N: the share of the global batch this replica holds, with n its rows (the first axis
+    of `batch`) and N = sum of n over the replicas; 1 without a strategy. Scalar float32."""
+    count = ops.cast(ops.shape(batch)[0], "float32")
+    return count / replica_sum(count)
+
+
+def weighted_by_share(mean, share):
+    """A replica's mean over its rows times its `batch_share`, 0 for a replica with an empty
+    batch (whose mean is NaN). Summed over the replicas this is the mean over the global batch,
+    sum_r (n_r / N) mean_r, however unevenly the batch was split."""
+    return ops.where(share > 0, mean, 0.0) * share
+
+
+def apply_to_rows(network, inputs, **options):
+    """`network(inputs, **options)` for a batch of any size, 0 included: an empty batch is run
+    as one row of zeros and the output cut back to no rows. With oneDNN (on by default here)
+    TensorFlow's CPU convolutions give an empty batch a wrongly shaped output, and a replica gets
+    an empty batch when the last batch of an epoch has fewer rows than there are replicas."""
+    rows = ops.shape(inputs)[0]
+    padding = ops.zeros((ops.maximum(1 - rows, 0), *ops.shape(inputs)[1:]), dtype=inputs.dtype)
+    return network(ops.concatenate([inputs, padding]), **options)[:rows]
+
+
+def step_logs(logs: dict) -> dict:
+    """The scalars a `train_step` or `test_step` returns, in a shape Keras 3 can reduce over
+    the replicas. On several workers of a `MultiWorkerMirroredStrategy` Keras averages them with
+    `strategy.reduce(MEAN, value, axis=0)`, which fails on scalars (tensorflow/tensorflow#72388),
+    so there each becomes a [1] vector and the average is a scalar again; elsewhere `logs` is
+    returned as it is. The test is Keras' own (`_collective_all_reduce_multi_worker`)."""
+    strategy = tf.distribute.get_strategy()
+    if not (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    ):
+        return logs
+    return {name: ops.reshape(value, (1,)) for name, value in logs.items()}

@@ -1,0 +1,212 @@
+"""Stage 2 of the model: the PixelCNN prior over code maps (van den Oord et al. 2016), built
+from causally masked convolutions (see `modules` for the maths of both stages).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from brain_vqvae.model.distribute import (
+    apply_to_rows,
+    batch_share,
+    replica_sum,
+    step_logs,
+    weighted_by_share,
+)
+from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
+from hyperparameters import Hyperparameters, check_odd_kernel
+
+PIXELCNN_METRICS = ("loss", "accuracy")
+BLOCK_PARTS = ("reduce", "masked", "expand")  # the layers of `pixelcnn_residual_block`, in order
+
+
+def causal_mask(
+    kernel_size: tuple[int, int], in_channels: int, out_channels: int, mask_type: str
+) -> np.ndarray:
+    """The [kh, kw, in, out] 0/1 mask of a masked convolution, for raster order.
+
+    Ones on every row above the centre and left of the centre on its row; the centre itself is
+    1 for type "B" and 0 for type "A". All channels at one position belong to the same code, so
+    the mask is the same for every (in, out) pair. For a 3x3 kernel, type A is
+    [[1, 1, 1], [1, 0, 0], [0, 0, 0]] and type B [[1, 1, 1], [1, 1, 0], [0, 0, 0]].
+    """
+    rows, columns = kernel_size
+    centre_row, centre_column = rows // 2, columns // 2
+    mask = np.zeros((rows, columns, in_channels, out_channels), dtype="float32")
+    mask[:centre_row] = 1.0
+    mask[centre_row, :centre_column] = 1.0
+    if mask_type == "B":
+        mask[centre_row, centre_column] = 1.0
+    return mask
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class MaskedConv2D(keras.layers.Conv2D):
+    """A 'same'-padded, stride-1 `Conv2D` whose kernel is multiplied by `causal_mask` in every
+    call (the stored kernel itself is never masked), so the output at (i, j) sees only inputs
+    before (i, j) in raster order (type "A") or at and before it (type "B").
+    """
+
+    def __init__(self, mask_type: str, filters: int, kernel_size, **kwargs):
+        if mask_type not in ("A", "B"):
+            raise ValueError(f'mask_type must be "A" or "B", got {mask_type!r}')
+        super().__init__(filters, kernel_size, **{"padding": "same", **kwargs})
+        if (
+            self.padding != "same"
+            or self.strides != (1, 1)
+            or self.dilation_rate != (1, 1)
+            or self.groups != 1
+            or self.data_format != "channels_last"
+        ):
+            raise ValueError(
+                "MaskedConv2D needs padding='same', strides 1, dilation 1, groups 1 and "
+                "channels_last data, so that output (i, j) is aligned with input (i, j)"
+            )
+        check_odd_kernel("kernel_size", self.kernel_size)
+        self.mask_type = mask_type
+
+    def build(self, input_shape) -> None:
+        super().build(input_shape)
+        self.mask = causal_mask(self.kernel_size, input_shape[-1], self.filters, self.mask_type)
+
+    def convolution_op(self, inputs, kernel):
+        return super().convolution_op(inputs, kernel * self.mask)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mask_type": self.mask_type}
+
+
+def pixelcnn_residual_block(features, name: str):
+    """van den Oord et al. 2016 (fig. 5): x + relu(1x1(relu(3x3 mask B(relu(1x1(x)))))), with
+    the hidden width half of x's."""
+    filters = features.shape[-1]
+    reduce, masked, expand = (f"{name}_{part}" for part in BLOCK_PARTS)
+    hidden = keras.layers.Conv2D(filters // 2, 1, activation="relu", name=reduce)(features)
+    hidden = MaskedConv2D("B", filters // 2, 3, activation="relu", name=masked)(hidden)
+    hidden = keras.layers.Conv2D(filters, 1, activation="relu", name=expand)(hidden)
+    return keras.layers.Add(name=f"{name}_add")([features, hidden])
+
+
+def build_pixelcnn_network(hyperparameters: Hyperparameters) -> keras.Model:
+    """Code maps as features [N, h, h, C] -> logits [N, h, h, K], where C = K for one-hot codes
+    and C = `pixelcnn_embedding_dim` for embedded ones (`PixelCNN.code_features`).
+
+    7x7 mask-A convolution (ReLU), `pixelcnn_residual_blocks` residual blocks with a 1x1
+    mask-B convolution (ReLU) between each pair (R, B, R, B, R, B, R for 4 blocks), ReLU, and a
+    1x1 convolution to K logits.
+    """
+    codes, filters = hyperparameters.num_embeddings, hyperparameters.pixelcnn_filters
+    code_features = keras.Input(
+        (None, None, hyperparameters.pixelcnn_embedding_dim or codes), name="code_features"
+    )
+    features = MaskedConv2D(
+        "A", filters, hyperparameters.pixelcnn_first_kernel, activation="relu", name="mask_a"
+    )(code_features)
+    for index in range(hyperparameters.pixelcnn_residual_blocks):
+        if index > 0:
+            features = MaskedConv2D("B", filters, 1, activation="relu", name=f"mask_b_{index}")(
+                features
+            )
+        features = pixelcnn_residual_block(features, name=f"residual_{index}")
+    features = keras.layers.ReLU(name="relu")(features)
+    logits = keras.layers.Conv2D(codes, 1, name="logits")(features)
+    return keras.Model(code_features, logits, name="pixelcnn_network")
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class PixelCNN(keras.Model):
+    """Autoregressive prior over code maps: int code maps [N, h, h] -> logits [N, h, h, K].
+
+    `PixelCNN(hyperparameters)` takes the plain dict of `Hyperparameters.to_dict()` (the whole
+    config). The masks make the logits at (i, j) depend only on the codes before (i, j) in
+    raster order.
+
+    It is trained by its own `train_step`: compile it with an optimizer and `fit` it on batches
+    of code maps, which are also the targets (a y given is ignored). The loss is the mean over
+    every position of every map of the cross-entropy -log softmax(logits(i, j))[k(i, j)] (nats
+    per code); "accuracy" is the share of positions whose most likely code is k(i, j). Under a
+    `tf.distribute` strategy both are weighted by each replica's share of the global batch, as
+    in `VQVAE`. (A batch of maps alone, not (maps, maps), is also what Keras 3 can hand to
+    several workers of a `MultiWorkerMirroredStrategy`: it fails to reduce (x, y) batches.)
+    """
+
+    def __init__(self, hyperparameters: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.hyperparameters = Hyperparameters.from_dict(hyperparameters)
+        self.network = build_pixelcnn_network(self.hyperparameters)
+        embedding_dim = self.hyperparameters.pixelcnn_embedding_dim
+        self.code_embedding = None
+        if embedding_dim:
+            self.code_embedding = keras.layers.Embedding(
+                self.num_embeddings, embedding_dim, name="code_embedding"
+            )
+            self.code_embedding.build()
+        self.trackers = [keras.metrics.Mean(name=name) for name in PIXELCNN_METRICS]
+        self.built = True  # every weight exists once the network is made
+
+    @property
+    def metrics(self) -> list:
+        return self.trackers
+
+    @property
+    def code_map_size(self) -> int:
+        return self.hyperparameters.code_map_size
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.hyperparameters.num_embeddings
+
+    def code_features(self, codes):
+        """Integer codes [...] -> the network's input features [..., C]: one-hot vectors
+        (C = K) or, with `pixelcnn_embedding_dim` E, learned embeddings (C = E)."""
+        codes = ops.cast(codes, "int32")
+        if self.code_embedding is None:
+            return ops.one_hot(codes, self.num_embeddings)
+        return self.code_embedding(codes)
+
+    def call(self, code_maps):
+        return apply_to_rows(self.network, self.code_features(code_maps))
+
+    def _loss_and_accuracy(self, code_maps, training: bool) -> dict:
+        code_maps = ops.cast(code_maps, "int32")
+        logits = self(code_maps, training=training)
+        cross_entropy = keras.losses.sparse_categorical_crossentropy(
+            code_maps, logits, from_logits=True
+        )
+        hits = ops.cast(ops.argmax(logits, axis=-1) == code_maps, "float32")
+        return {"loss": ops.mean(cross_entropy), "accuracy": ops.mean(hits)}
+
+    def _record(self, values: dict, share) -> dict:
+        for tracker in self.trackers:
+            tracker.update_state(replica_sum(weighted_by_share(values[tracker.name], share)))
+        return step_logs({tracker.name: tracker.result() for tracker in self.trackers})
+
+    def train_step(self, data):
+        code_maps = keras.utils.unpack_x_y_sample_weight(data)[0]
+        share = batch_share(code_maps)
+        with tf.GradientTape() as tape:
+            values = self._loss_and_accuracy(code_maps, training=True)
+            replica_loss = weighted_by_share(values["loss"], share)  # see VQVAE.train_step
+        gradients = tape.gradient(replica_loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
+        return self._record(values, share)
+
+    def test_step(self, data):
+        code_maps = keras.utils.unpack_x_y_sample_weight(data)[0]
+        return self._record(
+            self._loss_and_accuracy(code_maps, training=False), batch_share(code_maps)
+        )
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "hyperparameters": self.hyperparameters.to_dict()}
+
+
+def build_pixelcnn(hyperparameters: Hyperparameters) -> PixelCNN:
+    """A `PixelCNN` for `hyperparameters`, its weights built by a call on a dummy batch."""
+    model = PixelCNN(hyperparameters.to_dict(), name="pixelcnn")
+    size = hyperparameters.code_map_size
+    model(np.zeros((1, size, size), dtype="int32"))
+    return model

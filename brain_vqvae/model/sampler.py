@@ -1,0 +1,262 @@
+"""Drawing code maps from a trained `PixelCNN`, and turning images into code maps and back with
+a trained `VQVAE`.
+
+`sample_code_maps` draws new maps position by position in raster order, in one compiled loop
+that computes each position's features once and caches them (`_RasterScan`);
+`encode_code_maps` and `decode_code_maps` check their inputs and run the VQ-VAE in batches.
+"""
+
+from __future__ import annotations
+
+import random
+import weakref
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from brain_vqvae.model.prior import BLOCK_PARTS, MaskedConv2D, PixelCNN, causal_mask
+from brain_vqvae.model.vqvae import VQVAE
+from hyperparameters import check_at_least, check_sample_count, check_temperature
+
+
+def _taps(layer) -> np.ndarray:
+    """Flat indices dy * kw + dx of the kernel taps a convolution sees: the unmasked ones of a
+    `MaskedConv2D`, every tap of a plain one."""
+    rows, columns = layer.kernel_size
+    if isinstance(layer, MaskedConv2D):
+        visible = causal_mask(layer.kernel_size, 1, 1, layer.mask_type)[..., 0, 0]
+    else:
+        visible = np.ones((rows, columns), dtype="float32")
+    return np.flatnonzero(visible.ravel())
+
+
+def _tap_kernel(layer):
+    """The kernel rows of a convolution's visible taps (`_taps`, in that order), stacked as one
+    matrix [V * C_in, C_out]."""
+    kernel = ops.reshape(layer.kernel, (-1, *layer.kernel.shape[2:]))  # [kh * kw, C_in, C_out]
+    return ops.reshape(ops.take(kernel, _taps(layer), axis=0), (-1, layer.filters))
+
+
+def _convolution_at(layer, tap_kernel, inputs):
+    """The output [N, C_out] of a stride-1 convolution `layer` at one position, from the inputs
+    [N, V, C_in] under its V visible taps and their `_tap_kernel`:
+    activation(sum_v inputs[:, v] @ kernel[tap v] + bias)."""
+    outputs = ops.matmul(ops.reshape(inputs, (ops.shape(inputs)[0], -1)), tap_kernel)
+    if layer.use_bias:
+        outputs = outputs + layer.bias
+    return layer.activation(outputs)
+
+
+class _RasterScan:
+    """The PixelCNN run position by position in raster order, each position's features computed
+    once and cached (the fast generation of Ramachandran et al. 2017, "Fast Generation for
+    Convolutional Autoregressive Models", https://arxiv.org/abs/1704.06001).
+
+    At position t = (i, j) every layer is evaluated at t alone: a 1x1 convolution is a matmul
+    of the [N, C] features at t, and a masked convolution with a larger kernel (the 7x7 mask A
+    over the code features, each residual block's 3x3 mask B) gathers its V visible taps
+    (i + dy, j + dx) from a cache of its inputs, a `tf.TensorArray` of h*h + 1 entries [N, C]
+    whose last entry is the zeros of 'same' padding. Every visible tap is at or before t in
+    raster order, so it is already in the cache. A step costs one position's worth of
+    compute, about 1/h^2 of a whole-map call: drawing a map costs about one forward pass.
+    The layers are those `build_pixelcnn_network` makes, looked up by name.
+    """
+
+    def __init__(self, pixelcnn: PixelCNN):
+        network = pixelcnn.network
+        self.size = pixelcnn.code_map_size
+        self.code_features = pixelcnn.code_features
+        self.first = network.get_layer("mask_a")
+        blocks = pixelcnn.hyperparameters.pixelcnn_residual_blocks
+        self.joins = [network.get_layer(f"mask_b_{index}") for index in range(1, blocks)]
+        self.blocks = [
+            [network.get_layer(f"residual_{index}_{part}") for part in BLOCK_PARTS]
+            for index in range(blocks)
+        ]
+        self.final_activation = network.get_layer("relu")
+        self.head = network.get_layer("logits")
+        self.cached_layers = [self.first] + [masked for _, masked, _ in self.blocks]
+        self.layers = [self.first, *self.joins, *(part for block in self.blocks for part in block)]
+        self.layers.append(self.head)
+
+    def tap_positions(self, layer, position):
+        """Cache indices [V] of `layer`'s visible taps around `position` (h*h where a tap falls
+        outside the map, the zero entry)."""
+        rows, columns = layer.kernel_size
+        taps = _taps(layer)
+        tap_rows = position // self.size + taps // columns - rows // 2
+        tap_columns = position % self.size + taps % columns - columns // 2
+        inside = (tap_rows >= 0) & (tap_columns >= 0) & (tap_columns < self.size)
+        return tf.where(inside, tap_rows * self.size + tap_columns, self.size * self.size)
+
+    def __call__(self, count, choose_codes):
+        """Run the scan over [count] maps; `choose_codes(position, logits [count, K])` returns
+        the int32 codes [count] at `position`. Returns the codes [count, h, h]."""
+        positions = self.size * self.size
+
+        def empty_cache(layer):
+            channels = layer.kernel.shape[2]
+            cache = tf.TensorArray(tf.float32, size=positions + 1, element_shape=(None, channels))
+            return cache.write(positions, tf.zeros(tf.stack([count, channels])))
+
+        def gather(cache, layer, position):
+            return tf.transpose(cache.gather(self.tap_positions(layer, position)), (1, 0, 2))
+
+        # Gathered once, outside the loop: every step multiplies by the same tap kernels.
+        tap_kernels = {layer.name: _tap_kernel(layer) for layer in self.layers}
+
+        def at(layer, inputs):
+            return _convolution_at(layer, tap_kernels[layer.name], inputs)
+
+        def step(position, caches, codes):
+            features = at(self.first, gather(caches[0], self.first, position))
+            caches = list(caches)
+            for index, (reduce, masked, expand) in enumerate(self.blocks):
+                if index > 0:
+                    features = at(self.joins[index - 1], features[:, None])
+                hidden = at(reduce, features[:, None])
+                caches[index + 1] = caches[index + 1].write(position, hidden)
+                hidden = at(masked, gather(caches[index + 1], masked, position))
+                features = features + at(expand, hidden[:, None])
+            logits = at(self.head, self.final_activation(features)[:, None])
+            drawn = choose_codes(position, logits)
+            caches[0] = caches[0].write(position, self.code_features(drawn))
+            return position + 1, caches, codes.write(position, drawn)
+
+        _, _, codes = tf.while_loop(
+            lambda position, *_: position < positions,
+            step,
+            (
+                tf.constant(0),
+                [empty_cache(layer) for layer in self.cached_layers],
+                tf.TensorArray(tf.int32, size=positions, element_shape=(None,)),
+            ),
+        )
+        return tf.reshape(tf.transpose(codes.stack()), tf.stack([count, self.size, self.size]))
+
+
+class _CodeMapSampler:
+    """Raster-order ancestral sampling from one PixelCNN, compiled once.
+
+    One `tf.function` runs `_RasterScan` over the h*h positions: at position (i, j) it draws
+    k(i, j) ~ Categorical(softmax(logits(i, j) / T)) for every map, from the codes drawn so far.
+    The draws come from a `keras.random.SeedGenerator` reset to the caller's seed at the start
+    of each call.
+    """
+
+    def __init__(self, pixelcnn: PixelCNN):
+        self._pixelcnn = weakref.ref(pixelcnn)  # the cache is keyed by the model: no cycle
+        self._seed_generator = keras.random.SeedGenerator(0)
+        self.sample = tf.function(
+            self._sample,
+            input_signature=(
+                tf.TensorSpec((), tf.int32),
+                tf.TensorSpec((), tf.float32),
+                tf.TensorSpec((), tf.int32),
+            ),
+        )
+
+    def _sample(self, count, temperature, seed):
+        state = self._seed_generator.state
+        state.assign(tf.cast(tf.stack([seed, 0]), state.dtype))
+
+        def draw(position, logits):
+            return keras.random.categorical(
+                logits / temperature, 1, dtype="int32", seed=self._seed_generator
+            )[:, 0]
+
+        return _RasterScan(self._pixelcnn())(count, draw)
+
+
+_SAMPLERS: weakref.WeakKeyDictionary[PixelCNN, _CodeMapSampler] = weakref.WeakKeyDictionary()
+
+
+def sample_code_maps(
+    pixelcnn: PixelCNN, count: int, temperature: float = 1.0, seed: int | None = None
+) -> np.ndarray:
+    """Draw `count` code maps [count, h, h] int32 from the prior, in raster order.
+
+    `temperature` T > 0 divides the logits (T < 1 sharper, T > 1 flatter). The same `seed`
+    gives the same maps; `seed=None` draws one from Python's `random` (seeded by
+    `keras.utils.set_random_seed`). The compiled sampler is cached per model.
+    """
+    check_sample_count(count)
+    check_temperature(temperature)
+    if seed is None:
+        seed = random.randrange(2**31)
+    if pixelcnn not in _SAMPLERS:
+        _SAMPLERS[pixelcnn] = _CodeMapSampler(pixelcnn)
+    code_maps = _SAMPLERS[pixelcnn].sample(
+        tf.constant(int(count), tf.int32),
+        tf.constant(float(temperature), tf.float32),
+        tf.constant(int(seed) % 2**31, tf.int32),
+    )
+    return code_maps.numpy()
+
+
+def _in_batches(function: Callable, inputs: np.ndarray, batch_size: int, empty_shape) -> np.ndarray:
+    """Apply `function` to consecutive slices of `batch_size` rows and concatenate."""
+    check_at_least("batch_size", batch_size, 1)
+    outputs = [
+        np.asarray(function(inputs[start : start + batch_size]))
+        for start in range(0, len(inputs), batch_size)
+    ]
+    return np.concatenate(outputs) if outputs else np.zeros(empty_shape, dtype="float32")
+
+
+def _checked_images(vqvae: VQVAE, images) -> np.ndarray:
+    size = vqvae.hyperparameters.image_size
+    images = np.asarray(images, dtype="float32")
+    if images.ndim != 4 or images.shape[1:] != (size, size, 1):
+        raise ValueError(f"images must have shape (N, {size}, {size}, 1), got {images.shape}")
+    if images.size and not (
+        np.isfinite(images).all() and 0.0 <= images.min() <= images.max() <= 1.0
+    ):
+        raise ValueError(
+            f"images must be finite and on the [0, 1] scale, got values in "
+            f"[{images.min()}, {images.max()}] (divide 0-255 pixels by 255)"
+        )
+    return images
+
+
+def _checked_code_maps(vqvae: VQVAE, code_maps) -> np.ndarray:
+    size = vqvae.hyperparameters.code_map_size
+    codes = vqvae.hyperparameters.num_embeddings
+    code_maps = np.asarray(code_maps)
+    if code_maps.ndim != 3 or code_maps.shape[1:] != (size, size):
+        raise ValueError(f"code_maps must have shape (N, {size}, {size}), got {code_maps.shape}")
+    if code_maps.size and not np.issubdtype(code_maps.dtype, np.integer):
+        raise ValueError(f"code_maps must hold integers, got dtype {code_maps.dtype}")
+    if code_maps.size and not 0 <= code_maps.min() <= code_maps.max() < codes:
+        raise ValueError(
+            f"code_maps values must be in [0, {codes}), got [{code_maps.min()}, {code_maps.max()}]"
+        )
+    return code_maps.astype("int32")
+
+
+def _batch_size(vqvae: VQVAE, batch_size: int | None) -> int:
+    """`batch_size`, or the model's `inference_batch_size` when it is None."""
+    return vqvae.hyperparameters.inference_batch_size if batch_size is None else batch_size
+
+
+def encode_code_maps(vqvae: VQVAE, images, batch_size: int | None = None) -> np.ndarray:
+    """Images [N, S, S, 1] float in [0, 1] -> code maps [N, h, h] int32, `batch_size` at a time
+    (default: the model's `inference_batch_size`)."""
+    batch_size = _batch_size(vqvae, batch_size)
+    images = _checked_images(vqvae, images)
+    size = vqvae.hyperparameters.code_map_size
+    code_maps = _in_batches(vqvae.code_indices, images, batch_size, (0, size, size))
+    return code_maps.astype("int32")
+
+
+def decode_code_maps(vqvae: VQVAE, code_maps, batch_size: int | None = None) -> np.ndarray:
+    """Code maps [N, h, h] int -> images [N, S, S, 1] float32 clipped to [0, 1], `batch_size`
+    at a time (default: the model's `inference_batch_size`)."""
+    batch_size = _batch_size(vqvae, batch_size)
+    code_maps = _checked_code_maps(vqvae, code_maps)
+    size = vqvae.hyperparameters.image_size
+    images = _in_batches(vqvae.decode_indices, code_maps, batch_size, (0, size, size, 1))
+    return images.astype("float32")
