@@ -1,0 +1,210 @@
+"""Realism measures: each on cases whose answer is known without the code under test."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import brain_like_slice
+
+from brain_vqvae import realism
+
+SIZE = 32
+
+
+def brain_like_set(count: int, seed: int, hole: bool = False) -> np.ndarray:
+    """`count` brain-like 32x32 slices (N, 32, 32, 1) in [0, 1]; with `hole`, the darker inner
+    ellipse is cut out to background."""
+    rng = np.random.default_rng(seed)
+    images = np.stack([brain_like_slice(rng, SIZE) for _ in range(count)]).astype(np.float32)
+    if hole:
+        images[(images > 0) & (images < 120)] = 0.0
+    return images[..., None] / 255.0
+
+
+def disc(centre: tuple[float, float], radius: float, size: int = SIZE) -> np.ndarray:
+    rows, columns = np.mgrid[0:size, 0:size]
+    return (rows - centre[0]) ** 2 + (columns - centre[1]) ** 2 < radius**2
+
+
+def as_image(mask: np.ndarray) -> np.ndarray:
+    return mask.astype(np.float32)[None, ..., None] * 0.7
+
+
+# Fréchet distance ----------------------------------------------------------------------------
+
+
+def test_frechet_distance_matches_the_closed_form_for_diagonal_covariances():
+    # The 8 sign vectors of {-1, 1}^3 have mean 0, uncorrelated coordinates and, with the
+    # n - 1 denominator, variance 8 / 7 in each coordinate.
+    signs = np.array(list(itertools.product([-1.0, 1.0], repeat=3)))
+    sigma_a, mean_a = np.array([1.0, 2.0, 0.5]), np.array([0.0, 1.0, -1.0])
+    sigma_b, mean_b = np.array([3.0, 1.0, 0.5]), np.array([2.0, 1.0, 1.0])
+    features_a, features_b = signs * sigma_a + mean_a, signs * sigma_b + mean_b
+    # ||mu_a - mu_b||^2 = 4 + 0 + 4; trace term (8/7) sum (sigma_a - sigma_b)^2 = (8/7) (4 + 1)
+    assert realism.frechet_distance(features_a, features_b) == pytest.approx(8 + 40 / 7, rel=1e-6)
+    assert realism.frechet_distance(features_a, features_a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_floor_of_two_halves_is_far_below_a_different_distribution():
+    rng = np.random.default_rng(0)
+    same = rng.normal(size=(400, 4))
+    shifted = rng.normal(size=(200, 4)) + 1.0  # ||mu diff||^2 = 4
+    floor = realism.frechet_distance(same[:200], same[200:])
+    assert floor < 0.2
+    assert realism.frechet_distance(same[:200], shifted) > 3.0
+
+
+def test_frechet_distance_survives_singular_covariances_and_refuses_bad_shapes():
+    rng = np.random.default_rng(1)
+    few = rng.normal(size=(5, 20))  # N < F: both covariances singular
+    assert math.isfinite(realism.frechet_distance(few, rng.normal(size=(5, 20))))
+    with pytest.raises(ValueError, match="features_b"):
+        realism.frechet_distance(few, few[:, :3])
+
+
+# Precision and recall ------------------------------------------------------------------------
+
+
+def test_precision_recall_is_one_for_identical_sets_and_zero_for_a_far_set():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(50, 8))
+    assert realism.precision_recall(real, real.copy()) == (1.0, 1.0)
+    assert realism.precision_recall(real, rng.normal(size=(50, 8)) + 100.0) == (0.0, 0.0)
+
+
+def test_precision_counts_fakes_inside_the_real_balls():
+    # Real points 0, 1, 2, 3, 10 on a line: with k = 1 the radii are 1, 1, 1, 1, 7.
+    real = np.array([[0.0], [1.0], [2.0], [3.0], [10.0]])
+    fake = np.array([[0.5], [3.9], [4.1], [20.0]])  # 0.5 and 3.9 (within 7 of 10) inside
+    precision, _ = realism.precision_recall(real, fake, k=1)
+    assert precision == pytest.approx(0.75)
+
+
+# Classifier two-sample test ------------------------------------------------------------------
+
+
+def test_classifier_two_sample_test_is_at_chance_on_one_distribution():
+    images = brain_like_set(160, seed=0)
+    accuracy = realism.classifier_two_sample_accuracy(images[:80], images[80:])
+    assert 0.35 <= accuracy <= 0.65
+
+
+def test_classifier_two_sample_test_tells_clearly_different_sets_apart():
+    intact, holed = brain_like_set(60, seed=1), brain_like_set(60, seed=2, hole=True)
+    assert realism.classifier_two_sample_accuracy(intact, holed) > 0.9
+    noise = np.random.default_rng(3).random((40, SIZE, SIZE, 1), dtype=np.float32)
+    assert realism.classifier_two_sample_accuracy(intact, noise) > 0.9
+
+
+def test_classifier_two_sample_p_value():
+    assert realism.two_sample_p_value(0.5, 100) > 0.4
+    assert realism.two_sample_p_value(1.0, 20) == pytest.approx(0.5**20)
+
+
+# Diversity -----------------------------------------------------------------------------------
+
+
+def test_ms_ssim_scales_fit_the_window():
+    assert [realism.ms_ssim_scales(size) for size in (32, 64, 128, 256)] == [3, 4, 5, 5]
+    with pytest.raises(ValueError, match="32x32"):
+        realism.ms_ssim_scales(16)
+
+
+@pytest.mark.parametrize("measure", [realism.pairwise_ms_ssim, realism.pairwise_ssim])
+def test_diversity_is_one_for_identical_images_and_lower_for_different(measure):
+    image = brain_like_set(1, seed=0)
+    assert measure(np.repeat(image, 4, axis=0)) == pytest.approx(1.0, abs=1e-5)
+    assert measure(brain_like_set(8, seed=1), max_pairs=10) < 0.95
+
+
+# Implausible samples -------------------------------------------------------------------------
+
+
+def test_topology_counts_islands_and_holes():
+    two_discs = as_image(disc((10, 8), 5) | disc((20, 24), 5))
+    ring = as_image(disc((16, 16), 12) & ~disc((16, 16), 5))
+    speck = as_image(disc((16, 16), 10) | disc((2, 2), 0.8))  # a single pixel: not an island
+    components, holes = realism.brain_mask_topology(np.concatenate([two_discs, ring, speck]))
+    assert components.tolist() == [2, 1, 1]
+    assert holes.tolist() == [0, 1, 0]
+
+
+def test_implausible_judges_islands_against_real_slices_at_the_same_level():
+    one = as_image(disc((16, 16), 10))
+    three = as_image(disc((8, 8), 4) | disc((8, 24), 4) | disc((24, 16), 4))
+    real = np.concatenate([three, three, one, one])
+    real_levels = np.array([0.05, 0.1, 0.85, 0.9])
+    samples = np.concatenate([three, three, one])
+    flagged = realism.implausible(samples, [0.9, 0.08, 0.9], real, real_levels)
+    assert flagged.tolist() == [True, False, False]
+    # With two estimates of each level, a sample is flagged only if implausible at both.
+    two_estimates = [[0.9, 0.95], [0.9, 0.08], [0.9, 0.9]]
+    flagged = realism.implausible(samples, two_estimates, real, real_levels)
+    assert flagged.tolist() == [True, False, False]
+
+
+# Feature network and report ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def network_and_data():
+    training = brain_like_set(64, seed=10)
+    levels = np.linspace(0.0, 1.0, 64)
+    network = realism.train_feature_network(
+        training, levels, epochs=3, batch_size=16, widths=(8, 16)
+    )
+    return network, training, levels
+
+
+def test_feature_network_trains_saves_and_reloads(network_and_data, tmp_path):
+    network, training, _ = network_and_data
+    losses = network.history.history["loss"]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    features = realism.image_features(network, training[:8])
+    assert features.shape == (8, 16) and features.dtype == np.float64
+    network.save(tmp_path / "features.keras")
+    reloaded = realism.load_feature_network(tmp_path / "features.keras")
+    np.testing.assert_allclose(realism.image_features(reloaded, training[:8]), features, atol=1e-6)
+    positions = realism.predict_positions(reloaded, training[:8])
+    assert positions.shape == (8,) and np.all((positions >= 0) & (positions <= 1))
+
+
+def test_feature_network_without_positions_predicts_none():
+    images = brain_like_set(8, seed=4)
+    network = realism.train_feature_network(images, epochs=1, batch_size=8, widths=(4,))
+    assert realism.predict_positions(network, images) is None
+    with pytest.raises(ValueError, match="positions"):
+        realism.train_feature_network(images, np.arange(3.0), epochs=1)
+
+
+def test_realism_report_has_every_documented_key_and_its_figures(network_and_data, tmp_path):
+    network, training, levels = network_and_data
+    real = brain_like_set(64, seed=20)
+    samples = brain_like_set(32, seed=21, hole=True)
+    reconstructions = brain_like_set(32, seed=22)
+    report = realism.realism_report(
+        network, real[:32], real[32:], reconstructions, samples, training, levels, max_pairs=20
+    )
+    for row in realism.REPORT_ROWS:
+        assert row[1] in report and row[2] in report
+    keys = set(realism.realism_report.__doc__.replace(",", " ").replace(":", " ").split())
+    assert set(report) - {key for key in report if key.endswith("_p_value")} <= keys
+    assert all(math.isfinite(value) for value in report.values())
+    # Holed ellipses against intact ones: told apart, unlike two halves of one set.
+    assert report["c2st_real_vs_samples"] > report["c2st_real_floor"] + 0.2
+    # No training slice has a hole, so every holed sample and no real slice is implausible.
+    assert report["implausible_samples_share"] == 1.0 and report["implausible_real"] == 0
+    json.dumps(report)
+    table = realism.format_realism(report)
+    assert "real-vs-real floor" in table and "MS-SSIM" in table
+    assert realism.plot_realism(report, tmp_path / "realism.png").stat().st_size > 0
+    features_samples = realism.image_features(network, samples)
+    features_training = realism.image_features(network, training)
+    figure = realism.plot_nearest_training(
+        samples, training, features_samples, features_training, tmp_path / "nearest.png", count=4
+    )
+    assert figure.stat().st_size > 0
