@@ -1,6 +1,6 @@
 """How good a trained run is: reconstruction SSIM, PSNR and MAE per slice, and its samples.
 
-    python similarity.py --run DIR [--data PATH] [--split test] [--samples 64] [--json]
+    python similarity.py --run DIR [--data PATH] [--split test] [--samples N] [--json]
 
 All three compare images on the [0, 1] scale, shaped (N, S, S, 1) (brain_vqvae/metrics.py):
 
@@ -13,12 +13,20 @@ All three compare images on the [0, 1] scale, shaped (N, S, S, 1) (brain_vqvae/m
 
 The mission's target is a mean SSIM of at least `ssim_target` (0.6) on held-out slices.
 
-SSIM says nothing about generated slices, so the prior is judged too: its negative
-log-likelihood of the split's code maps in bits per code (against log2 K for a uniform prior);
-diversity, the mean pairwise SSIM among samples (lower is more diverse; compare the same number
-for real slices); novelty, each sample's highest SSIM to any training slice (near 1 means the
-prior copies its training set); and the share of each code in samples against real code maps
-(brain_vqvae/evaluation.py). The figures go to RUN/similarity_<split> (or --out).
+SSIM says nothing about generated slices, so the prior is judged too
+(brain_vqvae/evaluation.py): its negative log-likelihood of the split's code maps in bits per
+code (against log2 K for a uniform prior), the share of each code in samples against real code
+maps, novelty (each sample's highest SSIM to any training slice; near 1 means the prior copies
+its training set), and how real and varied its samples are (brain_vqvae/realism.py), each
+measure beside its real-vs-real floor, two halves of the split's people scored against each
+other: a Fréchet distance and k-NN precision/recall in the features of a domain network trained
+on the run's training split (saved in the run folder as realism_features.keras the first time),
+classifier two-sample tests (0.5 = indistinguishable) for real vs reconstructions,
+reconstructions vs samples (the prior alone) and real vs samples, diversity as pairwise MS-SSIM
+and SSIM, and the share of implausible samples (a brain broken into more islands, or with more
+holes, than any training slice at its level has). The figures go to RUN/similarity_<split> (or
+--out): realism.png draws the measures beside their floors, nearest_training.png the samples
+beside their nearest training slices.
 """
 
 from __future__ import annotations
@@ -38,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", required=True, help="run folder made by train.py")
     parser.add_argument("--data", help="dataset (default: the one the run was trained on)")
     parser.add_argument("--split", default="test", choices=SPLITS)
-    parser.add_argument("--samples", type=int, default=64, help="PixelCNN samples to judge")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        help="samples to judge (default: as many as the split has slices, at least 64)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="figure folder (default RUN/similarity_<split>)")
     parser.add_argument("--cache-dir", help="where decoded slices are cached")
@@ -49,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     arguments = parser.parse_args(argv)
-    if arguments.samples < 2:
+    if arguments.samples is not None and arguments.samples < 2:
         parser.error("--samples must be at least 2")
     try:
         report = evaluate_run(

@@ -11,14 +11,12 @@ loader decodes 11,328 real-sized PNG pairs without the real data.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
 import re
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence

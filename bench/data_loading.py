@@ -36,7 +36,6 @@ from bench.common import (
     split_sizes,
     write_json,
 )
-
 from brain_vqvae.data import load_slices
 
 GOALS_S = {"first load": 30.0, "cached load": 2.0}

@@ -38,7 +38,6 @@ from bench.common import (
     split_sizes,
     write_json,
 )
-
 from brain_vqvae.data import load_slices
 from brain_vqvae.evaluation import run_test_metrics
 from brain_vqvae.model import sample_code_maps
@@ -82,7 +81,9 @@ def run_pipeline(tree: Path, scratch: Path) -> dict[str, float]:
     )
     codes = clock.run(
         "encode",
-        lambda: [encode_split(vqvae, splits[name], batch) for name in ("train", "validate", "test")],
+        lambda: [
+            encode_split(vqvae, splits[name], batch) for name in ("train", "validate", "test")
+        ],
     )
     pixelcnn = clock.run(
         "PixelCNN", train_pixelcnn, hyperparameters, run, *codes[:2], resume=False, verbose=0

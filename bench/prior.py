@@ -20,6 +20,8 @@ import argparse
 import sys
 
 import numpy as np
+
+import modules
 from bench.common import (
     add_common_arguments,
     describe_machine,
@@ -30,8 +32,6 @@ from bench.common import (
     print_table,
     write_json,
 )
-
-import modules
 from hyperparameters import preset
 
 MAPS = 16  # code maps per timed epoch

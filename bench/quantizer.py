@@ -26,6 +26,8 @@ import argparse
 import sys
 
 import numpy as np
+
+import modules
 from bench.common import (
     add_common_arguments,
     describe_machine,
@@ -36,8 +38,6 @@ from bench.common import (
     print_table,
     write_json,
 )
-
-import modules
 
 HIFI_SHAPE = (4, 32, 32, 32)  # four 32x32 code maps of the hifi encoder, latent_dim 32
 CARD_SHAPE = (32, 8, 8, 16)  # batch 32 of 8x8 code maps, latent_dim 16

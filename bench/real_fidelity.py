@@ -41,9 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import keras
+import numpy as np
 
 from brain_vqvae.data import DataError, SliceSet
 from brain_vqvae.evaluation import SliceScores, score_model

@@ -26,6 +26,8 @@ import sys
 import time
 
 import numpy as np
+
+import modules
 from bench.common import (
     add_common_arguments,
     describe_machine,
@@ -36,8 +38,6 @@ from bench.common import (
     print_table,
     write_json,
 )
-
-import modules
 from hyperparameters import preset
 
 

@@ -4,9 +4,12 @@ prior's samples look like.
 Reconstruction is scored per slice (SSIM, PSNR, MAE from `metrics`) and summarised against
 the SSIM target: mean, median, 5th percentile and the share of slices at or above it. The
 prior is judged by its negative log-likelihood of real code maps (bits per code, against
-log2 K for a uniform prior), the diversity of its samples beside that of real slices, their
-novelty (how close each comes to a training slice) and how its code usage compares with the
-real one. `run_test_metrics` is what training writes to metrics.json; `evaluate_run` is what
+log2 K for a uniform prior), how its code usage compares with the real one, the novelty of its
+samples (how close each comes to a training slice), and by the realism measures of `realism`,
+each beside its real-vs-real floor: Fréchet distance and precision/recall in the features of
+the run's domain network (`feature_network`, trained on the run's training split the first time
+it is needed and saved in the run folder), classifier two-sample tests, diversity, implausible
+samples. `run_test_metrics` is what training writes to metrics.json; `evaluate_run` is what
 `python similarity.py` reports, with its figures.
 """
 
@@ -17,7 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from brain_vqvae import plotting
+from brain_vqvae import plotting, realism
+from brain_vqvae.data import SliceSet
+from brain_vqvae.data.slices import capped_indices
+from brain_vqvae.feature_network import (
+    FeatureNetwork,
+    image_features,
+    load_feature_network,
+    train_feature_network,
+)
 from brain_vqvae.metrics import (
     bits_per_code,
     code_usage,
@@ -27,8 +38,13 @@ from brain_vqvae.metrics import (
     usage_statistics,
 )
 from brain_vqvae.model import decode_code_maps, encode_code_maps, sample_code_maps
-from brain_vqvae.runs import RunError, load_run, load_run_data
+from brain_vqvae.runs import Run, RunError, load_run, load_run_data, save_model_atomically
 from hyperparameters import Hyperparameters
+
+FEATURE_TRAINING_SLICES = 4000  # the feature network trains on at most this many slices
+REFERENCE_TRAINING_SLICES = 2000  # training slices the implausibility rule and neighbours see
+MIN_SAMPLES = 64
+MIN_REALISM_SLICES = 8  # held-out slices per half, at the least, for the realism measures
 
 
 @dataclass(frozen=True)
@@ -118,15 +134,6 @@ def run_test_metrics(
 # Generation ---------------------------------------------------------------------------------
 
 
-def pairwise_ssim_mean(images: np.ndarray) -> float:
-    """Diversity of a set of slices: mean SSIM over all distinct pairs (lower = more diverse).
-    (N, S, S, 1) with N >= 2 -> float."""
-    first, second = np.triu_indices(len(images), k=1)
-    if len(first) == 0:
-        raise ValueError("diversity needs at least two images")
-    return float(np.mean(ssim_per_slice(images[first], images[second])))
-
-
 def novelty_ssim(
     samples: np.ndarray, reference: np.ndarray, candidates: int = 16, chunk: int = 512
 ) -> np.ndarray:
@@ -152,6 +159,85 @@ def novelty_ssim(
     return scores.reshape(nearest.shape).max(axis=1)
 
 
+# Realism ------------------------------------------------------------------------------------
+
+
+def run_feature_network(run: Run, training: SliceSet) -> FeatureNetwork:
+    """The run's domain feature network: loaded from its folder, or first trained on (at most
+    `FEATURE_TRAINING_SLICES` of) the `training` slices with their relative positions, and
+    saved there, so every later report compares in the same features."""
+    path = run.folder.feature_network
+    if path.exists():
+        return load_feature_network(path)
+    seed = run.hyperparameters.seed
+    chosen = capped_indices(len(training), FEATURE_TRAINING_SLICES, seed)
+    positions = training.relative_positions()
+    network = train_feature_network(
+        training.images[chosen, ..., None] / np.float32(255.0),
+        None if positions is None else positions[chosen],
+        seed=seed,
+    )
+    save_model_atomically(network, path)
+    return network
+
+
+def subject_halves(slice_set: SliceSet) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of two disjoint halves of a split for the real-vs-real floor: its subjects taken
+    alternately in sorted order, so that no person is in both halves (slices of one brain in
+    both would make real look more alike than new people are); alternate slices when the split
+    has a single subject."""
+    subjects = np.unique(slice_set.subject_ids)
+    if len(subjects) < 2:
+        indices = np.arange(len(slice_set))
+        return indices[0::2], indices[1::2]
+    first = np.isin(slice_set.subject_ids, subjects[0::2])
+    return np.flatnonzero(first), np.flatnonzero(~first)
+
+
+def judge_realism(
+    run: Run,
+    training: SliceSet,
+    held_out: SliceSet,
+    halves: tuple[np.ndarray, np.ndarray],
+    reconstructions: np.ndarray,
+    samples: np.ndarray,
+    out: Path,
+) -> tuple[dict, list[Path]]:
+    """`realism.realism_report` of `samples` (M, S, S, 1) against the `held_out` slices, in two
+    `halves` (index arrays, `subject_halves`), and their `reconstructions`, in the run's feature
+    network, with figures written into `out`: the measures beside their floors and the samples
+    beside their nearest training slices."""
+    network = run_feature_network(run, training)
+    seed = run.hyperparameters.seed
+    reference = capped_indices(len(training), REFERENCE_TRAINING_SLICES, seed)
+    reference_images = training.images[reference, ..., None] / np.float32(255.0)
+    positions = training.relative_positions()
+    levels = np.full(len(reference), 0.5) if positions is None else positions[reference]
+    first, second = halves
+    images = held_out.float_images()
+    report = realism.realism_report(
+        network,
+        images[first],
+        images[second],
+        reconstructions,
+        samples,
+        reference_images,
+        levels,
+        seed=seed,
+    )
+    figures = [
+        realism.plot_realism(report, out / "realism.png"),
+        realism.plot_nearest_training(
+            samples,
+            reference_images,
+            image_features(network, samples),
+            image_features(network, reference_images),
+            out / "nearest_training.png",
+        ),
+    ]
+    return report, [Path(figure) for figure in figures]
+
+
 # Evaluating a run --------------------------------------------------------------------------
 
 
@@ -159,13 +245,15 @@ def evaluate_run(
     run_dir: Path,
     data: Path | None = None,
     split: str = "test",
-    samples: int = 64,
+    samples: int | None = None,
     seed: int = 0,
     out: Path | None = None,
     cache_dir: Path | None = None,
 ) -> dict:
-    """Score a trained run's reconstructions of `split` and its prior's samples; write the
-    figures into `out` (default `run_dir/similarity_<split>`) and return the numbers."""
+    """Score a trained run's reconstructions of `split` and its prior's samples (`samples` of
+    them; default as many as the split has slices, at least `MIN_SAMPLES`, so that the realism
+    measures compare sets of the same size); write the figures into `out` (default
+    `run_dir/similarity_<split>`) and return the numbers."""
     run = load_run(run_dir, prior="optional")
     hyperparameters, vqvae, pixelcnn = run.hyperparameters, run.vqvae, run.pixelcnn
     slices = load_run_data(run, data, cache_dir=cache_dir)
@@ -200,6 +288,7 @@ def evaluate_run(
         real_codes = encode_code_maps(vqvae, images, batch_size=batch_size)
         report["prior_bits_per_code"] = prior_bits_per_code(pixelcnn, real_codes, batch_size)
         report["uniform_bits_per_code"] = float(np.log2(hyperparameters.num_embeddings))
+        samples = samples or max(MIN_SAMPLES, len(chosen))
         sampled_codes = sample_code_maps(pixelcnn, samples, seed=seed)
         generated = decode_code_maps(vqvae, sampled_codes, batch_size=batch_size)
         novelty = novelty_ssim(generated, slices.splits["train"].float_images())
@@ -207,13 +296,24 @@ def evaluate_run(
         sampled_usage = code_usage(sampled_codes, hyperparameters.num_embeddings)
         report |= {
             "samples": samples,
-            "sample_diversity_ssim": pairwise_ssim_mean(generated),
-            "real_diversity_ssim": pairwise_ssim_mean(images[: min(len(images), samples)]),
             "novelty_ssim_mean": float(novelty.mean()),
             "novelty_ssim_max": float(novelty.max()),
             "code_usage_total_variation": float(0.5 * np.abs(real_usage - sampled_usage).sum()),
         }
         figures.append(plotting.plot_code_usage(real_usage, sampled_usage, out / "code_usage.png"))
+        halves = subject_halves(chosen)
+        smallest = min(len(half) for half in halves)
+        if smallest < MIN_REALISM_SLICES:
+            report["realism_skipped"] = (
+                f"the realism measures compare two halves of the {split} split's people of at "
+                f"least {MIN_REALISM_SLICES} slices each; the smaller half has {smallest}"
+            )
+        else:
+            realism_numbers, realism_figures = judge_realism(
+                run, slices.splits["train"], chosen, halves, reconstructions, generated, out
+            )
+            report["realism"] = realism_numbers
+            figures += realism_figures
     report["figures"] = [str(path) for path in figures]
     return report
 
@@ -236,11 +336,15 @@ def format_report(report: dict) -> str:
                 f"{report['prior_bits_per_code']:.3f} "
                 f"(uniform {report['uniform_bits_per_code']:.3f})",
             ),
-            ("sample diversity (pairwise SSIM)", f"{report['sample_diversity_ssim']:.4f}"),
-            ("real diversity (pairwise SSIM)", f"{report['real_diversity_ssim']:.4f}"),
             ("novelty (max SSIM to train), mean", f"{report['novelty_ssim_mean']:.4f}"),
             ("code usage total variation", f"{report['code_usage_total_variation']:.4f}"),
         ]
     width = max(len(name) for name, _ in rows)
     title = f"{report['run']} on the {report['split']} split of {report['data']}"
-    return "\n".join([title, *(f"  {name:<{width}}  {value}" for name, value in rows)])
+    lines = [title, *(f"  {name:<{width}}  {value}" for name, value in rows)]
+    if "realism" in report:
+        lines += ["", f"{report['samples']} samples against the held-out slices:"]
+        lines.append(realism.format_realism(report["realism"]))
+    if "realism_skipped" in report:
+        lines += ["", f"realism not measured: {report['realism_skipped']}"]
+    return "\n".join(lines)

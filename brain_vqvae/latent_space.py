@@ -4,8 +4,14 @@ Every slice x gets two embeddings:
 
     code histogram   h_k = (1 / hw) sum_(i,j) [k(i, j) = k]   (K,)  the share of its h x w
                      code map given to code k; sum_k h_k = 1
-    mean latent      m = (1 / hw) sum_(i,j) z_e(i, j)           (D,)  the mean pre-quantization
-                     vector of the encoder, D = latent_dim
+    latent map       g(u, v) = mean of z_e(i, j) over block (u, v)   (G, G, D) flattened: the
+                     encoder's pre-quantization vectors z_e (h x h x D, D = latent_dim)
+                     averaged over a G x G grid of blocks, G = min(4, h)
+
+The latent map keeps where things are. A mean of z_e over every position would not: most of a
+slice's positions are background or brain whose vectors share one direction and differ mostly
+in length, so their mean moves along a single line as the brain grows or shrinks, and its 2-D
+projections show one thin curve (BENCHMARKS.md).
 
 Each is projected to 2-D with PCA and/or t-SNE (perplexity min(30, (N - 1) / 3)) and drawn once
 per grouping of the slices: split, slice position (inferior, middle or superior third of its
@@ -43,6 +49,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
 
 from brain_vqvae.data import SPLITS, BrainSlices, DataError
+from brain_vqvae.data.slices import capped_indices
 from brain_vqvae.metrics import code_histograms
 from brain_vqvae.model import decode_code_maps, encode_code_maps
 from brain_vqvae.plotting import code_colormap, code_ticks, save_figure
@@ -52,7 +59,8 @@ from hyperparameters import Hyperparameters
 CHI_SQUARE_95_2DOF = 5.991
 UNGROUPED = "other"
 UNKNOWN = "unknown"
-EMBEDDINGS = {"code_histogram": "code histogram", "mean_latent": "mean pre-quantization vector"}
+EMBEDDINGS = {"code_histogram": "code histogram", "latent_map": "pooled pre-quantization map"}
+LATENT_GRID = 4  # the latent map averages z_e over at most LATENT_GRID x LATENT_GRID blocks
 METHODS = ("pca", "tsne")
 POSITION_THIRDS = ("inferior third", "middle third", "superior third")
 AGE_BANDS = ((0, 40, "age < 40"), (40, 60, "age 40-59"), (60, 75, "age 60-74"), (75, 200, "75+"))
@@ -164,14 +172,6 @@ def load_table(
     return table.subset(capped_indices(len(table), max_slices, hyperparameters.seed))
 
 
-def capped_indices(count: int, cap: int, seed: int) -> np.ndarray:
-    """All of range(count) if it has at most `cap` items, else `cap` of them drawn without
-    replacement with `seed`; sorted, so the rows keep their order."""
-    if count <= cap:
-        return np.arange(count)
-    return np.sort(np.random.default_rng(seed).choice(count, size=cap, replace=False))
-
-
 # Embeddings -------------------------------------------------------------------------------
 
 
@@ -181,26 +181,35 @@ class Embeddings:
 
     code_maps: np.ndarray  # (N, h, w) int32
     code_histogram: np.ndarray  # (N, K) float64, rows sum to 1
-    mean_latent: np.ndarray  # (N, D) float32
+    latent_map: np.ndarray  # (N, G * G * D) float32
 
     def features(self, name: str) -> np.ndarray:
         return getattr(self, name)
 
 
+def pooled_latent_map(latents: np.ndarray) -> np.ndarray:
+    """Pre-quantization vectors (N, h, h, D) -> (N, G * G * D): each averaged over a G x G grid
+    of blocks of (h / G) x (h / G) positions, G = min(LATENT_GRID, h), and flattened."""
+    count, size, _, depth = latents.shape
+    grid = min(LATENT_GRID, size)
+    step = size // grid
+    blocks = latents[:, : grid * step, : grid * step].reshape(count, grid, step, grid, step, depth)
+    return blocks.mean(axis=(2, 4)).reshape(count, -1)
+
+
 def embed_slices(vqvae, images: np.ndarray, num_embeddings: int) -> Embeddings:
-    """(N, S, S) uint8 slices -> their code maps, code histograms and mean latents, encoded
-    `ENCODE_CHUNK` slices at a time."""
-    code_maps, mean_latents = [], []
+    """(N, S, S) uint8 slices -> their code maps, code histograms and pooled latent maps,
+    encoded `ENCODE_CHUNK` slices at a time."""
+    code_maps, latent_maps = [], []
     for start in range(0, len(images), ENCODE_CHUNK):
         chunk = images[start : start + ENCODE_CHUNK, ..., None].astype(np.float32) / 255.0
         code_maps.append(encode_code_maps(vqvae, chunk))
-        latents = np.asarray(vqvae.encode(chunk))
-        mean_latents.append(latents.mean(axis=(1, 2)))
+        latent_maps.append(pooled_latent_map(np.asarray(vqvae.encode(chunk))))
     code_maps = np.concatenate(code_maps)
     return Embeddings(
         code_maps=code_maps,
         code_histogram=code_histograms(code_maps, num_embeddings),
-        mean_latent=np.concatenate(mean_latents).astype(np.float32),
+        latent_map=np.concatenate(latent_maps).astype(np.float32),
     )
 
 

@@ -93,13 +93,13 @@ def peak_signal_noise_ratio(images, others):
     return 10.0 * ops.log10(1.0 / ops.maximum(mse, PSNR_MSE_FLOOR))
 
 
-def _as_batch(images) -> np.ndarray:
+def as_image_batch(images, name: str = "images") -> np.ndarray:
     """(N, S, S) or (N, S, S, 1) in [0, 1] -> float32 array (N, S, S, 1)."""
     images = np.asarray(images, dtype=np.float32)
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] != 1:
-        raise ValueError(f"expected images shaped (N, S, S, 1), got {images.shape}")
+        raise ValueError(f"{name} must be shaped (N, S, S, 1), got {images.shape}")
     return images
 
 
@@ -116,7 +116,9 @@ def _same_shape(originals, reconstructions) -> tuple[np.ndarray, np.ndarray]:
 def ssim_per_slice(originals, reconstructions, chunk: int = 256) -> np.ndarray:
     """SSIM of each pair, (N, S, S, 1) x 2 -> (N,) float64: `structural_similarity`, `chunk`
     pairs at a time to bound memory."""
-    originals, reconstructions = _same_shape(_as_batch(originals), _as_batch(reconstructions))
+    originals, reconstructions = _same_shape(
+        as_image_batch(originals), as_image_batch(reconstructions)
+    )
     scores = [
         np.asarray(
             structural_similarity(

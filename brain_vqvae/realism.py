@@ -33,11 +33,10 @@ something only beside it.
 - a figure of samples beside their nearest training slices in feature space (memorisation), and
   the mean distance to it beside the same for real held-out slices.
 
-Public API: `FeatureNetwork`, `train_feature_network`, `load_feature_network`, `image_features`,
-`predict_positions`, `frechet_distance`, `precision_recall`, `classifier_two_sample_accuracy`,
-`two_sample_p_value`, `pairwise_ms_ssim`, `pairwise_ssim`, `brain_mask_topology`,
-`implausible`, `nearest_training_levels`, `realism_report`, `format_realism`,
-`plot_nearest_training`, `plot_realism`.
+The features come from `feature_network`. Public API: `frechet_distance`, `precision_recall`,
+`classifier_two_sample_accuracy`, `two_sample_p_value`, `pairwise_ms_ssim`, `pairwise_ssim`,
+`brain_mask_topology`, `implausible`, `nearest_training_levels`, `realism_report`,
+`format_realism`, `plot_nearest_training`, `plot_realism`.
 """
 
 from __future__ import annotations
@@ -45,334 +44,25 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import keras
 import numpy as np
 import scipy.linalg
 import tensorflow as tf
 
-SERIALIZATION_PACKAGE = "brain_vqvae"
-FEATURE_WIDTHS = (16, 32, 64, 128)
-WORKING_SIZE = 64  # the feature network sees at most 64x64 pixels (average-pooled down)
-ROTATIONS = 4
+from brain_vqvae.feature_network import FeatureNetwork, image_features, predict_positions
+from brain_vqvae.metrics import SSIM_FILTER_SIGMA, as_image_batch, ssim_per_slice
+
 FRECHET_EPS = 1e-6
 IMAGINARY_TOLERANCE = 1e-3
 PRECISION_RECALL_K = 3
 C2ST_PIXELS = 16  # the classifier two-sample test also sees the image at 16x16
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003
 MS_SSIM_FILTER_SIZE = 7
-SSIM_FILTER_SIZE = 11
-SSIM_FILTER_SIGMA = 1.5
 MIN_SSIM_SIZE = 32
 MASK_THRESHOLD = 0.1
 MASK_SMOOTHING_SIGMA = 1.0
 MIN_AREA_FRACTION = 0.002  # 33 pixels of a 128x128 slice
 LEVEL_WINDOW = 0.1
 MAX_PAIRS = 256  # random pairs for diversity: a standard error of about 0.006 in mean SSIM
-
-
-def _as_batch(images: np.ndarray, name: str = "images") -> np.ndarray:
-    """(N, S, S) or (N, S, S, 1) in [0, 1] -> float32 array (N, S, S, 1)."""
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] != 1 or images.shape[1] != images.shape[2]:
-        raise ValueError(f"{name} must be shaped (N, S, S, 1), got {images.shape}")
-    return images
-
-
-# ---------------------------------------------------------------------------------------------
-# The domain feature network
-# ---------------------------------------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class FeatureNetwork(keras.Model):
-    """A small convolutional network whose pooled activations are the features of every measure.
-
-        x [S, S, 1] in [0, 1] -> average-pooled to at most 64x64 -> x - 1/2
-          -> per width w in `widths`: 3x3 conv stride 2 -> GroupNorm -> swish
-                                      3x3 conv stride 1 -> swish
-          -> global average pooling -> features f [widths[-1]]     (`call` returns f)
-
-    Three linear heads read f, and are trained on real training slices only (`train_step`),
-    with proxy tasks that need anatomy to solve:
-
-    - position: sigmoid(w^T f + b), the slice's relative level in its volume (0 = lowest,
-      1 = highest), by squared error; left out when the data has no positions;
-    - rotation: which of the 4 rotations by 90° was applied (softmax cross-entropy), as in
-      Gidaris et al. 2018, "Unsupervised Representation Learning by Predicting Image
-      Rotations": an upright brain has a front and a back, so the task needs its shape;
-    - corruption: whether an elliptical piece of the slice (radii s/12 to s/6, centred in the
-      middle half of the s x s working image, s = min(S, 64)) was replaced (binary
-      cross-entropy) by a piece of another slice from elsewhere, by background (a hole) or by
-      the slice's own content shifted by s/8 to s/4 pixels: the features must notice broken
-      anatomy.
-
-    Each batch is downsampled, corrupted (half of it) and rotated inside `train_step`, on the
-    fly, so `fit` needs nothing but the images (and positions as targets). GroupNorm, not
-    BatchNorm: the features are then the same function of an image in training and at
-    inference, whatever the batch, and need no moving averages that a few epochs would leave
-    unsettled.
-    """
-
-    def __init__(
-        self,
-        image_size: int,
-        widths: tuple[int, ...] = FEATURE_WIDTHS,
-        with_positions: bool = True,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if image_size < 8:
-            raise ValueError(f"image_size must be at least 8, got {image_size}")
-        if not widths or min(widths) < 1:
-            raise ValueError(f"widths must be positive, got {widths}")
-        self.image_size = int(image_size)
-        self.widths = tuple(int(width) for width in widths)
-        self.with_positions = bool(with_positions)
-        factor = self.image_size // WORKING_SIZE
-        self.pool = (
-            keras.layers.AveragePooling2D(factor)
-            if factor > 1 and self.image_size % WORKING_SIZE == 0
-            else None
-        )
-        self.blocks = []
-        for width in self.widths:
-            groups = math.gcd(width, 8)
-            self.blocks += [
-                keras.layers.Conv2D(width, 3, strides=2, padding="same"),
-                keras.layers.GroupNormalization(groups),
-                keras.layers.Activation("swish"),
-                keras.layers.Conv2D(width, 3, padding="same", activation="swish"),
-            ]
-        self.pooling = keras.layers.GlobalAveragePooling2D()
-        self.position_head = keras.layers.Dense(1, activation="sigmoid", name="position")
-        self.position_head.trainable = self.with_positions
-        self.rotation_head = keras.layers.Dense(ROTATIONS, name="rotation")
-        self.corruption_head = keras.layers.Dense(1, name="corruption")
-        names = ["loss", "rotation_loss", "corruption_loss"]
-        names += ["rotation_accuracy", "corruption_accuracy"]
-        names += ["position_loss"] if self.with_positions else []
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
-
-    @property
-    def feature_dim(self) -> int:
-        return self.widths[-1]
-
-    def build(self, input_shape):
-        # One call on a blank slice builds every block, so that a loaded model has all its
-        # variables before they are read back.
-        self.call(tf.zeros((1, self.image_size, self.image_size, 1)))
-        features = self.compute_output_shape(input_shape)
-        for head in (self.position_head, self.rotation_head, self.corruption_head):
-            head.build(features)
-        self.built = True
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.feature_dim)
-
-    def downsample(self, images):
-        """(B, S, S, 1) -> (B, s, s, 1) average-pooled, s = min(S, 64), still in [0, 1]."""
-        if self.pool is not None:
-            return self.pool(images)
-        if self.image_size > WORKING_SIZE:
-            return tf.image.resize(images, (WORKING_SIZE, WORKING_SIZE), antialias=True)
-        return images
-
-    def embed(self, images):
-        """Downsampled slices (B, s, s, 1) in [0, 1] -> features (B, F)."""
-        x = images - 0.5
-        for layer in self.blocks:
-            x = layer(x)
-        return self.pooling(x)
-
-    def call(self, images, training=False):
-        return self.embed(self.downsample(images))
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
-
-    def proxy_tasks(self, images):
-        """(B, s, s, 1) intact upright downsampled slices -> (inputs, rotation (B,) int32,
-        corrupted (B,) float32 in {0, 1}): half of the slices corrupted, then each rotated by
-        k x 90°, k = rotation."""
-        size = images.shape[1]
-        batch = tf.shape(images)[0]
-        corrupted = tf.cast(tf.random.uniform([batch]) < 0.5, tf.float32)
-        kind = tf.random.uniform([batch], 0, 3, dtype=tf.int32)
-
-        def integers(low, high, shape=()):
-            return tf.random.uniform(shape, low, high + 1, dtype=tf.int32)
-
-        # An elliptical piece: centre in the middle half (where the brain is), radii S/12..S/6.
-        centre_row = tf.cast(integers(size // 4, 3 * size // 4, [batch]), tf.float32)
-        centre_column = tf.cast(integers(size // 4, 3 * size // 4, [batch]), tf.float32)
-        radius_row = tf.cast(integers(max(1, size // 12), max(2, size // 6), [batch]), tf.float32)
-        radius_column = tf.cast(
-            integers(max(1, size // 12), max(2, size // 6), [batch]), tf.float32
-        )
-        grid = tf.cast(tf.range(size), tf.float32)
-        inside = (
-            (grid[None, :, None] - centre_row[:, None, None]) / radius_row[:, None, None]
-        ) ** 2
-        inside += (
-            (grid[None, None, :] - centre_column[:, None, None]) / radius_column[:, None, None]
-        ) ** 2
-        piece = (inside < 1.0) & (corrupted[:, None, None] > 0.5)
-
-        def offset():
-            sign = tf.where(tf.random.uniform(()) < 0.5, -1, 1)
-            return sign * integers(max(1, size // 8), max(1, size // 4))
-
-        other_slice = tf.roll(tf.roll(images, 1, axis=0), [offset(), offset()], axis=[1, 2])
-        shifted = tf.roll(images, [offset(), offset()], axis=[1, 2])
-        kind = kind[:, None, None, None]
-        replacement = tf.where(
-            kind == 0, other_slice, tf.where(kind == 1, tf.zeros_like(images), shifted)
-        )
-        inputs = tf.where(piece[..., None], replacement, images)
-
-        rotation = integers(0, ROTATIONS - 1, [batch])
-        transposed = tf.transpose(inputs, [0, 2, 1, 3])
-        rotated = tf.stack(
-            [
-                inputs,
-                tf.reverse(transposed, [1]),  # 90° anticlockwise
-                tf.reverse(inputs, [1, 2]),  # 180°
-                tf.reverse(transposed, [2]),  # 90° clockwise
-            ],
-            axis=1,
-        )
-        return tf.gather(rotated, rotation, batch_dims=1), rotation, corrupted
-
-    def task_losses(self, features, positions, rotation, corrupted):
-        """The heads' mean losses and accuracies on one batch, as a dict of scalars."""
-        rotation_logits = self.rotation_head(features)
-        corruption_logits = self.corruption_head(features)[:, 0]
-        results = {
-            "rotation_loss": tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(rotation, rotation_logits)
-            ),
-            "corruption_loss": tf.reduce_mean(
-                tf.nn.sigmoid_cross_entropy_with_logits(corrupted, corruption_logits)
-            ),
-            "rotation_accuracy": tf.reduce_mean(
-                tf.cast(tf.argmax(rotation_logits, -1, output_type=tf.int32) == rotation, "float32")
-            ),
-            "corruption_accuracy": tf.reduce_mean(
-                tf.cast((corruption_logits > 0) == (corrupted > 0.5), "float32")
-            ),
-        }
-        loss = results["rotation_loss"] + results["corruption_loss"]
-        if self.with_positions:
-            predicted = self.position_head(features)[:, 0]
-            results["position_loss"] = tf.reduce_mean(
-                tf.square(predicted - tf.reshape(tf.cast(positions, tf.float32), [-1]))
-            )
-            loss += results["position_loss"]
-        results["loss"] = loss
-        return results
-
-    def train_step(self, data):
-        images, positions, _ = keras.utils.unpack_x_y_sample_weight(data)
-        inputs, rotation, corrupted = self.proxy_tasks(self.downsample(images))
-        with tf.GradientTape() as tape:
-            features = self.embed(inputs)
-            results = self.task_losses(features, positions, rotation, corrupted)
-        gradients = tape.gradient(results["loss"], self.trainable_weights)
-        self.optimizer.apply(gradients, self.trainable_weights)
-        for name, tracker in self.trackers.items():
-            tracker.update_state(results[name])
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "image_size": self.image_size,
-            "widths": list(self.widths),
-            "with_positions": self.with_positions,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["widths"] = tuple(config["widths"])
-        return cls(**config)
-
-
-def train_feature_network(
-    images: np.ndarray,
-    positions: np.ndarray | None = None,
-    epochs: int = 4,
-    batch_size: int = 32,
-    seed: int = 0,
-    verbose: int = 0,
-    widths: tuple[int, ...] = FEATURE_WIDTHS,
-    learning_rate: float = 2e-3,
-) -> FeatureNetwork:
-    """Train a `FeatureNetwork` on real TRAINING slices (N, S, S, 1) in [0, 1], with their
-    relative levels `positions` (N,) in [0, 1] if known (None: no position head is trained,
-    and `predict_positions` then returns None). Adam, `epochs` passes over the slices in
-    shuffled batches; `keras.utils.set_random_seed(seed)` fixes weights and proxy tasks.
-
-    The per-epoch losses are in `network.history.history`. Save with `network.save(path)`
-    (a `.keras` file); load with `load_feature_network`.
-    """
-    images = _as_batch(images)
-    if len(images) < 2:
-        raise ValueError(f"images must hold at least 2 slices, got {len(images)}")
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    if batch_size < 2:
-        raise ValueError(f"batch_size must be at least 2, got {batch_size}")
-    if positions is not None:
-        positions = np.asarray(positions, dtype=np.float32).reshape(-1)
-        if len(positions) != len(images):
-            raise ValueError(f"positions has {len(positions)} values for {len(images)} images")
-        if positions.min() < 0 or positions.max() > 1:
-            raise ValueError("positions must lie in [0, 1]")
-    keras.utils.set_random_seed(seed)
-    network = FeatureNetwork(images.shape[1], widths, with_positions=positions is not None)
-    network.build(images.shape)
-    network.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=False)
-    network.fit(
-        images, positions, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose
-    )
-    return network
-
-
-def load_feature_network(path: str | Path) -> FeatureNetwork:
-    """A `FeatureNetwork` saved with `network.save(path)` (`.keras`)."""
-    network = keras.saving.load_model(path, compile=False)
-    if not isinstance(network, FeatureNetwork):
-        raise ValueError(f"path {path} holds a {type(network).__name__}, not a FeatureNetwork")
-    return network
-
-
-def image_features(network: FeatureNetwork, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """The network's pooled features of each image: (N, S, S, 1) -> (N, F) float64."""
-    images = _as_batch(images)
-    if images.shape[1] != network.image_size:
-        raise ValueError(
-            f"images are {images.shape[1]}x{images.shape[1]}, the network was trained on "
-            f"{network.image_size}x{network.image_size}"
-        )
-    if len(images) == 0:
-        return np.zeros((0, network.feature_dim))
-    features = network.predict(images, batch_size=batch_size, verbose=0)
-    return np.asarray(features, dtype=np.float64)
-
-
-def predict_positions(
-    network: FeatureNetwork, images: np.ndarray, batch_size: int = 64
-) -> np.ndarray | None:
-    """The position head's estimate of each slice's relative level, (N,) in [0, 1] (0 = lowest
-    slice of a volume); None if the network was trained without positions."""
-    if not network.with_positions:
-        return None
-    features = image_features(network, images, batch_size).astype(np.float32)
-    return np.asarray(network.position_head(features), dtype=np.float64)[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,7 +220,7 @@ def classifier_two_sample_accuracy(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    images_a, images_b = _as_batch(images_a, "images_a"), _as_batch(images_b, "images_b")
+    images_a, images_b = as_image_batch(images_a, "images_a"), as_image_batch(images_b, "images_b")
     if images_a.shape[1:] != images_b.shape[1:]:
         raise ValueError(f"images_a {images_a.shape} and images_b {images_b.shape} differ in size")
     if (features_a is None) != (features_b is None):
@@ -599,7 +289,7 @@ def ms_ssim_scales(image_size: int) -> int:
 
 
 def _pairwise(images, max_pairs, seed, score, chunk=128) -> float:
-    images = _as_batch(images)
+    images = as_image_batch(images)
     if images.shape[1] < MIN_SSIM_SIZE:
         raise ValueError(f"images must be at least {MIN_SSIM_SIZE}x{MIN_SSIM_SIZE}")
     first, second = _random_pairs(len(images), max_pairs, seed)
@@ -623,7 +313,7 @@ def pairwise_ms_ssim(images: np.ndarray, max_pairs: int = MAX_PAIRS, seed: int =
     does (truncating the Gaussian at 2 sigma). The number compares across sets only at the same
     S.
     """
-    images = _as_batch(images)
+    images = as_image_batch(images)
     scales = ms_ssim_scales(images.shape[1])
     weights = np.asarray(MS_SSIM_WEIGHTS[:scales])
     weights = tuple(float(weight) for weight in weights / weights.sum())
@@ -645,18 +335,8 @@ def pairwise_ssim(images: np.ndarray, max_pairs: int = MAX_PAIRS, seed: int = 0)
     """Diversity: mean SSIM (Wang et al. 2004) over up to `max_pairs` random distinct pairs of
     images (N, S, S, 1), N >= 2, S >= 32: an 11x11 Gaussian window of sigma 1.5, data range 1,
     K1 = 0.01, K2 = 0.03, averaged over the window positions inside the image (the project's
-    reconstruction SSIM). 1 = all alike; lower = more diverse."""
-
-    def score(first, second):
-        return tf.image.ssim(
-            first,
-            second,
-            max_val=1.0,
-            filter_size=SSIM_FILTER_SIZE,
-            filter_sigma=SSIM_FILTER_SIGMA,
-        )
-
-    return _pairwise(images, max_pairs, seed, score)
+    reconstruction SSIM, `metrics.ssim_per_slice`). 1 = all alike; lower = more diverse."""
+    return _pairwise(images, max_pairs, seed, ssim_per_slice)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -682,7 +362,7 @@ def brain_mask_topology(
     from scipy.ndimage import gaussian_filter
     from skimage.measure import label
 
-    images = _as_batch(images)
+    images = as_image_batch(images)
     min_area = max(1, round(min_area_fraction * images.shape[1] * images.shape[2]))
     components = np.zeros(len(images), dtype=np.int64)
     holes = np.zeros(len(images), dtype=np.int64)
@@ -741,8 +421,8 @@ def implausible(
     lenient, so a flagged sample is implausible beyond doubt rather than merely unusual.
     Applied to real held-out slices it gives the floor (their share flagged, near 0).
     """
-    samples = _as_batch(samples, "samples")
-    real_images = _as_batch(real_images, "real_images")
+    samples = as_image_batch(samples, "samples")
+    real_images = as_image_batch(real_images, "real_images")
     sample_levels = np.asarray(sample_levels, dtype=np.float64)
     sample_levels = sample_levels.reshape(len(sample_levels), -1)
     real_levels = np.asarray(real_levels, dtype=np.float64).reshape(-1)
@@ -839,10 +519,10 @@ def realism_report(
       distance from each of n samples, and of n `real_b` slices, to its nearest training slice
       (far below the real value = copying the training set).
     """
-    real_a, real_b = _as_batch(real_a, "real_a"), _as_batch(real_b, "real_b")
-    reconstructions = _as_batch(reconstructions, "reconstructions")
-    samples = _as_batch(samples, "samples")
-    training_images = _as_batch(training_images, "training_images")
+    real_a, real_b = as_image_batch(real_a, "real_a"), as_image_batch(real_b, "real_b")
+    reconstructions = as_image_batch(reconstructions, "reconstructions")
+    samples = as_image_batch(samples, "samples")
+    training_images = as_image_batch(training_images, "training_images")
     training_levels = np.asarray(training_levels, dtype=np.float64).reshape(-1)
     if len(training_levels) != len(training_images):
         raise ValueError(
@@ -980,8 +660,8 @@ def plot_nearest_training(
     of a training slice shows as a twin at a small distance."""
     from matplotlib.figure import Figure
 
-    samples = _as_batch(samples, "samples")
-    training_images = _as_batch(training_images, "training_images")
+    samples = as_image_batch(samples, "samples")
+    training_images = as_image_batch(training_images, "training_images")
     count = min(count, len(samples))
     if count < 1:
         raise ValueError("samples must hold at least one slice")

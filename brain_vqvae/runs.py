@@ -7,6 +7,8 @@ loads a run, its configuration and the data it was trained on.
     loss.png, ssim.png                    curves per epoch; the SSIM target is drawn
     metrics.json                          the training data's path, test SSIM/PSNR/MAE,
                                           codebook use, prior bits per code
+    realism_features.keras                the domain feature network of the realism measures,
+                                          trained on the training split when first needed
     checkpoints/                          last epoch of each stage and its state, for --resume
 
 Files are written to a temporary name and renamed over the old one, so a process killed at
@@ -64,6 +66,10 @@ class RunFolder:
     @property
     def state(self) -> Path:
         return self.path / "checkpoints" / "state.json"
+
+    @property
+    def feature_network(self) -> Path:
+        return self.path / "realism_features.keras"
 
     @property
     def checkpoints(self) -> Path:

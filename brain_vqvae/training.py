@@ -500,6 +500,7 @@ def train_run(
             resume,
             overwrite,
             strategy_name,
+            strategy.num_replicas_in_sync,
             tensorboard,
             cache_dir,
             skip_bad,
@@ -515,13 +516,13 @@ def _train_in_folder(
     resume: bool,
     overwrite: bool,
     strategy_name: str,
+    replicas: int,
     tensorboard: bool,
     cache_dir: Path | None,
     skip_bad: bool,
     verbose: int | str,
 ) -> dict:
-    """`train_run` inside its strategy's scope, writing to `out`."""
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    """`train_run` inside its strategy's scope (of `replicas` replicas), writing to `out`."""
     if hyperparameters.batch_size < replicas:
         raise RunError(
             f"batch_size {hyperparameters.batch_size} is smaller than the {replicas} replicas of "

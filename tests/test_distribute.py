@@ -4,6 +4,7 @@ run, which only the chief writes."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -88,11 +89,10 @@ def test_only_the_chief_of_a_cluster_writes_the_run_folder(tmp_path):
 def test_a_batch_smaller_than_the_replicas_is_refused(tiny_hyperparameters, tmp_path, monkeypatch):
     from conftest import tiny_arguments
 
-    monkeypatch.setattr(
-        training.tf.distribute,
-        "get_strategy",
-        lambda: SimpleNamespace(num_replicas_in_sync=16),
+    sixteen = SimpleNamespace(
+        num_replicas_in_sync=16, scope=contextlib.nullcontext, cluster_resolver=None
     )
+    monkeypatch.setattr(training, "make_strategy", lambda name: sixteen)
     arguments = tiny_arguments(tiny_hyperparameters, tmp_path, tmp_path / "run")
     with pytest.raises(training.RunError, match="smaller than the 16 replicas"):
         train.run_training(arguments, verbose=0)

@@ -14,6 +14,7 @@ from PIL import Image
 import latent
 import modules
 from brain_vqvae import latent_space
+from brain_vqvae.data.slices import capped_indices
 from brain_vqvae.metrics import code_histograms
 from brain_vqvae.runs import load_run
 from dataset import load_slices
@@ -43,13 +44,29 @@ def test_embeddings_have_one_row_per_slice(tiny_run, tiny_png_tree, tiny_hyperpa
 
     unit_images = images[..., None] / np.float32(255.0)
     assert embeddings.code_histogram.shape == (24, tiny_hyperparameters.num_embeddings)
-    assert embeddings.mean_latent.shape == (24, tiny_hyperparameters.latent_dim)
+    assert embeddings.latent_map.shape == (24, 4 * 4 * tiny_hyperparameters.latent_dim)
     np.testing.assert_allclose(embeddings.code_histogram.sum(axis=1), 1.0)
     np.testing.assert_array_equal(
         embeddings.code_maps, modules.encode_code_maps(vqvae, unit_images)
     )
-    expected = np.asarray(vqvae.encode(unit_images)).mean(axis=(1, 2))
-    np.testing.assert_allclose(embeddings.mean_latent, expected, rtol=1e-5, atol=1e-6)
+    # The tiny map is 8x8: block (u, v) of the 4x4 grid averages positions 2u..2u+1, 2v..2v+1.
+    latents = np.asarray(vqvae.encode(unit_images))
+    block_1_2 = latents[:, 2:4, 4:6].mean(axis=(1, 2))
+    grid = embeddings.latent_map.reshape(24, 4, 4, tiny_hyperparameters.latent_dim)
+    np.testing.assert_allclose(grid[:, 1, 2], block_1_2, rtol=1e-5, atol=1e-6)
+
+
+def test_the_latent_map_keeps_where_things_are():
+    """Two slices whose vectors have the same mean over all positions but sit in different
+    places get different latent maps."""
+    latents = np.zeros((2, 8, 8, 1), np.float32)
+    latents[0, :4, :4] = 1.0  # top-left quarter
+    latents[1, 4:, 4:] = 1.0  # bottom-right quarter
+    maps = latent_space.pooled_latent_map(latents).reshape(2, 4, 4)
+    assert latents[0].mean() == latents[1].mean()
+    np.testing.assert_array_equal(maps[0, :2, :2], 1.0)
+    np.testing.assert_array_equal(maps[0, 2:, 2:], 0.0)
+    np.testing.assert_array_equal(maps[1], maps[0][::-1, ::-1])
 
 
 def test_confidence_ellipse_axes_of_a_known_covariance():
@@ -61,7 +78,9 @@ def test_confidence_ellipse_axes_of_a_known_covariance():
 
     turn = math.radians(30)
     rotation = np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
-    ellipse = latent_space.confidence_ellipse(np.zeros(2), rotation @ np.diag([9.0, 1.0]) @ rotation.T)
+    ellipse = latent_space.confidence_ellipse(
+        np.zeros(2), rotation @ np.diag([9.0, 1.0]) @ rotation.T
+    )
     assert ellipse.width == pytest.approx(2 * math.sqrt(5.991 * 9))
     assert ellipse.height == pytest.approx(2 * math.sqrt(5.991))
     assert ellipse.angle % 180 == pytest.approx(30.0)
@@ -217,17 +236,17 @@ def test_demographics_from_an_oasis_table_colour_the_latent_space(tiny_run, tmp_
     assert set(groupings["sex"]["groups"]) == {"F", "M"}
     assert set(groupings["age_band"]["groups"]) == {"age < 40", "age 60-74", "75+"}
     assert sum(groupings["age_band"]["groups"].values()) == 60
-    assert groupings["cdr"]["silhouette"]["mean_latent"]["full"] is not None
+    assert groupings["cdr"]["silhouette"]["latent_map"]["full"] is not None
     for name in ("cdr", "sex", "age_band"):
         assert (out / f"latent_{name}.png").is_file()
 
 
 def test_capped_indices_are_a_fixed_sorted_sample():
-    first = latent_space.capped_indices(100, 10, seed=4)
+    first = capped_indices(100, 10, seed=4)
     assert len(first) == len(set(first)) == 10
     assert list(first) == sorted(first)
-    np.testing.assert_array_equal(first, latent_space.capped_indices(100, 10, seed=4))
-    np.testing.assert_array_equal(latent_space.capped_indices(5, 10, seed=4), np.arange(5))
+    np.testing.assert_array_equal(first, capped_indices(100, 10, seed=4))
+    np.testing.assert_array_equal(capped_indices(5, 10, seed=4), np.arange(5))
 
 
 def test_codebook_figure_of_a_large_codebook_shows_only_the_most_used_codes(

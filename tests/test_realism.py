@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import brain_like_slice
 
-from brain_vqvae import realism
+from brain_vqvae import feature_network, realism
 
 SIZE = 32
 
@@ -154,7 +154,7 @@ def test_implausible_judges_islands_against_real_slices_at_the_same_level():
 def network_and_data():
     training = brain_like_set(64, seed=10)
     levels = np.linspace(0.0, 1.0, 64)
-    network = realism.train_feature_network(
+    network = feature_network.train_feature_network(
         training, levels, epochs=3, batch_size=16, widths=(8, 16)
     )
     return network, training, levels
@@ -164,21 +164,23 @@ def test_feature_network_trains_saves_and_reloads(network_and_data, tmp_path):
     network, training, _ = network_and_data
     losses = network.history.history["loss"]
     assert len(losses) == 3 and losses[-1] < losses[0]
-    features = realism.image_features(network, training[:8])
+    features = feature_network.image_features(network, training[:8])
     assert features.shape == (8, 16) and features.dtype == np.float64
     network.save(tmp_path / "features.keras")
-    reloaded = realism.load_feature_network(tmp_path / "features.keras")
-    np.testing.assert_allclose(realism.image_features(reloaded, training[:8]), features, atol=1e-6)
-    positions = realism.predict_positions(reloaded, training[:8])
+    reloaded = feature_network.load_feature_network(tmp_path / "features.keras")
+    np.testing.assert_allclose(
+        feature_network.image_features(reloaded, training[:8]), features, atol=1e-6
+    )
+    positions = feature_network.predict_positions(reloaded, training[:8])
     assert positions.shape == (8,) and np.all((positions >= 0) & (positions <= 1))
 
 
 def test_feature_network_without_positions_predicts_none():
     images = brain_like_set(8, seed=4)
-    network = realism.train_feature_network(images, epochs=1, batch_size=8, widths=(4,))
-    assert realism.predict_positions(network, images) is None
+    network = feature_network.train_feature_network(images, epochs=1, batch_size=8, widths=(4,))
+    assert feature_network.predict_positions(network, images) is None
     with pytest.raises(ValueError, match="positions"):
-        realism.train_feature_network(images, np.arange(3.0), epochs=1)
+        feature_network.train_feature_network(images, np.arange(3.0), epochs=1)
 
 
 def test_realism_report_has_every_documented_key_and_its_figures(network_and_data, tmp_path):
@@ -202,8 +204,8 @@ def test_realism_report_has_every_documented_key_and_its_figures(network_and_dat
     table = realism.format_realism(report)
     assert "real-vs-real floor" in table and "MS-SSIM" in table
     assert realism.plot_realism(report, tmp_path / "realism.png").stat().st_size > 0
-    features_samples = realism.image_features(network, samples)
-    features_training = realism.image_features(network, training)
+    features_samples = feature_network.image_features(network, samples)
+    features_training = feature_network.image_features(network, training)
     figure = realism.plot_nearest_training(
         samples, training, features_samples, features_training, tmp_path / "nearest.png", count=4
     )

@@ -104,7 +104,7 @@ def test_an_unwritable_run_folder_fails_before_training(
     def training_started(*arguments, **options):
         raise AssertionError("the data were loaded for training")
 
-    monkeypatch.setattr(train, "load_slices", training_started)
+    monkeypatch.setattr(training, "load_training_data", training_started)
     assert train.main(tiny_argv(tiny_hyperparameters, tiny_png_tree, out)) == 2
     assert f"error: cannot create the run folder {out}: " in capsys.readouterr().err
 
@@ -121,7 +121,9 @@ def test_a_nan_loss_keeps_the_last_good_checkpoint(tmp_path):
         callbacks, guard = training.stage_callbacks(
             run, "toy", Hyperparameters(), resume=resume, tensorboard=False
         )
-        return training.fit_stage(model, run, "toy", data, good, epochs, callbacks, guard, verbose=0)
+        return training.fit_stage(
+            model, run, "toy", data, good, epochs, callbacks, guard, verbose=0
+        )
 
     fit(good, 1, resume=False)
     saved = {path: path.read_bytes() for path in (run.model("toy"), run.last_checkpoint("toy"))}

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from hyperparameters import Hyperparameters
 from brain_vqvae.runs import RunError, RunFolder, load_run, write_atomically
+from hyperparameters import Hyperparameters
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 
 import numpy as np
 import pytest
@@ -39,12 +41,6 @@ def test_novelty_detects_a_generator_that_copies_its_training_set(image_pairs):
     assert evaluation.novelty_ssim(fresh, training).max() < 0.2
 
 
-def test_diversity_is_one_for_identical_samples_and_lower_for_different_ones(image_pairs):
-    originals, _ = image_pairs
-    assert evaluation.pairwise_ssim_mean(np.repeat(originals[:1], 3, axis=0)) == pytest.approx(1.0)
-    assert evaluation.pairwise_ssim_mean(originals) < 0.5
-
-
 def test_command_reports_json_and_writes_the_figures(tiny_run, tmp_path, capsys):
     run, _ = tiny_run
     out = tmp_path / "figures"
@@ -64,7 +60,6 @@ def test_command_reports_json_and_writes_the_figures(tiny_run, tmp_path, capsys)
         "mae_mean",
         "slices",
         "prior_bits_per_code",
-        "sample_diversity_ssim",
         "novelty_ssim_mean",
         "code_usage_total_variation",
     ):
@@ -84,3 +79,40 @@ def test_command_reports_json_and_writes_the_figures(tiny_run, tmp_path, capsys)
 def test_command_names_a_missing_run(tmp_path, capsys):
     assert similarity.main(["--run", str(tmp_path / "nowhere")]) == 2
     assert "no such run folder" in capsys.readouterr().err
+
+
+def test_realism_is_measured_beside_its_floor_with_a_feature_network_saved_in_the_run(
+    tiny_run, tmp_path, capsys
+):
+    run = shutil.copytree(tiny_run[0], tmp_path / "run")
+    argv = ["--run", str(run), "--split", "train", "--samples", "24", "--json"]
+    assert similarity.main([*argv, "--out", str(tmp_path / "first")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    numbers = report["realism"]
+    assert numbers["n_real_a"] == 12 and numbers["n_compared"] == 12  # two people per half
+    for key in (
+        "fd_samples",
+        "fd_real_floor",
+        "c2st_reconstructions_vs_samples",
+        "c2st_real_floor",
+    ):
+        assert math.isfinite(numbers[key]), key
+    assert 0.0 <= numbers["c2st_real_floor"] <= 1.0
+    assert 0.0 <= numbers["implausible_samples_share"] <= 1.0
+    assert (run / "realism_features.keras").is_file()
+    for name in ("realism.png", "nearest_training.png"):
+        assert (tmp_path / "first" / name).is_file()
+    # The saved network is reused: the same features, so the same floor.
+    trained_at = (run / "realism_features.keras").stat().st_mtime_ns
+    assert similarity.main([*argv, "--out", str(tmp_path / "second")]) == 0
+    again = json.loads(capsys.readouterr().out)["realism"]
+    assert (run / "realism_features.keras").stat().st_mtime_ns == trained_at
+    assert again["fd_real_floor"] == pytest.approx(numbers["fd_real_floor"], rel=1e-6)
+
+
+def test_a_split_too_small_for_two_halves_is_reported_not_measured(tiny_run, tmp_path, capsys):
+    out = tmp_path / "figures"
+    assert similarity.main(["--run", str(tiny_run[0]), "--json", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "realism" not in report and "smaller half has 3" in report["realism_skipped"]
+    assert not (tiny_run[0] / "realism_features.keras").exists()

@@ -19,14 +19,14 @@ writes WORK_DIR/result.json:
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import brain_vqvae  # noqa: E402, F401  (sets TensorFlow's environment before it starts)
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
+
+import brain_vqvae  # noqa: F401  (sets TensorFlow's environment before it starts)
 
 (cpu,) = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)

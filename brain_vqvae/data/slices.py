@@ -19,6 +19,7 @@ __all__ = [
     "BrainSlices",
     "DataError",
     "SliceSet",
+    "capped_indices",
     "make_slice_set",
     "png_folder",
     "slice_sets_from",
@@ -59,6 +60,25 @@ class SliceSet:
     def float_images(self) -> np.ndarray:
         """(N, S, S, 1) float32 in [0, 1]: images / 255 with a channel axis."""
         return (self.images.astype(np.float32) / 255.0)[..., np.newaxis]
+
+    def relative_positions(self) -> np.ndarray | None:
+        """(N,) float64 in [0, 1]: each slice's level in its subject's volume, slice_index / the
+        subject's highest slice_index here (0 = lowest slice, 1 = highest); None when a subject
+        has a single slice (a plain image, a MedMNIST image), whose level is unknown."""
+        subjects, inverse = np.unique(self.subject_ids, return_inverse=True)
+        highest = np.zeros(len(subjects), dtype=np.int64)
+        np.maximum.at(highest, inverse, self.slice_indices)
+        if len(self) == 0 or highest.min() == 0:
+            return None
+        return self.slice_indices / highest[inverse].astype(np.float64)
+
+
+def capped_indices(count: int, cap: int, seed: int) -> np.ndarray:
+    """All of range(count) if it has at most `cap` items, else `cap` of them drawn without
+    replacement with `seed`; sorted, so the rows keep their order."""
+    if count <= cap:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=cap, replace=False))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,325 @@
+"""The domain feature network whose features the realism measures compare (`realism`).
+
+No pretrained weights can be downloaded here, so the project trains its own small network on
+the training split of a run, once, and saves it with the run (`train_feature_network`,
+`load_feature_network`). It is deliberately not the VQ-VAE's encoder: a generator judged in the
+features it was trained to reproduce would be judged by its own blind spots. Its proxy tasks
+(the slice's level, its rotation, whether a piece of it was broken) need the anatomy to be
+solved, so its features notice broken anatomy.
+
+Images are float32 (N, S, S, 1) on the [0, 1] scale.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from brain_vqvae.metrics import as_image_batch
+from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
+
+__all__ = [
+    "FeatureNetwork",
+    "image_features",
+    "load_feature_network",
+    "predict_positions",
+    "train_feature_network",
+]
+
+FEATURE_WIDTHS = (16, 32, 64, 128)
+WORKING_SIZE = 64  # the feature network sees at most 64x64 pixels (average-pooled down)
+ROTATIONS = 4
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class FeatureNetwork(keras.Model):
+    """A small convolutional network whose pooled activations are the features of every measure.
+
+        x [S, S, 1] in [0, 1] -> average-pooled to at most 64x64 -> x - 1/2
+          -> per width w in `widths`: 3x3 conv stride 2 -> GroupNorm -> swish
+                                      3x3 conv stride 1 -> swish
+          -> global average pooling -> features f [widths[-1]]     (`call` returns f)
+
+    Three linear heads read f, and are trained on real training slices only (`train_step`),
+    with proxy tasks that need anatomy to solve:
+
+    - position: sigmoid(w^T f + b), the slice's relative level in its volume (0 = lowest,
+      1 = highest), by squared error; left out when the data has no positions;
+    - rotation: which of the 4 rotations by 90° was applied (softmax cross-entropy), as in
+      Gidaris et al. 2018, "Unsupervised Representation Learning by Predicting Image
+      Rotations": an upright brain has a front and a back, so the task needs its shape;
+    - corruption: whether an elliptical piece of the slice (radii s/12 to s/6, centred in the
+      middle half of the s x s working image, s = min(S, 64)) was replaced (binary
+      cross-entropy) by a piece of another slice from elsewhere, by background (a hole) or by
+      the slice's own content shifted by s/8 to s/4 pixels: the features must notice broken
+      anatomy.
+
+    Each batch is downsampled, corrupted (half of it) and rotated inside `train_step`, on the
+    fly, so `fit` needs nothing but the images (and positions as targets). GroupNorm, not
+    BatchNorm: the features are then the same function of an image in training and at
+    inference, whatever the batch, and need no moving averages that a few epochs would leave
+    unsettled.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        widths: tuple[int, ...] = FEATURE_WIDTHS,
+        with_positions: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if image_size < 8:
+            raise ValueError(f"image_size must be at least 8, got {image_size}")
+        if not widths or min(widths) < 1:
+            raise ValueError(f"widths must be positive, got {widths}")
+        self.image_size = int(image_size)
+        self.widths = tuple(int(width) for width in widths)
+        self.with_positions = bool(with_positions)
+        factor = self.image_size // WORKING_SIZE
+        self.pool = (
+            keras.layers.AveragePooling2D(factor)
+            if factor > 1 and self.image_size % WORKING_SIZE == 0
+            else None
+        )
+        self.blocks = []
+        for width in self.widths:
+            groups = math.gcd(width, 8)
+            self.blocks += [
+                keras.layers.Conv2D(width, 3, strides=2, padding="same"),
+                keras.layers.GroupNormalization(groups),
+                keras.layers.Activation("swish"),
+                keras.layers.Conv2D(width, 3, padding="same", activation="swish"),
+            ]
+        self.pooling = keras.layers.GlobalAveragePooling2D()
+        self.position_head = keras.layers.Dense(1, activation="sigmoid", name="position")
+        self.position_head.trainable = self.with_positions
+        self.rotation_head = keras.layers.Dense(ROTATIONS, name="rotation")
+        self.corruption_head = keras.layers.Dense(1, name="corruption")
+        names = ["loss", "rotation_loss", "corruption_loss"]
+        names += ["rotation_accuracy", "corruption_accuracy"]
+        names += ["position_loss"] if self.with_positions else []
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    @property
+    def feature_dim(self) -> int:
+        return self.widths[-1]
+
+    def build(self, input_shape):
+        # One call on a blank slice builds every block, so that a loaded model has all its
+        # variables before they are read back.
+        self.call(tf.zeros((1, self.image_size, self.image_size, 1)))
+        features = self.compute_output_shape(input_shape)
+        for head in (self.position_head, self.rotation_head, self.corruption_head):
+            head.build(features)
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.feature_dim)
+
+    def downsample(self, images):
+        """(B, S, S, 1) -> (B, s, s, 1) average-pooled, s = min(S, 64), still in [0, 1]."""
+        if self.pool is not None:
+            return self.pool(images)
+        if self.image_size > WORKING_SIZE:
+            return tf.image.resize(images, (WORKING_SIZE, WORKING_SIZE), antialias=True)
+        return images
+
+    def embed(self, images):
+        """Downsampled slices (B, s, s, 1) in [0, 1] -> features (B, F)."""
+        x = images - 0.5
+        for layer in self.blocks:
+            x = layer(x)
+        return self.pooling(x)
+
+    def call(self, images, training=False):
+        return self.embed(self.downsample(images))
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def proxy_tasks(self, images):
+        """(B, s, s, 1) intact upright downsampled slices -> (inputs, rotation (B,) int32,
+        corrupted (B,) float32 in {0, 1}): half of the slices corrupted, then each rotated by
+        k x 90°, k = rotation."""
+        size = images.shape[1]
+        batch = tf.shape(images)[0]
+        corrupted = tf.cast(tf.random.uniform([batch]) < 0.5, tf.float32)
+        kind = tf.random.uniform([batch], 0, 3, dtype=tf.int32)
+
+        def integers(low, high, shape=()):
+            return tf.random.uniform(shape, low, high + 1, dtype=tf.int32)
+
+        # An elliptical piece: centre in the middle half (where the brain is), radii S/12..S/6.
+        centre_row = tf.cast(integers(size // 4, 3 * size // 4, [batch]), tf.float32)
+        centre_column = tf.cast(integers(size // 4, 3 * size // 4, [batch]), tf.float32)
+        radius_row = tf.cast(integers(max(1, size // 12), max(2, size // 6), [batch]), tf.float32)
+        radius_column = tf.cast(
+            integers(max(1, size // 12), max(2, size // 6), [batch]), tf.float32
+        )
+        grid = tf.cast(tf.range(size), tf.float32)
+        inside = (
+            (grid[None, :, None] - centre_row[:, None, None]) / radius_row[:, None, None]
+        ) ** 2
+        inside += (
+            (grid[None, None, :] - centre_column[:, None, None]) / radius_column[:, None, None]
+        ) ** 2
+        piece = (inside < 1.0) & (corrupted[:, None, None] > 0.5)
+
+        def offset():
+            sign = tf.where(tf.random.uniform(()) < 0.5, -1, 1)
+            return sign * integers(max(1, size // 8), max(1, size // 4))
+
+        other_slice = tf.roll(tf.roll(images, 1, axis=0), [offset(), offset()], axis=[1, 2])
+        shifted = tf.roll(images, [offset(), offset()], axis=[1, 2])
+        kind = kind[:, None, None, None]
+        replacement = tf.where(
+            kind == 0, other_slice, tf.where(kind == 1, tf.zeros_like(images), shifted)
+        )
+        inputs = tf.where(piece[..., None], replacement, images)
+
+        rotation = integers(0, ROTATIONS - 1, [batch])
+        transposed = tf.transpose(inputs, [0, 2, 1, 3])
+        rotated = tf.stack(
+            [
+                inputs,
+                tf.reverse(transposed, [1]),  # 90° anticlockwise
+                tf.reverse(inputs, [1, 2]),  # 180°
+                tf.reverse(transposed, [2]),  # 90° clockwise
+            ],
+            axis=1,
+        )
+        return tf.gather(rotated, rotation, batch_dims=1), rotation, corrupted
+
+    def task_losses(self, features, positions, rotation, corrupted):
+        """The heads' mean losses and accuracies on one batch, as a dict of scalars."""
+        rotation_logits = self.rotation_head(features)
+        corruption_logits = self.corruption_head(features)[:, 0]
+        results = {
+            "rotation_loss": tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(rotation, rotation_logits)
+            ),
+            "corruption_loss": tf.reduce_mean(
+                tf.nn.sigmoid_cross_entropy_with_logits(corrupted, corruption_logits)
+            ),
+            "rotation_accuracy": tf.reduce_mean(
+                tf.cast(tf.argmax(rotation_logits, -1, output_type=tf.int32) == rotation, "float32")
+            ),
+            "corruption_accuracy": tf.reduce_mean(
+                tf.cast((corruption_logits > 0) == (corrupted > 0.5), "float32")
+            ),
+        }
+        loss = results["rotation_loss"] + results["corruption_loss"]
+        if self.with_positions:
+            predicted = self.position_head(features)[:, 0]
+            results["position_loss"] = tf.reduce_mean(
+                tf.square(predicted - tf.reshape(tf.cast(positions, tf.float32), [-1]))
+            )
+            loss += results["position_loss"]
+        results["loss"] = loss
+        return results
+
+    def train_step(self, data):
+        images, positions, _ = keras.utils.unpack_x_y_sample_weight(data)
+        inputs, rotation, corrupted = self.proxy_tasks(self.downsample(images))
+        with tf.GradientTape() as tape:
+            features = self.embed(inputs)
+            results = self.task_losses(features, positions, rotation, corrupted)
+        gradients = tape.gradient(results["loss"], self.trainable_weights)
+        self.optimizer.apply(gradients, self.trainable_weights)
+        for name, tracker in self.trackers.items():
+            tracker.update_state(results[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "image_size": self.image_size,
+            "widths": list(self.widths),
+            "with_positions": self.with_positions,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["widths"] = tuple(config["widths"])
+        return cls(**config)
+
+
+def train_feature_network(
+    images: np.ndarray,
+    positions: np.ndarray | None = None,
+    epochs: int = 4,
+    batch_size: int = 32,
+    seed: int = 0,
+    verbose: int = 0,
+    widths: tuple[int, ...] = FEATURE_WIDTHS,
+    learning_rate: float = 2e-3,
+) -> FeatureNetwork:
+    """Train a `FeatureNetwork` on real TRAINING slices (N, S, S, 1) in [0, 1], with their
+    relative levels `positions` (N,) in [0, 1] if known (None: no position head is trained,
+    and `predict_positions` then returns None). Adam, `epochs` passes over the slices in
+    shuffled batches; `keras.utils.set_random_seed(seed)` fixes weights and proxy tasks.
+
+    The per-epoch losses are in `network.history.history`. Save with `network.save(path)`
+    (a `.keras` file); load with `load_feature_network`.
+    """
+    images = as_image_batch(images)
+    if len(images) < 2:
+        raise ValueError(f"images must hold at least 2 slices, got {len(images)}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be at least 2, got {batch_size}")
+    if positions is not None:
+        positions = np.asarray(positions, dtype=np.float32).reshape(-1)
+        if len(positions) != len(images):
+            raise ValueError(f"positions has {len(positions)} values for {len(images)} images")
+        if positions.min() < 0 or positions.max() > 1:
+            raise ValueError("positions must lie in [0, 1]")
+    keras.utils.set_random_seed(seed)
+    network = FeatureNetwork(images.shape[1], widths, with_positions=positions is not None)
+    network.build(images.shape)
+    network.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=False)
+    network.fit(
+        images, positions, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose
+    )
+    return network
+
+
+def load_feature_network(path: str | Path) -> FeatureNetwork:
+    """A `FeatureNetwork` saved with `network.save(path)` (`.keras`)."""
+    network = keras.saving.load_model(path, compile=False)
+    if not isinstance(network, FeatureNetwork):
+        raise ValueError(f"path {path} holds a {type(network).__name__}, not a FeatureNetwork")
+    return network
+
+
+def image_features(network: FeatureNetwork, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The network's pooled features of each image: (N, S, S, 1) -> (N, F) float64."""
+    images = as_image_batch(images)
+    if images.shape[1] != network.image_size:
+        raise ValueError(
+            f"images are {images.shape[1]}x{images.shape[1]}, the network was trained on "
+            f"{network.image_size}x{network.image_size}"
+        )
+    if len(images) == 0:
+        return np.zeros((0, network.feature_dim))
+    features = network.predict(images, batch_size=batch_size, verbose=0)
+    return np.asarray(features, dtype=np.float64)
+
+
+def predict_positions(
+    network: FeatureNetwork, images: np.ndarray, batch_size: int = 64
+) -> np.ndarray | None:
+    """The position head's estimate of each slice's relative level, (N,) in [0, 1] (0 = lowest
+    slice of a volume); None if the network was trained without positions."""
+    if not network.with_positions:
+        return None
+    features = image_features(network, images, batch_size).astype(np.float32)
+    return np.asarray(network.position_head(features), dtype=np.float64)[:, 0]
