@@ -28,6 +28,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import numpy as np
 
 RECONSTRUCTION_LOSSES = ("mse", "ssim_l1")
+PIXELCNN_ARCHITECTURES = ("masked", "gated")
 LEARNING_RATE_SCHEDULES = ("constant", "cosine")
 
 
@@ -88,6 +89,34 @@ def check_temperature(temperature) -> None:
         raise ValueError(f"temperature must be positive, got {temperature}")
 
 
+def check_top_k(top_k, num_embeddings: int) -> None:
+    """Top-k sampling keeps the k most likely codes: None (off) or an integer in [1, K]."""
+    if top_k is None:
+        return
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer):
+        raise ValueError(f"top_k must be None or an integer, got {top_k!r}")
+    if not 1 <= top_k <= num_embeddings:
+        raise ValueError(f"top_k must be in [1, {num_embeddings}] (the codes), got {top_k}")
+
+
+def check_top_p(top_p) -> None:
+    """Nucleus sampling keeps the smallest set of most likely codes whose probability reaches
+    p: None (off) or p in (0, 1] (NaN is refused)."""
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be None or in range (0, 1], got {top_p}")
+
+
+def gated_dilation_cycle(code_map_size: int, kernel_size: int) -> int:
+    """Layers in one cycle of the gated PixelCNN's dilations 1, 2, 4, ..., 2**(c - 1): the least
+    c >= 1 whose reach (kernel_size // 2) * (2**c - 1) is at least code_map_size - 1, so that one
+    cycle lets the last position of a map see the first (`Hyperparameters.pixelcnn_dilations`)."""
+    reach_per_dilation = kernel_size // 2
+    cycle = 1
+    while reach_per_dilation * (2**cycle - 1) < code_map_size - 1:
+        cycle += 1
+    return cycle
+
+
 # The fields that shape the models' weights: a saved model must agree with its run on these.
 ARCHITECTURE_FIELDS = (
     "image_size",
@@ -100,6 +129,9 @@ ARCHITECTURE_FIELDS = (
     "pixelcnn_first_kernel",
     "pixelcnn_residual_blocks",
     "pixelcnn_embedding_dim",
+    "pixelcnn_architecture",
+    "pixelcnn_gated_layers",
+    "pixelcnn_gated_kernel",
 )
 
 
@@ -144,7 +176,14 @@ class Hyperparameters:
     # SSIM's gradient is weak on the flat output of an untrained decoder.
     mse_warmup_steps: int = 100
 
-    # PixelCNN prior (van den Oord et al., 2016) over the code maps.
+    # PixelCNN prior (van den Oord et al., 2016) over the code maps. "masked": the masked
+    # convolutions of "Pixel Recurrent Neural Networks" (`pixelcnn_first_kernel`,
+    # `pixelcnn_residual_blocks`); "gated": the gated vertical and horizontal stacks of
+    # "Conditional Image Generation with PixelCNN Decoders", without the masked stack's blind
+    # spot (`pixelcnn_gated_layers`, `pixelcnn_gated_kernel`, dilated as `pixelcnn_dilations`
+    # says). `pixelcnn_filters` is the width of either. A saved configuration without this key
+    # predates it and was masked (`from_dict`).
+    pixelcnn_architecture: str = "gated"
     pixelcnn_filters: int = 128
     pixelcnn_first_kernel: int = 7
     pixelcnn_residual_blocks: int = 4
@@ -152,6 +191,10 @@ class Hyperparameters:
     # E-dimensional embeddings, so its first layer reads E, not K, channels per tap: for many
     # codes much faster to train, for few codes one-hot is the cheaper (BENCHMARKS.md).
     pixelcnn_embedding_dim: int = 0
+    # Gated layers; each one's vertical kernel is (k // 2 + 1) x k and horizontal 1 x (k // 2 + 1)
+    # for k = `pixelcnn_gated_kernel`. There must be at least one cycle of dilations.
+    pixelcnn_gated_layers: int = 6
+    pixelcnn_gated_kernel: int = 3
 
     # Training. `augment` adds random flips, small rotations and scalings and intensity jitter.
     # "cosine" decays each stage's learning rate to 5 % of its start over the stage's epochs.
@@ -182,6 +225,7 @@ class Hyperparameters:
             "epochs_pixelcnn",
             "early_stopping_patience",
             "inference_batch_size",
+            "pixelcnn_gated_layers",
         )
         for name in positive_ints:
             check_at_least(name, getattr(self, name), 1)
@@ -207,6 +251,21 @@ class Hyperparameters:
                 f"2**downsample_stages = {2**self.downsample_stages}"
             )
         check_odd_kernel("pixelcnn_first_kernel", self.pixelcnn_first_kernel)
+        if self.pixelcnn_architecture not in PIXELCNN_ARCHITECTURES:
+            raise ValueError(
+                f"pixelcnn_architecture must be one of {PIXELCNN_ARCHITECTURES}, "
+                f"got {self.pixelcnn_architecture!r}"
+            )
+        check_at_least("pixelcnn_gated_kernel", self.pixelcnn_gated_kernel, 3)
+        check_odd_kernel("pixelcnn_gated_kernel", self.pixelcnn_gated_kernel)
+        cycle = gated_dilation_cycle(self.code_map_size, self.pixelcnn_gated_kernel)
+        if self.pixelcnn_architecture == "gated" and self.pixelcnn_gated_layers < cycle:
+            raise ValueError(
+                f"pixelcnn_gated_layers must be at least {cycle} for {self.code_map_size}x"
+                f"{self.code_map_size} code maps with pixelcnn_gated_kernel "
+                f"{self.pixelcnn_gated_kernel} (one cycle of dilations, so that every position "
+                f"sees every earlier one), got {self.pixelcnn_gated_layers}"
+            )
         check_quantizer_settings(
             num_embeddings=self.num_embeddings,
             latent_dim=self.latent_dim,
@@ -243,6 +302,15 @@ class Hyperparameters:
         """Side of the square code map: image_size / 2**downsample_stages (8 for the card)."""
         return self.image_size // 2**self.downsample_stages
 
+    @property
+    def pixelcnn_dilations(self) -> tuple[int, ...]:
+        """The dilation of each gated layer: 1, 2, ..., 2**(c - 1) repeated, with c the
+        `gated_dilation_cycle` of the code map (1, 2, 4, 1, 2, 4 for the card). With p =
+        pixelcnn_gated_kernel // 2 a layer of dilation d reaches back 0, d, ..., p d rows (and
+        columns), so a cycle reaches every offset up to p (2**c - 1) >= h - 1 without holes."""
+        cycle = gated_dilation_cycle(self.code_map_size, self.pixelcnn_gated_kernel)
+        return tuple(2 ** (index % cycle) for index in range(self.pixelcnn_gated_layers))
+
     def replace(self, **changes: Any) -> Hyperparameters:
         """A validated copy with `changes` applied; unknown names raise `ValueError`."""
         return Hyperparameters.from_dict({**self.to_dict(), **changes})
@@ -256,11 +324,15 @@ class Hyperparameters:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Hyperparameters:
-        """Inverse of `to_dict`; an unknown key is an error, a missing one takes its default."""
+        """Inverse of `to_dict`; an unknown key is an error, a missing one takes its default,
+        except `pixelcnn_architecture`, which is "masked" when missing: every configuration
+        saved before the field existed (a run's hyperparameters.json, a `.keras` PixelCNN's
+        config) describes a masked PixelCNN, and must keep loading as one."""
         known = {field.name for field in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown hyperparameter(s): {', '.join(unknown)}")
+        values = {"pixelcnn_architecture": "masked", **values}
         return cls(
             **{
                 name: tuple(value) if isinstance(value, list) else value
@@ -298,7 +370,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # blocks; batches of 2; a prior over embedded codes. On real scans more codes and more
     # (smaller) updates raised the held-out SSIM, where more width, depth or a larger learning
     # rate did not; SSIM + L1 beat MSE; and without k-means the codebook left most of its codes
-    # unused (BENCHMARKS.md).
+    # unused (BENCHMARKS.md). The gated prior is one cycle of dilations (1 ... 16) deep, so the
+    # last code of a 32x32 map sees the first, and 64 filters wide, so that drawing 64 maps
+    # stays within the sampling budget on a CPU.
     "hifi": {
         "encoder_filters": (32, 64),
         "downsample_stages": 2,
@@ -311,6 +385,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "residual_blocks": 2,
         "batch_size": 2,
         "pixelcnn_embedding_dim": 64,
+        "pixelcnn_filters": 64,
+        "pixelcnn_gated_layers": 5,
     },
 }
 

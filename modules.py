@@ -50,22 +50,28 @@ autoregressively in raster order,
 
     p(k) = prod_{(i, j)} p(k(i, j) | k(i', j') for (i', j') before (i, j)),
 
-by a PixelCNN: one-hot codes [8, 8, 16] (learned embeddings of them for a large codebook) ->
-7x7 mask-A convolution -> residual blocks of masked 3x3 mask-B convolutions -> 1x1 convolution
-to 16 logits per position [8, 8, 16]. Mask A hides the current position and everything after
-it, mask B only what comes after it, so the logits at (i, j) depend on earlier codes only.
-`sample_code_maps` draws new maps position by position in one compiled loop that computes each
-position's features once and caches them (`_RasterScan`); `decode_code_maps` turns them into
-slices.
+by a PixelCNN over one-hot codes [8, 8, 16] (learned embeddings of them for a large codebook)
+to 16 logits per position [8, 8, 16]. "masked" (`pixelcnn_architecture`): 7x7 mask-A
+convolution -> residual blocks of masked 3x3 mask-B convolutions -> 1x1 convolution; mask A
+hides the current position and everything after it, mask B only what comes after it, which
+leaves a blind spot up and right of (i, j) and a reach of a few rows. "gated" (the card's
+default): gated layers h = tanh(W_f * x) . sigmoid(W_g * x) in a vertical stack (rows <= i,
+reaching the horizontal stack shifted down one row) and a horizontal stack (row i left of j),
+dilated 1, 2, 4, ... so that (i, j) sees every earlier code (`gated_prior`). Either way the
+logits at (i, j) depend on earlier codes only. `sample_code_maps` draws new maps position by
+position in one compiled loop that computes each position's features once and caches them
+(`_RasterScan`, `_GatedRasterScan`), with temperature, top-k and nucleus (top-p) sampling;
+`decode_code_maps` turns them into slices.
 
 Where it lives (the package `brain_vqvae`): `brain_vqvae.metrics` (SSIM, PSNR and the code
 metrics), `brain_vqvae.model.quantizer` (`VectorQuantizer`, k-means), `.vqvae` (encoder,
-decoder, `VQVAE`), `.prior` (`MaskedConv2D`, `PixelCNN`), `.sampler` (sampling, encoding and
-decoding code maps) and `.distribute` (the tf.distribute helpers). This module re-exports the
-public API, so `import modules` also registers every model class for `keras.saving.load_model`:
-`VectorQuantizer`, `VQVAE`, `build_vqvae`, `build_encoder`, `build_decoder`, `MaskedConv2D`,
-`PixelCNN`, `build_pixelcnn`, `causal_mask`, `kmeans`, `encode_code_maps`, `decode_code_maps`,
-`sample_code_maps`, `structural_similarity`.
+decoder, `VQVAE`), `.prior` (`MaskedConv2D`, `PixelCNN`), `.gated_prior` (`GatedLayer`),
+`.sampler` (sampling, encoding and decoding code maps) and `.distribute` (the tf.distribute
+helpers). This module re-exports the public API, so `import modules` also registers every model
+class for `keras.saving.load_model`: `VectorQuantizer`, `VQVAE`, `build_vqvae`,
+`build_encoder`, `build_decoder`, `MaskedConv2D`, `GatedLayer`, `PixelCNN`, `build_pixelcnn`,
+`causal_mask`, `kmeans`, `encode_code_maps`, `decode_code_maps`, `sample_code_maps`,
+`structural_similarity`.
 """
 
 from brain_vqvae.metrics import structural_similarity
@@ -74,6 +80,7 @@ from brain_vqvae.model import (
     SERIALIZATION_PACKAGE,
     VQVAE,
     VQVAE_METRICS,
+    GatedLayer,
     MaskedConv2D,
     PixelCNN,
     VectorQuantizer,
@@ -93,6 +100,7 @@ __all__ = [
     "SERIALIZATION_PACKAGE",
     "VQVAE",
     "VQVAE_METRICS",
+    "GatedLayer",
     "MaskedConv2D",
     "PixelCNN",
     "VectorQuantizer",

@@ -14,6 +14,9 @@ from hyperparameters import (
     check_quantizer_settings,
     check_sample_count,
     check_temperature,
+    check_top_k,
+    check_top_p,
+    gated_dilation_cycle,
     hyperparameters_from_arguments,
     preset,
 )
@@ -70,6 +73,12 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
         ({"inference_batch_size": 0}, "inference_batch_size"),
         ({"latent_dim": 0}, "latent_dim"),
         ({"dead_code_restart": True, "num_embeddings": 1024}, "dead_code_threshold"),
+        ({"pixelcnn_architecture": "pixelsnail"}, "pixelcnn_architecture"),
+        ({"pixelcnn_gated_kernel": 4}, "pixelcnn_gated_kernel"),
+        ({"pixelcnn_gated_kernel": 1}, "pixelcnn_gated_kernel"),
+        ({"pixelcnn_gated_layers": 0}, "pixelcnn_gated_layers"),
+        ({"pixelcnn_gated_layers": 2}, "pixelcnn_gated_layers"),  # 8x8 maps need 3
+        ({"pixelcnn_gated_layers": 4, "downsample_stages": 2}, "pixelcnn_gated_layers"),
     ],
 )
 def test_bad_values_raise_a_value_error_naming_the_field(changes, field):
@@ -84,6 +93,28 @@ def test_inference_batch_size_is_not_an_architecture_field_and_has_a_flag():
     assert Hyperparameters.from_dict({}).inference_batch_size == 64  # files saved before it
 
 
+def test_a_configuration_saved_before_the_architecture_field_is_masked():
+    """Runs and `.keras` priors saved before `pixelcnn_architecture` existed were masked."""
+    assert Hyperparameters().pixelcnn_architecture == "gated"
+    assert Hyperparameters.from_dict({}).pixelcnn_architecture == "masked"
+    assert Hyperparameters.from_dict({}) == Hyperparameters(pixelcnn_architecture="masked")
+    for name in ("card", "hifi"):
+        assert Hyperparameters.from_dict(preset(name).to_dict()) == preset(name)
+    assert {"pixelcnn_architecture", "pixelcnn_gated_layers", "pixelcnn_gated_kernel"} <= set(
+        ARCHITECTURE_FIELDS
+    )
+    assert parse(["--pixelcnn-architecture", "masked"]).pixelcnn_architecture == "masked"
+
+
+def test_gated_dilations_cycle_until_the_last_position_reaches_the_first():
+    assert Hyperparameters().pixelcnn_dilations == (1, 2, 4, 1, 2, 4)
+    assert Hyperparameters(pixelcnn_gated_kernel=7).pixelcnn_dilations[:3] == (1, 2, 1)
+    hifi = preset("hifi")
+    cycle = (1, 2, 4, 8, 16)
+    assert hifi.pixelcnn_dilations[:5] == cycle and hifi.pixelcnn_gated_layers >= 5
+    assert gated_dilation_cycle(1, 3) == 1 and gated_dilation_cycle(32, 3) == 5
+
+
 def test_check_helpers_name_the_argument():
     with pytest.raises(ValueError, match="count must be a positive integer"):
         check_sample_count(True)
@@ -93,6 +124,16 @@ def test_check_helpers_name_the_argument():
     for temperature in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="temperature must be positive"):
             check_temperature(temperature)
+    for top_k in (0, 17, 2.0, True):
+        with pytest.raises(ValueError, match="top_k"):
+            check_top_k(top_k, 16)
+    check_top_k(None, 16)
+    check_top_k(np.int32(16), 16)
+    for top_p in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="top_p"):
+            check_top_p(top_p)
+    check_top_p(None)
+    check_top_p(1.0)
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         check_odd_kernel("kernel_size", (3, 4))
     with pytest.raises(ValueError, match="ema_decay"):

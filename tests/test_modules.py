@@ -11,7 +11,8 @@ import tensorflow as tf
 from skimage.metrics import structural_similarity as skimage_ssim
 
 import modules
-from brain_vqvae.model.sampler import _SAMPLERS, _RasterScan
+from brain_vqvae.model.gated_prior import GatedLayer
+from brain_vqvae.model.sampler import _SAMPLERS, raster_scan
 from brain_vqvae.model.vqvae import SSIM_LOSS_WEIGHT
 from hyperparameters import Hyperparameters
 from modules import (
@@ -99,11 +100,26 @@ def vqvae(images) -> VQVAE:
     return build_vqvae(TINY, float(images.var()))
 
 
-@pytest.fixture(scope="module", params=[0, 8], ids=["one-hot", "embedded"])
-def pixelcnn(request) -> PixelCNN:
-    """The tiny prior with codes entering as one-hot vectors, or as 8-dimensional embeddings."""
+PRIOR_DESIGNS = [(architecture, dim) for architecture in ("masked", "gated") for dim in (0, 8)]
+PRIOR_IDS = [
+    f"{architecture}-{'embedded' if dim else 'one-hot'}" for architecture, dim in PRIOR_DESIGNS
+]
+
+
+def tiny_prior(architecture: str, embedding_dim: int, **changes) -> PixelCNN:
     keras.utils.set_random_seed(0)
-    return build_pixelcnn(TINY.replace(pixelcnn_embedding_dim=request.param))
+    return build_pixelcnn(
+        TINY.replace(
+            pixelcnn_architecture=architecture, pixelcnn_embedding_dim=embedding_dim, **changes
+        )
+    )
+
+
+@pytest.fixture(scope="module", params=PRIOR_DESIGNS, ids=PRIOR_IDS)
+def pixelcnn(request) -> PixelCNN:
+    """The tiny prior of each architecture, with codes entering as one-hot vectors or as
+    8-dimensional embeddings."""
+    return tiny_prior(*request.param)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,7 +574,7 @@ def test_masked_conv_rejects_configurations_that_break_causality():
 
 
 def test_pixelcnn_layout_for_four_residual_blocks():
-    network = build_pixelcnn(Hyperparameters()).network
+    network = build_pixelcnn(Hyperparameters(pixelcnn_architecture="masked")).network
     masked = [layer for layer in network.layers if isinstance(layer, MaskedConv2D)]
     one_by_one_b = [
         conv.name for conv in masked if conv.kernel_size == (1, 1) and conv.mask_type == "B"
@@ -585,16 +601,13 @@ def test_pixelcnn_logits_depend_only_on_earlier_codes(pixelcnn):
     assert all(change[:target, target].max() > 1e-3 for target in range(1, positions))
 
 
-@pytest.mark.parametrize("embedding_dim", [0, 8])
-def test_raster_scan_replaying_a_map_gives_the_whole_map_logits(embedding_dim):
+@pytest.mark.parametrize(("architecture", "embedding_dim"), PRIOR_DESIGNS, ids=PRIOR_IDS)
+def test_raster_scan_replaying_a_map_gives_the_whole_map_logits(architecture, embedding_dim):
     """The sampler's cached position-by-position pass computes what one call on the whole map
     does, at every position, borders included."""
-    keras.utils.set_random_seed(0)
-    prior = build_pixelcnn(
-        TINY.replace(
-            image_size=64, pixelcnn_residual_blocks=3, pixelcnn_embedding_dim=embedding_dim
-        )
-    )  # 16x16
+    prior = tiny_prior(
+        architecture, embedding_dim, image_size=64, pixelcnn_residual_blocks=3
+    )  # 16x16, gated dilations 1, 2, 4, 8, 1, 2
     code_maps = np.random.default_rng(11).integers(0, CODES, (3, 16, 16)).astype("int32")
     whole = np.asarray(prior(code_maps)).reshape(3, 16 * 16, CODES)
     logits_seen = {}
@@ -603,11 +616,93 @@ def test_raster_scan_replaying_a_map_gives_the_whole_map_logits(embedding_dim):
         logits_seen[int(position)] = np.asarray(logits)
         return code_maps.reshape(3, -1)[:, int(position)]
 
-    replayed = _RasterScan(prior)(3, replay)
+    replayed = raster_scan(prior)(3, replay)
     np.testing.assert_array_equal(replayed, code_maps)
     assert sorted(logits_seen) == list(range(16 * 16))
     for position, logits in logits_seen.items():
         np.testing.assert_allclose(logits, whole[:, position], atol=1e-5)
+
+
+def input_gradients(network, features, target):
+    """|d logits[target] / d features| summed over channels: [positions] of the first map."""
+    features = tf.constant(features)
+    with tf.GradientTape() as tape:
+        tape.watch(features)
+        logits = network(features)
+        size = logits.shape[2]
+        selected = tf.reduce_sum(logits[0, target // size, target % size])
+    return np.abs(tape.gradient(selected, features).numpy()[0]).sum(axis=-1).ravel()
+
+
+@pytest.mark.parametrize("image_size", [32, 128], ids=["8x8", "32x32"])
+def test_gated_receptive_field_is_every_earlier_position_and_nothing_else(image_size):
+    """d logits[t] / d one-hot input[p] is nonzero for every p before t and zero for p >= t:
+    for every t of an 8x8 map, and for the last position and a few others of a 32x32 one."""
+    prior = tiny_prior("gated", 0, image_size=image_size, pixelcnn_filters=8)
+    size = prior.code_map_size
+    positions = size * size
+    codes = np.random.default_rng(4).integers(0, CODES, (1, size, size))
+    features = np.eye(CODES, dtype="float32")[codes]
+    targets = range(positions) if size == 8 else (0, 1, size, size + 1, positions - 1)
+    for target in targets:
+        gradient = input_gradients(prior.network, features, target)
+        assert gradient[target:].max() == 0.0, target
+        assert target == 0 or gradient[:target].min() > 0.0, target
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_gated_layer_stacks_see_only_what_they_may(first):
+    """The vertical output at row i sees vertical inputs of rows <= i only; the horizontal
+    output at (i, j) sees vertical inputs of rows < i, and horizontal inputs of row i left of j
+    (first layer) or at and left of j (later layers)."""
+    layer = GatedLayer(4, 3, dilation=2, first=first)
+    rng = np.random.default_rng(5)
+    vertical, horizontal = (
+        tf.constant(rng.normal(size=(1, 7, 7, 4)).astype("float32")) for _ in range(2)
+    )
+    row, column = 4, 3
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([vertical, horizontal])
+        vertical_out, horizontal_out = layer((vertical, horizontal))
+        vertical_at = tf.reduce_sum(vertical_out[0, row, column])
+        horizontal_at = tf.reduce_sum(horizontal_out[0, row, column])
+
+    def seen(output, inputs):
+        gradient = tape.gradient(output, inputs)
+        return np.zeros((7, 7), bool) if gradient is None else np.abs(gradient[0]).sum(-1) > 0
+
+    rows = np.arange(7)[:, None] + np.zeros((1, 7), int)
+    assert not seen(vertical_at, vertical)[rows > row].any()
+    assert seen(vertical_at, vertical)[row, column] and seen(vertical_at, vertical)[row - 2, 5]
+    assert not seen(vertical_at, horizontal).any()
+    assert not seen(horizontal_at, vertical)[rows >= row].any()
+    assert seen(horizontal_at, vertical)[row - 1, column]
+    horizontal_seen = seen(horizontal_at, horizontal)
+    assert not horizontal_seen[rows != row].any()
+    assert horizontal_seen[row, column] == (not first)
+    assert not horizontal_seen[row, column + 1 :].any()
+    assert horizontal_seen[row, column - 1 if first else column - 2]
+
+
+def test_a_pixelcnn_saved_before_the_architecture_field_loads_as_masked(tmp_path):
+    """A `.keras` prior whose config has no pixelcnn_architecture (saved before it existed)."""
+    prior = tiny_prior("masked", 0)
+    prior.save(tmp_path / "new.keras")
+    with (
+        zipfile.ZipFile(tmp_path / "new.keras") as source,
+        zipfile.ZipFile(tmp_path / "old.keras", "w") as target,
+    ):
+        for item in source.infolist():
+            content = source.read(item)
+            if item.filename == "config.json":
+                config = json.loads(content)
+                del config["config"]["hyperparameters"]["pixelcnn_architecture"]
+                content = json.dumps(config)
+            target.writestr(item, content)
+    loaded = keras.saving.load_model(tmp_path / "old.keras")
+    assert loaded.hyperparameters.pixelcnn_architecture == "masked"
+    code_maps = np.random.default_rng(12).integers(0, CODES, (2, MAP_SIZE, MAP_SIZE))
+    np.testing.assert_array_equal(loaded(code_maps), prior(code_maps))
 
 
 def test_pixelcnn_save_and_load_give_identical_logits(tmp_path, pixelcnn):
@@ -635,7 +730,86 @@ def test_sampler_shape_range_and_seeds(pixelcnn):
     np.testing.assert_array_equal(sample_code_maps(pixelcnn, 3, seed=7), first)
     assert not np.array_equal(sample_code_maps(pixelcnn, 3, seed=8), first)
     sample_code_maps(pixelcnn, 5, temperature=0.5, seed=9)
+    filtered = sample_code_maps(pixelcnn, 3, seed=7, top_k=3, top_p=0.8)
+    np.testing.assert_array_equal(
+        sample_code_maps(pixelcnn, 3, seed=7, top_k=3, top_p=0.8), filtered
+    )
+    sample_code_maps(pixelcnn, 3, seed=7, top_k=5)
+    sample_code_maps(pixelcnn, 3, seed=7, top_p=0.5)
     assert _SAMPLERS[pixelcnn].sample.experimental_get_tracing_count() == 1
+
+
+def inverse_cdf(noise: np.ndarray, logits) -> np.ndarray:
+    """The codes [N] at which the cumulative softmax(logits [N, K]) passes noise [N]."""
+    logits = np.asarray(logits, dtype="float64")
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    cumulative = np.cumsum(probabilities / probabilities.sum(-1, keepdims=True), axis=-1)
+    return np.minimum((cumulative < noise[:, None]).sum(-1), CODES - 1).astype("int32")
+
+
+@pytest.mark.parametrize("architecture", ["masked", "gated"])
+def test_cached_draws_equal_a_full_network_reference(architecture):
+    """The cached scan draws what a slow loop draws that runs the whole network on the partial
+    maps at every position, from the same logits and the same uniform noise."""
+    prior = tiny_prior(architecture, 0)
+    count, positions = 3, MAP_SIZE * MAP_SIZE
+    noise = np.random.default_rng(13).uniform(size=(positions, count))
+    reference = np.zeros((count, MAP_SIZE, MAP_SIZE), "int32")
+    for position in range(positions):
+        row, column = divmod(position, MAP_SIZE)
+        logits = np.asarray(prior(reference))[:, row, column]
+        reference[:, row, column] = inverse_cdf(noise[position], logits)
+
+    def draw(position, logits):  # eager: tf.while_loop runs as a Python loop
+        return inverse_cdf(noise[int(position)], logits)
+
+    np.testing.assert_array_equal(raster_scan(prior)(count, draw), reference)
+    assert len(np.unique(reference)) > 1
+
+
+def greedy_maps(prior: PixelCNN, count: int) -> np.ndarray:
+    return raster_scan(prior)(count, lambda position, logits: np.argmax(logits, -1).astype("int32"))
+
+
+@pytest.mark.parametrize("architecture", ["masked", "gated"])
+def test_top_1_and_a_tiny_nucleus_are_greedy_decoding(architecture):
+    prior = tiny_prior(architecture, 8)
+    # A random bias breaks the ties of the untrained prior's exactly zero logits at (0, 0),
+    # which top-1 keeps all of.
+    bias = np.random.default_rng(14).normal(size=CODES).astype("float32")
+    prior.network.get_layer("logits").bias.assign(bias)
+    greedy = greedy_maps(prior, 4)
+    for seed in (0, 1):
+        np.testing.assert_array_equal(sample_code_maps(prior, 4, seed=seed, top_k=1), greedy)
+        np.testing.assert_array_equal(sample_code_maps(prior, 4, seed=seed, top_p=1e-6), greedy)
+    assert not np.array_equal(sample_code_maps(prior, 4, seed=0), greedy)
+
+
+def constant_prior(probabilities) -> PixelCNN:
+    """A gated prior whose logits are log(`probabilities`) at every position of every map."""
+    prior = tiny_prior("gated", 0)
+    for weight in prior.weights:
+        weight.assign(np.zeros(weight.shape, weight.dtype))
+    prior.network.get_layer("logits").bias.assign(np.log(probabilities).astype("float32"))
+    return prior
+
+
+def test_top_k_and_nucleus_draw_only_the_kept_codes():
+    probabilities = np.array([0.02, 0.3, 0.03, 0.4, 0.05, 0.1, 0.06, 0.04])
+    prior = constant_prior(probabilities)
+    drawn = np.unique(sample_code_maps(prior, 16, seed=0))
+    assert len(drawn) == CODES  # without filtering every code turns up in 1024 draws
+    kept = {2: {3, 1}, 3: {3, 1, 5}}
+    for top_k, codes in kept.items():
+        assert set(np.unique(sample_code_maps(prior, 16, seed=1, top_k=top_k))) == codes
+    # Sorted: 0.4, 0.3, 0.1, 0.06, ...: 0.4 + 0.3 < 0.75 <= 0.4 + 0.3 + 0.1.
+    nucleus = {0.35: {3}, 0.65: {3, 1}, 0.75: {3, 1, 5}, 0.85: {3, 1, 5, 6}}
+    for top_p, codes in nucleus.items():
+        assert set(np.unique(sample_code_maps(prior, 16, seed=2, top_p=top_p))) == codes
+    both = sample_code_maps(prior, 16, seed=3, top_k=2, top_p=0.99)
+    assert set(np.unique(both)) == {3, 1}
+    share = np.mean(sample_code_maps(prior, 16, seed=4, top_k=2) == 3)
+    assert abs(share - 0.4 / 0.7) < 0.05  # renormalised over the kept codes
 
 
 def test_sampler_rejects_bad_temperature_and_count(pixelcnn):
@@ -644,6 +818,11 @@ def test_sampler_rejects_bad_temperature_and_count(pixelcnn):
             sample_code_maps(pixelcnn, 2, temperature=temperature)
     with pytest.raises(ValueError, match="count"):
         sample_code_maps(pixelcnn, 0)
+    for top_k in (0, CODES + 1):
+        with pytest.raises(ValueError, match="top_k"):
+            sample_code_maps(pixelcnn, 2, top_k=top_k)
+    with pytest.raises(ValueError, match="top_p"):
+        sample_code_maps(pixelcnn, 2, top_p=0.0)
 
 
 @pytest.mark.parametrize("embedding_dim", [0, 8])
@@ -700,7 +879,7 @@ def test_saved_models_name_their_classes_as_earlier_versions_did(tmp_path, vqvae
             config = json.loads(archive.read("config.json"))
         assert config["class_name"] == name
         assert config["registered_name"] == f"brain_vqvae>{name}"
-    for layer_class in (VectorQuantizer, MaskedConv2D, VQVAE, PixelCNN):
+    for layer_class in (VectorQuantizer, MaskedConv2D, GatedLayer, VQVAE, PixelCNN):
         expected = f"brain_vqvae>{layer_class.__name__}"
         assert keras.saving.get_registered_name(layer_class) == expected
         assert keras.saving.get_registered_object(expected) is layer_class

@@ -6,6 +6,7 @@ Every class here is registered with Keras under the package "brain_vqvae"
 (`SERIALIZATION_PACKAGE`), so importing this package is enough for `keras.saving.load_model`.
 """
 
+from brain_vqvae.model.gated_prior import GatedLayer
 from brain_vqvae.model.prior import (
     PIXELCNN_METRICS,
     MaskedConv2D,
@@ -29,6 +30,7 @@ __all__ = [
     "SERIALIZATION_PACKAGE",
     "VQVAE",
     "VQVAE_METRICS",
+    "GatedLayer",
     "MaskedConv2D",
     "PixelCNN",
     "VectorQuantizer",

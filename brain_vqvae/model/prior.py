@@ -1,5 +1,6 @@
-"""Stage 2 of the model: the PixelCNN prior over code maps (van den Oord et al. 2016), built
-from causally masked convolutions (see `modules` for the maths of both stages).
+"""Stage 2 of the model: the PixelCNN prior over code maps (van den Oord et al. 2016), whose
+network is built from causally masked convolutions (here) or from gated vertical and horizontal
+stacks (`gated_prior`), as `pixelcnn_architecture` says (see `modules` for the maths).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from brain_vqvae.model.distribute import (
     step_logs,
     weighted_by_share,
 )
+from brain_vqvae.model.gated_prior import build_gated_network
 from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
 from hyperparameters import Hyperparameters, check_odd_kernel
 
@@ -90,7 +92,7 @@ def pixelcnn_residual_block(features, name: str):
     return keras.layers.Add(name=f"{name}_add")([features, hidden])
 
 
-def build_pixelcnn_network(hyperparameters: Hyperparameters) -> keras.Model:
+def build_masked_network(hyperparameters: Hyperparameters) -> keras.Model:
     """Code maps as features [N, h, h, C] -> logits [N, h, h, K], where C = K for one-hot codes
     and C = `pixelcnn_embedding_dim` for embedded ones (`PixelCNN.code_features`).
 
@@ -116,13 +118,17 @@ def build_pixelcnn_network(hyperparameters: Hyperparameters) -> keras.Model:
     return keras.Model(code_features, logits, name="pixelcnn_network")
 
 
+NETWORK_BUILDERS = {"masked": build_masked_network, "gated": build_gated_network}
+
+
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class PixelCNN(keras.Model):
     """Autoregressive prior over code maps: int code maps [N, h, h] -> logits [N, h, h, K].
 
     `PixelCNN(hyperparameters)` takes the plain dict of `Hyperparameters.to_dict()` (the whole
-    config). The masks make the logits at (i, j) depend only on the codes before (i, j) in
-    raster order.
+    config); its network is `build_masked_network` or `build_gated_network`, as
+    `pixelcnn_architecture` says (a config without that key is masked: `from_dict`). Either
+    makes the logits at (i, j) depend only on the codes before (i, j) in raster order.
 
     It is trained by its own `train_step`: compile it with an optimizer and `fit` it on batches
     of code maps, which are also the targets (a y given is ignored). The loss is the mean over
@@ -136,7 +142,9 @@ class PixelCNN(keras.Model):
     def __init__(self, hyperparameters: dict, **kwargs):
         super().__init__(**kwargs)
         self.hyperparameters = Hyperparameters.from_dict(hyperparameters)
-        self.network = build_pixelcnn_network(self.hyperparameters)
+        self.network = NETWORK_BUILDERS[self.hyperparameters.pixelcnn_architecture](
+            self.hyperparameters
+        )
         embedding_dim = self.hyperparameters.pixelcnn_embedding_dim
         self.code_embedding = None
         if embedding_dim:

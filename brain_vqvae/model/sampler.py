@@ -2,8 +2,10 @@
 a trained `VQVAE`.
 
 `sample_code_maps` draws new maps position by position in raster order, in one compiled loop
-that computes each position's features once and caches them (`_RasterScan`);
-`encode_code_maps` and `decode_code_maps` check their inputs and run the VQ-VAE in batches.
+that computes each position's features once and caches them (`_RasterScan` for the masked
+PixelCNN, `_GatedRasterScan` for the gated one), optionally keeping only the top-k codes or the
+nucleus (top-p) of each position's distribution (`filter_logits`); `encode_code_maps` and
+`decode_code_maps` check their inputs and run the VQ-VAE in batches.
 """
 
 from __future__ import annotations
@@ -17,9 +19,16 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from brain_vqvae.model.gated_prior import gated_activation
 from brain_vqvae.model.prior import BLOCK_PARTS, MaskedConv2D, PixelCNN, causal_mask
 from brain_vqvae.model.vqvae import VQVAE
-from hyperparameters import check_at_least, check_sample_count, check_temperature
+from hyperparameters import (
+    check_at_least,
+    check_sample_count,
+    check_temperature,
+    check_top_k,
+    check_top_p,
+)
 
 
 def _taps(layer) -> np.ndarray:
@@ -62,7 +71,7 @@ class _RasterScan:
     whose last entry is the zeros of 'same' padding. Every visible tap is at or before t in
     raster order, so it is already in the cache. A step costs one position's worth of
     compute, about 1/h^2 of a whole-map call: drawing a map costs about one forward pass.
-    The layers are those `build_pixelcnn_network` makes, looked up by name.
+    The layers are those `build_masked_network` makes, looked up by name.
     """
 
     def __init__(self, pixelcnn: PixelCNN):
@@ -138,13 +147,181 @@ class _RasterScan:
         return tf.reshape(tf.transpose(codes.stack()), tf.stack([count, self.size, self.size]))
 
 
+class _GatedRasterScan:
+    """The gated PixelCNN (`build_gated_network`) run in raster order, each position's features
+    computed once and cached; the same interface as `_RasterScan`.
+
+    Rows: the vertical stack at row i sees rows <= i only, and reaches the horizontal stack at
+    row i + 1 only. So once row i is drawn, every layer's vertical row i is computed from the
+    p d + 1 rows above it in that layer's input cache (a `tf.TensorArray` of h + 1 rows
+    [N, w, C], the last the zeros of the padding): the layer's own vertical convolution on that
+    strip gives one output row. Its pre-activations through the layer's 1x1 `v_to_h` are row
+    i + 1's vertical contributions [N, w, 2F] to the horizontal stack (row 0's: `v_to_h` of
+    zeros, the padding of `shift_down`); its gated output joins the next layer's input cache.
+    Over a map this costs one vertical pass of the network.
+
+    Positions: at (i, j) each layer's horizontal pre-activation gathers its p + 1 taps from a
+    cache of the row's horizontal inputs (w + 1 entries [N, C]), adds the vertical
+    contribution at column j, and goes through the gate and the 1x1 residual; one step costs
+    one position's worth of the horizontal stack and the logits.
+    """
+
+    def __init__(self, pixelcnn: PixelCNN):
+        network = pixelcnn.network
+        self.size = pixelcnn.code_map_size
+        self.code_features = pixelcnn.code_features
+        layers = pixelcnn.hyperparameters.pixelcnn_gated_layers
+        self.layers = [network.get_layer(f"gated_{index}") for index in range(layers)]
+        self.final_activation = network.get_layer("relu")
+        self.head = network.get_layer("logits")
+
+    def vertical_rows(self, layer, row):
+        """Cache indices [p d + 1] of the rows row - p d .. row (h, the zero row, above 0)."""
+        span = layer.reach * layer.dilation
+        rows = row - span + tf.range(span + 1)
+        return tf.where(rows >= 0, rows, self.size)
+
+    def horizontal_taps(self, layer, column):
+        """Cache indices [p + 1] of the horizontal kernel's taps a = 0..p at `column`, the
+        columns column - s - (p - a) d (w, the zero entry, left of the map)."""
+        offsets = layer.shift + (layer.reach - np.arange(layer.reach + 1)) * layer.dilation
+        columns = column - offsets
+        return tf.where(columns >= 0, columns, self.size)
+
+    def vertical_row(self, row, caches):
+        """Write every layer's vertical output at `row` into the next layer's cache; return the
+        caches and the next row's contributions [N, w, 2F], one per layer."""
+        caches, contributions = list(caches), []
+        for index, layer in enumerate(self.layers):
+            strip = tf.transpose(caches[index].gather(self.vertical_rows(layer, row)), (1, 0, 2, 3))
+            strip = ops.pad(strip, layer.vertical_padding(rows=False))
+            preactivations = layer.vertical(strip)  # [N, 1, w, 2F]
+            if index + 1 < len(self.layers):
+                caches[index + 1] = caches[index + 1].write(
+                    row, gated_activation(preactivations[:, 0])
+                )
+            contributions.append(self.contribution(layer, preactivations))
+        return caches, contributions
+
+    def contribution(self, layer, preactivations):
+        """`v_to_h` of the vertical pre-activations [N, 1, w, 2F] -> [N, w, 2F]."""
+        return tf.reshape(
+            layer.vertical_to_horizontal(preactivations), (-1, self.size, 2 * layer.filters)
+        )
+
+    def __call__(self, count, choose_codes):
+        """Run the scan over [count] maps; `choose_codes(position, logits [count, K])` returns
+        the int32 codes [count] at `position`. Returns the codes [count, h, h]."""
+        size = self.size
+        tap_kernels = {layer.name: _tap_kernel(layer.horizontal) for layer in self.layers}
+        tap_kernels.update(
+            {layer.name + "_residual": _tap_kernel(layer.residual) for layer in self.layers}
+        )
+        tap_kernels["logits"] = _tap_kernel(self.head)
+        channels = [layer.vertical.kernel.shape[2] for layer in self.layers]
+
+        def empty_cache(length, element_shape):
+            cache = tf.TensorArray(tf.float32, size=length + 1, element_shape=element_shape)
+            return cache.write(length, tf.zeros(tf.stack([count, *element_shape[1:]])))
+
+        def row_step(row, vertical_caches, contributions, codes):
+            def column_step(column, horizontal_caches, row_codes):
+                horizontal_caches, features = list(horizontal_caches), None
+                for index, layer in enumerate(self.layers):
+                    taps = horizontal_caches[index].gather(self.horizontal_taps(layer, column))
+                    preactivations = _convolution_at(
+                        layer.horizontal, tap_kernels[layer.name], tf.transpose(taps, (1, 0, 2))
+                    )
+                    preactivations += contributions[index][:, column]
+                    update = _convolution_at(
+                        layer.residual,
+                        tap_kernels[layer.name + "_residual"],
+                        gated_activation(preactivations)[:, None],
+                    )
+                    features = update if layer.first else features + update
+                    if index + 1 < len(self.layers):
+                        horizontal_caches[index + 1] = horizontal_caches[index + 1].write(
+                            column, features
+                        )
+                logits = _convolution_at(
+                    self.head, tap_kernels["logits"], self.final_activation(features)[:, None]
+                )
+                drawn = choose_codes(row * size + column, logits)
+                horizontal_caches[0] = horizontal_caches[0].write(column, self.code_features(drawn))
+                return column + 1, horizontal_caches, row_codes.write(column, drawn)
+
+            _, horizontal_caches, row_codes = tf.while_loop(
+                lambda column, *_: column < size,
+                column_step,
+                (
+                    tf.constant(0),
+                    [empty_cache(size, (None, width)) for width in channels],
+                    tf.TensorArray(tf.int32, size=size, element_shape=(None,)),
+                ),
+            )
+            row_features = horizontal_caches[0].gather(tf.range(size))  # [w, N, C]
+            vertical_caches = list(vertical_caches)
+            vertical_caches[0] = vertical_caches[0].write(
+                row, tf.transpose(row_features, (1, 0, 2))
+            )
+            vertical_caches, contributions = self.vertical_row(row, vertical_caches)
+            return row + 1, vertical_caches, contributions, codes.write(row, row_codes.stack())
+
+        first_row = [
+            self.contribution(layer, tf.zeros(tf.stack([count, 1, size, 2 * layer.filters])))
+            for layer in self.layers
+        ]
+        _, _, _, codes = tf.while_loop(
+            lambda row, *_: row < size,
+            row_step,
+            (
+                tf.constant(0),
+                [empty_cache(size, (None, size, width)) for width in channels],
+                first_row,
+                tf.TensorArray(tf.int32, size=size, element_shape=(None, None)),
+            ),
+        )
+        return tf.transpose(codes.stack(), (2, 0, 1))  # [h, w, N] -> [N, h, w]
+
+
+RASTER_SCANS = {"masked": _RasterScan, "gated": _GatedRasterScan}
+
+
+def raster_scan(pixelcnn: PixelCNN):
+    """The cached raster scan of `pixelcnn`'s architecture."""
+    return RASTER_SCANS[pixelcnn.hyperparameters.pixelcnn_architecture](pixelcnn)
+
+
+def filter_logits(logits, top_k, top_p):
+    """Logits [N, K] with every code outside the kept set at -inf.
+
+    Top-k (`top_k` k > 0) keeps the k most likely codes; nucleus sampling (Holtzman et al.
+    2019, "The Curious Case of Neural Text Degeneration", `top_p` p < 1) then keeps the
+    smallest set of most likely codes whose probability reaches p: code r in descending order
+    is kept while sum_{r' < r} p_r' < p, so the most likely is always kept. Codes tied with the
+    last kept one are kept too. With k = 0 and p = 1 the logits are returned unsorted.
+    """
+
+    def filtered():
+        descending = tf.sort(logits, axis=-1, direction="DESCENDING")
+        k = tf.where(top_k > 0, top_k, tf.shape(logits)[-1])
+        kth = descending[:, k - 1 : k]
+        descending = tf.where(descending >= kth, descending, -np.inf)
+        before = tf.cumsum(tf.nn.softmax(descending), axis=-1, exclusive=True)
+        nucleus = tf.reduce_min(tf.where(before < top_p, descending, np.inf), -1, keepdims=True)
+        return tf.where(logits >= tf.maximum(kth, nucleus), logits, -np.inf)
+
+    return tf.cond((top_k > 0) | (top_p < 1.0), filtered, lambda: logits)
+
+
 class _CodeMapSampler:
     """Raster-order ancestral sampling from one PixelCNN, compiled once.
 
-    One `tf.function` runs `_RasterScan` over the h*h positions: at position (i, j) it draws
-    k(i, j) ~ Categorical(softmax(logits(i, j) / T)) for every map, from the codes drawn so far.
-    The draws come from a `keras.random.SeedGenerator` reset to the caller's seed at the start
-    of each call.
+    One `tf.function` runs the model's `raster_scan` over the h*h positions: at position (i, j)
+    it draws k(i, j) ~ Categorical(softmax(filter_logits(logits(i, j) / T))) for every map,
+    from the codes drawn so far. Temperature, top-k and top-p are tensors: one trace serves
+    every setting. The draws come from a `keras.random.SeedGenerator` reset to the caller's
+    seed at the start of each call.
     """
 
     def __init__(self, pixelcnn: PixelCNN):
@@ -156,35 +333,47 @@ class _CodeMapSampler:
                 tf.TensorSpec((), tf.int32),
                 tf.TensorSpec((), tf.float32),
                 tf.TensorSpec((), tf.int32),
+                tf.TensorSpec((), tf.int32),
+                tf.TensorSpec((), tf.float32),
             ),
         )
 
-    def _sample(self, count, temperature, seed):
+    def _sample(self, count, temperature, seed, top_k, top_p):
         state = self._seed_generator.state
         state.assign(tf.cast(tf.stack([seed, 0]), state.dtype))
 
         def draw(position, logits):
-            return keras.random.categorical(
-                logits / temperature, 1, dtype="int32", seed=self._seed_generator
-            )[:, 0]
+            logits = filter_logits(logits / temperature, top_k, top_p)
+            return keras.random.categorical(logits, 1, dtype="int32", seed=self._seed_generator)[
+                :, 0
+            ]
 
-        return _RasterScan(self._pixelcnn())(count, draw)
+        return raster_scan(self._pixelcnn())(count, draw)
 
 
 _SAMPLERS: weakref.WeakKeyDictionary[PixelCNN, _CodeMapSampler] = weakref.WeakKeyDictionary()
 
 
 def sample_code_maps(
-    pixelcnn: PixelCNN, count: int, temperature: float = 1.0, seed: int | None = None
+    pixelcnn: PixelCNN,
+    count: int,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> np.ndarray:
     """Draw `count` code maps [count, h, h] int32 from the prior, in raster order.
 
-    `temperature` T > 0 divides the logits (T < 1 sharper, T > 1 flatter). The same `seed`
-    gives the same maps; `seed=None` draws one from Python's `random` (seeded by
-    `keras.utils.set_random_seed`). The compiled sampler is cached per model.
+    `temperature` T > 0 divides the logits (T < 1 sharper, T > 1 flatter). `top_k` keeps only
+    the k most likely codes at each position, `top_p` only the nucleus of probability p
+    (`filter_logits`); None turns either off. The same `seed` gives the same maps;
+    `seed=None` draws one from Python's `random` (seeded by `keras.utils.set_random_seed`).
+    The compiled sampler is cached per model.
     """
     check_sample_count(count)
     check_temperature(temperature)
+    check_top_k(top_k, pixelcnn.num_embeddings)
+    check_top_p(top_p)
     if seed is None:
         seed = random.randrange(2**31)
     if pixelcnn not in _SAMPLERS:
@@ -193,6 +382,8 @@ def sample_code_maps(
         tf.constant(int(count), tf.int32),
         tf.constant(float(temperature), tf.float32),
         tf.constant(int(seed) % 2**31, tf.int32),
+        tf.constant(0 if top_k is None else int(top_k), tf.int32),
+        tf.constant(1.0 if top_p is None else float(top_p), tf.float32),
     )
     return code_maps.numpy()
 
