@@ -117,14 +117,19 @@ def gated_dilation_cycle(code_map_size: int, kernel_size: int) -> int:
     return cycle
 
 
-# The fields that shape the models' weights: a saved model must agree with its run on these.
-ARCHITECTURE_FIELDS = (
+# The fields that shape each stage's weights: a saved model must agree with its run on these.
+VQVAE_ARCHITECTURE_FIELDS = (
     "image_size",
     "encoder_filters",
     "downsample_stages",
     "residual_blocks",
     "num_embeddings",
     "latent_dim",
+)
+PRIOR_ARCHITECTURE_FIELDS = (
+    "image_size",
+    "downsample_stages",
+    "num_embeddings",
     "pixelcnn_filters",
     "pixelcnn_first_kernel",
     "pixelcnn_residual_blocks",
@@ -132,6 +137,14 @@ ARCHITECTURE_FIELDS = (
     "pixelcnn_architecture",
     "pixelcnn_gated_layers",
     "pixelcnn_gated_kernel",
+)
+ARCHITECTURE_FIELDS = tuple(dict.fromkeys(VQVAE_ARCHITECTURE_FIELDS + PRIOR_ARCHITECTURE_FIELDS))
+# The fields of the prior stage alone: retraining a run's prior (`train.py --stage pixelcnn`)
+# may change these and keep its VQ-VAE.
+PRIOR_FIELDS = (
+    *(name for name in PRIOR_ARCHITECTURE_FIELDS if name.startswith("pixelcnn_")),
+    "learning_rate_pixelcnn",
+    "epochs_pixelcnn",
 )
 
 

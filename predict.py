@@ -1,12 +1,15 @@
 """New brain slices from a trained run's PixelCNN prior, and how well its VQ-VAE reconstructs.
 
-    python predict.py --run DIR [--num 16] [--temperature 1.0] [--seed 0] [--out DIR]
+    python predict.py --run DIR [--num 16] [--temperature 1.0] [--top-k K] [--top-p P]
+                      [--seed 0] [--out DIR]
     python predict.py --run DIR --reconstruct [--data PATH] [--split test] [--num 8]
     python predict.py --run DIR --input FILE [--num 8]
 
-Sampling draws `num` code maps from the PixelCNN in raster order (logits divided by
-`temperature`: below 1 sharper, above 1 more varied) and decodes each with the VQ-VAE decoder
-(brain_vqvae/generation.py). The output folder (default RUN/samples) holds
+Sampling draws `num` code maps from the PixelCNN in raster order and decodes each with the
+VQ-VAE decoder (brain_vqvae/generation.py). At each position the logits are divided by
+`temperature` (below 1 sharper, above 1 more varied), then only the `top-k` most likely codes,
+or the smallest set of most likely codes whose probability reaches `top-p` (nucleus sampling),
+are kept; the same `--seed` draws the same slices. The output folder (default RUN/samples) holds
 
     sample_000.png ...    each slice as an 8-bit greyscale PNG, S x S
     samples.png           all of them in one grid
@@ -49,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"slices to generate ({DEFAULT_SAMPLES}) or reconstruct ({DEFAULT_RECONSTRUCTIONS})",
     )
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--top-k", type=int, help="draw only among the K most likely codes")
+    parser.add_argument(
+        "--top-p", type=float, help="draw only among the most likely codes of probability P"
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--data", help="with --reconstruct: dataset (default: the run's)")
     parser.add_argument("--split", choices=SPLITS, help="with --reconstruct: split (test)")
@@ -80,7 +87,15 @@ def run_prediction(arguments: argparse.Namespace) -> list[Path]:
     run = load_run(arguments.run, prior="required" if generating else "skip")
     out = prepare_output_folder(default_output_folder(arguments), arguments.overwrite)
     if generating:
-        return write_samples(run, out, num, arguments.temperature, arguments.seed)
+        return write_samples(
+            run,
+            out,
+            num,
+            arguments.temperature,
+            arguments.seed,
+            arguments.top_k,
+            arguments.top_p,
+        )
     if arguments.reconstruct:
         slices = load_run_data(run, arguments.data)
         split = arguments.split or "test"

@@ -21,7 +21,11 @@ from pathlib import Path
 from brain_vqvae.data import DataError
 from brain_vqvae.runs import STAGES, RunError
 from brain_vqvae.training import STRATEGIES, resolve_hyperparameters, train_run
-from hyperparameters import add_hyperparameter_arguments, hyperparameters_from_arguments
+from hyperparameters import (
+    PRIOR_FIELDS,
+    add_hyperparameter_arguments,
+    hyperparameters_from_arguments,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEMO_DATA_DIR = PROJECT_DIR / "data" / "demo"
@@ -66,13 +70,21 @@ def run_training(arguments: argparse.Namespace, verbose: int | str = "auto") -> 
     """Everything `python train.py` does; returns the metrics written to metrics.json."""
     source = data_path(arguments)
     out = Path(arguments.out or PROJECT_DIR / "runs" / f"{source.name}-{arguments.preset}")
-    requested = hyperparameters_from_arguments(arguments)
-    given = {name for name, value in vars(arguments).items() if value is not None}
-    keep_saved = arguments.resume or arguments.stage == "pixelcnn"
+    hyperparameters = hyperparameters_from_arguments(arguments)
+    if arguments.resume or arguments.stage == "pixelcnn":
+        # A resumed run keeps its configuration; retraining the prior of a run keeps its
+        # VQ-VAE's, and may change the prior's.
+        changeable = ("epochs_vqvae", "epochs_pixelcnn")
+        if arguments.stage == "pixelcnn" and not arguments.resume:
+            changeable = PRIOR_FIELDS
+        given = {name for name, value in vars(arguments).items() if value is not None}
+        hyperparameters = resolve_hyperparameters(
+            hyperparameters, given & set(hyperparameters.to_dict()), out, changeable
+        )
     return train_run(
         source,
         out,
-        resolve_hyperparameters(requested, given & set(requested.to_dict()), out, keep_saved),
+        hyperparameters,
         stages=STAGES if arguments.stage == "all" else (arguments.stage,),
         resume=arguments.resume,
         overwrite=arguments.overwrite,

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import modules
 from bench.common import (
     add_common_arguments,
     describe_machine,
@@ -30,8 +31,6 @@ from bench.common import (
     print_table,
     write_json,
 )
-
-import modules
 from hyperparameters import Hyperparameters, preset
 
 ARCHITECTURES = ("masked", "gated")

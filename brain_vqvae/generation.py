@@ -37,11 +37,19 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def sample_slices(
-    run: Run, count: int, temperature: float = 1.0, seed: int | None = 0
+    run: Run,
+    count: int,
+    temperature: float = 1.0,
+    seed: int | None = 0,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw `count` code maps from the run's prior and decode them: (count, h, w) int32 code
-    maps and (count, S, S) uint8 slices. `sample_code_maps` checks `count` and `temperature`."""
-    code_maps = sample_code_maps(run.pixelcnn, count, temperature=temperature, seed=seed)
+    maps and (count, S, S) uint8 slices. `temperature`, `top_k` and `top_p` shape each draw
+    (`sample_code_maps`, which checks them); the same `seed` gives the same slices."""
+    code_maps = sample_code_maps(
+        run.pixelcnn, count, temperature=temperature, seed=seed, top_k=top_k, top_p=top_p
+    )
     decoded = decode_code_maps(
         run.vqvae, code_maps, batch_size=run.hyperparameters.inference_batch_size
     )
@@ -66,11 +74,17 @@ def slices_to_nifti(slices: np.ndarray) -> nibabel.Nifti1Image:
 
 
 def write_samples(
-    run: Run, out: Path, count: int, temperature: float, seed: int | None
+    run: Run,
+    out: Path,
+    count: int,
+    temperature: float,
+    seed: int | None,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> list[Path]:
-    """Sample, then write sample_NNN.png, samples.png and samples.nii.gz into `out` (which
-    must exist); returns the paths written."""
-    _, slices = sample_slices(run, count, temperature, seed)
+    """Sample (`sample_slices`), then write sample_NNN.png, samples.png and samples.nii.gz into
+    `out` (which must exist); returns the paths written."""
+    _, slices = sample_slices(run, count, temperature, seed, top_k, top_p)
     for stale in out.glob("sample_*.png"):
         stale.unlink()
     written = []
@@ -78,7 +92,10 @@ def write_samples(
         path = out / SAMPLE_PATTERN.format(index)
         Image.fromarray(image, mode="L").save(path)
         written.append(path)
-    title = f"{run.name}: {count} PixelCNN samples, temperature {temperature:g}, seed {seed}"
+    controls = "".join(
+        f", {name} {value:g}" for name, value in (("top-k", top_k), ("top-p", top_p)) if value
+    )
+    title = f"{run.name}: {count} samples, temperature {temperature:g}{controls}, seed {seed}"
     written.append(
         plotting.save_figure(plotting.plot_sample_grid(slices, title), out / "samples.png")
     )

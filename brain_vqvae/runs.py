@@ -27,7 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brain_vqvae.data import BrainSlices, load_slices
-from hyperparameters import ARCHITECTURE_FIELDS, Hyperparameters
+from hyperparameters import (
+    PRIOR_ARCHITECTURE_FIELDS,
+    VQVAE_ARCHITECTURE_FIELDS,
+    Hyperparameters,
+)
 
 STAGES = ("vqvae", "pixelcnn")
 
@@ -168,12 +172,19 @@ def load_run(path: str | Path, prior: str = "required") -> Run:
     return Run(folder, hyperparameters, models["vqvae"], models.get("pixelcnn"))
 
 
+STAGE_ARCHITECTURE_FIELDS = {
+    "vqvae": VQVAE_ARCHITECTURE_FIELDS,
+    "pixelcnn": PRIOR_ARCHITECTURE_FIELDS,
+}
+
+
 def _check_models_fit(folder: RunFolder, hyperparameters: Hyperparameters, models: dict) -> None:
-    """Each model was built with the architecture hyperparameters.json describes."""
+    """Each model was built with the architecture hyperparameters.json describes for it (a
+    prior retrained with other settings keeps the run's VQ-VAE)."""
     for stage, model in models.items():
         differing = [
             name
-            for name in ARCHITECTURE_FIELDS
+            for name in STAGE_ARCHITECTURE_FIELDS[stage]
             if getattr(model.hyperparameters, name) != getattr(hyperparameters, name)
         ]
         if differing:

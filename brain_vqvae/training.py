@@ -111,28 +111,27 @@ def _check_writable(path: Path) -> None:
 
 
 def resolve_hyperparameters(
-    requested: Hyperparameters, given: set[str], run_path: Path, keep_saved: bool
+    requested: Hyperparameters, given: set[str], run_path: Path, changeable: tuple[str, ...]
 ) -> Hyperparameters:
-    """The configuration to train with: `requested` (a preset with the command line's fields
-    applied), or, when `keep_saved` (resuming, or training the prior of an existing run) and
-    the run has one, the run's own, with only the epoch counts allowed to change. `given`
-    names the fields the user set explicitly; one that contradicts the saved run is an error."""
+    """The configuration to continue an existing run with: its own hyperparameters.json with
+    the `changeable` fields that the user set explicitly (`given`) taken from `requested` (a
+    preset with the command line's fields applied); `requested` itself when the run has no
+    configuration yet. Any other given field that contradicts the saved run is an error."""
     saved_path = run_path / "hyperparameters.json"
-    if not keep_saved or not saved_path.exists():
+    if not saved_path.exists():
         return requested
     saved = Hyperparameters.load(saved_path)
-    epoch_fields = {"epochs_vqvae", "epochs_pixelcnn"}
     conflicting = sorted(
         name
         for name in given
-        if name not in epoch_fields and getattr(requested, name) != getattr(saved, name)
+        if name not in changeable and getattr(requested, name) != getattr(saved, name)
     )
     if conflicting:
         raise RunError(
-            f"{saved_path} was trained with other values of {', '.join(conflicting)}; "
-            "a resumed run keeps its configuration (only epoch counts may change)"
+            f"{saved_path} was trained with other values of {', '.join(conflicting)}; a resumed "
+            f"run keeps its configuration (only {', '.join(changeable)} may change)"
         )
-    return saved.replace(**{name: getattr(requested, name) for name in epoch_fields & given})
+    return saved.replace(**{name: getattr(requested, name) for name in set(changeable) & given})
 
 
 # Callbacks ---------------------------------------------------------------------------------

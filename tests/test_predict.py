@@ -231,3 +231,14 @@ def test_dataset_flags_only_go_with_reconstruct(tiny_run):
     with pytest.raises(SystemExit) as exit_info:
         run_predict("--run", tiny_run[0], "--split", "train")
     assert exit_info.value.code == 2
+
+
+def test_top_k_of_one_draws_the_same_greedy_slices_whatever_the_seed(tiny_run, tmp_path, capsys):
+    outs = [tmp_path / "seed1", tmp_path / "seed2"]
+    for seed, out in zip((1, 2), outs, strict=True):
+        argv = ("--run", tiny_run[0], "--num", 3, "--top-k", 1, "--seed", seed, "--out", out)
+        assert run_predict(*argv) == 0
+    first, second = (nibabel.load(out / "samples.nii.gz").get_fdata() for out in outs)
+    np.testing.assert_array_equal(first, second)
+    assert run_predict("--run", tiny_run[0], "--top-p", 1.5, "--out", tmp_path / "bad") == 2
+    assert "top_p" in capsys.readouterr().err

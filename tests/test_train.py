@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import keras
 import numpy as np
@@ -15,6 +16,7 @@ from conftest import tiny_arguments
 import modules
 import train
 from brain_vqvae import training
+from brain_vqvae.runs import load_run
 from hyperparameters import Hyperparameters
 
 
@@ -162,3 +164,20 @@ def test_pixel_variance_is_on_the_unit_scale(tiny_png_tree):
     expected = np.var(train_split.images.astype(np.float64) / 255.0)
     assert training.pixel_variance(train_split) == pytest.approx(expected, rel=1e-9)
     assert training.pixel_variance(train_split) < 1.0
+
+
+def test_retraining_the_prior_may_change_the_prior_and_keeps_the_vqvae(
+    tiny_run, tiny_hyperparameters, tiny_png_tree, tmp_path
+):
+    out = shutil.copytree(tiny_run[0], tmp_path / "run")
+    vqvae_before = (out / "vqvae.keras").read_bytes()
+    masked = tiny_hyperparameters.replace(pixelcnn_architecture="masked", epochs_pixelcnn=1)
+    argv = ("--stage", "pixelcnn", "--overwrite")
+    train.run_training(tiny_arguments(masked, tiny_png_tree, out, *argv), verbose=0)
+    run = load_run(out)
+    assert run.hyperparameters.pixelcnn_architecture == "masked"
+    assert run.pixelcnn.hyperparameters.pixelcnn_architecture == "masked"
+    assert (out / "vqvae.keras").read_bytes() == vqvae_before
+    with pytest.raises(training.RunError, match=r"num_embeddings.*only pixelcnn_"):
+        changed = masked.replace(num_embeddings=4)
+        train.run_training(tiny_arguments(changed, tiny_png_tree, out, *argv), verbose=0)
