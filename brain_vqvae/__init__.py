@@ -6,8 +6,8 @@ of the package first sets TensorFlow's environment, once, before TensorFlow star
 - TF_CPP_MIN_LOG_LEVEL=2 keeps TensorFlow's C++ info and warning logs off the console;
 - TF_ENABLE_ONEDNN_OPTS=1 turns oneDNN's CPU kernels on. On Linux TensorFlow enables them by
   default only on CPUs with VNNI, AVX512_BF16 or AMX (tensorflow/core/util/port.cc); on plain
-  AVX2 CPUs they still halve a VQ-VAE training step (bench/throughput.py). Set it to 0 to turn
-  them off.
+  AVX2 CPUs they still make a VQ-VAE training step much faster (bench/throughput.py,
+  BENCHMARKS.md). Set it to 0 to turn them off.
 
 A value the user has already set is kept. TensorFlow's shared libraries also print start-up
 notices that no setting turns off ("All log messages before absl::InitializeLog() ...", the

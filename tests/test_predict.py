@@ -10,7 +10,7 @@ import nibabel
 import numpy as np
 import pytest
 from conftest import brain_like_slice
-from fixtures import synthetic_head, write_nifti
+from fixtures import synthetic_head, write_nifti, write_oriented
 from PIL import Image
 
 import predict
@@ -242,3 +242,18 @@ def test_top_k_of_one_draws_the_same_greedy_slices_whatever_the_seed(tiny_run, t
     np.testing.assert_array_equal(first, second)
     assert run_predict("--run", tiny_run[0], "--top-p", 1.5, "--out", tmp_path / "bad") == 2
     assert "top_p" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["head_lps.nii.gz", "head_pil.nii", "head_lia.mgz"])
+def test_a_marker_on_the_subjects_left_stays_on_the_left_from_volume_to_nifti(tmp_path, name):
+    """Volume (any voxel order) -> upright slices -> the NIfTI stack predict.py writes: the
+    marker the head carries in its anterior-left quarter is still left (x < 0) and anterior
+    (y > 0) in the written volume's world coordinates."""
+    axcodes = name.split("_")[1].split(".")[0].upper()
+    volume = write_oriented(tmp_path / name, synthetic_head((40, 48, 36)), axcodes)
+    images, _ = generation.input_slices(volume, 32, num=5)
+    written = generation.slices_to_nifti(generation.to_uint8(images))
+    data = np.asarray(written.dataobj)
+    marker = np.argwhere(data >= data.max() - 5)
+    world = nibabel.affines.apply_affine(written.affine, marker)
+    assert (world[:, 0] < 0).all() and (world[:, 1] > 0).all()
