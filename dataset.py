@@ -25,30 +25,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from brain_vqvae.data import (
-    SPLITS,
-    BrainSlices,
-    DataError,
-    SliceSet,
-    code_map_dataset,
-    load_slices,
-    load_volume_slices,
-    make_tf_dataset,
-)
+from brain_vqvae import data
+from brain_vqvae.data import *  # noqa: F403  (the data API, re-exported)
+from brain_vqvae.data import load_slices
 from brain_vqvae.data.summary import print_summary, summarise
 from hyperparameters import Hyperparameters
 
-__all__ = [
-    "SPLITS",
-    "BrainSlices",
-    "DataError",
-    "SliceSet",
-    "code_map_dataset",
-    "load_slices",
-    "load_volume_slices",
-    "main",
-    "make_tf_dataset",
-]
+__all__ = [*data.__all__, "main"]
 
 _DEFAULTS = Hyperparameters()
 

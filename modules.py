@@ -74,44 +74,8 @@ class for `keras.saving.load_model`: `VectorQuantizer`, `VQVAE`, `build_vqvae`,
 `structural_similarity`.
 """
 
+from brain_vqvae import model
 from brain_vqvae.metrics import structural_similarity
-from brain_vqvae.model import (
-    PIXELCNN_METRICS,
-    SERIALIZATION_PACKAGE,
-    VQVAE,
-    VQVAE_METRICS,
-    GatedLayer,
-    MaskedConv2D,
-    PixelCNN,
-    VectorQuantizer,
-    build_decoder,
-    build_encoder,
-    build_pixelcnn,
-    build_vqvae,
-    causal_mask,
-    decode_code_maps,
-    encode_code_maps,
-    kmeans,
-    sample_code_maps,
-)
+from brain_vqvae.model import *  # noqa: F403  (the model's public API, re-exported)
 
-__all__ = [
-    "PIXELCNN_METRICS",
-    "SERIALIZATION_PACKAGE",
-    "VQVAE",
-    "VQVAE_METRICS",
-    "GatedLayer",
-    "MaskedConv2D",
-    "PixelCNN",
-    "VectorQuantizer",
-    "build_decoder",
-    "build_encoder",
-    "build_pixelcnn",
-    "build_vqvae",
-    "causal_mask",
-    "decode_code_maps",
-    "encode_code_maps",
-    "kmeans",
-    "sample_code_maps",
-    "structural_similarity",
-]
+__all__ = [*model.__all__, "structural_similarity"]

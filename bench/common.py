@@ -171,6 +171,14 @@ def describe_machine(machine: dict) -> str:
     )
 
 
+def announce_machine() -> dict:
+    """`machine_summary()`, printed with whether oneDNN is on in this process."""
+    machine = machine_summary()
+    onednn = "on" if machine["onednn_in_this_process"] else "off"
+    print(f"{describe_machine(machine)}; oneDNN {onednn}")
+    return machine
+
+
 # ---------------------------------------------------------------------- numbers out
 
 

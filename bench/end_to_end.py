@@ -30,10 +30,9 @@ from pathlib import Path
 from bench.common import (
     QUICK_SCALE,
     add_common_arguments,
+    announce_machine,
     build_oasis_tree,
     default_tree,
-    describe_machine,
-    machine_summary,
     print_table,
     split_sizes,
     write_json,
@@ -133,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     scale = QUICK_SCALE if arguments.quick else 1.0
     tree = build_oasis_tree(arguments.tree or default_tree(scale), scale)
-    machine = machine_summary()
-    print(
-        describe_machine(machine)
-        + f"; oneDNN {'on' if machine['onednn_in_this_process'] else 'off'}"
-    )
+    machine = announce_machine()
     print(f"tree {tree}: {split_sizes(scale)}")
     with tempfile.TemporaryDirectory(prefix="brain-vqvae-end-to-end-") as scratch:
         seconds = run_pipeline(tree, Path(scratch))

@@ -24,9 +24,8 @@ import numpy as np
 import modules
 from bench.common import (
     add_common_arguments,
-    describe_machine,
+    announce_machine,
     interleaved_rounds,
-    machine_summary,
     median,
     median_speedup,
     print_table,
@@ -101,11 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if arguments.quick:
         arguments.codes, arguments.repeats = [64], 2
-    machine = machine_summary()
-    print(
-        describe_machine(machine)
-        + f"; oneDNN {'on' if machine['onednn_in_this_process'] else 'off'}"
-    )
+    machine = announce_machine()
     keras.utils.set_random_seed(arguments.seed)
     rows = []
     for codes in arguments.codes:

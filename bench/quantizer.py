@@ -30,9 +30,8 @@ import numpy as np
 import modules
 from bench.common import (
     add_common_arguments,
-    describe_machine,
+    announce_machine,
     interleaved_rounds,
-    machine_summary,
     median,
     median_speedup,
     print_table,
@@ -140,11 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if arguments.quick:
         arguments.codes, arguments.repeats = [16, 256], 3
-    machine = machine_summary()
-    print(
-        describe_machine(machine)
-        + f"; oneDNN {'on' if machine['onednn_in_this_process'] else 'off'}"
-    )
+    machine = announce_machine()
     rows = []
     for codes in arguments.codes:
         rows += compare(codes, arguments.repeats, arguments.seed)

@@ -30,9 +30,8 @@ import numpy as np
 import modules
 from bench.common import (
     add_common_arguments,
-    describe_machine,
+    announce_machine,
     interleaved_rounds,
-    machine_summary,
     median,
     median_speedup,
     print_table,
@@ -129,11 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if arguments.quick:
         arguments.counts, arguments.repeats = [16], 2
-    machine = machine_summary()
-    print(
-        describe_machine(machine)
-        + f"; oneDNN {'on' if machine['onednn_in_this_process'] else 'off'}"
-    )
+    machine = announce_machine()
     keras.utils.set_random_seed(arguments.seed)
     hyperparameters = preset("card")
     pixelcnn = modules.build_pixelcnn(hyperparameters)
