@@ -96,6 +96,12 @@ class RunFolder:
         state[stage] = {**state.get(stage, {}), **values}
         write_atomically(self.state, json.dumps(state, indent=2))
 
+    def forget_stage(self, stage: str) -> None:
+        """Drop `stage` from the state, as when its files are replaced by a new training."""
+        state = self.read_state()
+        if state.pop(stage, None) is not None:
+            write_atomically(self.state, json.dumps(state, indent=2))
+
     def read_metrics(self) -> dict:
         """The run's metrics.json, or {} before the run has finished."""
         return json.loads(self.metrics.read_text()) if self.metrics.exists() else {}

@@ -85,6 +85,9 @@ def prepare_run_folder(
                 file.unlink(missing_ok=True)
             if "vqvae" in stages:
                 shutil.rmtree(run.checkpoints, ignore_errors=True)
+            else:  # the prior's best loss and epoch count go with its files
+                for stage in stages:
+                    run.forget_stage(stage)
     if resume and not run.hyperparameters.exists():
         raise RunError(f"{path}: nothing to resume (no hyperparameters.json)")
     try:
