@@ -58,6 +58,12 @@ it, mask B only what comes after it, so the logits at (i, j) depend on earlier c
 position's features once and caches them (`_RasterScan`); `decode_code_maps` turns them into
 slices.
 
+The baseline, a Gaussian VAE (Kingma and Welling 2014, `brain_vqvae.model.vae`), keeps the
+encoder and decoder and replaces the quantizer by a diagonal Gaussian posterior over the same
+[8, 8, 16] map, q(z | x) = N(mu(z_e), sigma^2(z_e)), decoded from z = mu + sigma eps; it is
+trained on L_rec plus a weighted KL divergence to N(0, I), and new slices are decoded from
+z ~ N(0, I) with no learned prior (`python train.py --model vae`).
+
 Where it lives (the package `brain_vqvae`): `brain_vqvae.metrics` (SSIM, PSNR and the code
 metrics), `brain_vqvae.model.quantizer` (`VectorQuantizer`, k-means), `.vqvae` (encoder,
 decoder, `VQVAE`), `.prior` (`MaskedConv2D`, `PixelCNN`), `.sampler` (sampling, encoding and
@@ -65,21 +71,24 @@ decoding code maps) and `.distribute` (the tf.distribute helpers). This module r
 public API, so `import modules` also registers every model class for `keras.saving.load_model`:
 `VectorQuantizer`, `VQVAE`, `build_vqvae`, `build_encoder`, `build_decoder`, `MaskedConv2D`,
 `PixelCNN`, `build_pixelcnn`, `causal_mask`, `kmeans`, `encode_code_maps`, `decode_code_maps`,
-`sample_code_maps`, `structural_similarity`.
+`sample_code_maps`, `structural_similarity`, and the baseline's `GaussianVAE`, `build_vae`.
 """
 
 from brain_vqvae.metrics import structural_similarity
 from brain_vqvae.model import (
     PIXELCNN_METRICS,
     SERIALIZATION_PACKAGE,
+    VAE_METRICS,
     VQVAE,
     VQVAE_METRICS,
+    GaussianVAE,
     MaskedConv2D,
     PixelCNN,
     VectorQuantizer,
     build_decoder,
     build_encoder,
     build_pixelcnn,
+    build_vae,
     build_vqvae,
     causal_mask,
     decode_code_maps,
@@ -91,14 +100,17 @@ from brain_vqvae.model import (
 __all__ = [
     "PIXELCNN_METRICS",
     "SERIALIZATION_PACKAGE",
+    "VAE_METRICS",
     "VQVAE",
     "VQVAE_METRICS",
+    "GaussianVAE",
     "MaskedConv2D",
     "PixelCNN",
     "VectorQuantizer",
     "build_decoder",
     "build_encoder",
     "build_pixelcnn",
+    "build_vae",
     "build_vqvae",
     "causal_mask",
     "decode_code_maps",

@@ -1,10 +1,12 @@
-"""New slices from a run's prior, and slices passed through its VQ-VAE.
+"""New slices from a run's prior, and slices passed through its VQ-VAE (or its VAE).
 
 Sampling draws code maps z ~ p(z) = prod_i p(z_i | z_<i) from the PixelCNN in raster order and
-decodes each with the VQ-VAE decoder into a slice x = D(e_z). Reconstruction encodes slices to
-code maps and decodes them again. Slices follow the project's convention (README, "Data"):
-anterior at the top and the subject's left on the image's left, so a stack of them is written
-as a NIfTI volume whose voxel axes run to the subject's right, anterior and superior (RAS+).
+decodes each with the VQ-VAE decoder into a slice x = D(e_z); a VAE run (the Gaussian baseline)
+draws latent maps z ~ N(0, T^2 I) and decodes them, x = D(z). Reconstruction encodes slices to
+code maps (a VAE: to their posterior means) and decodes them again. Slices follow the
+project's convention (README, "Data"): anterior at the top and the subject's left on the image's
+left, so a stack of them is written as a NIfTI volume whose voxel axes run to the subject's
+right, anterior and superior (RAS+).
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from PIL import Image
 from brain_vqvae import plotting
 from brain_vqvae.data import BrainSlices, DataError, load_file_slices
 from brain_vqvae.metrics import ssim_per_slice
-from brain_vqvae.model import decode_code_maps, encode_code_maps, sample_code_maps
+from brain_vqvae.model import (
+    decode_code_maps,
+    decode_latent_maps,
+    encode_code_maps,
+    sample_code_maps,
+)
 from brain_vqvae.runs import Run
 
 SAMPLE_PATTERN = "sample_{:03d}.png"
@@ -39,12 +46,17 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 def sample_slices(
     run: Run, count: int, temperature: float = 1.0, seed: int | None = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw `count` code maps from the run's prior and decode them: (count, h, w) int32 code
-    maps and (count, S, S) uint8 slices. `sample_code_maps` checks `count` and `temperature`."""
+    """Draw `count` latent maps from the run's prior and decode them: the maps and (count, S, S)
+    uint8 slices. A VQ-VAE run draws (count, h, w) int32 code maps from its PixelCNN, its logits
+    divided by `temperature`; a VAE run draws (count, h, w, latent_dim) float32 maps from
+    N(0, T^2 I), `temperature` T scaling the prior's standard deviation
+    (`GaussianVAE.prior_latents`). Both check `count` and `temperature`."""
+    batch_size = run.hyperparameters.inference_batch_size
+    if run.kind == "vae":
+        latents = run.autoencoder.prior_latents(count, temperature, seed)
+        return latents, to_uint8(decode_latent_maps(run.autoencoder, latents, batch_size))
     code_maps = sample_code_maps(run.pixelcnn, count, temperature=temperature, seed=seed)
-    decoded = decode_code_maps(
-        run.vqvae, code_maps, batch_size=run.hyperparameters.inference_batch_size
-    )
+    decoded = decode_code_maps(run.vqvae, code_maps, batch_size=batch_size)
     return code_maps, to_uint8(decoded)
 
 
@@ -78,7 +90,8 @@ def write_samples(
         path = out / SAMPLE_PATTERN.format(index)
         Image.fromarray(image, mode="L").save(path)
         written.append(path)
-    title = f"{run.name}: {count} PixelCNN samples, temperature {temperature:g}, seed {seed}"
+    prior = "N(0, I)" if run.kind == "vae" else "PixelCNN"
+    title = f"{run.name}: {count} {prior} samples, temperature {temperature:g}, seed {seed}"
     written.append(
         plotting.save_figure(plotting.plot_sample_grid(slices, title), out / "samples.png")
     )
@@ -91,20 +104,25 @@ def write_samples(
 
 @dataclass(frozen=True)
 class Reconstructions:
-    """Slices passed through the VQ-VAE, all aligned on the first axis (N)."""
+    """Slices passed through the run's autoencoder, all aligned on the first axis (N)."""
 
     originals: np.ndarray  # (N, S, S, 1) float32 in [0, 1]
     reconstructions: np.ndarray  # (N, S, S, 1) float32 in [0, 1]
-    code_maps: np.ndarray  # (N, h, w) int32
+    code_maps: np.ndarray | None  # (N, h, w) int32; None for a VAE run, which has no codes
     ssim: np.ndarray  # (N,) float64
     labels: list[str]  # what each slice is, e.g. "subject 441, slice 12"
 
 
 def reconstruct(run: Run, images: np.ndarray, labels: list[str]) -> Reconstructions:
-    """Encode (N, S, S, 1) images in [0, 1] to code maps and decode them again."""
+    """Encode (N, S, S, 1) images in [0, 1] to code maps and decode them again; a VAE run
+    decodes their posterior means."""
     batch_size = run.hyperparameters.inference_batch_size
-    code_maps = encode_code_maps(run.vqvae, images, batch_size=batch_size)
-    reconstructions = decode_code_maps(run.vqvae, code_maps, batch_size=batch_size)
+    if run.kind == "vae":
+        code_maps = None
+        reconstructions = run.autoencoder.predict(images, batch_size=batch_size, verbose=0)
+    else:
+        code_maps = encode_code_maps(run.vqvae, images, batch_size=batch_size)
+        reconstructions = decode_code_maps(run.vqvae, code_maps, batch_size=batch_size)
     return Reconstructions(
         originals=images,
         reconstructions=reconstructions,
