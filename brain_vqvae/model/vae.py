@@ -59,10 +59,15 @@ class GaussianVAE(Autoencoder):
     `decode(latents)` maps [N, h, h, latent_dim] to images clipped to [0, 1]; `sample(count,
     seed, temperature)` decodes `prior_latents`. `fit` and `evaluate` report the epoch means of
     loss, reconstruction_loss, kl_loss (the weighted KL's mean per latent element, unweighted),
-    and ssim and psnr of the clipped reconstructions. Training decodes z = mu + sigma * eps, with
-    eps drawn statelessly from (seed, optimizer step, replica), so a run is reproducible and a
-    resumed run draws what it would have drawn; validation (`test_step`) decodes mu, as `call`
-    does, so the best checkpoint is chosen on the reconstructions the run is scored on. Replica
+    and ssim and psnr of the clipped reconstructions. `train_step` and `test_step` decode
+    z = mu + sigma * eps, a one-sample estimate of the loss, with eps drawn statelessly from
+    (seed, optimizer step, replica), so a run is reproducible, a resumed run draws what it would
+    have drawn and a validation pass is deterministic; their ssim and psnr are those of the
+    sampled reconstructions. `call` (and so the reported test scores and `ValidationSSIM`)
+    decodes mu. The two differ: the decoder's first layer rectifies the unit-variance noise of
+    the latent elements the posterior leaves at the prior, which it learns to expect, so D(mu) is
+    not the typical D(z); early in training it scores well below it. Validating on D(mu) would
+    choose the best checkpoint on that gap rather than on the loss being minimised. Replica
     weighting under `tf.distribute` is `VQVAE`'s (`Autoencoder`).
     """
 
@@ -84,7 +89,7 @@ class GaussianVAE(Autoencoder):
         return (size, size, self.hyperparameters.latent_dim)
 
     def call(self, images, training=False):
-        return ops.clip(self._forward(images, training=False)["reconstructions"], 0.0, 1.0)
+        return self.decode(self.posterior(images)[0])
 
     def posterior(self, images, training=False):
         """q(z | x): [N, S, S, 1] in [0, 1] -> mu and log sigma^2, each [N, h, h, latent_dim]."""
@@ -113,17 +118,16 @@ class GaussianVAE(Autoencoder):
         return decode_latent_maps(self, latents, self.hyperparameters.inference_batch_size)
 
     def _forward(self, images, training: bool) -> dict:
+        """The loss's forward pass: z = mu + sigma * eps, eps drawn from (seed, step, replica)."""
         mean, log_variance = self.posterior(images, training=training)
-        latents = mean
-        if training:
-            context = tf.distribute.get_replica_context()
-            replica = 0 if context is None else context.replica_id_in_sync_group
-            step = ops.cast(self.optimizer.iterations, "int32")
-            seed = tf.random.experimental.stateless_fold_in(
-                tf.stack([self.hyperparameters.seed, step]), replica
-            )
-            noise = tf.random.stateless_normal(ops.shape(mean), seed=seed)
-            latents = mean + ops.exp(0.5 * log_variance) * noise
+        context = tf.distribute.get_replica_context()
+        replica = 0 if context is None else context.replica_id_in_sync_group
+        step = ops.cast(self.optimizer.iterations, "int32")
+        seed = tf.random.experimental.stateless_fold_in(
+            tf.stack([self.hyperparameters.seed, step]), replica
+        )
+        noise = tf.random.stateless_normal(ops.shape(mean), seed=seed)
+        latents = mean + ops.exp(0.5 * log_variance) * noise
         reconstructions = apply_to_rows(self.decoder, latents, training=training)
         return {"mean": mean, "log_variance": log_variance, "reconstructions": reconstructions}
 
