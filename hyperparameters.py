@@ -173,7 +173,7 @@ class Hyperparameters:
     # divergence averaged over the latent map's h * h * latent_dim elements, against the
     # reconstruction loss: larger, blurrier reconstructions and samples closer to the data.
     model: str = "vqvae"
-    vae_kl_weight: float = 0.1
+    vae_kl_weight: float = 0.01
 
     # Evaluation and reproducibility. `inference_batch_size` is the batch size of encoding,
     # decoding, evaluation and prediction: no gradients are kept there, so it can be larger
