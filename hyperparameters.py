@@ -30,6 +30,7 @@ import numpy as np
 RECONSTRUCTION_LOSSES = ("mse", "ssim_l1")
 PIXELCNN_ARCHITECTURES = ("masked", "gated")
 LEARNING_RATE_SCHEDULES = ("constant", "cosine")
+MODELS = ("vqvae", "vae")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,6 +120,7 @@ def gated_dilation_cycle(code_map_size: int, kernel_size: int) -> int:
 
 # The fields that shape each stage's weights: a saved model must agree with its run on these.
 VQVAE_ARCHITECTURE_FIELDS = (
+    "model",
     "image_size",
     "encoder_filters",
     "downsample_stages",
@@ -220,6 +222,15 @@ class Hyperparameters:
     epochs_pixelcnn: int = 30
     early_stopping_patience: int = 10
 
+    # Model. "vqvae": the VQ-VAE and its PixelCNN prior, in two stages. "vae": the classical
+    # baseline, a Gaussian VAE with the same encoder and decoder whose latent map is sampled
+    # from N(0, I) (`brain_vqvae.model.GaussianVAE`); it is one stage, trained with
+    # `epochs_vqvae` and `learning_rate_vqvae`. `vae_kl_weight` weighs its KL term, the KL
+    # divergence averaged over the latent map's h * h * latent_dim elements, against the
+    # reconstruction loss: larger, blurrier reconstructions and samples closer to the data.
+    model: str = "vqvae"
+    vae_kl_weight: float = 0.01
+
     # Evaluation and reproducibility. `inference_batch_size` is the batch size of encoding,
     # decoding, evaluation and prediction: no gradients are kept there, so it can be larger
     # than the training `batch_size` (2 for the hifi preset). It does not shape any weights.
@@ -307,6 +318,10 @@ class Hyperparameters:
         for name in ("learning_rate_vqvae", "learning_rate_pixelcnn"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        if not self.vae_kl_weight > 0:
+            raise ValueError(f"vae_kl_weight must be positive, got {self.vae_kl_weight}")
         if not 0.0 < self.ssim_target <= 1.0:
             raise ValueError(f"ssim_target must be in range (0, 1], got {self.ssim_target}")
 

@@ -50,6 +50,7 @@ def run_latent(arguments: argparse.Namespace) -> dict:
         if getattr(arguments, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     run = load_run(arguments.run, prior="skip")
+    vqvae = run.vqvae  # a VAE run has no codes to map: RunError, saying so
     hyperparameters = run.hyperparameters
     out = prepare_output_folder(
         Path(arguments.out) if arguments.out else run.folder.path / "latent", arguments.overwrite
@@ -65,7 +66,7 @@ def run_latent(arguments: argparse.Namespace) -> dict:
     )
     methods = METHODS if arguments.method == "both" else (arguments.method,)
     return analyse(
-        run.vqvae,
+        vqvae,
         hyperparameters,
         table,
         out,

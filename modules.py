@@ -63,15 +63,19 @@ position in one compiled loop that computes each position's features once and ca
 (`_RasterScan`, `_GatedRasterScan`), with temperature, top-k and nucleus (top-p) sampling;
 `decode_code_maps` turns them into slices.
 
+The baseline, a Gaussian VAE (Kingma and Welling 2014, `brain_vqvae.model.vae`), keeps the
+encoder and decoder and replaces the quantizer by a diagonal Gaussian posterior over the same
+[8, 8, 16] map, q(z | x) = N(mu(z_e), sigma^2(z_e)), decoded from z = mu + sigma eps; it is
+trained on L_rec plus a weighted KL divergence to N(0, I), and new slices are decoded from
+z ~ N(0, I) with no learned prior (`python train.py --model vae`).
+
 Where it lives (the package `brain_vqvae`): `brain_vqvae.metrics` (SSIM, PSNR and the code
 metrics), `brain_vqvae.model.quantizer` (`VectorQuantizer`, k-means), `.vqvae` (encoder,
 decoder, `VQVAE`), `.prior` (`MaskedConv2D`, `PixelCNN`), `.gated_prior` (`GatedLayer`),
-`.sampler` (sampling, encoding and decoding code maps) and `.distribute` (the tf.distribute
-helpers). This module re-exports the public API, so `import modules` also registers every model
-class for `keras.saving.load_model`: `VectorQuantizer`, `VQVAE`, `build_vqvae`,
-`build_encoder`, `build_decoder`, `MaskedConv2D`, `GatedLayer`, `PixelCNN`, `build_pixelcnn`,
-`causal_mask`, `kmeans`, `encode_code_maps`, `decode_code_maps`, `sample_code_maps`,
-`structural_similarity`.
+`.sampler` (sampling, encoding and decoding code maps), `.vae` (the baseline's `GaussianVAE`)
+and `.distribute` (the tf.distribute helpers). This module re-exports the public API of
+`brain_vqvae.model` and `structural_similarity`, so `import modules` also registers every model
+class for `keras.saving.load_model`.
 """
 
 from brain_vqvae import model

@@ -1,12 +1,14 @@
 """Train the two-stage model: a VQ-VAE on brain slices, then a PixelCNN prior on its code maps.
 
-    python train.py [--data PATH] [--out runs/NAME] [--stage all|vqvae|pixelcnn]
+    python train.py [--data PATH] [--out runs/NAME] [--stage all|vqvae|pixelcnn|vae]
                     [--resume] [--overwrite] [--tensorboard] [--preset card|hifi] [--FIELD VALUE]
                     [--strategy default|mirrored|multiworker]
 
 Without --data it trains on the synthetic demo dataset in data/demo, building it first if it is
 missing. Stage 1 fits the VQ-VAE to the training split, stage 2 the PixelCNN to the training
-split's code maps; the test split is then scored once (brain_vqvae/training.py). Every file of
+split's code maps; the test split is then scored once (brain_vqvae/training.py). `--model vae`
+trains the classical baseline instead, a Gaussian VAE with the same encoder and decoder, in one
+stage ("vae"): it samples N(0, I) and has no prior to train. Every file of
 the run folder is written atomically, so a run killed at any moment keeps its last good
 checkpoint, and `--resume` continues from it. `--strategy` trains on every local GPU or on a
 cluster (README, "Multiple devices and clusters").
@@ -36,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data", help="dataset path, any format dataset.py reads (default: the demo dataset)"
     )
-    parser.add_argument("--out", help="run folder (default runs/<data>-<preset>)")
+    parser.add_argument(
+        "--out", help="run folder (default runs/<data>-<preset>, runs/<data>-<preset>-vae)"
+    )
     parser.add_argument("--stage", choices=("all", *STAGES), default="all")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
@@ -69,8 +73,9 @@ def data_path(arguments: argparse.Namespace) -> Path:
 def run_training(arguments: argparse.Namespace, verbose: int | str = "auto") -> dict:
     """Everything `python train.py` does; returns the metrics written to metrics.json."""
     source = data_path(arguments)
-    out = Path(arguments.out or PROJECT_DIR / "runs" / f"{source.name}-{arguments.preset}")
     hyperparameters = hyperparameters_from_arguments(arguments)
+    suffix = "-vae" if hyperparameters.model == "vae" else ""
+    out = Path(arguments.out or PROJECT_DIR / "runs" / f"{source.name}-{arguments.preset}{suffix}")
     if arguments.resume or arguments.stage == "pixelcnn":
         # A resumed run keeps its configuration; retraining the prior of a run keeps its
         # VQ-VAE's, and may change the prior's.
@@ -85,7 +90,7 @@ def run_training(arguments: argparse.Namespace, verbose: int | str = "auto") -> 
         source,
         out,
         hyperparameters,
-        stages=STAGES if arguments.stage == "all" else (arguments.stage,),
+        stages=None if arguments.stage == "all" else (arguments.stage,),
         resume=arguments.resume,
         overwrite=arguments.overwrite,
         strategy_name=arguments.strategy,
@@ -103,11 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     except (RunError, DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    latent = (
+        f"KL {metrics['kl_loss']:.4f} nats per latent element"
+        if "kl_loss" in metrics
+        else f"codes used {metrics['codes_used']:.0%}"
+    )
     print(
         f"test SSIM mean {metrics['ssim_mean']:.3f} (median {metrics['ssim_median']:.3f}; "
         f"{metrics['fraction_above_target']:.0%} of {metrics['slices']} slices >= "
         f"{metrics['ssim_target']}), PSNR {metrics['psnr_mean']:.1f} dB, "
-        f"MAE {metrics['mae_mean']:.4f}, codes used {metrics['codes_used']:.0%}"
+        f"MAE {metrics['mae_mean']:.4f}, {latent}"
     )
     if "prior_bits_per_code" in metrics:
         print(

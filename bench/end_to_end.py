@@ -7,7 +7,7 @@ The stages are those of `python train.py` (train.run_training), each timed on it
 seconds, on the OASIS-sized tree (`common.build_oasis_tree`: 9,664 / 1,120 / 544 slices) and
 the card preset, in a temporary run folder:
   load          `load_slices` into an empty cache (a first run; later runs read the cache)
-  VQ-VAE        `train.train_vqvae` for ONE epoch: tf.data pipeline, training, validation,
+  VQ-VAE        `train.train_autoencoder` for ONE epoch: tf.data pipeline, training, validation,
                 the validation-SSIM callback, checkpoints, reloading the best model
   encode        `train.encode_split` of the train and validate splits (code maps)
   PixelCNN      `train.train_pixelcnn` for ONE epoch
@@ -40,8 +40,8 @@ from bench.common import (
 from brain_vqvae.data import load_slices
 from brain_vqvae.evaluation import run_test_metrics
 from brain_vqvae.model import sample_code_maps
-from brain_vqvae.runs import STAGES
-from brain_vqvae.training import encode_split, prepare_run_folder, train_pixelcnn, train_vqvae
+from brain_vqvae.runs import MODEL_STAGES
+from brain_vqvae.training import encode_split, prepare_run_folder, train_autoencoder, train_pixelcnn
 from hyperparameters import preset
 
 SAMPLES = 64
@@ -65,12 +65,12 @@ def run_pipeline(tree: Path, scratch: Path) -> dict[str, float]:
     """Every stage once, one epoch per training stage; {stage: seconds}."""
     hyperparameters = preset("card").replace(epochs_vqvae=1, epochs_pixelcnn=1)
     clock = StageClock()
-    run = prepare_run_folder(scratch / "run", STAGES, resume=False, overwrite=False)
+    run = prepare_run_folder(scratch / "run", MODEL_STAGES["vqvae"], resume=False, overwrite=False)
     data = clock.run("load", load_slices, tree, image_size=128, cache_dir=scratch / "cache")
     splits, batch = data.splits, hyperparameters.inference_batch_size
     vqvae = clock.run(
         "VQ-VAE",
-        train_vqvae,
+        train_autoencoder,
         hyperparameters,
         run,
         splits["train"],

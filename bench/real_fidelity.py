@@ -12,10 +12,10 @@ once when folds * H equals the number of subjects; the default 3 x 2 for six vol
 `--fold F` runs fold F alone (1-based), so that folds can run in separate processes.
 
 In each fold the preset's VQ-VAE (with any `--FIELD VALUE` overrides, as in train.py) is trained
-from scratch by the project's own `training.train_vqvae`, with all its callbacks, into a temporary
-run folder. It sees the slices of the remaining subjects except every tenth slice of each of
-them (slice positions 5, 15, 25, ...), which is the validation set driving early stopping and
-the choice of the best epoch. The validation set is taken from the training people rather than
+from scratch by the project's own `training.train_autoencoder`, with all its callbacks, into a
+temporary run folder. It sees the slices of the remaining subjects except every tenth slice of
+each of them (slice positions 5, 15, 25, ...), which is the validation set driving early stopping
+and the choice of the best epoch. The validation set is taken from the training people rather than
 being one whole training person because a fold has very few people (four of six by default):
 giving one up would cost a quarter of the anatomical variety the model learns from, while the
 question of generalising to new people is answered by the held-out subjects anyway. The price
@@ -47,7 +47,7 @@ import numpy as np
 from brain_vqvae.data import DataError, SliceSet
 from brain_vqvae.evaluation import SliceScores, score_model
 from brain_vqvae.runs import RunError, load_training_data
-from brain_vqvae.training import prepare_run_folder, train_vqvae
+from brain_vqvae.training import prepare_run_folder, train_autoencoder
 from hyperparameters import (
     Hyperparameters,
     add_hyperparameter_arguments,
@@ -101,7 +101,7 @@ def run_fold(
     run = prepare_run_folder(work, ("vqvae",), resume=False, overwrite=False)
     hyperparameters.save(run.hyperparameters)
     keras.utils.set_random_seed(hyperparameters.seed)
-    vqvae = train_vqvae(
+    vqvae = train_autoencoder(
         hyperparameters, run, subset(slices, training), subset(slices, validating), False, verbose=2
     )
     trained_at = time.perf_counter()

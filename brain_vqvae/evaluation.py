@@ -9,8 +9,10 @@ samples (how close each comes to a training slice), and by the realism measures 
 each beside its real-vs-real floor: Fréchet distance and precision/recall in the features of
 the run's domain network (`feature_network`, trained on the run's training split the first time
 it is needed and saved in the run folder), classifier two-sample tests, diversity, implausible
-samples. `run_test_metrics` is what training writes to metrics.json; `evaluate_run` is what
-`python similarity.py` reports, with its figures.
+samples. A VAE run (the Gaussian baseline) has no codes and no learned prior: its samples,
+decoded from N(0, I), are judged by novelty and the realism measures, and its posterior by its
+KL divergence to N(0, I). `run_test_metrics` is what training writes to metrics.json;
+`evaluate_run` is what `python similarity.py` reports, with its figures.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from brain_vqvae.metrics import (
     ssim_per_slice,
     usage_statistics,
 )
-from brain_vqvae.model import decode_code_maps, encode_code_maps, sample_code_maps
+from brain_vqvae.model import decode_code_maps, encode_code_maps, posterior_kl, sample_code_maps
 from brain_vqvae.runs import Run, RunError, load_run, load_run_data, save_model_atomically
 from hyperparameters import Hyperparameters
 
@@ -79,14 +81,18 @@ def score_reconstructions(originals: np.ndarray, reconstructions: np.ndarray) ->
     )
 
 
-def reconstruct_images(vqvae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """The VQ-VAE's reconstructions (N, S, S, 1) in [0, 1] (the model clips) of `images`."""
-    return np.asarray(vqvae.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
+def reconstruct_images(autoencoder, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The VQ-VAE's (or VAE's) reconstructions (N, S, S, 1) in [0, 1] (the model clips) of
+    `images`."""
+    return np.asarray(
+        autoencoder.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32
+    )
 
 
-def score_model(vqvae, images: np.ndarray, batch_size: int = 64) -> SliceScores:
-    """Reconstruct `images` (N, S, S, 1) in [0, 1] with `vqvae` and score every slice."""
-    return score_reconstructions(images, reconstruct_images(vqvae, images, batch_size))
+def score_model(autoencoder, images: np.ndarray, batch_size: int = 64) -> SliceScores:
+    """Reconstruct `images` (N, S, S, 1) in [0, 1] with `autoencoder` (a VQ-VAE or VAE) and
+    score every slice."""
+    return score_reconstructions(images, reconstruct_images(autoencoder, images, batch_size))
 
 
 def prior_bits_per_code(pixelcnn, code_maps: np.ndarray, batch_size: int = 64) -> float:
@@ -111,20 +117,25 @@ def codebook_use(code_maps: np.ndarray, num_embeddings: int) -> dict[str, float]
 
 def run_test_metrics(
     hyperparameters: Hyperparameters,
-    vqvae,
+    autoencoder,
     pixelcnn,
     images: np.ndarray,
-    code_maps: np.ndarray,
+    code_maps: np.ndarray | None = None,
 ) -> dict:
     """The run's headline numbers on the test split (metrics.json): reconstruction scores of
-    `images` (N, S, S, 1), codebook use of their `code_maps` (N, h, w) and, with a prior, its
-    bits per code against the uniform prior's log2 K."""
+    `images` (N, S, S, 1) by the `autoencoder`; for a VQ-VAE the codebook use of their
+    `code_maps` (N, h, w) and, with a prior, its bits per code against the uniform prior's
+    log2 K; for a VAE (no codes, no `pixelcnn`) "kl_loss", the mean KL divergence of their
+    posteriors to N(0, I) in nats per latent element (`kl_divergence`)."""
     batch_size = hyperparameters.inference_batch_size
     metrics = {
         "split": "test",
-        **score_model(vqvae, images, batch_size).summary(hyperparameters.ssim_target),
-        **codebook_use(code_maps, hyperparameters.num_embeddings),
+        **score_model(autoencoder, images, batch_size).summary(hyperparameters.ssim_target),
     }
+    if hyperparameters.model == "vae":
+        metrics["kl_loss"] = float(np.mean(posterior_kl(autoencoder, images, batch_size)))
+        return metrics
+    metrics |= codebook_use(code_maps, hyperparameters.num_embeddings)
     if pixelcnn is not None:
         metrics["prior_bits_per_code"] = prior_bits_per_code(pixelcnn, code_maps, batch_size)
         metrics["uniform_bits_per_code"] = float(np.log2(hyperparameters.num_embeddings))
@@ -250,12 +261,12 @@ def evaluate_run(
     out: Path | None = None,
     cache_dir: Path | None = None,
 ) -> dict:
-    """Score a trained run's reconstructions of `split` and its prior's samples (`samples` of
-    them; default as many as the split has slices, at least `MIN_SAMPLES`, so that the realism
-    measures compare sets of the same size); write the figures into `out` (default
-    `run_dir/similarity_<split>`) and return the numbers."""
+    """Score a trained run's reconstructions of `split` and its samples (`samples` of them,
+    from its prior, or from N(0, I) for a VAE run; default as many as the split has slices, at
+    least `MIN_SAMPLES`, so that the realism measures compare sets of the same size); write the
+    figures into `out` (default `run_dir/similarity_<split>`) and return the numbers."""
     run = load_run(run_dir, prior="optional")
-    hyperparameters, vqvae, pixelcnn = run.hyperparameters, run.vqvae, run.pixelcnn
+    hyperparameters, autoencoder, pixelcnn = run.hyperparameters, run.autoencoder, run.pixelcnn
     slices = load_run_data(run, data, cache_dir=cache_dir)
     chosen = slices.splits.get(split)
     if chosen is None or len(chosen) == 0:
@@ -265,7 +276,7 @@ def evaluate_run(
 
     batch_size = hyperparameters.inference_batch_size
     images = chosen.float_images()
-    reconstructions = reconstruct_images(vqvae, images, batch_size)
+    reconstructions = reconstruct_images(autoencoder, images, batch_size)
     scores = score_reconstructions(images, reconstructions)
     target = hyperparameters.ssim_target
     report = {"run": str(run.folder.path), "data": str(slices.source), "split": split}
@@ -280,27 +291,32 @@ def evaluate_run(
             images, reconstructions, scores.ssim, labels, out / "worst_slices.png"
         ),
     ]
-    history = run.folder.history("vqvae")
+    history = run.folder.history(run.kind)
     if history.exists():
         figures.append(plotting.plot_ssim_history(history, target, out / "ssim_per_epoch.png"))
 
-    if pixelcnn is not None:
-        real_codes = encode_code_maps(vqvae, images, batch_size=batch_size)
+    generated = None
+    samples = samples or max(MIN_SAMPLES, len(chosen))
+    if run.kind == "vae":
+        report["kl_loss"] = float(np.mean(posterior_kl(autoencoder, images, batch_size)))
+        generated = autoencoder.sample(samples, seed=seed)
+    elif pixelcnn is not None:
+        real_codes = encode_code_maps(autoencoder, images, batch_size=batch_size)
         report["prior_bits_per_code"] = prior_bits_per_code(pixelcnn, real_codes, batch_size)
         report["uniform_bits_per_code"] = float(np.log2(hyperparameters.num_embeddings))
-        samples = samples or max(MIN_SAMPLES, len(chosen))
         sampled_codes = sample_code_maps(pixelcnn, samples, seed=seed)
-        generated = decode_code_maps(vqvae, sampled_codes, batch_size=batch_size)
-        novelty = novelty_ssim(generated, slices.splits["train"].float_images())
+        generated = decode_code_maps(autoencoder, sampled_codes, batch_size=batch_size)
         real_usage = code_usage(real_codes, hyperparameters.num_embeddings)
         sampled_usage = code_usage(sampled_codes, hyperparameters.num_embeddings)
+        report["code_usage_total_variation"] = float(0.5 * np.abs(real_usage - sampled_usage).sum())
+        figures.append(plotting.plot_code_usage(real_usage, sampled_usage, out / "code_usage.png"))
+    if generated is not None:
+        novelty = novelty_ssim(generated, slices.splits["train"].float_images())
         report |= {
             "samples": samples,
             "novelty_ssim_mean": float(novelty.mean()),
             "novelty_ssim_max": float(novelty.max()),
-            "code_usage_total_variation": float(0.5 * np.abs(real_usage - sampled_usage).sum()),
         }
-        figures.append(plotting.plot_code_usage(real_usage, sampled_usage, out / "code_usage.png"))
         halves = subject_halves(chosen)
         smallest = min(len(half) for half in halves)
         if smallest < MIN_REALISM_SLICES:
@@ -329,16 +345,22 @@ def format_report(report: dict) -> str:
         ("PSNR mean (dB)", f"{report['psnr_mean']:.2f}"),
         ("MAE mean", f"{report['mae_mean']:.4f}"),
     ]
+    if "kl_loss" in report:
+        rows.append(("KL to N(0, I) (nats/element)", f"{report['kl_loss']:.4f}"))
     if "prior_bits_per_code" in report:
-        rows += [
+        rows.append(
             (
                 "prior NLL (bits/code)",
                 f"{report['prior_bits_per_code']:.3f} "
                 f"(uniform {report['uniform_bits_per_code']:.3f})",
-            ),
+            )
+        )
+    if "samples" in report:
+        rows += [
             ("novelty (max SSIM to train), mean", f"{report['novelty_ssim_mean']:.4f}"),
-            ("code usage total variation", f"{report['code_usage_total_variation']:.4f}"),
         ]
+    if "code_usage_total_variation" in report:
+        rows.append(("code usage total variation", f"{report['code_usage_total_variation']:.4f}"))
     width = max(len(name) for name, _ in rows)
     title = f"{report['run']} on the {report['split']} split of {report['data']}"
     lines = [title, *(f"  {name:<{width}}  {value}" for name, value in rows)]

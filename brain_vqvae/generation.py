@@ -1,10 +1,12 @@
-"""New slices from a run's prior, and slices passed through its VQ-VAE.
+"""New slices from a run's prior, and slices passed through its VQ-VAE (or its VAE).
 
 Sampling draws code maps z ~ p(z) = prod_i p(z_i | z_<i) from the PixelCNN in raster order and
-decodes each with the VQ-VAE decoder into a slice x = D(e_z). Reconstruction encodes slices to
-code maps and decodes them again. Slices follow the project's convention (README, "Data"):
-anterior at the top and the subject's left on the image's left, so a stack of them is written
-as a NIfTI volume whose voxel axes run to the subject's right, anterior and superior (RAS+).
+decodes each with the VQ-VAE decoder into a slice x = D(e_z); a VAE run (the Gaussian baseline)
+draws latent maps z ~ N(0, T^2 I) and decodes them, x = D(z). Reconstruction encodes slices to
+code maps (a VAE: to their posterior means) and decodes them again. Slices follow the
+project's convention (README, "Data"): anterior at the top and the subject's left on the image's
+left, so a stack of them is written as a NIfTI volume whose voxel axes run to the subject's
+right, anterior and superior (RAS+).
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from PIL import Image
 from brain_vqvae import plotting
 from brain_vqvae.data import BrainSlices, DataError, load_file_slices
 from brain_vqvae.metrics import ssim_per_slice
-from brain_vqvae.model import decode_code_maps, encode_code_maps, sample_code_maps
+from brain_vqvae.model import (
+    decode_code_maps,
+    decode_latent_maps,
+    encode_code_maps,
+    sample_code_maps,
+)
 from brain_vqvae.runs import Run
 
 SAMPLE_PATTERN = "sample_{:03d}.png"
@@ -44,15 +51,25 @@ def sample_slices(
     top_k: int | None = None,
     top_p: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw `count` code maps from the run's prior and decode them: (count, h, w) int32 code
-    maps and (count, S, S) uint8 slices. `temperature`, `top_k` and `top_p` shape each draw
-    (`sample_code_maps`, which checks them); the same `seed` gives the same slices."""
+    """Draw `count` latent maps from the run's prior and decode them: the maps and (count, S, S)
+    uint8 slices. A VQ-VAE run draws (count, h, w) int32 code maps from its PixelCNN, its logits
+    divided by `temperature` and cut to the `top_k` most likely codes or the nucleus of
+    probability `top_p` (`sample_code_maps`, which checks them); a VAE run draws
+    (count, h, w, latent_dim) float32 maps from N(0, T^2 I), `temperature` T scaling the prior's
+    standard deviation (`GaussianVAE.prior_latents`), and has no codes to cut. The same `seed`
+    gives the same slices."""
+    batch_size = run.hyperparameters.inference_batch_size
+    if run.kind == "vae":
+        if top_k is not None or top_p is not None:
+            raise ValueError(
+                "top_k and top_p choose among a PixelCNN's codes; a VAE run samples N(0, T^2 I)"
+            )
+        latents = run.autoencoder.prior_latents(count, temperature, seed)
+        return latents, to_uint8(decode_latent_maps(run.autoencoder, latents, batch_size))
     code_maps = sample_code_maps(
         run.pixelcnn, count, temperature=temperature, seed=seed, top_k=top_k, top_p=top_p
     )
-    decoded = decode_code_maps(
-        run.vqvae, code_maps, batch_size=run.hyperparameters.inference_batch_size
-    )
+    decoded = decode_code_maps(run.vqvae, code_maps, batch_size=batch_size)
     return code_maps, to_uint8(decoded)
 
 
@@ -92,10 +109,13 @@ def write_samples(
         path = out / SAMPLE_PATTERN.format(index)
         Image.fromarray(image, mode="L").save(path)
         written.append(path)
+    prior = "N(0, I)" if run.kind == "vae" else "PixelCNN"
     controls = "".join(
         f", {name} {value:g}" for name, value in (("top-k", top_k), ("top-p", top_p)) if value
     )
-    title = f"{run.name}: {count} samples, temperature {temperature:g}{controls}, seed {seed}"
+    title = (
+        f"{run.name}: {count} {prior} samples, temperature {temperature:g}{controls}, seed {seed}"
+    )
     written.append(
         plotting.save_figure(plotting.plot_sample_grid(slices, title), out / "samples.png")
     )
@@ -108,20 +128,25 @@ def write_samples(
 
 @dataclass(frozen=True)
 class Reconstructions:
-    """Slices passed through the VQ-VAE, all aligned on the first axis (N)."""
+    """Slices passed through the run's autoencoder, all aligned on the first axis (N)."""
 
     originals: np.ndarray  # (N, S, S, 1) float32 in [0, 1]
     reconstructions: np.ndarray  # (N, S, S, 1) float32 in [0, 1]
-    code_maps: np.ndarray  # (N, h, w) int32
+    code_maps: np.ndarray | None  # (N, h, w) int32; None for a VAE run, which has no codes
     ssim: np.ndarray  # (N,) float64
     labels: list[str]  # what each slice is, e.g. "subject 441, slice 12"
 
 
 def reconstruct(run: Run, images: np.ndarray, labels: list[str]) -> Reconstructions:
-    """Encode (N, S, S, 1) images in [0, 1] to code maps and decode them again."""
+    """Encode (N, S, S, 1) images in [0, 1] to code maps and decode them again; a VAE run
+    decodes their posterior means."""
     batch_size = run.hyperparameters.inference_batch_size
-    code_maps = encode_code_maps(run.vqvae, images, batch_size=batch_size)
-    reconstructions = decode_code_maps(run.vqvae, code_maps, batch_size=batch_size)
+    if run.kind == "vae":
+        code_maps = None
+        reconstructions = run.autoencoder.predict(images, batch_size=batch_size, verbose=0)
+    else:
+        code_maps = encode_code_maps(run.vqvae, images, batch_size=batch_size)
+        reconstructions = decode_code_maps(run.vqvae, code_maps, batch_size=batch_size)
     return Reconstructions(
         originals=images,
         reconstructions=reconstructions,

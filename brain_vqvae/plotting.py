@@ -15,7 +15,7 @@ from matplotlib import colormaps
 from matplotlib.colors import Colormap, ListedColormap
 from matplotlib.figure import Figure
 
-from brain_vqvae.runs import STAGES, RunFolder
+from brain_vqvae.runs import AUTOENCODER_STAGES, STAGES, RunFolder
 
 DPI = 100
 
@@ -77,8 +77,11 @@ def plot_histories(run: RunFolder, ssim_target: float) -> list[Path]:
         axis.set(title=stage, xlabel="epoch", ylabel="loss", yscale="log")
         axis.legend()
     written = [save_figure(figure, run.path / "loss.png")]
-    if "vqvae" in histories:
-        written.append(plot_ssim_history(run.history("vqvae"), ssim_target, run.path / "ssim.png"))
+    for stage in AUTOENCODER_STAGES:
+        if stage in histories:
+            written.append(
+                plot_ssim_history(run.history(stage), ssim_target, run.path / "ssim.png")
+            )
     return written
 
 
@@ -105,7 +108,7 @@ def plot_sample_grid(slices: np.ndarray, title: str, labels: list[str] | None = 
 def plot_reconstructions(
     originals: np.ndarray,
     reconstructions: np.ndarray,
-    code_maps: np.ndarray,
+    code_maps: np.ndarray | None,
     ssim: np.ndarray,
     labels: list[str],
     num_embeddings: int,
@@ -113,29 +116,35 @@ def plot_reconstructions(
 ) -> Figure:
     """One row per slice: original (N, S, S, 1), reconstruction (titled with its SSIM), code map
     (N, h, w) coloured by code, and |original - reconstruction|; shared colour bars for codes
-    and error."""
+    and error. Without `code_maps` (a VAE run) the code map column is left out."""
     rows = len(ssim)
-    figure = Figure(figsize=(10.5, 2.4 * rows + 0.8), layout="constrained")
-    axes = figure.subplots(rows, 4, squeeze=False)
+    columns = 3 if code_maps is None else 4
+    figure = Figure(figsize=(2.6 * columns + 0.1, 2.4 * rows + 0.8), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
     errors = np.abs(originals - reconstructions)[..., 0]
     error_limit = max(float(errors.max()), 1e-3)
     colours = code_colormap(num_embeddings)
     for row in range(rows):
-        original, reconstruction, code_axis, error_axis = axes[row]
+        original, reconstruction, error_axis = axes[row][0], axes[row][1], axes[row][-1]
         original.imshow(originals[row, ..., 0], cmap="gray", vmin=0, vmax=1)
         original.set_title(f"original: {labels[row]}", fontsize=9)
         reconstruction.imshow(reconstructions[row, ..., 0], cmap="gray", vmin=0, vmax=1)
         reconstruction.set_title(f"reconstruction: SSIM {ssim[row]:.3f}", fontsize=9)
-        codes = code_axis.imshow(code_maps[row], cmap=colours, vmin=-0.5, vmax=num_embeddings - 0.5)
-        code_axis.set_title(f"code map ({code_maps.shape[1]}x{code_maps.shape[2]})", fontsize=9)
+        if code_maps is not None:
+            code_axis = axes[row][2]
+            codes = code_axis.imshow(
+                code_maps[row], cmap=colours, vmin=-0.5, vmax=num_embeddings - 0.5
+            )
+            code_axis.set_title(f"code map ({code_maps.shape[1]}x{code_maps.shape[2]})", fontsize=9)
         error = error_axis.imshow(errors[row], cmap="magma", vmin=0, vmax=error_limit)
         error_axis.set_title(f"|error|: mean {errors[row].mean():.3f}", fontsize=9)
         for axis in axes[row]:
             axis.set_xticks([])
             axis.set_yticks([])
-    code_bar = figure.colorbar(codes, ax=axes[:, 2], label="code", shrink=0.8)
-    code_bar.set_ticks(code_ticks(num_embeddings))
-    figure.colorbar(error, ax=axes[:, 3], label="absolute error", shrink=0.8)
+    if code_maps is not None:
+        code_bar = figure.colorbar(codes, ax=axes[:, 2], label="code", shrink=0.8)
+        code_bar.set_ticks(code_ticks(num_embeddings))
+    figure.colorbar(error, ax=axes[:, -1], label="absolute error", shrink=0.8)
     figure.suptitle(title)
     return figure
 

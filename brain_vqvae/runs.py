@@ -11,6 +11,10 @@ loads a run, its configuration and the data it was trained on.
                                           trained on the training split when first needed
     checkpoints/                          last epoch of each stage and its state, for --resume
 
+A VAE run (`model` "vae", the Gaussian baseline) has one stage, "vae": vae.keras and
+history_vae.csv in place of the two stages' files, and in metrics.json the KL term in place of
+the codebook and prior numbers; its prior is N(0, I), so there is no prior file.
+
 Files are written to a temporary name and renamed over the old one, so a process killed at
 any moment leaves every file either as it was or complete.
 
@@ -33,7 +37,11 @@ from hyperparameters import (
     Hyperparameters,
 )
 
-STAGES = ("vqvae", "pixelcnn")
+# The stages of each model, in training order; the first trains the autoencoder, and a stage's
+# name is its file names' (vqvae.keras, history_vqvae.csv, checkpoints/vqvae_last.keras).
+MODEL_STAGES = {"vqvae": ("vqvae", "pixelcnn"), "vae": ("vae",)}
+STAGES = tuple(stage for stages in MODEL_STAGES.values() for stage in stages)
+AUTOENCODER_STAGES = tuple(stages[0] for stages in MODEL_STAGES.values())
 
 
 class RunError(RuntimeError):
@@ -131,25 +139,43 @@ def copy_run_files(source: RunFolder, target: RunFolder) -> None:
 
 @dataclass(frozen=True)
 class Run:
-    """A trained run: its folder, configuration and models (`pixelcnn` is None when the run
-    has no prior or it was not asked for)."""
+    """A trained run: its folder, configuration and models. `autoencoder` is the `VQVAE` or,
+    for a VAE run, the `GaussianVAE`; `pixelcnn` is None when the run has no learned prior (a
+    VAE run samples N(0, I)) or it was not asked for."""
 
     folder: RunFolder
     hyperparameters: Hyperparameters
-    vqvae: object
+    autoencoder: object
     pixelcnn: object | None
 
     @property
     def name(self) -> str:
         return self.folder.path.name
 
+    @property
+    def kind(self) -> str:
+        """The run's model, "vqvae" or "vae" (`Hyperparameters.model`)."""
+        return self.hyperparameters.model
+
+    @property
+    def vqvae(self):
+        """The VQ-VAE of a VQ-VAE run; a VAE run has none (`RunError`, saying so)."""
+        if self.kind != "vqvae":
+            raise RunError(
+                f"{self.folder.path} is a {self.kind.upper()} run: it has a Gaussian latent map, "
+                "no VQ-VAE codes"
+            )
+        return self.autoencoder
+
 
 def load_run(path: str | Path, prior: str = "required") -> Run:
     """A trained run's configuration and models, checked against each other.
 
     `prior` is "required" (a missing pixelcnn.keras is an error), "optional" (loaded when
-    present) or "skip" (not loaded). A missing folder or file, or a model that does not fit the
-    configuration, raises `RunError` naming it.
+    present) or "skip" (not loaded); a VAE run's prior is N(0, I), so there it is ignored. A
+    missing folder or file, or a model that does not fit the configuration, raises `RunError`
+    naming it. A hyperparameters.json without a `model` key (written before the VAE baseline)
+    is a VQ-VAE run.
     """
     import keras
 
@@ -166,8 +192,9 @@ def load_run(path: str | Path, prior: str = "required") -> Run:
         hyperparameters = Hyperparameters.load(folder.hyperparameters)
     except ValueError as error:
         raise RunError(str(error)) from None
-    stages = ["vqvae"]
-    if prior == "required" or (prior == "optional" and folder.model("pixelcnn").exists()):
+    stages = [hyperparameters.model]
+    wanted = prior == "required" or (prior == "optional" and folder.model("pixelcnn").exists())
+    if hyperparameters.model == "vqvae" and wanted:
         stages.append("pixelcnn")
     models = {}
     for stage in stages:
@@ -175,11 +202,12 @@ def load_run(path: str | Path, prior: str = "required") -> Run:
             raise RunError(f"{folder.path} has no {stage}.keras: train it with train.py first")
         models[stage] = keras.saving.load_model(folder.model(stage))
     _check_models_fit(folder, hyperparameters, models)
-    return Run(folder, hyperparameters, models["vqvae"], models.get("pixelcnn"))
+    return Run(folder, hyperparameters, models[hyperparameters.model], models.get("pixelcnn"))
 
 
 STAGE_ARCHITECTURE_FIELDS = {
     "vqvae": VQVAE_ARCHITECTURE_FIELDS,
+    "vae": VQVAE_ARCHITECTURE_FIELDS,  # the same encoder and decoder
     "pixelcnn": PRIOR_ARCHITECTURE_FIELDS,
 }
 

@@ -1,12 +1,13 @@
 """Training the two stages into a run folder: the VQ-VAE on slices, then the PixelCNN prior on
-their code maps.
+their code maps; or, for the baseline (`model` "vae"), the Gaussian VAE as the one stage.
 
 Stage 1 fits the VQ-VAE to the training split, validating on the validation split. Stage 2
 encodes every training slice to its code map (8x8 for the card) and fits the PixelCNN to them
-with sparse categorical cross-entropy, validating on the validation split's code maps. The test
-split is then scored once (`evaluation.run_test_metrics`). Both stages are one `fit_stage`:
-`model.fit` with early stopping (restoring the best weights), a NaN guard, a CSV history and
-atomic checkpoints, so a run killed at any moment keeps its last good checkpoint and
+with sparse categorical cross-entropy, validating on the validation split's code maps. A VAE run
+fits the `GaussianVAE` as its stage 1, as the VQ-VAE is fitted, and has no stage 2: it samples
+N(0, I). The test split is then scored once (`evaluation.run_test_metrics`). Every stage is one
+`fit_stage`: `model.fit` with early stopping (restoring the best weights), a NaN guard, a CSV
+history and atomic checkpoints, so a run killed at any moment keeps its last good checkpoint and
 `resume=True` continues from it with the optimizer's state and epoch count.
 
 `train_run` is everything `python train.py` does. Training runs in the scope of a
@@ -32,8 +33,10 @@ import tensorflow as tf
 from brain_vqvae import evaluation, plotting
 from brain_vqvae.data import SliceSet, code_map_dataset, make_tf_dataset
 from brain_vqvae.metrics import ssim_per_slice
-from brain_vqvae.model import build_pixelcnn, build_vqvae, encode_code_maps
+from brain_vqvae.model import build_pixelcnn, build_vae, build_vqvae, encode_code_maps
 from brain_vqvae.runs import (
+    AUTOENCODER_STAGES,
+    MODEL_STAGES,
     STAGES,
     RunError,
     RunFolder,
@@ -49,6 +52,10 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 ENCODE_CHUNK = 1024  # slices converted to float32 at a time when encoding a split
 COSINE_FINAL_FRACTION = 0.05  # a cosine schedule ends at this fraction of the learning rate
 VALIDATION_SSIM_SLICES = 512  # validation slices scored per epoch by `ValidationSSIM`
+AUTOENCODER_BUILDERS = {"vqvae": build_vqvae, "vae": build_vae}
+# A stage's epochs and learning rate are the fields epochs_<name> and learning_rate_<name> of
+# its own name, except the VAE's: it is stage 1, as the VQ-VAE is, and shares stage 1's fields.
+STAGE_SETTINGS = {"vae": "vqvae"}
 
 
 # The run folder ----------------------------------------------------------------------------
@@ -60,16 +67,23 @@ def prepare_run_folder(
     """Create or check the run folder before any training, so a mistake costs no time.
 
     A folder that already holds a run is never overwritten: `resume` continues it, `overwrite`
-    replaces the files of the stages being trained (all of it when training both). The folder
-    must be writable and its disk must have room for checkpoints.
+    replaces the files of the stages being trained (all of it when training both), and a new
+    autoencoder also replaces the files of the other model's stages (a VAE over a VQ-VAE run or
+    the other way). The folder must be writable and its disk must have room for checkpoints.
     """
     run = RunFolder(path)
     if resume and overwrite:
         raise RunError("--resume and --overwrite contradict each other: choose one")
     existing = path.exists() and any(path.iterdir())
+    autoencoders = [stage for stage in stages if stage in AUTOENCODER_STAGES]
     if existing and not resume:
         replaced = [run.metrics] + [file for stage in stages for file in run.stage_files(stage)]
-        if "vqvae" not in stages and not run.model("vqvae").exists():
+        if autoencoders:
+            own = MODEL_STAGES[autoencoders[0]]
+            replaced += [
+                file for stage in STAGES if stage not in own for file in run.stage_files(stage)
+            ]
+        if "pixelcnn" in stages and "vqvae" not in stages and not run.model("vqvae").exists():
             raise RunError(f"{path}: --stage pixelcnn needs a trained vqvae.keras in the folder")
         if any(file.exists() for file in replaced) or not run.hyperparameters.exists():
             if not overwrite:
@@ -83,7 +97,7 @@ def prepare_run_folder(
                 )
             for file in replaced:
                 file.unlink(missing_ok=True)
-            if "vqvae" in stages:
+            if autoencoders:
                 shutil.rmtree(run.checkpoints, ignore_errors=True)
             else:  # the prior's best loss and epoch count go with its files
                 for stage in stages:
@@ -303,13 +317,15 @@ def train_stage(
     verbose: int | str = "auto",
     extra_callbacks: tuple[keras.callbacks.Callback, ...] = (),
 ) -> keras.Model:
-    """Train one stage ("vqvae" or "pixelcnn") and return its best model.
+    """Train one stage ("vqvae", "pixelcnn" or "vae") and return its best model.
 
     A finished stage of a resumed run is loaded as it is; an unfinished one continues from its
     last checkpoint; otherwise `build_model()` makes a new model, compiled here with Adam at the
-    stage's learning rate and schedule over its epochs of `examples` training examples.
+    stage's learning rate and schedule over its epochs of `examples` training examples (the
+    fields of `STAGE_SETTINGS`).
     """
-    epochs = getattr(hyperparameters, f"epochs_{stage}")
+    settings = STAGE_SETTINGS.get(stage, stage)
+    epochs = getattr(hyperparameters, f"epochs_{settings}")
     if resume and stage_is_done(run, stage, epochs):
         return keras.saving.load_model(run.model(stage))
     if resume and run.last_checkpoint(stage).exists():
@@ -317,7 +333,7 @@ def train_stage(
     else:
         model = build_model()
         total_steps = epochs * steps_per_epoch(examples, hyperparameters)
-        learning_rate = getattr(hyperparameters, f"learning_rate_{stage}")
+        learning_rate = getattr(hyperparameters, f"learning_rate_{settings}")
         model.compile(
             optimizer=adam(learning_rate, hyperparameters.learning_rate_schedule, total_steps)
         )
@@ -344,7 +360,7 @@ def pixel_variance(slice_set: SliceSet) -> float:
     return float(total_of_squares / count - mean**2)
 
 
-def train_vqvae(
+def train_autoencoder(
     hyperparameters: Hyperparameters,
     run: RunFolder,
     train: SliceSet,
@@ -353,13 +369,15 @@ def train_vqvae(
     tensorboard: bool = False,
     verbose: int | str = "auto",
 ):
-    """Stage 1: fit the VQ-VAE to `train`, validating on `validate` (with the per-slice
-    `ValidationSSIM` each epoch); returns the best model."""
+    """Stage 1: fit the run's autoencoder (`hyperparameters.model`: the VQ-VAE, or the
+    Gaussian VAE) to `train`, validating on `validate` (with the per-slice `ValidationSSIM`
+    each epoch); returns the best model."""
     batch_size = hyperparameters.batch_size
     ssim_images = validate.float_images()[:VALIDATION_SSIM_SLICES]
+    build = AUTOENCODER_BUILDERS[hyperparameters.model]
     return train_stage(
-        "vqvae",
-        lambda: build_vqvae(hyperparameters, data_variance=pixel_variance(train)),
+        hyperparameters.model,
+        lambda: build(hyperparameters, data_variance=pixel_variance(train)),
         hyperparameters,
         run,
         make_tf_dataset(
@@ -476,7 +494,7 @@ def train_run(
     source: Path,
     out: Path,
     hyperparameters: Hyperparameters,
-    stages: tuple[str, ...] = STAGES,
+    stages: tuple[str, ...] | None = None,
     resume: bool = False,
     overwrite: bool = False,
     strategy_name: str = "default",
@@ -485,13 +503,16 @@ def train_run(
     skip_bad: bool = False,
     verbose: int | str = "auto",
 ) -> dict:
-    """Train `stages` of a run on the data at `source` into the folder `out`, score the test
-    split and return the metrics written to metrics.json.
+    """Train `stages` of a run (default: every stage of `hyperparameters.model`, see
+    `MODEL_STAGES`) on the data at `source` into the folder `out`, score the test split and
+    return the metrics written to metrics.json. A stage the model does not have, such as
+    "pixelcnn" for a VAE run, raises `RunError`.
 
     Models are built, loaded and trained in the scope of the strategy `strategy_name`
     (`make_strategy`), with the global batch of `batch_size` images split over its replicas.
     On a cluster every worker runs this in step; only the chief writes `out` (`worker_folder`).
     """
+    stages = check_stages(hyperparameters.model, stages)
     strategy = make_strategy(strategy_name)
     with strategy.scope(), worker_folder(out, strategy) as folder:
         return _train_in_folder(
@@ -547,12 +568,17 @@ def _train_in_folder(
     if empty:
         raise RunError(f"{source}: the {', '.join(empty)} split(s) hold no slices")
 
-    if "vqvae" in stages:
-        vqvae = train_vqvae(
+    if hyperparameters.model in stages:
+        autoencoder = train_autoencoder(
             hyperparameters, run, splits["train"], splits["validate"], resume, tensorboard, verbose
         )
     else:
-        vqvae = keras.saving.load_model(run.model("vqvae"))
+        autoencoder = keras.saving.load_model(run.model(hyperparameters.model))
+    test_images = splits["test"].float_images()
+    if hyperparameters.model == "vae":
+        metrics = evaluation.run_test_metrics(hyperparameters, autoencoder, None, test_images)
+        return _write_metrics(run, source, metrics, hyperparameters)
+    vqvae = autoencoder
     pixelcnn = None
     encode_batch = hyperparameters.inference_batch_size
     if "pixelcnn" in stages:
@@ -569,12 +595,33 @@ def _train_in_folder(
         pixelcnn = keras.saving.load_model(run.model("pixelcnn"))
 
     test_codes = encode_split(vqvae, splits["test"], encode_batch)
-    metrics = {
-        "data": str(source),
-        **evaluation.run_test_metrics(
-            hyperparameters, vqvae, pixelcnn, splits["test"].float_images(), test_codes
-        ),
-    }
+    metrics = evaluation.run_test_metrics(hyperparameters, vqvae, pixelcnn, test_images, test_codes)
+    return _write_metrics(run, source, metrics, hyperparameters)
+
+
+def check_stages(model: str, stages: tuple[str, ...] | None) -> tuple[str, ...]:
+    """`stages`, or every stage of `model` when None; a stage `model` does not have raises
+    `RunError` saying why."""
+    own = MODEL_STAGES[model]
+    if stages is None:
+        return own
+    foreign = [stage for stage in stages if stage not in own]
+    if foreign:
+        reason = (
+            "a VAE run has one stage, vae, and no prior stage: it samples its latent maps "
+            "from N(0, I)"
+            if model == "vae"
+            else f"a {model} run's stages are {', '.join(own)}"
+        )
+        raise RunError(f"--stage {' '.join(foreign)} does not apply: {reason}")
+    return tuple(stages)
+
+
+def _write_metrics(
+    run: RunFolder, source: Path, metrics: dict, hyperparameters: Hyperparameters
+) -> dict:
+    """Write metrics.json (the training data's path, then `metrics`) and the curves."""
+    metrics = {"data": str(source), **metrics}
     write_atomically(run.metrics, json.dumps(metrics, indent=2) + "\n")
     plotting.plot_histories(run, hyperparameters.ssim_target)
     return metrics

@@ -1,6 +1,7 @@
 """The two-stage model: the VQ-VAE (`vqvae`, with its `quantizer`), the PixelCNN prior
 (`prior`), sampling and coding (`sampler`), and the multi-device helpers they share
-(`distribute`). The top-level `modules` gives the maths of both stages.
+(`distribute`); and the classical baseline, a Gaussian VAE with the same encoder and decoder
+(`vae`). The top-level `modules` gives the maths of both stages.
 
 Every class here is registered with Keras under the package "brain_vqvae"
 (`SERIALIZATION_PACKAGE`), so importing this package is enough for `keras.saving.load_model`.
@@ -17,6 +18,14 @@ from brain_vqvae.model.prior import (
 from brain_vqvae.model.quantizer import VectorQuantizer, kmeans
 from brain_vqvae.model.sampler import decode_code_maps, encode_code_maps, sample_code_maps
 from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
+from brain_vqvae.model.vae import (
+    VAE_METRICS,
+    GaussianVAE,
+    build_vae,
+    decode_latent_maps,
+    kl_divergence,
+    posterior_kl,
+)
 from brain_vqvae.model.vqvae import (
     VQVAE,
     VQVAE_METRICS,
@@ -28,19 +37,25 @@ from brain_vqvae.model.vqvae import (
 __all__ = [
     "PIXELCNN_METRICS",
     "SERIALIZATION_PACKAGE",
+    "VAE_METRICS",
     "VQVAE",
     "VQVAE_METRICS",
     "GatedLayer",
+    "GaussianVAE",
     "MaskedConv2D",
     "PixelCNN",
     "VectorQuantizer",
     "build_decoder",
     "build_encoder",
     "build_pixelcnn",
+    "build_vae",
     "build_vqvae",
     "causal_mask",
     "decode_code_maps",
+    "decode_latent_maps",
     "encode_code_maps",
+    "kl_divergence",
     "kmeans",
+    "posterior_kl",
     "sample_code_maps",
 ]

@@ -1,5 +1,6 @@
 """Stage 1 of the model: the encoder, the decoder and the `VQVAE` that joins them through a
-`VectorQuantizer` and trains itself (see `modules` for the maths of both stages).
+`VectorQuantizer` and trains itself (see `modules` for the maths of both stages); `Autoencoder`
+is what it shares with the Gaussian VAE baseline (`brain_vqvae.model.vae`).
 """
 
 from __future__ import annotations
@@ -115,8 +116,102 @@ def _check_data_variance(data_variance: float) -> float:
     return data_variance
 
 
+class Autoencoder(keras.Model):
+    """What the `VQVAE` and the `GaussianVAE` (`brain_vqvae.model.vae`) share: the encoder and
+    decoder built from the same `Hyperparameters`, the reconstruction loss, and a `train_step`
+    and `test_step` that weight each replica's means by its share of the global batch.
+
+    `Autoencoder(hyperparameters, data_variance, metric_names)` takes the plain dict of
+    `Hyperparameters.to_dict()` and the pixel variance of the training images on the [0, 1]
+    scale (used by the "mse" reconstruction loss). A subclass builds its latent part between
+    `self.encoder` and `self.decoder` and defines `_forward(images, training)` -> a dict with
+    "reconstructions" (raw, unclipped), `_loss_terms(images, outputs, step)` -> a dict with
+    "loss" and the other weighted means it reports, and, optionally, `_global_values(outputs)`
+    -> values already global over the replicas.
+    """
+
+    def __init__(self, hyperparameters: dict, data_variance: float, metric_names, **kwargs):
+        super().__init__(**kwargs)
+        self.hyperparameters = Hyperparameters.from_dict(hyperparameters)
+        self.data_variance = _check_data_variance(data_variance)
+        self.encoder = build_encoder(self.hyperparameters)
+        self.decoder = build_decoder(self.hyperparameters)
+        self.trackers = [keras.metrics.Mean(name=name) for name in metric_names]
+
+    @property
+    def metrics(self) -> list:
+        return self.trackers
+
+    def reconstruction_loss(self, images, reconstructions, step=None):
+        """The configured L_rec (scalar) of raw reconstructions; see the `VQVAE` docstring.
+
+        Given `step`, the optimizer's step count t, "ssim_l1" is blended with "mse" over the
+        first T = `mse_warmup_steps` steps: (1 - w) mse + w ssim_l1 with w = min(t / T, 1).
+        """
+        mse = ops.mean(ops.square(images - reconstructions)) / self.data_variance
+        if self.hyperparameters.reconstruction_loss == "mse":
+            return mse
+        ssim = structural_similarity(images, ops.clip(reconstructions, 0.0, 1.0))
+        l1 = ops.mean(ops.abs(images - reconstructions))
+        ssim_l1 = SSIM_LOSS_WEIGHT * (1.0 - ops.mean(ssim)) + (1.0 - SSIM_LOSS_WEIGHT) * l1
+        warmup_steps = self.hyperparameters.mse_warmup_steps
+        if step is None or warmup_steps == 0:
+            return ssim_l1
+        weight = ops.minimum(ops.cast(step, "float32") / warmup_steps, 1.0)
+        return (1.0 - weight) * mse + weight * ssim_l1
+
+    def _global_values(self, outputs: dict) -> dict:
+        """Reported values that are global over the replicas already (none here)."""
+        return {}
+
+    def _record(self, images, outputs: dict, losses: dict, share) -> dict:
+        """Track the step's values over the global batch: each replica's means (`losses`, and
+        the SSIM and PSNR of the clipped reconstructions) weighted by its `share` and summed
+        over the replicas, and the `_global_values` as they are."""
+        clipped = ops.clip(outputs["reconstructions"], 0.0, 1.0)
+        means = {
+            **losses,
+            "ssim": ops.mean(structural_similarity(images, clipped)),
+            "psnr": ops.mean(peak_signal_noise_ratio(images, clipped)),
+        }
+        values = {
+            **{name: replica_sum(weighted_by_share(mean, share)) for name, mean in means.items()},
+            **self._global_values(outputs),
+        }
+        for tracker in self.trackers:
+            tracker.update_state(values[tracker.name])
+        return step_logs({tracker.name: tracker.result() for tracker in self.trackers})
+
+    def train_step(self, data):
+        images = keras.utils.unpack_x_y_sample_weight(data)[0]
+        share = batch_share(images)
+        with tf.GradientTape() as tape:
+            outputs = self._forward(images, training=True)
+            losses = self._loss_terms(images, outputs, step=self.optimizer.iterations)
+            # The optimizer sums the replicas' gradients (Keras' TF backend all-reduces them
+            # with SUM), so each replica differentiates its share of the global-batch mean.
+            replica_loss = weighted_by_share(losses["loss"], share)
+        gradients = tape.gradient(replica_loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
+        return self._record(images, outputs, losses, share)
+
+    def test_step(self, data):
+        images = keras.utils.unpack_x_y_sample_weight(data)[0]
+        outputs = self._forward(images, training=False)
+        losses = self._loss_terms(images, outputs)
+        return self._record(images, outputs, losses, batch_share(images))
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "hyperparameters": self.hyperparameters.to_dict(),
+            "data_variance": self.data_variance,
+        }
+
+
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class VQVAE(keras.Model):
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class VQVAE(Autoencoder):
     """Encoder -> `VectorQuantizer` -> decoder, trained by its own `train_step`.
 
     `VQVAE(hyperparameters, data_variance)` takes the plain dict of `Hyperparameters.to_dict()`
@@ -155,11 +250,8 @@ class VQVAE(keras.Model):
     """
 
     def __init__(self, hyperparameters: dict, data_variance: float, **kwargs):
-        super().__init__(**kwargs)
-        self.hyperparameters = Hyperparameters.from_dict(hyperparameters)
-        self.data_variance = _check_data_variance(data_variance)
+        super().__init__(hyperparameters, data_variance, VQVAE_METRICS, **kwargs)
         settings = self.hyperparameters
-        self.encoder = build_encoder(settings)
         self.quantizer = VectorQuantizer(
             settings.num_embeddings,
             settings.latent_dim,
@@ -175,13 +267,7 @@ class VQVAE(keras.Model):
             name="vector_quantizer",
         )
         self.quantizer.build(self.encoder.output.shape)
-        self.decoder = build_decoder(settings)
-        self.trackers = [keras.metrics.Mean(name=name) for name in VQVAE_METRICS]
         self.built = True  # every weight exists once the parts above are made
-
-    @property
-    def metrics(self) -> list:
-        return self.trackers
 
     def call(self, images, training=False):
         return ops.clip(self._forward(images, training)["reconstructions"], 0.0, 1.0)
@@ -205,24 +291,6 @@ class VQVAE(keras.Model):
         reconstructions = apply_to_rows(self.decoder, quantized, training=training)
         return {**quantizer_outputs, "reconstructions": reconstructions}
 
-    def reconstruction_loss(self, images, reconstructions, step=None):
-        """The configured L_rec (scalar) of raw reconstructions; see the class docstring.
-
-        Given `step`, the optimizer's step count t, "ssim_l1" is blended with "mse" over the
-        first T = `mse_warmup_steps` steps: (1 - w) mse + w ssim_l1 with w = min(t / T, 1).
-        """
-        mse = ops.mean(ops.square(images - reconstructions)) / self.data_variance
-        if self.hyperparameters.reconstruction_loss == "mse":
-            return mse
-        ssim = structural_similarity(images, ops.clip(reconstructions, 0.0, 1.0))
-        l1 = ops.mean(ops.abs(images - reconstructions))
-        ssim_l1 = SSIM_LOSS_WEIGHT * (1.0 - ops.mean(ssim)) + (1.0 - SSIM_LOSS_WEIGHT) * l1
-        warmup_steps = self.hyperparameters.mse_warmup_steps
-        if step is None or warmup_steps == 0:
-            return ssim_l1
-        weight = ops.minimum(ops.cast(step, "float32") / warmup_steps, 1.0)
-        return (1.0 - weight) * mse + weight * ssim_l1
-
     def _loss_terms(self, images, outputs: dict, step=None) -> dict:
         reconstruction_loss = self.reconstruction_loss(images, outputs["reconstructions"], step)
         return {
@@ -231,49 +299,9 @@ class VQVAE(keras.Model):
             "vq_loss": outputs["loss"],
         }
 
-    def _record(self, images, outputs: dict, losses: dict, share) -> dict:
-        """Track the step's values over the global batch: each replica's means weighted by its
-        `share` and summed over the replicas; perplexity and codes_used are global already."""
-        clipped = ops.clip(outputs["reconstructions"], 0.0, 1.0)
-        means = {
-            **losses,
-            "ssim": ops.mean(structural_similarity(images, clipped)),
-            "psnr": ops.mean(peak_signal_noise_ratio(images, clipped)),
-        }
-        values = {
-            **{name: replica_sum(weighted_by_share(mean, share)) for name, mean in means.items()},
-            "perplexity": outputs["perplexity"],
-            "codes_used": outputs["codes_used"],
-        }
-        for tracker in self.trackers:
-            tracker.update_state(values[tracker.name])
-        return step_logs({tracker.name: tracker.result() for tracker in self.trackers})
-
-    def train_step(self, data):
-        images = keras.utils.unpack_x_y_sample_weight(data)[0]
-        share = batch_share(images)
-        with tf.GradientTape() as tape:
-            outputs = self._forward(images, training=True)
-            losses = self._loss_terms(images, outputs, step=self.optimizer.iterations)
-            # The optimizer sums the replicas' gradients (Keras' TF backend all-reduces them
-            # with SUM), so each replica differentiates its share of the global-batch mean.
-            replica_loss = weighted_by_share(losses["loss"], share)
-        gradients = tape.gradient(replica_loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
-        return self._record(images, outputs, losses, share)
-
-    def test_step(self, data):
-        images = keras.utils.unpack_x_y_sample_weight(data)[0]
-        outputs = self._forward(images, training=False)
-        losses = self._loss_terms(images, outputs)
-        return self._record(images, outputs, losses, batch_share(images))
-
-    def get_config(self) -> dict:
-        return {
-            "name": self.name,
-            "hyperparameters": self.hyperparameters.to_dict(),
-            "data_variance": self.data_variance,
-        }
+    def _global_values(self, outputs: dict) -> dict:
+        """The quantizer's perplexity and codes_used, computed over the global batch."""
+        return {"perplexity": outputs["perplexity"], "codes_used": outputs["codes_used"]}
 
 
 def build_vqvae(hyperparameters: Hyperparameters, data_variance: float) -> VQVAE:
