@@ -40,3 +40,18 @@ def test_interleaved_rounds_alternate_the_order_and_time_every_call():
     assert [len(seconds) for seconds in rounds.values()] == [3, 3]
     assert all(second >= 0 for seconds in rounds.values() for second in seconds)
     assert common.median_speedup([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
+
+
+def test_generation_targets_are_judged_against_their_floors():
+    from bench.generation import targets_met
+
+    near = {
+        "c2st_reconstructions_vs_samples": 0.58,
+        "ms_ssim_samples": 0.52,
+        "ms_ssim_real": 0.50,
+        "fd_samples": 0.29,
+        "fd_real_floor": 0.10,
+    }
+    assert targets_met(near) == "C2ST diversity FD"
+    far = {**near, "c2st_reconstructions_vs_samples": 0.61, "ms_ssim_samples": 0.54}
+    assert targets_met({**far, "fd_samples": 0.31}) == "none"
