@@ -883,3 +883,22 @@ def test_saved_models_name_their_classes_as_earlier_versions_did(tmp_path, vqvae
         expected = f"brain_vqvae>{layer_class.__name__}"
         assert keras.saving.get_registered_name(layer_class) == expected
         assert keras.saving.get_registered_object(expected) is layer_class
+
+
+def test_the_vqvae_keeps_its_variable_order_so_saved_optimizer_states_still_load(
+    tiny_hyperparameters,
+):
+    """Keras matches a saved optimizer's slots to the model's variables by their order; runs
+    saved before the VAE baseline had encoder, codebook, decoder, so that order must stay."""
+    vqvae = modules.build_vqvae(tiny_hyperparameters, data_variance=0.05)
+    variables = vqvae.trainable_variables
+    encoder, decoder = (
+        {id(variable) for variable in part.trainable_variables}
+        for part in (vqvae.encoder, vqvae.decoder)
+    )
+    codebook = next(
+        index for index, variable in enumerate(variables) if "codebook" in variable.path
+    )
+    assert all(id(variable) in encoder for variable in variables[:codebook])
+    assert len(variables[codebook + 1 :]) == len(decoder)
+    assert all(id(variable) in decoder for variable in variables[codebook + 1 :])

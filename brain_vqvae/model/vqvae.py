@@ -123,8 +123,10 @@ class Autoencoder(keras.Model):
 
     `Autoencoder(hyperparameters, data_variance, metric_names)` takes the plain dict of
     `Hyperparameters.to_dict()` and the pixel variance of the training images on the [0, 1]
-    scale (used by the "mse" reconstruction loss). A subclass builds its latent part between
-    `self.encoder` and `self.decoder` and defines `_forward(images, training)` -> a dict with
+    scale (used by the "mse" reconstruction loss). A subclass builds its latent part in
+    `_build_latent`, called between the encoder and the decoder, so that the model's variables
+    keep the order encoder, latent part, decoder (a saved optimizer's state is matched to the
+    variables by that order), and defines `_forward(images, training)` -> a dict with
     "reconstructions" (raw, unclipped), `_loss_terms(images, outputs, step)` -> a dict with
     "loss" and the other weighted means it reports, and, optionally, `_global_values(outputs)`
     -> values already global over the replicas.
@@ -135,8 +137,12 @@ class Autoencoder(keras.Model):
         self.hyperparameters = Hyperparameters.from_dict(hyperparameters)
         self.data_variance = _check_data_variance(data_variance)
         self.encoder = build_encoder(self.hyperparameters)
+        self._build_latent()
         self.decoder = build_decoder(self.hyperparameters)
         self.trackers = [keras.metrics.Mean(name=name) for name in metric_names]
+
+    def _build_latent(self) -> None:
+        """Make the layers between the encoder and the decoder (none here)."""
 
     @property
     def metrics(self) -> list:
@@ -251,6 +257,9 @@ class VQVAE(Autoencoder):
 
     def __init__(self, hyperparameters: dict, data_variance: float, **kwargs):
         super().__init__(hyperparameters, data_variance, VQVAE_METRICS, **kwargs)
+        self.built = True  # every weight exists once the parts are made
+
+    def _build_latent(self) -> None:
         settings = self.hyperparameters
         self.quantizer = VectorQuantizer(
             settings.num_embeddings,
@@ -267,7 +276,6 @@ class VQVAE(Autoencoder):
             name="vector_quantizer",
         )
         self.quantizer.build(self.encoder.output.shape)
-        self.built = True  # every weight exists once the parts above are made
 
     def call(self, images, training=False):
         return ops.clip(self._forward(images, training)["reconstructions"], 0.0, 1.0)
