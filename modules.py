@@ -64,10 +64,12 @@ position in one compiled loop that computes each position's features once and ca
 `decode_code_maps` turns them into slices.
 
 The baseline, a Gaussian VAE (Kingma and Welling 2014, `brain_vqvae.model.vae`), keeps the
-encoder and decoder and replaces the quantizer by a diagonal Gaussian posterior over the same
-[8, 8, 16] map, q(z | x) = N(mu(z_e), sigma^2(z_e)), decoded from z = mu + sigma eps; it is
-trained on L_rec plus a weighted KL divergence to N(0, I), and new slices are decoded from
-z ~ N(0, I) with no learned prior (`python train.py --model vae`).
+encoder and decoder and replaces the quantizer by one latent vector per image: the [8, 8, 16]
+encoder output is flattened and a dense layer gives a diagonal Gaussian posterior over
+z in R^d (d = `vae_latent_dim`, 128), q(z | x) = N(mu(z_e), sigma^2(z_e)); z = mu + sigma eps
+is mapped back to an [8, 8, 16] map by a second dense layer and decoded. It is trained on
+L_rec plus a weighted KL divergence to N(0, I), and new slices are decoded from z ~ N(0, I)
+with no learned prior (`python train.py --model vae`).
 
 Where it lives (the package `brain_vqvae`): `brain_vqvae.metrics` (SSIM, PSNR and the code
 metrics), `brain_vqvae.model.quantizer` (`VectorQuantizer`, k-means), `.vqvae` (encoder,

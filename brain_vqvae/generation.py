@@ -2,7 +2,7 @@
 
 Sampling draws code maps z ~ p(z) = prod_i p(z_i | z_<i) from the PixelCNN in raster order and
 decodes each with the VQ-VAE decoder into a slice x = D(e_z); a VAE run (the Gaussian baseline)
-draws latent maps z ~ N(0, T^2 I) and decodes them, x = D(z). Reconstruction encodes slices to
+draws latent vectors z ~ N(0, T^2 I) and decodes them, x = D(z). Reconstruction encodes slices to
 code maps (a VAE: to their posterior means) and decodes them again. Slices follow the
 project's convention (README, "Data"): anterior at the top and the subject's left on the image's
 left, so a stack of them is written as a NIfTI volume whose voxel axes run to the subject's
@@ -23,7 +23,7 @@ from brain_vqvae.data import BrainSlices, DataError, load_file_slices
 from brain_vqvae.metrics import ssim_per_slice
 from brain_vqvae.model import (
     decode_code_maps,
-    decode_latent_maps,
+    decode_latents,
     encode_code_maps,
     sample_code_maps,
 )
@@ -51,11 +51,11 @@ def sample_slices(
     top_k: int | None = None,
     top_p: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw `count` latent maps from the run's prior and decode them: the maps and (count, S, S)
+    """Draw `count` latents from the run's prior and decode them: the latents and (count, S, S)
     uint8 slices. A VQ-VAE run draws (count, h, w) int32 code maps from its PixelCNN, its logits
     divided by `temperature` and cut to the `top_k` most likely codes or the nucleus of
     probability `top_p` (`sample_code_maps`, which checks them); a VAE run draws
-    (count, h, w, latent_dim) float32 maps from N(0, T^2 I), `temperature` T scaling the prior's
+    (count, vae_latent_dim) float32 vectors from N(0, T^2 I), `temperature` T scaling the prior's
     standard deviation (`GaussianVAE.prior_latents`), and has no codes to cut. The same `seed`
     gives the same slices."""
     batch_size = run.hyperparameters.inference_batch_size
@@ -65,7 +65,7 @@ def sample_slices(
                 "top_k and top_p choose among a PixelCNN's codes; a VAE run samples N(0, T^2 I)"
             )
         latents = run.autoencoder.prior_latents(count, temperature, seed)
-        return latents, to_uint8(decode_latent_maps(run.autoencoder, latents, batch_size))
+        return latents, to_uint8(decode_latents(run.autoencoder, latents, batch_size))
     code_maps = sample_code_maps(
         run.pixelcnn, count, temperature=temperature, seed=seed, top_k=top_k, top_p=top_p
     )

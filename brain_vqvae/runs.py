@@ -33,6 +33,7 @@ from pathlib import Path
 from brain_vqvae.data import BrainSlices, load_slices
 from hyperparameters import (
     PRIOR_ARCHITECTURE_FIELDS,
+    VAE_ARCHITECTURE_FIELDS,
     VQVAE_ARCHITECTURE_FIELDS,
     Hyperparameters,
 )
@@ -162,8 +163,8 @@ class Run:
         """The VQ-VAE of a VQ-VAE run; a VAE run has none (`RunError`, saying so)."""
         if self.kind != "vqvae":
             raise RunError(
-                f"{self.folder.path} is a {self.kind.upper()} run: it has a Gaussian latent map, "
-                "no VQ-VAE codes"
+                f"{self.folder.path} is a {self.kind.upper()} run: it has a Gaussian latent "
+                "vector, no VQ-VAE codes"
             )
         return self.autoencoder
 
@@ -207,7 +208,7 @@ def load_run(path: str | Path, prior: str = "required") -> Run:
 
 STAGE_ARCHITECTURE_FIELDS = {
     "vqvae": VQVAE_ARCHITECTURE_FIELDS,
-    "vae": VQVAE_ARCHITECTURE_FIELDS,  # the same encoder and decoder
+    "vae": VAE_ARCHITECTURE_FIELDS,  # the same encoder and decoder, and the latent vector
     "pixelcnn": PRIOR_ARCHITECTURE_FIELDS,
 }
 

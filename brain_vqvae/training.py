@@ -608,7 +608,7 @@ def check_stages(model: str, stages: tuple[str, ...] | None) -> tuple[str, ...]:
     foreign = [stage for stage in stages if stage not in own]
     if foreign:
         reason = (
-            "a VAE run has one stage, vae, and no prior stage: it samples its latent maps "
+            "a VAE run has one stage, vae, and no prior stage: it samples its latent vectors "
             "from N(0, I)"
             if model == "vae"
             else f"a {model} run's stages are {', '.join(own)}"

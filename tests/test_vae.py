@@ -1,5 +1,6 @@
-"""The Gaussian VAE baseline: its KL term, training by train.py --model vae, saving and loading,
-sampling, the scripts on a VAE run, and old VQ-VAE runs still loading as such."""
+"""The Gaussian VAE baseline: its vector latent and KL term, training by train.py --model vae,
+saving and loading, sampling, the scripts on a VAE run, and old VQ-VAE runs still loading as
+such."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ import predict
 import similarity
 import train
 from brain_vqvae import generation
-from brain_vqvae.model import build_vae, build_vqvae, kl_divergence
+from brain_vqvae.model import build_vae, build_vqvae, kl_divergence, posterior_kl
 from brain_vqvae.runs import RunError, load_run
 from hyperparameters import Hyperparameters
 
 
 @pytest.fixture(scope="session")
 def vae_hyperparameters(tiny_hyperparameters) -> Hyperparameters:
-    return tiny_hyperparameters.replace(model="vae", vae_kl_weight=0.1)
+    return tiny_hyperparameters.replace(model="vae", vae_kl_weight=0.1, vae_latent_dim=8)
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +36,8 @@ def vae_run(vae_hyperparameters, tiny_png_tree, tmp_path_factory):
 
 
 def test_kl_term_matches_a_hand_computation():
-    mean = np.array([[[[0.5, -1.0]], [[0.0, 2.0]]]], np.float32)  # [1, 2, 1, 2]
-    log_variance = np.array([[[[0.0, np.log(2.0)]], [[-1.0, 0.5]]]], np.float32)
+    mean = np.array([[0.5, -1.0, 0.0, 2.0]], np.float32)  # [1, d = 4]
+    log_variance = np.array([[0.0, np.log(2.0), -1.0, 0.5]], np.float32)
     by_hand = [
         0.25 + 1 - 1 - 0,
         1.0 + 2 - 1 - np.log(2.0),
@@ -45,12 +46,34 @@ def test_kl_term_matches_a_hand_computation():
     ]
     expected = 0.5 * np.mean(by_hand)
     np.testing.assert_allclose(kl_divergence(mean, log_variance), [expected], rtol=1e-6)
-    zero = np.zeros((3, 2, 2, 4), np.float32)
+    zero = np.zeros((3, 4), np.float32)
     np.testing.assert_allclose(kl_divergence(zero, zero), np.zeros(3), atol=1e-7)
 
 
+def test_the_latent_is_one_vector_per_image(vae_hyperparameters):
+    vae = build_vae(vae_hyperparameters, data_variance=0.05)
+    images = np.random.default_rng(1).random((5, 32, 32, 1)).astype(np.float32)
+    mean, log_variance = (np.asarray(value) for value in vae.posterior(images))
+    assert mean.shape == log_variance.shape == (5, 8) and vae.latent_shape == (8,)
+    assert vae.decoder_inputs(mean).shape == (5, 8, 8, 4)  # the decoder's [h, h, latent_dim]
+    assert vae.decode(mean).shape == (5, 32, 32, 1)
+    assert vae.prior_latents(3, seed=0).shape == (3, 8)
+    # The model's KL, by hand from its posterior: nats per element of the d-vector.
+    terms = np.square(mean) + np.exp(log_variance) - 1.0 - log_variance
+    np.testing.assert_allclose(posterior_kl(vae, images, 2), 0.5 * terms.mean(axis=1), rtol=1e-5)
+    # `call` decodes the posterior mean: no draw, so the same images give the same output.
+    first = np.asarray(vae(images))
+    np.testing.assert_array_equal(first, np.asarray(vae(images)))
+    np.testing.assert_allclose(first, np.asarray(vae.decode(mean)), atol=1e-6)
+
+
 @pytest.mark.parametrize(
-    ("changes", "field"), [({"model": "gan"}, "model"), ({"vae_kl_weight": 0.0}, "vae_kl_weight")]
+    ("changes", "field"),
+    [
+        ({"model": "gan"}, "model"),
+        ({"vae_kl_weight": 0.0}, "vae_kl_weight"),
+        ({"vae_latent_dim": 0}, "vae_latent_dim"),
+    ],
 )
 def test_model_fields_are_validated(changes, field):
     with pytest.raises(ValueError, match=field):
@@ -77,8 +100,20 @@ def test_the_saved_model_reloads_with_identical_reconstructions(vae_run):
     reloaded = keras.saving.load_model(out / "vae.keras")
     images = np.random.default_rng(0).random((3, 32, 32, 1)).astype(np.float32)
     np.testing.assert_array_equal(run.autoencoder(images), reloaded(images))
+    posteriors = run.autoencoder.posterior(images), reloaded.posterior(images)
+    for mine, theirs in zip(*posteriors, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    np.testing.assert_array_equal(run.autoencoder.sample(2, seed=5), reloaded.sample(2, seed=5))
     with pytest.raises(RunError, match="VAE run"):
         _ = run.vqvae
+
+
+def test_a_run_whose_latent_size_disagrees_is_refused(vae_run, tmp_path):
+    out = shutil.copytree(vae_run[0], tmp_path / "run")
+    values = json.loads((out / "hyperparameters.json").read_text())
+    (out / "hyperparameters.json").write_text(json.dumps({**values, "vae_latent_dim": 16}))
+    with pytest.raises(RunError, match="vae_latent_dim"):
+        load_run(out)
 
 
 def test_samples_are_reproducible_by_seed(vae_hyperparameters):
@@ -96,7 +131,7 @@ def test_samples_are_reproducible_by_seed(vae_hyperparameters):
 def test_sample_slices_dispatches_to_the_gaussian_prior(vae_run):
     run = load_run(vae_run[0])
     latents, slices = generation.sample_slices(run, 3, temperature=0.8, seed=7)
-    assert latents.shape == (3, 8, 8, 4) and slices.shape == (3, 32, 32)
+    assert latents.shape == (3, 8) and slices.shape == (3, 32, 32)
     assert slices.dtype == np.uint8
     np.testing.assert_array_equal(slices, generation.sample_slices(run, 3, 0.8, seed=7)[1])
 
@@ -118,6 +153,7 @@ def test_similarity_reports_the_measures_that_apply(vae_run, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     for key in ("ssim_mean", "kl_loss", "novelty_ssim_max", "novelty_ssim_mean"):
         assert np.isfinite(report[key]), key
+    assert report["samples"] == 4 and "smaller half has 3" in report["realism_skipped"]
     assert not {"prior_bits_per_code", "code_usage_total_variation"} & set(report)
 
 
@@ -139,7 +175,7 @@ def test_latent_refuses_a_vae_run(vae_run, tmp_path, capsys):
 def test_an_old_run_without_a_model_key_loads_as_a_vqvae_run(tiny_hyperparameters, tmp_path):
     build_vqvae(tiny_hyperparameters, data_variance=0.05).save(tmp_path / "vqvae.keras")
     values = tiny_hyperparameters.to_dict()
-    del values["model"], values["vae_kl_weight"]
+    del values["model"], values["vae_kl_weight"], values["vae_latent_dim"]
     (tmp_path / "hyperparameters.json").write_text(json.dumps(values))
     run = load_run(tmp_path, prior="skip")
     assert run.kind == "vqvae" and run.vqvae is run.autoencoder

@@ -22,7 +22,7 @@ from brain_vqvae.model.vae import (
     VAE_METRICS,
     GaussianVAE,
     build_vae,
-    decode_latent_maps,
+    decode_latents,
     kl_divergence,
     posterior_kl,
 )
@@ -52,7 +52,7 @@ __all__ = [
     "build_vqvae",
     "causal_mask",
     "decode_code_maps",
-    "decode_latent_maps",
+    "decode_latents",
     "encode_code_maps",
     "kl_divergence",
     "kmeans",
