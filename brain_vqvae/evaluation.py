@@ -215,8 +215,9 @@ def judge_realism(
     out: Path,
 ) -> tuple[dict, list[Path]]:
     """`realism.realism_report` of `samples` (M, S, S, 1) against the `held_out` slices, in two
-    `halves` (index arrays, `subject_halves`), and their `reconstructions`, in the run's feature
-    network, with figures written into `out`: the measures beside their floors and the samples
+    `halves` (index arrays, `subject_halves`), and the `reconstructions` of all of them (those
+    of the second half are compared), in the run's feature network, with figures written into
+    `out`: the measures beside their floors and the samples
     beside their nearest training slices."""
     network = run_feature_network(run, training)
     seed = run.hyperparameters.seed
@@ -230,10 +231,12 @@ def judge_realism(
         network,
         images[first],
         images[second],
-        reconstructions,
+        reconstructions[second],
         samples,
         reference_images,
         levels,
+        groups_a=held_out.subject_ids[first],
+        groups_b=held_out.subject_ids[second],
         seed=seed,
     )
     figures = [

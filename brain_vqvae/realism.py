@@ -198,10 +198,18 @@ def classifier_two_sample_accuracy(
     folds: int = 5,
     features_a: np.ndarray | None = None,
     features_b: np.ndarray | None = None,
+    groups_a: np.ndarray | None = None,
+    groups_b: np.ndarray | None = None,
 ) -> float:
     """Classifier two-sample test (Lopez-Paz and Oquab 2017): the held-out accuracy of a
     classifier trained to tell set a from set b. 0.5 = the sets cannot be told apart, 1 = they
     are told apart every time.
+
+    `groups_a`, `groups_b` (N,) name the person each slice comes from (None: every slice is its
+    own). Folds never split a group, so the classifier is judged on people it did not see: with
+    slices of one person in both training and held-out folds it would learn who the people of
+    each set are (their intensity and shape signature), and even two halves of real people would
+    be told apart.
 
     The larger set is subsampled (at random, `seed`) to the size of the smaller, so chance is
     exactly 0.5. The classifier is an L2-regularised logistic regression (C = 1) on
@@ -212,11 +220,11 @@ def classifier_two_sample_accuracy(
     being low in capacity, stays at 0.5 on identical distributions rather than overfitting
     noise, while the features carry what a deep classifier would have to learn. Accuracy is
     the share of slices classified correctly when held out, over a stratified `folds`-fold
-    cross-validation: every slice is judged once by a classifier that never saw it. See
-    `two_sample_p_value` for its significance.
+    cross-validation grouped by person: every slice is judged once by a classifier that never
+    saw it nor its person. See `two_sample_p_value` for its significance.
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -228,9 +236,10 @@ def classifier_two_sample_accuracy(
     count = min(len(images_a), len(images_b))
     if folds < 2 or count < folds:
         raise ValueError(f"folds must be at least 2 and at most the smaller set ({count})")
-    inputs = []
+    inputs, groups = [], []
     rng = np.random.default_rng(seed)
-    for images, features, name in ((images_a, features_a, "a"), (images_b, features_b, "b")):
+    sets = ((images_a, features_a, groups_a, "a"), (images_b, features_b, groups_b, "b"))
+    for images, features, people, name in sets:
         chosen = np.sort(rng.choice(len(images), count, replace=False))
         columns = [_downsample(images[chosen], min(C2ST_PIXELS, images.shape[1]))]
         if features is not None:
@@ -239,11 +248,19 @@ def classifier_two_sample_accuracy(
                 raise ValueError(f"features_{name} has {len(features)} rows for {len(images)}")
             columns.append(features[chosen])
         inputs.append(np.concatenate(columns, axis=1))
-    inputs = np.concatenate(inputs)
+        if people is None:
+            people = [f"{name}{index}" for index in range(len(images))]
+        elif len(people) != len(images):
+            raise ValueError(f"groups_{name} has {len(people)} values for {len(images)} images")
+        groups.append(np.asarray(people, dtype=str)[chosen])
+    inputs, groups = np.concatenate(inputs), np.concatenate(groups)
     labels = np.repeat([0, 1], count)
+    folds = min(folds, len(np.unique(groups[:count])), len(np.unique(groups[count:])))
+    if folds < 2:
+        raise ValueError("each set needs slices of at least 2 people (groups)")
     classifier = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    predicted = cross_val_predict(classifier, inputs, labels, cv=splitter)
+    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    predicted = cross_val_predict(classifier, inputs, labels, cv=splitter, groups=groups)
     return float(np.mean(predicted == labels))
 
 
@@ -481,10 +498,12 @@ def realism_report(
     network: FeatureNetwork,
     real_a: np.ndarray,
     real_b: np.ndarray,
-    reconstructions: np.ndarray,
+    reconstructions_b: np.ndarray,
     samples: np.ndarray,
     training_images: np.ndarray,
     training_levels: np.ndarray,
+    groups_a: np.ndarray | None = None,
+    groups_b: np.ndarray | None = None,
     seed: int = 0,
     max_pairs: int = MAX_PAIRS,
     folds: int = 5,
@@ -492,21 +511,27 @@ def realism_report(
     """Every realism measure, for the samples and for its real-vs-real floor: a flat dict of
     floats and ints (JSON-ready).
 
-    `real_a` and `real_b` are two disjoint halves of real held-out slices; `reconstructions`
-    the VQ-VAE's reconstructions of real held-out slices; `samples` the generated slices;
-    `training_images` and `training_levels` (relative positions in [0, 1]) the real training
-    slices (the feature network's training set). n = min(len(real_b), len(samples)) images of
-    each compared set are drawn at random (`seed`), so a score and its floor share N:
+    `real_a` and `real_b` are two disjoint halves of real held-out slices, of different people
+    (`groups_a`, `groups_b` name each slice's person; None: every slice its own);
+    `reconstructions_b` the autoencoder's reconstructions of `real_b`, slice by slice; `samples`
+    the generated slices; `training_images` and `training_levels` (relative positions in
+    [0, 1]) the real training slices (the feature network's training set). n =
+    min(len(real_b), len(samples)) slices of `real_b` (with their reconstructions) and of the
+    samples are drawn at random (`seed`), so a score and its floor share N and are both measured
+    against `real_a`:
 
     - n_real_a, n_compared: len(real_a) and n;
     - fd_samples, fd_reconstructions, fd_real_floor: Fréchet distance of n samples, n
-      reconstructions and n `real_b` slices to all of `real_a`, in the network's features;
+      reconstructions of `real_b` and the n `real_b` slices themselves to all of `real_a`, in
+      the network's features;
     - precision_samples, recall_samples, precision_real_floor, recall_real_floor: k = 3
       precision and recall of n samples and of n `real_b` slices against `real_a`;
-    - c2st_real_vs_reconstructions, c2st_reconstructions_vs_samples, c2st_real_vs_samples,
-      c2st_real_floor (`real_a` vs `real_b`): held-out classifier accuracy, each on m =
-      min(all four set sizes) slices per side, and each with a `_p_value` key
-      (`two_sample_p_value` over 2m slices);
+    - c2st_real_vs_reconstructions (the n `real_b` slices vs their reconstructions: the
+      decoder's realism), c2st_reconstructions_vs_samples (the prior alone: a perfect prior's
+      samples are distributed like reconstructions), c2st_real_vs_samples (`real_a` vs the
+      samples) and c2st_real_floor (`real_a` vs `real_b`): held-out accuracy of a classifier
+      judged on people it did not see (`classifier_two_sample_accuracy`), each with a
+      `_p_value` key (`two_sample_p_value`);
     - ms_ssim_samples, ms_ssim_real, ssim_samples, ssim_real: mean pairwise MS-SSIM and SSIM
       over the same number of random pairs (at most `max_pairs`) of n samples and n real
       held-out slices (from `real_a` and `real_b` together);
@@ -520,7 +545,7 @@ def realism_report(
       (far below the real value = copying the training set).
     """
     real_a, real_b = as_image_batch(real_a, "real_a"), as_image_batch(real_b, "real_b")
-    reconstructions = as_image_batch(reconstructions, "reconstructions")
+    reconstructions_b = as_image_batch(reconstructions_b, "reconstructions_b")
     samples = as_image_batch(samples, "samples")
     training_images = as_image_batch(training_images, "training_images")
     training_levels = np.asarray(training_levels, dtype=np.float64).reshape(-1)
@@ -528,25 +553,28 @@ def realism_report(
         raise ValueError(
             f"training_levels has {len(training_levels)} values for {len(training_images)}"
         )
+    if len(reconstructions_b) != len(real_b):
+        raise ValueError(
+            f"reconstructions_b has {len(reconstructions_b)} slices for {len(real_b)} of real_b"
+        )
+    groups_a = np.arange(len(real_a)).astype(str) if groups_a is None else np.asarray(groups_a)
+    groups_b = np.arange(len(real_b)).astype(str) if groups_b is None else np.asarray(groups_b)
     rng = np.random.default_rng(seed)
-    n = min(len(real_b), len(samples), len(reconstructions))
+    n = min(len(real_b), len(samples))
     if n < PRECISION_RECALL_K + 2:
         raise ValueError(f"every set needs at least {PRECISION_RECALL_K + 2} slices, got {n}")
-
-    def draw(images, count=n):
-        return images[np.sort(rng.choice(len(images), count, replace=False))]
-
-    samples_n, reconstructions_n, real_b_n = draw(samples), draw(reconstructions), draw(real_b)
-    features = {
-        name: image_features(network, images)
-        for name, images in (
-            ("real_a", real_a),
-            ("real_b", real_b_n),
-            ("reconstructions", reconstructions_n),
-            ("samples", samples_n),
-            ("training", training_images),
-        )
+    chosen_b = np.sort(rng.choice(len(real_b), n, replace=False))
+    real_b_n, reconstructions_n = real_b[chosen_b], reconstructions_b[chosen_b]
+    groups_b_n = groups_b[chosen_b]
+    samples_n = samples[np.sort(rng.choice(len(samples), n, replace=False))]
+    sets = {
+        "real_a": (real_a, groups_a),
+        "real_b": (real_b_n, groups_b_n),
+        "reconstructions": (reconstructions_n, groups_b_n),
+        "samples": (samples_n, None),
     }
+    features = {name: image_features(network, images) for name, (images, _) in sets.items()}
+    features["training"] = image_features(network, training_images)
     report: dict[str, float | int] = {"n_real_a": len(real_a), "n_compared": n}
     report["fd_samples"] = frechet_distance(features["samples"], features["real_a"])
     report["fd_reconstructions"] = frechet_distance(features["reconstructions"], features["real_a"])
@@ -556,36 +584,29 @@ def realism_report(
     precision, recall = precision_recall(features["real_a"], features["real_b"])
     report |= {"precision_real_floor": precision, "recall_real_floor": recall}
 
-    m = min(len(real_a), n)
     pairs = {
-        "c2st_real_vs_reconstructions": ("real_a", "reconstructions"),
+        "c2st_real_vs_reconstructions": ("real_b", "reconstructions"),
         "c2st_reconstructions_vs_samples": ("reconstructions", "samples"),
         "c2st_real_vs_samples": ("real_a", "samples"),
         "c2st_real_floor": ("real_a", "real_b"),
     }
-    sets = {
-        "real_a": real_a,
-        "real_b": real_b_n,
-        "reconstructions": reconstructions_n,
-        "samples": samples_n,
-    }
     for key, (first, second) in pairs.items():
-        chosen = {
-            name: np.sort(rng.choice(len(sets[name]), m, replace=False)) for name in (first, second)
-        }
+        (images_a, people_a), (images_b, people_b) = sets[first], sets[second]
         accuracy = classifier_two_sample_accuracy(
-            sets[first][chosen[first]],
-            sets[second][chosen[second]],
+            images_a,
+            images_b,
             seed=seed,
-            folds=min(folds, m),
-            features_a=features[first][chosen[first]],
-            features_b=features[second][chosen[second]],
+            folds=folds,
+            features_a=features[first],
+            features_b=features[second],
+            groups_a=people_a,
+            groups_b=people_b,
         )
         report[key] = accuracy
-        report[f"{key}_p_value"] = two_sample_p_value(accuracy, 2 * m)
+        report[f"{key}_p_value"] = two_sample_p_value(accuracy, 2 * min(len(images_a), n))
 
     held_out = np.concatenate([real_a, real_b])
-    real_n = draw(held_out)
+    real_n = held_out[np.sort(rng.choice(len(held_out), n, replace=False))]
     report["ms_ssim_samples"] = pairwise_ms_ssim(samples_n, max_pairs, seed)
     report["ms_ssim_real"] = pairwise_ms_ssim(real_n, max_pairs, seed)
     report["ssim_samples"] = pairwise_ssim(samples_n, max_pairs, seed)
