@@ -4,9 +4,12 @@ The defaults are the design the user gave ("the card"): 128x128 slices; an encod
 convolutions with 32, 32, 64, 64 filters at stride 2 and 128 at stride 1, so a 128x128 slice
 becomes an 8x8 map of 16-dimensional vectors; a codebook of 16 embeddings with commitment
 beta 0.25; a decoder that mirrors the encoder with transposed convolutions, trained to maximise
-SSIM (see `reconstruction_loss`) with a cosine learning-rate decay; a PixelCNN prior
-with a 7x7 mask-A convolution of 128 filters, 4 residual blocks with a 1x1 mask-B convolution
-between each pair, and a 1x1 output to 16 logits; 30 epochs per stage; an SSIM target of 0.6.
+SSIM (see `reconstruction_loss`) with a cosine learning-rate decay; a masked-convolution
+PixelCNN prior, by default the gated PixelCNN of 6 layers of 128 filters whose vertical and
+horizontal stacks see every earlier code (`pixelcnn_architecture` "masked" gives the plain
+stack: a 7x7 mask-A convolution, 4 residual blocks with a 1x1 mask-B convolution between each
+pair) and a 1x1 output to 16 logits; 30 epochs per stage; an SSIM target of 0.6. `model` "vae"
+trains the Gaussian VAE baseline instead of the VQ-VAE and its prior.
 
 A `Hyperparameters` value is validated when made (a `ValueError` names the field), is saved as
 JSON beside every trained model, and every script builds it the same way from the command line:
