@@ -71,6 +71,16 @@ def tiny_png_tree(tmp_path_factory) -> Path:
     return write_tiny_png_tree(tmp_path_factory.mktemp("data"))
 
 
+@pytest.fixture
+def image_pairs():
+    """Four random 48x48 images in [0, 1] (one a smooth ramp) and noisy copies of them."""
+    rng = np.random.default_rng(0)
+    originals = rng.random((4, 48, 48, 1), dtype=np.float32)
+    originals[1] = np.linspace(0, 1, 48 * 48, dtype=np.float32).reshape(48, 48, 1)
+    noisy = np.clip(originals + rng.normal(0, 0.15, originals.shape), 0, 1).astype(np.float32)
+    return originals, noisy
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Keep each test's decoded-slice cache out of the user's home folder."""

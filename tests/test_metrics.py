@@ -13,15 +13,6 @@ from skimage.metrics import structural_similarity as skimage_ssim
 import brain_vqvae.metrics as metrics
 
 
-@pytest.fixture
-def image_pairs():
-    rng = np.random.default_rng(0)
-    originals = rng.random((4, 48, 48, 1), dtype=np.float32)
-    originals[1] = np.linspace(0, 1, 48 * 48, dtype=np.float32).reshape(48, 48, 1)
-    noisy = np.clip(originals + rng.normal(0, 0.15, originals.shape), 0, 1).astype(np.float32)
-    return originals, noisy
-
-
 def reference_ssim(originals: np.ndarray, others: np.ndarray) -> list[float]:
     return [
         skimage_ssim(

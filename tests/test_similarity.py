@@ -14,15 +14,6 @@ import similarity
 from brain_vqvae import evaluation
 
 
-@pytest.fixture
-def image_pairs():
-    rng = np.random.default_rng(0)
-    originals = rng.random((4, 48, 48, 1), dtype=np.float32)
-    originals[1] = np.linspace(0, 1, 48 * 48, dtype=np.float32).reshape(48, 48, 1)
-    noisy = np.clip(originals + rng.normal(0, 0.15, originals.shape), 0, 1).astype(np.float32)
-    return originals, noisy
-
-
 def test_summary_counts_slices_at_or_above_the_target():
     scores = evaluation.SliceScores(
         ssim=np.array([0.2, 0.6, 0.9, 0.95]), psnr=np.full(4, 20.0), mae=np.full(4, 0.1)
