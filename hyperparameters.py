@@ -235,9 +235,9 @@ class Hyperparameters:
     # (`brain_vqvae.model.GaussianVAE`); it is one stage, trained with `epochs_vqvae` and
     # `learning_rate_vqvae`. `vae_kl_weight` weighs its KL term, the KL divergence averaged over
     # the vector's elements, against the reconstruction loss: larger, blurrier reconstructions
-    # and samples closer to the data. 0.1: of 0.01, 0.1, 0.3 and 1 tried on the demo (5 epochs),
-    # the largest whose posterior-mean reconstructions still score (test SSIM 0.64; 0.14 at 0.3,
-    # 0.08 at 1, whose samples are the most brain-like); its samples are mostly blurry haze.
+    # and samples closer to the data. 0.1 is the largest of the weights tried on the demo whose
+    # posterior-mean reconstructions still work; larger ones gave more brain-like samples but
+    # a decoder that expects the prior's noise in the latent (BENCHMARKS.md, "Generation").
     model: str = "vqvae"
     vae_latent_dim: int = 128
     vae_kl_weight: float = 0.1
