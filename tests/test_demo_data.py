@@ -56,7 +56,9 @@ def demo(tmp_path_factory):
 
 
 def test_layout_and_names_match_the_oasis_png_tree(demo):
-    assert sorted(p.name for p in demo.iterdir()) == sorted([*FOLDERS, "README.txt"])
+    assert sorted(p.name for p in demo.iterdir()) == sorted(
+        [*FOLDERS, "README.txt", "oasis_cross-sectional.csv"]
+    )
     for split, subjects in SPLIT_SUBJECTS.items():
         images = sorted((demo / f"keras_png_slices_{split}").iterdir())
         masks = sorted((demo / f"keras_png_slices_seg_{split}").iterdir())
@@ -232,6 +234,8 @@ def lopsided_template():
         centre=centre,
         ventricle_push=np.zeros((3, 2, 2, 2), np.float32),
         ventricle_origin=np.zeros(3),
+        outer_depth=np.full(shape, 10.0, np.float32),  # no outer CSF near the tissue
+        tissue_t1=np.array([0.1, 0.5, 0.9]),
     )
 
 
@@ -241,9 +245,9 @@ def test_subject_left_is_written_on_the_image_left():
     x_mm, y_mm, _ = demo_data.output_plane_axes(1)
     assert x_mm[0] < 0 < x_mm[255] and y_mm[0] > 0 > y_mm[255]
 
-    images, classes = demo_data.synthesize_subject(lopsided_template(), case_number=1, seed=0)
+    subject = demo_data.synthesize_subject(lopsided_template(), case_number=1, seed=0)
 
-    middle, brain = images[16].astype(float), classes[16] > 0
+    middle, brain = subject.images[16].astype(float), subject.classes[16] > 0
     left, right = middle[:, :128][brain[:, :128]], middle[:, 128:][brain[:, 128:]]
     assert left.mean() > 2 * right.mean()
     rows, columns = np.nonzero(brain)

@@ -60,6 +60,7 @@ any number of worker processes.
 """
 
 import concurrent.futures
+import csv
 import functools
 import multiprocessing
 import secrets
@@ -73,6 +74,7 @@ from scipy import ndimage
 from scipy.interpolate import CubicSpline
 from scipy.spatial.transform import Rotation
 
+from .demographics import CROSS_SECTIONAL_COLUMNS, CROSS_SECTIONAL_FILE
 from .slices import MASK_GREY_STEP, SPLITS, png_folder
 
 SLICES_PER_SUBJECT = 32
@@ -86,16 +88,29 @@ MAX_CASE_NUMBER = 999  # case ids have three digits
 # `overwrite` still recognises the demo folders made then.
 README_MARKER = "SYNTHETIC DEMO DATASET made by demo_data.build_demo_dataset"
 
+# Demographics, OASIS-1-like (see the module docstring).
+AGE_BANDS = ((0.30, 18, 30), (0.22, 30, 60), (0.48, 60, 96))  # (probability, youngest, oldest)
+FEMALE_PROBABILITY = 0.62
+DEMENTIA_AGES, DEMENTIA_PROBABILITIES = (60, 96), (0.1, 0.9)  # P(CDR > 0), 0 below 60
+DEMENTED_CDR_LEVELS, DEMENTED_CDR_PROBABILITIES = (0.5, 1.0, 2.0), (0.68, 0.26, 0.06)
+MMSE_BY_CDR = {0.0: (29.0, 1.0), 0.5: (26.0, 2.5), 1.0: (21.0, 3.5), 2.0: (15.0, 4.0)}  # mean, sd
+
 # Ranges of the per-subject random variation (see the module docstring for the maths).
 SIZE_RANGE = (0.92, 1.08)
+SEX_SIZE_FACTOR = {"F": 0.978, "M": 1.022}
 ANISOTROPY = 0.03
 ROTATION_DEGREES = 4.0
 SHIFT_MM = 2.0
 COARSE_GRID_POINTS, COARSE_DISPLACEMENT_MM = 6, 3.0
 FINE_GRID_POINTS, FINE_DISPLACEMENT_MM = 12, 1.2
 VENTRICLE_SMOOTHING_MM = 5.0
-VENTRICLE_CHANGE_MM = (-1.5, 4.5)
 VENTRICLE_STEPS = 4
+SULCUS_TISSUE_LEVEL = 0.8  # below this GM + WM, a voxel connected to the outside is outer CSF
+# Ageing: m = young + age * A + cdr * CDR + N(0, sd^2) clipped; delta likewise, clipped at 0.
+AGEING_AGES = (18, 96)  # the ageing curve A = ((age - 18) / 78)^2 runs from 0 to 1 over these
+VENTRICLE_CHANGE_MM = {"young": -1.5, "age": 6.0, "cdr": 1.5, "sd": 0.75}
+VENTRICLE_CHANGE_LIMITS_MM = (-2.5, 7.5)
+CORTICAL_THINNING_MM = {"young": 0.0, "age": 1.0, "cdr": 0.3, "sd": 0.15}
 TISSUE_CONTRAST_RANGE = (-0.05, 0.08)
 GAMMA_RANGE = (0.9, 1.5)
 BIAS_GRID_POINTS, BIAS_SIGMA_RANGE, BIAS_LOG_LIMIT = 4, (0.04, 0.1), 0.2
@@ -111,6 +126,10 @@ class Template:
     centre: (3,) float64, voxel coordinates of the centre of the brain's bounding box.
     ventricle_push: (3, Xv, Yv, Zv) float32, the unit-peak field g of the module docstring,
         on a box of the template whose voxel (0, 0, 0) is at `ventricle_origin` (3,).
+    outer_depth: (X, Y, Z) float32, d of the module docstring: mm from each voxel to the
+        nearest voxel of outer CSF or background (0 there).
+    tissue_t1: (3,) float64, the median T1 in [0, 1] of pure CSF, grey and white matter
+        (voxels of probability > 0.9), the mu_csf, mu_gm, mu_wm of the module docstring.
     """
 
     t1: np.ndarray
@@ -120,6 +139,27 @@ class Template:
     centre: np.ndarray
     ventricle_push: np.ndarray
     ventricle_origin: np.ndarray
+    outer_depth: np.ndarray
+    tissue_t1: np.ndarray
+
+    @property
+    def intracranial_volume_mm3(self) -> int:
+        """Volume of the brain mask (1 mm voxels), which holds the brain and its CSF."""
+        return int(np.count_nonzero(self.brain))
+
+
+@dataclass(frozen=True)
+class Demographics:
+    """One synthetic subject's OASIS-1 style demographics.
+
+    age: years, 18..96; sex: "F" or "M"; cdr: Clinical Dementia Rating 0, 0.5, 1 or 2;
+    mmse: Mini-Mental State Examination score 0..30.
+    """
+
+    age: int
+    sex: str
+    cdr: float
+    mmse: int
 
 
 @dataclass(frozen=True)
@@ -128,8 +168,8 @@ class SubjectVariation:
 
     size: (3,) s_i; rotation_degrees: (3,) Euler angles (x, y, z); shift_mm: (3,) t;
     coarse_displacement: (3, 6, 6, 6) and fine_displacement: (3, 12, 12, 12) spline control
-    values in mm; ventricle_change_mm: m; tissue_contrast: k; gamma; bias_control: (4, 4, 4)
-    log-gain control values; noise_sigma: sigma; white_level: w.
+    values in mm; ventricle_change_mm: m; cortical_thinning_mm: delta; tissue_contrast: k;
+    gamma; bias_control: (4, 4, 4) log-gain control values; noise_sigma: sigma; white_level: w.
     """
 
     size: np.ndarray
@@ -138,11 +178,27 @@ class SubjectVariation:
     coarse_displacement: np.ndarray
     fine_displacement: np.ndarray
     ventricle_change_mm: float
+    cortical_thinning_mm: float
     tissue_contrast: float
     gamma: float
     bias_control: np.ndarray
     noise_sigma: float
     white_level: float
+
+
+@dataclass(frozen=True)
+class SyntheticSubject:
+    """One synthetic subject as `synthesize_subject` makes it.
+
+    images: (32, 256, 256) uint8 axial slices; classes: (32, 256, 256) uint8 tissue classes
+    0..3 (background, CSF, grey matter, white matter); demographics: what its anatomy follows;
+    variation: every random draw that made it.
+    """
+
+    images: np.ndarray
+    classes: np.ndarray
+    demographics: Demographics
+    variation: SubjectVariation
 
 
 def template_files() -> dict[str, Path]:
@@ -203,6 +259,8 @@ def load_template() -> Template:
         centre=(brain_voxels.min(axis=0) + brain_voxels.max(axis=0)) / 2,
         ventricle_push=ventricle_push,
         ventricle_origin=ventricle_origin,
+        outer_depth=_outer_depth(grey_matter, white_matter),
+        tissue_t1=_tissue_t1(t1, brain, grey_matter, white_matter),
     )
     for array in vars(template).values():
         array.setflags(write=False)
@@ -247,17 +305,91 @@ def _ventricle_push_field(ventricles: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return gradient.astype(np.float32), np.array([s.start for s in box])
 
 
-def draw_subject_variation(rng: np.random.Generator) -> SubjectVariation:
-    """Draw one subject's shape, ventricle, contrast, bias and noise parameters."""
+def _outer_depth(grey_matter: np.ndarray, white_matter: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) float32 mm from each voxel to the nearest voxel of outer CSF or background.
+
+    Outer CSF and background are the voxels with GM + WM < SULCUS_TISSUE_LEVEL that connect to
+    the volume's corner (background, which the crop's margin puts there). The level is above
+    50% because the averaged template's sulci are mostly partial-volume CSF; the enclosed CSF of
+    the ventricles is not outer, so the cortex is thinned from the pial side only.
+    """
+    not_tissue = grey_matter.astype(np.int16) + white_matter < 255 * SULCUS_TISSUE_LEVEL
+    labels, _ = ndimage.label(not_tissue)
+    outer = labels == labels[0, 0, 0]
+    return ndimage.distance_transform_edt(~outer).astype(np.float32)
+
+
+def _tissue_t1(
+    t1: np.ndarray, brain: np.ndarray, grey_matter: np.ndarray, white_matter: np.ndarray
+) -> np.ndarray:
+    """(3,) median T1 in [0, 1] of the voxels that are > 90% CSF, grey and white matter."""
+    grey, white = grey_matter.astype(np.int16), white_matter.astype(np.int16)
+    pure = [brain & (255 - grey - white > 229), grey > 229, white > 229]
+    return np.array([np.median(t1[voxels]) / 255 for voxels in pure])
+
+
+def ageing_curve(age: float) -> float:
+    """A = ((age - 18) / 78)^2, clipped to [0, 1]: 0 at 18, 0.08 at 40, 0.4 at 67, 1 at 96.
+
+    Brain ageing accelerates: ventricles and sulci change little before 50 and fast after 70.
+    """
+    youngest, oldest = AGEING_AGES
+    return float(np.clip((age - youngest) / (oldest - youngest), 0, 1) ** 2)
+
+
+def draw_demographics(rng: np.random.Generator) -> Demographics:
+    """Draw an OASIS-1-like age, sex, CDR and MMSE (the module docstring gives the model).
+
+    Always makes the same number of draws, whatever they give.
+    """
+    band = rng.choice(len(AGE_BANDS), p=[probability for probability, *_ in AGE_BANDS])
+    _, youngest, oldest = AGE_BANDS[band]
+    age = int(np.rint(rng.uniform(youngest, oldest)))
+    sex = "F" if rng.uniform() < FEMALE_PROBABILITY else "M"
+    dementia_probability = np.interp(age, DEMENTIA_AGES, DEMENTIA_PROBABILITIES, left=0.0)
+    demented = rng.uniform() < dementia_probability
+    severity = float(rng.choice(DEMENTED_CDR_LEVELS, p=DEMENTED_CDR_PROBABILITIES))
+    cdr = severity if demented else 0.0
+    mmse_mean, mmse_sd = MMSE_BY_CDR[cdr]
+    mmse = int(np.clip(np.rint(rng.normal(mmse_mean, mmse_sd)), 0, 30))
+    return Demographics(age=age, sex=sex, cdr=cdr, mmse=mmse)
+
+
+def _ageing_change(
+    coefficients: dict[str, float], demographics: Demographics, rng: np.random.Generator
+) -> float:
+    """young + age * A(age) + cdr * CDR + N(0, sd^2), the coefficients named as in the dict."""
+    return (
+        coefficients["young"]
+        + coefficients["age"] * ageing_curve(demographics.age)
+        + coefficients["cdr"] * demographics.cdr
+        + rng.normal(0, coefficients["sd"])
+    )
+
+
+def draw_subject_variation(
+    rng: np.random.Generator, demographics: Demographics
+) -> SubjectVariation:
+    """Draw one subject's shape, ageing, contrast, bias and noise parameters.
+
+    The size follows the sex, the ventricle change m and the cortical thinning delta follow the
+    age and CDR; the number of draws never depends on the demographics.
+    """
     coarse_shape = (3, COARSE_GRID_POINTS, COARSE_GRID_POINTS, COARSE_GRID_POINTS)
     fine_shape = (3, FINE_GRID_POINTS, FINE_GRID_POINTS, FINE_GRID_POINTS)
+    size = rng.uniform(*SIZE_RANGE) * SEX_SIZE_FACTOR[demographics.sex]
     return SubjectVariation(
-        size=rng.uniform(*SIZE_RANGE) * (1 + rng.uniform(-ANISOTROPY, ANISOTROPY, size=3)),
+        size=size * (1 + rng.uniform(-ANISOTROPY, ANISOTROPY, size=3)),
         rotation_degrees=rng.uniform(-ROTATION_DEGREES, ROTATION_DEGREES, size=3),
         shift_mm=rng.uniform(-SHIFT_MM, SHIFT_MM, size=3),
         coarse_displacement=rng.normal(0, COARSE_DISPLACEMENT_MM, size=coarse_shape),
         fine_displacement=rng.normal(0, FINE_DISPLACEMENT_MM, size=fine_shape),
-        ventricle_change_mm=float(rng.uniform(*VENTRICLE_CHANGE_MM)),
+        ventricle_change_mm=float(
+            np.clip(
+                _ageing_change(VENTRICLE_CHANGE_MM, demographics, rng), *VENTRICLE_CHANGE_LIMITS_MM
+            )
+        ),
+        cortical_thinning_mm=max(_ageing_change(CORTICAL_THINNING_MM, demographics, rng), 0.0),
         tissue_contrast=float(rng.uniform(*TISSUE_CONTRAST_RANGE)),
         gamma=float(rng.uniform(*GAMMA_RANGE)),
         bias_control=rng.normal(0, rng.uniform(*BIAS_SIGMA_RANGE), size=(BIAS_GRID_POINTS,) * 3),
@@ -374,8 +506,8 @@ def sample_template(
 
     Returns (support, samples): support (*shape) bool marks the K points whose brain sample
     is > 0, and samples maps "brain", "t1", "grey_matter", "white_matter" to (K,) float32
-    values there. Every other point is background (its brain and T1 samples are exactly 0),
-    so the other maps are not sampled there.
+    values there and "outer_depth" to (K,) float32 mm. Every other point is background (its
+    brain and T1 samples are exactly 0), so the other maps are not sampled there.
     """
     brain = ndimage.map_coordinates(
         template.brain, coordinates, output=np.float32, order=1, mode="constant", cval=0.0
@@ -383,13 +515,39 @@ def sample_template(
     support = brain > 0
     support_coordinates = coordinates[:, support]
     samples = {"brain": brain[support] / 255}
-    for name in ("t1", "grey_matter", "white_matter"):
+    for name, scale in (
+        ("t1", 255),
+        ("grey_matter", 255),
+        ("white_matter", 255),
+        ("outer_depth", 1),
+    ):
         volume = getattr(template, name)
         values = ndimage.map_coordinates(
             volume, support_coordinates, output=np.float32, order=1, mode="constant", cval=0.0
         )
-        samples[name] = values / 255
+        samples[name] = values / scale
     return support, samples
+
+
+def thin_cortex(
+    samples: dict[str, np.ndarray], thinning_mm: float, tissue_t1: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Turn the tissue within `thinning_mm` of the outer CSF into CSF, image and masks alike.
+
+    samples: (K,) template samples (`sample_template`); tissue_t1: (3,) mu_csf, mu_gm, mu_wm.
+    With c = clip(delta - d, 0, 1) of the sampled outer depth d, grey and white matter lose the
+    fraction c of their probability to CSF, and the T1 changes as a mixture of pure tissues:
+    I' = I - c (P_gm (mu_gm - mu_csf) + P_wm (mu_wm - mu_csf)). Returns new samples.
+    """
+    converted = np.clip(thinning_mm - samples["outer_depth"], 0, 1)
+    csf_t1, grey_t1, white_t1 = tissue_t1
+    grey, white = samples["grey_matter"], samples["white_matter"]
+    darkening = converted * (grey * (grey_t1 - csf_t1) + white * (white_t1 - csf_t1))
+    return samples | {
+        "t1": np.clip(samples["t1"] - darkening, 0, None).astype(np.float32),
+        "grey_matter": grey * (1 - converted),
+        "white_matter": white * (1 - converted),
+    }
 
 
 def tissue_classes(samples: dict[str, np.ndarray]) -> np.ndarray:
@@ -423,14 +581,18 @@ def scanner_intensities(
 
 
 def synthesize_subject(
-    template: Template, case_number: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Make one synthetic subject: (32, 256, 256) uint8 images and (32, 256, 256) classes 0..3.
+    template: Template, case_number: int, seed: int, demographics: Demographics | None = None
+) -> SyntheticSubject:
+    """Make one synthetic subject: 32 images and tissue classes, its demographics and draws.
 
-    Background pixels (class 0) are 0 in the image, as in skull-stripped scans.
+    Background pixels (class 0) are 0 in the image, as in skull-stripped scans. `demographics`
+    replaces the drawn ones (they are drawn either way, so every other random draw of the
+    subject stays the same: the same person, at another age or CDR).
     """
     rng = np.random.default_rng([seed, case_number])
-    variation = draw_subject_variation(rng)
+    drawn_demographics = draw_demographics(rng)
+    demographics = demographics or drawn_demographics
+    variation = draw_subject_variation(rng, demographics)
     coarse_axes = output_plane_axes(COARSE_GRID_STEP)
     coordinates = upsample_plane_grid(
         subject_to_template(coarse_axes, variation, template), COARSE_GRID_STEP
@@ -439,6 +601,7 @@ def synthesize_subject(
         spline_field(variation.bias_control, *coarse_axes), COARSE_GRID_STEP
     )
     support, samples = sample_template(template, coordinates)
+    samples = thin_cortex(samples, variation.cortical_thinning_mm, template.tissue_t1)
     support_classes = tissue_classes(samples)
     classes = np.zeros(support.shape, dtype=np.uint8)
     classes[support] = support_classes
@@ -448,7 +611,36 @@ def synthesize_subject(
     images[brain_pixels] = scanner_intensities(
         brain_samples, log_bias[brain_pixels], variation, rng
     )
-    return images, classes
+    return SyntheticSubject(images, classes, demographics, variation)
+
+
+def table_row(case_number: int, subject: SyntheticSubject, template: Template) -> dict[str, str]:
+    """The subject's row of oasis_cross-sectional.csv, keyed by CROSS_SECTIONAL_COLUMNS.
+
+    ID is the PNG tree's subject id ("001"). eTIV = V_template * s_x s_y s_z in cm^3 (the
+    template's brain mask stands for the intracranial volume, as the template has no skull),
+    ASF = 1 / (s_x s_y s_z) (the volume scaling of the subject onto the template, the atlas
+    here), nWBV = the fraction of the subject's brain-mask pixels in its 32 slices that are grey
+    or white matter. Education and SES are left blank; Delay is N/A (no rescan).
+    """
+    demographics = subject.demographics
+    volume_scale = float(np.prod(subject.variation.size))
+    brain_pixels = np.count_nonzero(subject.classes)
+    tissue_pixels = np.count_nonzero(subject.classes >= 2)
+    return {
+        "ID": f"{case_number:03d}",
+        "M/F": demographics.sex,
+        "Hand": "R",
+        "Age": str(demographics.age),
+        "Educ": "",
+        "SES": "",
+        "MMSE": str(demographics.mmse),
+        "CDR": f"{demographics.cdr:g}",
+        "eTIV": str(round(template.intracranial_volume_mm3 * volume_scale / 1000)),
+        "nWBV": f"{tissue_pixels / brain_pixels:.3f}",
+        "ASF": f"{1 / volume_scale:.3f}",
+        "Delay": "N/A",
+    }
 
 
 def write_subject(
@@ -472,10 +664,18 @@ def _set_worker_template(template: Template) -> None:
     _worker_template = template
 
 
-def _make_subject_in_worker(case_number: int, split: str, seed: int, root: Path) -> None:
-    """Synthesize and write one subject with the worker's template."""
-    images, classes = synthesize_subject(_worker_template, case_number, seed)
-    write_subject(images, classes, case_number, split, root)
+def _make_subject(
+    template: Template, case_number: int, split: str, seed: int, root: Path
+) -> dict[str, str]:
+    """Synthesize and write one subject; return its row of the demographics table."""
+    subject = synthesize_subject(template, case_number, seed)
+    write_subject(subject.images, subject.classes, case_number, split, root)
+    return table_row(case_number, subject, template)
+
+
+def _make_subject_in_worker(case_number: int, split: str, seed: int, root: Path) -> dict[str, str]:
+    """`_make_subject` with the worker's template."""
+    return _make_subject(_worker_template, case_number, split, seed, root)
 
 
 def split_case_numbers(subject_counts: dict[str, int]) -> dict[str, range]:
@@ -512,7 +712,8 @@ def build_demo_dataset(
     staging = _new_sibling_folder(out_dir, "building")
     try:
         case_numbers = split_case_numbers(subject_counts)
-        _write_subjects(staging, case_numbers, seed, workers)
+        rows = _write_subjects(staging, case_numbers, seed, workers)
+        _write_demographics_table(staging, rows)
         _write_readme(staging, case_numbers, seed)
         _move_into_place(staging, out_dir, replace_existing)
     except BaseException:
@@ -565,7 +766,9 @@ def _check_output_folder(out_dir: Path, overwrite: bool) -> bool:
             f"{out_dir} is not a demo dataset made by build_demo_dataset (its README.txt lacks "
             f"the line {README_MARKER!r}); refusing to delete it"
         )
-    known = {"README.txt"} | {png_folder(s, masks) for s in SPLITS for masks in (False, True)}
+    known = {"README.txt", CROSS_SECTIONAL_FILE} | {
+        png_folder(s, masks) for s in SPLITS for masks in (False, True)
+    }
     unknown = [
         path.name
         for path in entries
@@ -579,17 +782,20 @@ def _check_output_folder(out_dir: Path, overwrite: bool) -> bool:
     return True
 
 
-def _write_subjects(root: Path, case_numbers: dict[str, range], seed: int, workers: int) -> None:
-    """Create the six split folders under `root` and fill them, one task per subject."""
+def _write_subjects(
+    root: Path, case_numbers: dict[str, range], seed: int, workers: int
+) -> list[dict[str, str]]:
+    """Create the six split folders under `root` and fill them, one task per subject.
+
+    Returns the subjects' rows of the demographics table, in case order.
+    """
     for split in SPLITS:
         (root / png_folder(split)).mkdir()
         (root / png_folder(split, masks=True)).mkdir()
     tasks = [(case, split) for split in SPLITS for case in case_numbers[split]]
     template = load_template()
     if workers == 1:
-        for case, split in tasks:
-            write_subject(*synthesize_subject(template, case, seed), case, split, root)
-        return
+        return [_make_subject(template, case, split, seed, root) for case, split in tasks]
     # "spawn": forking a parent that has started TensorFlow or BLAS threads can deadlock.
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=min(workers, len(tasks)),
@@ -608,6 +814,15 @@ def _write_subjects(root: Path, case_numbers: dict[str, range], seed: int, worke
             for future in futures:
                 future.cancel()
             raise
+    return [future.result() for future in futures]
+
+
+def _write_demographics_table(root: Path, rows: list[dict[str, str]]) -> None:
+    """Write the rows as oasis_cross-sectional.csv, with the OASIS-1 header, under `root`."""
+    with (root / CROSS_SECTIONAL_FILE).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CROSS_SECTIONAL_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _write_readme(root: Path, case_numbers: dict[str, range], seed: int) -> None:
