@@ -4,7 +4,9 @@ OASIS cannot be downloaded on every machine, so `build_demo_dataset` writes a st
 exact on-disk layout of the preprocessed OASIS PNG slices (`keras_png_slices_data`, read by
 `png_tree`): per split a folder keras_png_slices_{split} of `case_NNN_slice_S.nii.png` images
 and a folder keras_png_slices_seg_{split} of `seg_NNN_slice_S.nii.png` tissue masks (grey value
-85 * class), 32 slices per subject, 256x256 8-bit greyscale.
+85 * class), 32 slices per subject, 256x256 8-bit greyscale; beside them an OASIS-1 style
+oasis_cross-sectional.csv gives every subject's age, sex, CDR and MMSE, which its anatomy
+follows, so `load_slices` fills `BrainSlices.demographics` for every subject.
 
 **The data are synthetic.** Every "subject" is the one MNI152 2009a nonlinear symmetric
 template that nilearn ships (`nilearn/datasets/data/mni_icbm152_*_09a_converted.nii.gz`:
@@ -12,14 +14,36 @@ skull-stripped T1, 197x233x189 voxels of 1 mm, with grey- and white-matter proba
 Fonov et al., NeuroImage 2011), resampled through a random transform and given random
 scanner-like intensities. Nothing is OASIS and nothing touches the network.
 
+Demographics (`draw_demographics`), shaped like OASIS-1 (416 people aged 18-96, about 60%
+women; 100 with very mild to moderate dementia, CDR 0.5 / 1 / 2 for 70 / 28 / 2 of them, all
+over 60; Marcus et al., J Cogn Neurosci 2007):
+
+- age: with probability 0.30 / 0.22 / 0.48 uniform in [18, 30] / [30, 60] / [60, 96] years,
+  rounded to whole years; sex: F with probability 0.62;
+- CDR: 0 below 60; from 60 on, dementia with probability 0.1 + 0.8 (age - 60) / 36 (half of
+  the over-60s, as in OASIS-1), then CDR 0.5 / 1 / 2 with probability 0.68 / 0.26 / 0.06;
+- MMSE ~ N(29, 1), N(26, 2.5), N(21, 3.5), N(15, 4) for CDR 0, 0.5, 1, 2, rounded and clipped
+  to [0, 30]. (OASIS-1 leaves CDR and MMSE blank under 60; the demo fills them in, so that
+  conditioning has a label for every subject.)
+
+Ageing. With the ageing curve A = ((age - 18) / 78)^2 (0 at 18, 0.4 at 67, 1 at 96; brains
+change little before 50 and fast after 70) and a subject's own noise,
+
+    m     = clip(-1.5 + 6.0 A + 1.5 CDR + N(0, 0.75^2), -2.5, 7.5)   ventricle change, mm
+    delta = max(1.0 A + 0.3 CDR + N(0, 0.15^2), 0)                   cortical thinning, mm
+
+so a 20-year-old's ventricles shrink a little (m about -1.5) and a 90-year-old's with CDR 2
+grow to about twice their area (m about 7), and the pial surface moves inwards by delta (below).
+
 Geometry. Subject space is millimetres around the centre c of the template brain's bounding
 box, axes RAS. A subject point p maps back into the template (voxel coordinates) by
 
     q(p) = c + R (p / s) + t + u_coarse(p) + u_fine(p)
     T(p) = q after 4 steps of q <- q + (m / 4) g(q)
 
-- s: per-axis size factors s_i = s * (1 + a_i), s ~ U(0.92, 1.08), a_i ~ U(-0.03, 0.03)
-  (a subject 5% larger samples the template at p / 1.05);
+- s: per-axis size factors s_i = s f_sex (1 + a_i), s ~ U(0.92, 1.08), a_i ~ U(-0.03, 0.03),
+  f_sex = 0.978 for women and 1.022 for men (men's heads are some 14% larger in volume; a
+  subject 5% larger samples the template at p / 1.05);
 - R: rotation by Euler angles ~ U(-4, 4) degrees about each axis; t ~ U(-2, 2) mm;
 - u_coarse, u_fine: smooth random displacement fields, tensor-product cubic splines through
   independent N(0, sigma^2) displacements on a 6x6x6 grid (sigma = 3 mm) and a 12x12x12 grid
@@ -29,8 +53,9 @@ box, axes RAS. A subject point p maps back into the template (voxel coordinates)
   (the largest cerebrospinal-fluid component not touching the brain surface) smoothed by a
   Gaussian of 5 mm; it points into the ventricles, so moving the sample point along m g with
   m > 0 pulls ventricle into the surrounding tissue (enlarged ventricles, as with age-related
-  atrophy) and m < 0 shrinks them; m ~ U(-1.5, 4.5) mm. Taking four small steps instead of one
-  step of m g keeps the warp from folding next to the ventricles (Jacobian stays > 0).
+  atrophy) and m < 0 shrinks them; m follows age and CDR (above). Taking four small steps
+  instead of one step of m g keeps the warp from folding next to the ventricles (Jacobian
+  stays > 0).
 
 T is evaluated on every 4th pixel of each output plane and interpolated bilinearly (the field is
 smooth on a scale of centimetres), then the template is sampled only at the 32 x 256 x 256
@@ -40,7 +65,22 @@ temporal lobes to near the vertex), 0.85 mm pixels, shown in the neurological co
 loaders (`geometry`): anterior at the top, the subject's left on the image's left, so column j
 lies at x = (j - 127.5) * 0.85 mm and row i at y = (127.5 - i) * 0.85 mm from c.
 
-Intensity. With I the template T1 in [0, 1] and P_gm, P_wm, P_brain the sampled probabilities:
+Cortical thinning (`thin_cortex`). Let d be the distance (mm) from a template voxel to the
+nearest voxel of outer CSF or background: the voxels with P_gm + P_wm < 0.8 connected to the
+outside of the brain (0.8, not 0.5, because the averaged template's sulci are mostly
+partial-volume CSF; the ventricles are enclosed, so they do not count). At each sample the
+fraction c = clip(delta - d, 0, 1) of the tissue turns into CSF, and the T1 follows as a
+mixture of pure tissues (mu_csf, mu_gm, mu_wm: the template's median T1 in voxels > 90% CSF,
+GM, WM):
+
+    P_gm' = (1 - c) P_gm,  P_wm' = (1 - c) P_wm,
+    I'    = I - c (P_gm (mu_gm - mu_csf) + P_wm (mu_wm - mu_csf))
+
+The pial surface moves about delta inwards: sulci widen, the cortex thins, the brain mask (the
+intracranial space, as the template has no skull) stays, and the brain's tissue fraction falls.
+
+Intensity. With I the thinned T1 in [0, 1] and P_gm, P_wm, P_brain the sampled, thinned
+probabilities:
 
     I1 = (I (1 + k (P_wm - P_gm)))^gamma                  k ~ U(-0.05, 0.08), gamma ~ U(0.9, 1.5)
     I2 = I1 * exp(b(p)),  b = spline of N(0, sigma_b^2) on a 4x4x4 grid, clipped to +-0.2,
@@ -54,9 +94,18 @@ and background (class 0) is set to 0, as in skull-stripped OASIS slices.
 Masks. Class = argmax(1 - P_brain, P_csf, P_gm, P_wm) with P_csf = max(P_brain - P_gm - P_wm, 0),
 so the mask is warped by exactly the same T as the image; written as grey value 85 * class.
 
+The table (`table_row`) has the OASIS-1 header ID,M/F,Hand,Age,Educ,SES,MMSE,CDR,eTIV,nWBV,
+ASF,Delay; ID is the PNG tree's subject id ("001"), Hand is R (as for all of OASIS-1), Educ and
+SES are blank, Delay is N/A, and the three volumes are measured on the synthetic brain: eTIV =
+V s_x s_y s_z in cm^3 with V the template's brain-mask volume (1887 cm^3), ASF = 1 /
+(s_x s_y s_z) (the volume scaling onto the template, the "atlas" here; OASIS: eTIV = 1755 cm^3 /
+ASF), nWBV = the fraction of the brain-mask pixels of the subject's 32 slices that are grey or
+white matter (about 0.93 at 20 down to 0.75 at 90 with dementia; OASIS's is of the whole
+atlas-masked head, about 0.85 down to 0.70).
+
 Reproducibility. Subject number n (the case number, unique across splits) draws all of its
-randomness from `numpy.random.default_rng([seed, n])`, so a seed gives byte-identical PNGs for
-any number of worker processes.
+randomness, demographics first, from `numpy.random.default_rng([seed, n])`, so a seed gives
+byte-identical PNGs and table for any number of worker processes.
 """
 
 import concurrent.futures
@@ -842,13 +891,27 @@ def _write_readme(root: Path, case_numbers: dict[str, range], seed: int) -> None
         f"  smooth displacement: cubic spline of N(0, {COARSE_DISPLACEMENT_MM} mm) on a "
         f"{COARSE_GRID_POINTS}^3 grid + N(0, {FINE_DISPLACEMENT_MM} mm) on a "
         f"{FINE_GRID_POINTS}^3 grid, over {2 * FIELD_HALF_WIDTH_MM:.0f} mm",
-        f"  ventricles: moved U{VENTRICLE_CHANGE_MM} mm along the gradient of the ventricle "
-        f"mask smoothed by {VENTRICLE_SMOOTHING_MM} mm (positive = enlarged)",
+        f"  ventricles: moved m mm along the gradient of the ventricle mask smoothed by "
+        f"{VENTRICLE_SMOOTHING_MM} mm (positive = enlarged), {_ageing_formula(VENTRICLE_CHANGE_MM)}"
+        f" clipped to {VENTRICLE_CHANGE_LIMITS_MM}",
+        "  cortical thinning: tissue within delta mm of the outer CSF becomes CSF, "
+        f"delta = {_ageing_formula(CORTICAL_THINNING_MM)}, at least 0",
         f"  grey/white contrast change: U{TISSUE_CONTRAST_RANGE}; gamma: U{GAMMA_RANGE}",
         f"  bias field: exp(spline on a {BIAS_GRID_POINTS}^3 grid, sd U{BIAS_SIGMA_RANGE}, "
         f"clipped to +-{BIAS_LOG_LIMIT})",
         f"  Rician noise sd: U{NOISE_SIGMA_RANGE}; background 0; brain 99.5th percentile -> "
         f"255 x U{WHITE_LEVEL_RANGE}",
+    ]
+    demographics_lines = [
+        f"  age: uniform in [youngest, oldest] years of a band drawn with probability: {AGE_BANDS}",
+        f"  sex: F with probability {FEMALE_PROBABILITY}, else M (heads x{SEX_SIZE_FACTOR['F']} "
+        f"and x{SEX_SIZE_FACTOR['M']})",
+        f"  CDR: 0 below {DEMENTIA_AGES[0]}; then dementia with probability rising linearly from "
+        f"{DEMENTIA_PROBABILITIES[0]} at {DEMENTIA_AGES[0]} to {DEMENTIA_PROBABILITIES[1]} at "
+        f"{DEMENTIA_AGES[1]}, CDR {DEMENTED_CDR_LEVELS} with probability "
+        f"{DEMENTED_CDR_PROBABILITIES}",
+        f"  MMSE: normal (mean, sd) by CDR {MMSE_BY_CDR}, rounded, clipped to [0, 30]",
+        f"  ageing curve A = ((age - {AGEING_AGES[0]}) / {AGEING_AGES[1] - AGEING_AGES[0]})^2",
     ]
     text = "\n".join(
         [
@@ -864,12 +927,20 @@ def _write_readme(root: Path, case_numbers: dict[str, range], seed: int) -> None
             "  keras_png_slices_{train,validate,test}/case_NNN_slice_S.nii.png, 256x256 8-bit grey",
             "  keras_png_slices_seg_{train,validate,test}/seg_NNN_slice_S.nii.png, masks with",
             "  grey value 85 * class (0 background, 1 CSF, 2 grey matter, 3 white matter)",
+            f"  {CROSS_SECTIONAL_FILE}: one row per subject with the OASIS-1 header; ID is the",
+            "  case number NNN; Age, M/F, CDR, MMSE drawn, Hand R, Educ and SES blank, Delay N/A;",
+            "  eTIV, ASF and nWBV measured on the synthetic brain (its tissue fraction in the",
+            "  32 slices; the skull-stripped template's brain mask stands for the skull)",
             *split_lines,
             "",
             "How it was made (the docstring of brain_vqvae/data/demo.py gives the maths): each",
             "subject is the template resampled trilinearly through its own random transform, then",
             "given random scanner-like intensities. The mask is the argmax of the background, CSF,",
-            "grey and white matter probabilities warped by the same transform. Parameters:",
+            "grey and white matter probabilities warped by the same transform. Every subject",
+            "has an age, sex and CDR drawn like OASIS-1's, and its ventricles and cortex age",
+            "with them (larger ventricles, wider sulci, thinner cortex). Demographics:",
+            *demographics_lines,
+            "Parameters:",
             *parameter_lines,
             "",
             f"Seed: {seed}. Subject n draws from numpy.random.default_rng([{seed}, n]); the same",
@@ -878,6 +949,14 @@ def _write_readme(root: Path, case_numbers: dict[str, range], seed: int) -> None
         ]
     )
     (root / "README.txt").write_text(text)
+
+
+def _ageing_formula(coefficients: dict[str, float]) -> str:
+    """The text of young + age * A + cdr * CDR + N(0, sd^2), with the coefficients' values."""
+    return (
+        f"{coefficients['young']:+g} {coefficients['age']:+g} A {coefficients['cdr']:+g} CDR "
+        f"+ N(0, {coefficients['sd']:g}^2)"
+    )
 
 
 def _new_sibling_folder(out_dir: Path, purpose: str) -> Path:
