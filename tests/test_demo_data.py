@@ -390,5 +390,6 @@ def test_an_ageing_brain_keeps_its_head_and_its_images_follow_its_masks(one_pers
     assert abs(demented_brain - young_brain) < 0.01 * young_brain
     became_csf = (young.classes == 2) & (demented.classes == 1)
     assert np.count_nonzero(became_csf) > 0.05 * young_brain
-    csf_mean, grey_mean = (demented.images[demented.classes == c].mean() for c in (1, 2))
-    assert abs(demented.images[became_csf].mean() - csf_mean) < 0.5 * (grey_mean - csf_mean)
+    # The same scanner draws for both: the young brain's CSF and grey matter set the levels.
+    csf_mean, grey_mean = (young.images[young.classes == c].mean() for c in (1, 2))
+    assert abs(demented.images[became_csf].mean() - csf_mean) < 0.3 * (grey_mean - csf_mean)
