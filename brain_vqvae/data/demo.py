@@ -373,7 +373,8 @@ def _tissue_t1(
 ) -> np.ndarray:
     """(3,) median T1 in [0, 1] of the voxels that are > 90% CSF, grey and white matter."""
     grey, white = grey_matter.astype(np.int16), white_matter.astype(np.int16)
-    pure = [brain & (255 - grey - white > 229), grey > 229, white > 229]
+    pure_level = 0.9 * 255
+    pure = [brain & (255 - grey - white > pure_level), grey > pure_level, white > pure_level]
     return np.array([np.median(t1[voxels]) / 255 for voxels in pure])
 
 
@@ -640,7 +641,8 @@ def synthesize_subject(
     """
     rng = np.random.default_rng([seed, case_number])
     drawn_demographics = draw_demographics(rng)
-    demographics = demographics or drawn_demographics
+    if demographics is None:
+        demographics = drawn_demographics
     variation = draw_subject_variation(rng, demographics)
     coarse_axes = output_plane_axes(COARSE_GRID_STEP)
     coordinates = upsample_plane_grid(
@@ -903,14 +905,16 @@ def _write_readme(root: Path, case_numbers: dict[str, range], seed: int) -> None
         f"255 x U{WHITE_LEVEL_RANGE}",
     ]
     demographics_lines = [
-        f"  age: uniform in [youngest, oldest] years of a band drawn with probability: {AGE_BANDS}",
+        "  age: whole years, uniform in a band (probability, youngest, oldest) of",
+        f"    {AGE_BANDS}",
         f"  sex: F with probability {FEMALE_PROBABILITY}, else M (heads x{SEX_SIZE_FACTOR['F']} "
         f"and x{SEX_SIZE_FACTOR['M']})",
-        f"  CDR: 0 below {DEMENTIA_AGES[0]}; then dementia with probability rising linearly from "
-        f"{DEMENTIA_PROBABILITIES[0]} at {DEMENTIA_AGES[0]} to {DEMENTIA_PROBABILITIES[1]} at "
-        f"{DEMENTIA_AGES[1]}, CDR {DEMENTED_CDR_LEVELS} with probability "
-        f"{DEMENTED_CDR_PROBABILITIES}",
-        f"  MMSE: normal (mean, sd) by CDR {MMSE_BY_CDR}, rounded, clipped to [0, 30]",
+        f"  CDR: 0 below {DEMENTIA_AGES[0]}; then dementia with probability rising linearly "
+        f"from {DEMENTIA_PROBABILITIES[0]} at {DEMENTIA_AGES[0]}",
+        f"    to {DEMENTIA_PROBABILITIES[1]} at {DEMENTIA_AGES[1]}, with CDR "
+        f"{DEMENTED_CDR_LEVELS} of probability {DEMENTED_CDR_PROBABILITIES}",
+        "  MMSE: normal, rounded, clipped to [0, 30], with (mean, sd) by CDR",
+        f"    {MMSE_BY_CDR}",
         f"  ageing curve A = ((age - {AGEING_AGES[0]}) / {AGEING_AGES[1] - AGEING_AGES[0]})^2",
     ]
     text = "\n".join(
