@@ -1,10 +1,13 @@
 """The synthetic MNI152 demo dataset: layout, determinism, variation, output-folder safety."""
 
+import csv
+import io
 import re
 
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from brain_vqvae.data import demo as demo_data
 from brain_vqvae.data.demo import build_demo_dataset
@@ -56,7 +59,9 @@ def demo(tmp_path_factory):
 
 
 def test_layout_and_names_match_the_oasis_png_tree(demo):
-    assert sorted(p.name for p in demo.iterdir()) == sorted([*FOLDERS, "README.txt"])
+    assert sorted(p.name for p in demo.iterdir()) == sorted(
+        [*FOLDERS, "README.txt", "oasis_cross-sectional.csv"]
+    )
     for split, subjects in SPLIT_SUBJECTS.items():
         images = sorted((demo / f"keras_png_slices_{split}").iterdir())
         masks = sorted((demo / f"keras_png_slices_seg_{split}").iterdir())
@@ -232,6 +237,8 @@ def lopsided_template():
         centre=centre,
         ventricle_push=np.zeros((3, 2, 2, 2), np.float32),
         ventricle_origin=np.zeros(3),
+        outer_depth=np.full(shape, 10.0, np.float32),  # no outer CSF near the tissue
+        tissue_t1=np.array([0.1, 0.5, 0.9]),
     )
 
 
@@ -241,10 +248,148 @@ def test_subject_left_is_written_on_the_image_left():
     x_mm, y_mm, _ = demo_data.output_plane_axes(1)
     assert x_mm[0] < 0 < x_mm[255] and y_mm[0] > 0 > y_mm[255]
 
-    images, classes = demo_data.synthesize_subject(lopsided_template(), case_number=1, seed=0)
+    subject = demo_data.synthesize_subject(lopsided_template(), case_number=1, seed=0)
 
-    middle, brain = images[16].astype(float), classes[16] > 0
+    middle, brain = subject.images[16].astype(float), subject.classes[16] > 0
     left, right = middle[:, :128][brain[:, :128]], middle[:, 128:][brain[:, 128:]]
     assert left.mean() > 2 * right.mean()
     rows, columns = np.nonzero(brain)
     assert np.ptp(rows) > np.ptp(columns)  # upright: the long front-back axis runs down
+
+
+# Demographics: the table beside the tree, its distribution, and anatomy that follows it.
+
+OASIS_CROSS_SECTIONAL_HEADER = "ID,M/F,Hand,Age,Educ,SES,MMSE,CDR,eTIV,nWBV,ASF,Delay"
+
+
+def read_table(root):
+    """(header line, rows as dicts) of the demo's oasis_cross-sectional.csv."""
+    text = (root / "oasis_cross-sectional.csv").read_text()
+    return text.splitlines()[0], list(csv.DictReader(io.StringIO(text)))
+
+
+def test_demographics_table_has_the_oasis_header_and_a_row_per_subject(demo):
+    header, rows = read_table(demo)
+    assert header == OASIS_CROSS_SECTIONAL_HEADER
+    assert [row["ID"] for row in rows] == ["001", "002", "003", "004"]
+    for row in rows:
+        age, cdr, mmse = int(row["Age"]), float(row["CDR"]), int(row["MMSE"])
+        assert 18 <= age <= 96 and row["M/F"] in {"F", "M"} and row["Hand"] == "R"
+        assert cdr in {0, 0.5, 1, 2} and (cdr == 0 or age >= 60)
+        assert 0 <= mmse <= 30
+        assert row["Educ"] == row["SES"] == "" and row["Delay"] == "N/A"
+        assert 1000 < int(row["eTIV"]) < 3000 and 0.6 < float(row["ASF"]) < 1.6
+
+
+def test_demographics_table_volumes_match_the_masks(demo):
+    """nWBV is the tissue fraction of the brain in the subject's masks; eTIV * ASF is the one
+    template volume for every subject (eTIV = V s_x s_y s_z, ASF = 1 / (s_x s_y s_z))."""
+    rows = {row["ID"]: row for row in read_table(demo)[1]}
+    for split, case in (("train", "001"), ("train", "002"), ("validate", "003")):
+        classes = read_subject(demo, split, case)[1] // 85
+        tissue_fraction = np.count_nonzero(classes >= 2) / np.count_nonzero(classes)
+        assert float(rows[case]["nWBV"]) == pytest.approx(tissue_fraction, abs=5e-4)
+    template_volumes = [int(row["eTIV"]) * float(row["ASF"]) for row in rows.values()]
+    assert np.ptp(template_volumes) < 0.002 * np.mean(template_volumes)
+
+
+def test_load_slices_finds_the_demographics_of_every_subject(demo):
+    from dataset import load_slices
+
+    brain_slices = load_slices(demo, image_size=64)
+    assert brain_slices.problems == []
+    assert set(brain_slices.demographics) == {"001", "002", "003", "004"}
+    rows = {row["ID"]: row for row in read_table(demo)[1]}
+    for subject, record in brain_slices.demographics.items():
+        assert record == {
+            "age": float(rows[subject]["Age"]),
+            "sex": rows[subject]["M/F"],
+            "cdr": float(rows[subject]["CDR"]),
+            "mmse": float(rows[subject]["MMSE"]),
+        }
+
+
+def test_demographics_are_drawn_like_oasis_1():
+    """OASIS-1: 416 people aged 18-96, about 60% women, about half of those over 60 demented
+    (100 of 198), nobody under 60; MMSE falls with the CDR."""
+    people = [demo_data.draw_demographics(np.random.default_rng([0, n])) for n in range(3000)]
+    ages = np.array([person.age for person in people])
+    cdrs = np.array([person.cdr for person in people])
+    mmses = np.array([person.mmse for person in people])
+    assert ages.min() >= 18 and ages.max() <= 96 and ages.min() < 20 and ages.max() > 94
+    assert 0.42 < np.mean(ages >= 60) < 0.54
+    assert 0.55 < np.mean([person.sex == "F" for person in people]) < 0.69
+    assert set(cdrs) == {0, 0.5, 1, 2}
+    assert np.all(cdrs[ages < 60] == 0)
+    assert 0.42 < np.mean(cdrs[ages >= 60] > 0) < 0.58
+    # Dementia grows likelier with age.
+    assert np.mean(cdrs[ages >= 85] > 0) > 2 * np.mean(cdrs[(ages >= 60) & (ages < 70)] > 0)
+    assert mmses.min() >= 0 and mmses.max() <= 30
+    assert mmses[cdrs == 0].mean() > mmses[cdrs == 0.5].mean() > mmses[cdrs == 1].mean() + 2
+
+
+def ventricle_area(classes):
+    """Pixels of the middle slices' CSF regions of at least 40 pixels (29 mm^2) that are
+    enclosed by tissue: the lateral ventricles, not the CSF around the brain and in its sulci,
+    which reaches the background."""
+    area = 0
+    for slice_classes in classes[12:24]:
+        csf, background = slice_classes == 1, slice_classes == 0
+        labels, count = ndimage.label(csf)
+        sizes = ndimage.sum_labels(csf, labels, np.arange(1, count + 1))
+        sizes[labels[ndimage.binary_dilation(background) & csf] - 1] = 0
+        area += sizes[sizes >= 40].sum()
+    return area
+
+
+def outer_csf_fraction(classes):
+    """Fraction of the brain's outer 10 mm (12 pixels) that is CSF: the widened sulci."""
+    outer = np.stack([ndimage.distance_transform_edt(c > 0) for c in classes])
+    outer = (outer > 0) & (outer <= 12)
+    return np.count_nonzero(outer & (classes == 1)) / np.count_nonzero(outer)
+
+
+@pytest.fixture(scope="module")
+def one_person_ageing():
+    """Subject 1 of seed 0 as a healthy 20- and 80-year-old and a demented 80-year-old."""
+    template = demo_data.load_template()
+    return {
+        name: demo_data.synthesize_subject(
+            template, 1, 0, demo_data.Demographics(age=age, sex="F", cdr=cdr, mmse=mmse)
+        )
+        for name, age, cdr, mmse in (
+            ("young", 20, 0.0, 30),
+            ("old", 80, 0.0, 29),
+            ("demented", 80, 2.0, 15),
+        )
+    }
+
+
+def test_ventricles_grow_with_age_and_dementia(one_person_ageing):
+    area = {name: ventricle_area(s.classes) for name, s in one_person_ageing.items()}
+    assert area["old"] > 1.5 * area["young"]
+    assert area["demented"] > 1.08 * area["old"]
+
+
+def test_cortex_thins_and_sulci_widen_with_age_and_dementia(one_person_ageing):
+    grey_fraction = {
+        name: np.count_nonzero(s.classes == 2) / np.count_nonzero(s.classes)
+        for name, s in one_person_ageing.items()
+    }
+    assert grey_fraction["young"] - grey_fraction["old"] > 0.03
+    assert grey_fraction["old"] - grey_fraction["demented"] > 0.03
+    outer_csf = {name: outer_csf_fraction(s.classes) for name, s in one_person_ageing.items()}
+    assert outer_csf["old"] > 1.5 * outer_csf["young"]
+    assert outer_csf["demented"] > 1.2 * outer_csf["old"]
+
+
+def test_an_ageing_brain_keeps_its_head_and_its_images_follow_its_masks(one_person_ageing):
+    """Atrophy turns tissue into CSF inside the same intracranial space, in image and mask."""
+    young, demented = one_person_ageing["young"], one_person_ageing["demented"]
+    young_brain, demented_brain = (np.count_nonzero(s.classes) for s in (young, demented))
+    assert abs(demented_brain - young_brain) < 0.01 * young_brain
+    became_csf = (young.classes == 2) & (demented.classes == 1)
+    assert np.count_nonzero(became_csf) > 0.05 * young_brain
+    # The same scanner draws for both: the young brain's CSF and grey matter set the levels.
+    csf_mean, grey_mean = (young.images[young.classes == c].mean() for c in (1, 2))
+    assert abs(demented.images[became_csf].mean() - csf_mean) < 0.3 * (grey_mean - csf_mean)

@@ -15,9 +15,19 @@ from typing import Any
 
 from .slices import DataError, SliceSet
 
-__all__ = ["join_demographics", "read_demographics_tables"]
+__all__ = [
+    "CROSS_SECTIONAL_COLUMNS",
+    "CROSS_SECTIONAL_FILE",
+    "join_demographics",
+    "read_demographics_tables",
+]
 
-_DEMOGRAPHICS_FILES = ("oasis_cross-sectional.csv", "oasis_longitudinal.csv")
+CROSS_SECTIONAL_FILE = "oasis_cross-sectional.csv"
+# The header of the OASIS-1 table, in its order (the demo builder writes it too).
+CROSS_SECTIONAL_COLUMNS = (
+    "ID", "M/F", "Hand", "Age", "Educ", "SES", "MMSE", "CDR", "eTIV", "nWBV", "ASF", "Delay",
+)  # fmt: skip
+_DEMOGRAPHICS_FILES = (CROSS_SECTIONAL_FILE, "oasis_longitudinal.csv")
 _DEMOGRAPHICS_SEARCH_DEPTH = 3  # folders above the data in which to look for the tables
 _DEMOGRAPHIC_COLUMNS = {"age": "Age", "sex": "M/F", "cdr": "CDR", "mmse": "MMSE"}
 _SESSION_ID_COLUMNS = ("ID", "MRI ID")  # cross-sectional, longitudinal
