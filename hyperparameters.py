@@ -34,6 +34,10 @@ RECONSTRUCTION_LOSSES = ("mse", "ssim_l1")
 PIXELCNN_ARCHITECTURES = ("masked", "gated")
 LEARNING_RATE_SCHEDULES = ("constant", "cosine")
 MODELS = ("vqvae", "vae")
+# What a conditional PixelCNN prior can be told about the map it draws: the slice's relative
+# level in its volume (0 = lowest, 1 = highest), the subject's age, sex and CDR (an OASIS
+# table), and the code map of the slice just below it (to draw volumes slice by slice).
+PRIOR_CONDITIONS = ("slice_position", "age", "sex", "cdr", "previous_slice")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,6 +114,22 @@ def check_top_p(top_p) -> None:
         raise ValueError(f"top_p must be None or in range (0, 1], got {top_p}")
 
 
+def parse_prior_conditions(text: str) -> tuple[str, ...] | None:
+    """`prior_conditions` as names in the order of `PRIOR_CONDITIONS`: None for "auto", () for
+    "none", else the comma-separated names, each known and given once."""
+    if text == "auto":
+        return None
+    if text == "none":
+        return ()
+    names = [name.strip() for name in str(text).split(",")]
+    if any(name not in PRIOR_CONDITIONS for name in names) or len(set(names)) != len(names):
+        raise ValueError(
+            f'prior_conditions must be "auto", "none" or distinct comma-separated names of '
+            f"{', '.join(PRIOR_CONDITIONS)}; got {text!r}"
+        )
+    return tuple(name for name in PRIOR_CONDITIONS if name in names)
+
+
 def gated_dilation_cycle(code_map_size: int, kernel_size: int) -> int:
     """Layers in one cycle of the gated PixelCNN's dilations 1, 2, 4, ..., 2**(c - 1): the least
     c >= 1 whose reach (kernel_size // 2) * (2**c - 1) is at least code_map_size - 1, so that one
@@ -144,6 +164,7 @@ PRIOR_ARCHITECTURE_FIELDS = (
     "pixelcnn_architecture",
     "pixelcnn_gated_layers",
     "pixelcnn_gated_kernel",
+    "prior_conditions",
 )
 ARCHITECTURE_FIELDS = tuple(
     dict.fromkeys(VAE_ARCHITECTURE_FIELDS + VQVAE_ARCHITECTURE_FIELDS + PRIOR_ARCHITECTURE_FIELDS)
@@ -152,6 +173,8 @@ ARCHITECTURE_FIELDS = tuple(
 # may change these and keep its VQ-VAE.
 PRIOR_FIELDS = (
     *(name for name in PRIOR_ARCHITECTURE_FIELDS if name.startswith("pixelcnn_")),
+    "prior_conditions",
+    "condition_dropout",
     "learning_rate_pixelcnn",
     "epochs_pixelcnn",
 )
@@ -217,6 +240,15 @@ class Hyperparameters:
     # for k = `pixelcnn_gated_kernel`. There must be at least one cycle of dilations.
     pixelcnn_gated_layers: int = 6
     pixelcnn_gated_kernel: int = 3
+    # Conditions of the (gated) prior, comma-separated names of `PRIOR_CONDITIONS`; "auto":
+    # every one the training data provides (resolved when the prior is trained, and saved so),
+    # "none": an unconditional prior. A saved configuration without this key predates it and
+    # is unconditional (`from_dict`). In training a map's conditions are all hidden from the
+    # prior with probability `condition_dropout` (a learned "unknown"), and otherwise each one
+    # with that probability, so that any subset of them, none included, can be given when
+    # sampling.
+    prior_conditions: str = "auto"
+    condition_dropout: float = 0.25
 
     # Training. `augment` adds random flips, small rotations and scalings and intensity jitter.
     # "cosine" decays each stage's learning rate to 5 % of its start over the stage's epochs.
@@ -302,6 +334,14 @@ class Hyperparameters:
                 f"{self.pixelcnn_gated_kernel} (one cycle of dilations, so that every position "
                 f"sees every earlier one), got {self.pixelcnn_gated_layers}"
             )
+        parse_prior_conditions(self.prior_conditions)
+        if self.prior_conditions not in ("auto", "none") and self.pixelcnn_architecture != "gated":
+            raise ValueError(
+                f"prior_conditions {self.prior_conditions!r} need pixelcnn_architecture 'gated' "
+                f"(the masked PixelCNN takes no conditions), got {self.pixelcnn_architecture!r}"
+            )
+        if not 0.0 <= self.condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
         check_quantizer_settings(
             num_embeddings=self.num_embeddings,
             latent_dim=self.latent_dim,
@@ -338,6 +378,19 @@ class Hyperparameters:
             raise ValueError(f"ssim_target must be in range (0, 1], got {self.ssim_target}")
 
     @property
+    def condition_names(self) -> tuple[str, ...]:
+        """The prior's conditions in the order of `PRIOR_CONDITIONS` (() for "none"). "auto" is
+        resolved from the data when the prior is trained (`brain_vqvae.training`): asking a
+        configuration that still says "auto" raises `ValueError`."""
+        names = parse_prior_conditions(self.prior_conditions)
+        if names is None:
+            raise ValueError(
+                'prior_conditions is still "auto": it is resolved from the training data when '
+                "the prior is trained"
+            )
+        return names
+
+    @property
     def code_map_size(self) -> int:
         """Side of the square code map: image_size / 2**downsample_stages (8 for the card)."""
         return self.image_size // 2**self.downsample_stages
@@ -365,14 +418,15 @@ class Hyperparameters:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Hyperparameters:
         """Inverse of `to_dict`; an unknown key is an error, a missing one takes its default,
-        except `pixelcnn_architecture`, which is "masked" when missing: every configuration
-        saved before the field existed (a run's hyperparameters.json, a `.keras` PixelCNN's
-        config) describes a masked PixelCNN, and must keep loading as one."""
+        except `pixelcnn_architecture`, which is "masked" when missing, and `prior_conditions`,
+        "none": every configuration saved before those fields existed (a run's
+        hyperparameters.json, a `.keras` PixelCNN's config) describes an unconditional masked
+        PixelCNN, and must keep loading as one."""
         known = {field.name for field in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown hyperparameter(s): {', '.join(unknown)}")
-        values = {"pixelcnn_architecture": "masked", **values}
+        values = {"pixelcnn_architecture": "masked", "prior_conditions": "none", **values}
         return cls(
             **{
                 name: tuple(value) if isinstance(value, list) else value

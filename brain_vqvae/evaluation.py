@@ -95,14 +95,22 @@ def score_model(autoencoder, images: np.ndarray, batch_size: int = 64) -> SliceS
     return score_reconstructions(images, reconstruct_images(autoencoder, images, batch_size))
 
 
-def prior_bits_per_code(pixelcnn, code_maps: np.ndarray, batch_size: int = 64) -> float:
+def prior_bits_per_code(
+    pixelcnn, code_maps: np.ndarray, batch_size: int = 64, conditions: dict | None = None
+) -> float:
     """The prior's mean negative log2-likelihood of real code maps (N, h, w), in bits per code:
-    -(1 / N h w) sum log2 p(k(i, j) | codes before (i, j)). Computed `batch_size` maps at a
-    time, so the (N, h, w, K) logits of a large codebook never sit in memory at once."""
+    -(1 / N h w) sum log2 p(k(i, j) | codes before (i, j)), for a conditional prior given the
+    maps' `conditions` ({"values", "known", "previous"}, N rows each: `slice_conditions`).
+    Computed `batch_size` maps at a time, so the (N, h, w, K) logits of a large codebook never
+    sit in memory at once."""
     total = 0.0
     for start in range(0, len(code_maps), batch_size):
-        batch = code_maps[start : start + batch_size]
-        logits = np.asarray(pixelcnn.predict(batch, batch_size=batch_size, verbose=0))
+        rows = slice(start, start + batch_size)
+        batch = code_maps[rows]
+        inputs = batch
+        if conditions is not None:
+            inputs = {"codes": batch, **{name: value[rows] for name, value in conditions.items()}}
+        logits = np.asarray(pixelcnn.predict(inputs, batch_size=batch_size, verbose=0))
         total += bits_per_code(logits, batch) * len(batch)
     return total / len(code_maps)
 
@@ -121,12 +129,15 @@ def run_test_metrics(
     pixelcnn,
     images: np.ndarray,
     code_maps: np.ndarray | None = None,
+    conditions: dict | None = None,
 ) -> dict:
     """The run's headline numbers on the test split (metrics.json): reconstruction scores of
     `images` (N, S, S, 1) by the `autoencoder`; for a VQ-VAE the codebook use of their
     `code_maps` (N, h, w) and, with a prior, its bits per code against the uniform prior's
-    log2 K; for a VAE (no codes, no `pixelcnn`) "kl_loss", the mean KL divergence of their
-    posteriors to N(0, I) in nats per latent element (`kl_divergence`)."""
+    log2 K (a conditional prior: given the slices' `conditions`, and with every condition
+    unknown, "prior_bits_per_code_unconditioned"); for a VAE (no codes, no `pixelcnn`)
+    "kl_loss", the mean KL divergence of their posteriors to N(0, I) in nats per latent element
+    (`kl_divergence`)."""
     batch_size = hyperparameters.inference_batch_size
     metrics = {
         "split": "test",
@@ -137,7 +148,14 @@ def run_test_metrics(
         return metrics
     metrics |= codebook_use(code_maps, hyperparameters.num_embeddings)
     if pixelcnn is not None:
-        metrics["prior_bits_per_code"] = prior_bits_per_code(pixelcnn, code_maps, batch_size)
+        metrics["prior_bits_per_code"] = prior_bits_per_code(
+            pixelcnn, code_maps, batch_size, conditions
+        )
+        if conditions is not None:
+            hidden = {**conditions, "known": np.zeros_like(conditions["known"])}
+            metrics["prior_bits_per_code_unconditioned"] = prior_bits_per_code(
+                pixelcnn, code_maps, batch_size, hidden
+            )
         metrics["uniform_bits_per_code"] = float(np.log2(hyperparameters.num_embeddings))
     return metrics
 

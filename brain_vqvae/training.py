@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from brain_vqvae import evaluation, plotting
+from brain_vqvae.conditioning import condition_ranges, resolve_prior_conditions, slice_conditions
 from brain_vqvae.data import SliceSet, code_map_dataset, make_tf_dataset
 from brain_vqvae.metrics import ssim_per_slice
 from brain_vqvae.model import build_pixelcnn, build_vae, build_vqvae, encode_code_maps
@@ -422,16 +423,27 @@ def train_pixelcnn(
     resume: bool,
     tensorboard: bool = False,
     verbose: int | str = "auto",
+    conditions: tuple[dict, dict] | None = None,
+    condition_ranges: dict | None = None,
 ):
-    """Stage 2: fit the PixelCNN to the training code maps; returns the best model."""
+    """Stage 2: fit the PixelCNN to the training code maps (for a conditional prior with the
+    training and validation maps' `conditions`, `slice_conditions`, and the training data's
+    `condition_ranges`); returns the best model."""
     batch_size = hyperparameters.batch_size
+    train_conditions, validate_conditions = conditions or (None, None)
     return train_stage(
         "pixelcnn",
-        lambda: build_pixelcnn(hyperparameters),
+        lambda: build_pixelcnn(hyperparameters, condition_ranges),
         hyperparameters,
         run,
-        code_map_dataset(train_codes, batch_size, shuffle=True, seed=hyperparameters.seed),
-        code_map_dataset(validate_codes, batch_size),
+        code_map_dataset(
+            train_codes,
+            batch_size,
+            shuffle=True,
+            seed=hyperparameters.seed,
+            conditions=train_conditions,
+        ),
+        code_map_dataset(validate_codes, batch_size, conditions=validate_conditions),
         len(train_codes),
         resume,
         tensorboard,
@@ -581,21 +593,44 @@ def _train_in_folder(
     vqvae = autoencoder
     pixelcnn = None
     encode_batch = hyperparameters.inference_batch_size
+    encoded = ("train", "validate", "test") if "pixelcnn" in stages else ("test",)
+    codes = {name: encode_split(vqvae, splits[name], encode_batch) for name in encoded}
     if "pixelcnn" in stages:
+        hyperparameters = resolve_prior_conditions(
+            hyperparameters, splits["train"], data.demographics
+        )
+        write_atomically(
+            run.hyperparameters, json.dumps(hyperparameters.to_dict(), indent=2) + "\n"
+        )
+        names = hyperparameters.condition_names
+        print(f"prior conditions: {', '.join(names) or 'none'}")
         pixelcnn = train_pixelcnn(
             hyperparameters,
             run,
-            encode_split(vqvae, splits["train"], encode_batch),
-            encode_split(vqvae, splits["validate"], encode_batch),
+            codes["train"],
+            codes["validate"],
             resume,
             tensorboard,
             verbose,
+            conditions=tuple(
+                slice_conditions(names, splits[name], data.demographics, codes[name])
+                for name in ("train", "validate")
+            )
+            if names
+            else None,
+            condition_ranges=condition_ranges(names, splits["train"], data.demographics),
         )
     elif run.model("pixelcnn").exists():
         pixelcnn = keras.saving.load_model(run.model("pixelcnn"))
 
-    test_codes = encode_split(vqvae, splits["test"], encode_batch)
-    metrics = evaluation.run_test_metrics(hyperparameters, vqvae, pixelcnn, test_images, test_codes)
+    test_conditions = None
+    if pixelcnn is not None and pixelcnn.condition_names:
+        test_conditions = slice_conditions(
+            pixelcnn.condition_names, splits["test"], data.demographics, codes["test"]
+        )
+    metrics = evaluation.run_test_metrics(
+        hyperparameters, vqvae, pixelcnn, test_images, codes["test"], test_conditions
+    )
     return _write_metrics(run, source, metrics, hyperparameters)
 
 

@@ -19,7 +19,9 @@ def run_copy(tiny_run, tmp_path):
 
 def test_a_run_loads_with_its_configuration(run_copy, tiny_hyperparameters):
     run = load_run(run_copy)
-    assert run.hyperparameters == tiny_hyperparameters
+    resolved = tiny_hyperparameters.replace(prior_conditions="slice_position,previous_slice")
+    assert run.hyperparameters == resolved
+    assert run.pixelcnn.condition_ranges == {"slice_position": [0.0, 1.0]}
     images = np.zeros((2, 32, 32, 1), np.float32)
     assert run.vqvae(images).shape == (2, 32, 32, 1)
     assert run.pixelcnn(np.zeros((2, 8, 8), np.int32)).shape == (2, 8, 8, 8)

@@ -38,7 +38,10 @@ def test_run_folder_holds_everything_it_promises(tiny_run, tiny_hyperparameters)
         "metrics.json",
     ):
         assert (out / name).is_file(), name
-    assert Hyperparameters.load(out / "hyperparameters.json") == tiny_hyperparameters
+    # "auto" conditions become what the tiny PNG tree provides: levels, no demographics table
+    assert Hyperparameters.load(out / "hyperparameters.json") == tiny_hyperparameters.replace(
+        prior_conditions="slice_position,previous_slice"
+    )
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == pytest.approx(metrics)
     for key in (

@@ -2,9 +2,9 @@
 
 `load_slices(path)` finds the format (the README's "Data" section lists them) and returns a
 `BrainSlices` of per-split `SliceSet`s; `load_volume_slices(file)` reads one volume file the
-same way (`load_file_slices` one image or volume file); `make_tf_dataset` and `code_map_dataset` turn slices and code maps into tf.data
-batches. Slices are shown in the neurological convention: anterior at the top, the subject's
-left on the image's left.
+same way (`load_file_slices` one image or volume file); `make_tf_dataset` and
+`code_map_dataset` turn slices and code maps into tf.data batches. Slices are shown in the
+neurological convention: anterior at the top, the subject's left on the image's left.
 
     slices = load_slices("keras_png_slices_data", image_size=128)
     train = make_tf_dataset(slices.splits["train"], batch_size=32, shuffle=True, augment=True)

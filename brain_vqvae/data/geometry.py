@@ -29,8 +29,8 @@ from PIL import Image
 
 __all__ = [
     "fit_square",
-    "foreground_mask",
     "foreground_box",
+    "foreground_mask",
     "robust_uint8",
     "spread_planes",
     "upright",

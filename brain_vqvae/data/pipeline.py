@@ -50,30 +50,40 @@ def make_tf_dataset(
 
 
 def code_map_dataset(
-    code_maps: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0
+    code_maps: np.ndarray,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    conditions: dict[str, np.ndarray] | None = None,
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` of (B, h, h) batches of the int code maps (N, h, h), which are the
-    PixelCNN's inputs and targets: it predicts each code from the ones before it. Shuffling is
-    seeded and different in every epoch."""
+    PixelCNN's inputs and targets: it predicts each code from the ones before it. With
+    `conditions` (arrays of N rows each, e.g. {"values", "known", "previous"}) the batches are
+    dicts {"codes": (B, h, h), name: (B, ...) for each condition array}, rows kept together.
+    Shuffling is seeded and different in every epoch."""
+    if conditions:
+        return _batches({"codes": code_maps, **conditions}, batch_size, shuffle, seed)
     return _batches(code_maps, batch_size, shuffle, seed)
 
 
 def _batches(
-    elements: np.ndarray,
+    elements: np.ndarray | dict[str, np.ndarray],
     batch_size: int,
     shuffle: bool,
     seed: int,
     transform: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None,
 ) -> tf.data.Dataset:
-    """The (N, ...) `elements` as batches of `batch_size` (the last one smaller), shuffled
-    over all N with `seed` and anew every epoch when `shuffle`, then `transform`ed, prefetched."""
+    """The (N, ...) `elements` (or a dict of such arrays) as batches of `batch_size` (the last
+    one smaller), shuffled over all N with `seed` and anew every epoch when `shuffle`, then
+    `transform`ed, prefetched."""
     import tensorflow as tf
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     dataset = tf.data.Dataset.from_tensor_slices(elements)
     if shuffle:
-        dataset = dataset.shuffle(len(elements), seed=seed, reshuffle_each_iteration=True)
+        count = len(next(iter(elements.values())) if isinstance(elements, dict) else elements)
+        dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     if transform is not None:
         dataset = transform(dataset)

@@ -45,7 +45,9 @@ def find_png_tree(path: Path) -> Found | None:
     nested_once = path / "keras_png_slices_data"
     for root in (path, nested_once, nested_once / "keras_png_slices_data"):
         if any(
-            (root / png_folder(split, masks)).is_dir() for split in SPLITS for masks in (False, True)
+            (root / png_folder(split, masks)).is_dir()
+            for split in SPLITS
+            for masks in (False, True)
         ):
             return _list_png_tree(root)
     return None

@@ -88,9 +88,7 @@ def load_volume_slices(
         )
     path = Path(path).expanduser()
     if not _volume_suffix(path):
-        raise DataError(
-            f"{path}: not a volume file; expected one of {', '.join(VOLUME_SUFFIXES)}"
-        )
+        raise DataError(f"{path}: not a volume file; expected one of {', '.join(VOLUME_SUFFIXES)}")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     image_file = path.with_suffix(".img")

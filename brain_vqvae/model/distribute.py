@@ -38,13 +38,20 @@ def weighted_by_share(mean, share):
 
 
 def apply_to_rows(network, inputs, **options):
-    """`network(inputs, **options)` for a batch of any size, 0 included: an empty batch is run
-    as one row of zeros and the output cut back to no rows. With oneDNN (on by default here)
-    TensorFlow's CPU convolutions give an empty batch a wrongly shaped output, and a replica gets
-    an empty batch when the last batch of an epoch has fewer rows than there are replicas."""
-    rows = ops.shape(inputs)[0]
-    padding = ops.zeros((ops.maximum(1 - rows, 0), *ops.shape(inputs)[1:]), dtype=inputs.dtype)
-    return network(ops.concatenate([inputs, padding]), **options)[:rows]
+    """`network(inputs, **options)` for a batch of any size, 0 included; `inputs` is one tensor
+    or a list of tensors with the same rows. An empty batch is run as one row of zeros and the
+    output cut back to no rows. With oneDNN (on by default here) TensorFlow's CPU convolutions
+    give an empty batch a wrongly shaped output, and a replica gets an empty batch when the last
+    batch of an epoch has fewer rows than there are replicas."""
+    tensors = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
+    rows = ops.shape(tensors[0])[0]
+
+    def padded(tensor):
+        padding = ops.zeros((ops.maximum(1 - rows, 0), *ops.shape(tensor)[1:]), dtype=tensor.dtype)
+        return ops.concatenate([tensor, padding])
+
+    tensors = [padded(tensor) for tensor in tensors]
+    return network(tensors if len(tensors) > 1 else tensors[0], **options)[:rows]
 
 
 def step_logs(logs: dict) -> dict:

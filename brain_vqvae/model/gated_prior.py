@@ -19,8 +19,10 @@ Row i of the vertical stack sees rows <= i, all columns in reach; the horizontal
 spot. The dilations cycle through 1, 2, 4, ... (`Hyperparameters.pixelcnn_dilations`), which
 puts every earlier position in reach. The logits are a 1x1 convolution of relu(h) to K.
 
-A per-map condition c would enter every gate as gate(a + [V_f c, V_g c]) (eq. 5 of the paper):
-both stacks go through `gated_activation`, whose pre-activations are the place to add it.
+A conditional layer (`conditioned`) adds 1x1 projections of the condition features c
+[N, 1 or h, 1 or w, W] (`conditions.ConditionEncoder`) to both pre-activations, as eq. 4-5 of
+the paper add V^T h: v' = gate(V * v + C_v c), and H * h + U shift(V * v) + C_h c inside the
+horizontal gate. c does not depend on the codes, so the causal structure is unchanged.
 """
 
 from __future__ import annotations
@@ -54,14 +56,22 @@ class GatedLayer(keras.layers.Layer):
     (`vertical_padding`, `horizontal_padding`), which the cached sampler reuses on one row.
     """
 
-    def __init__(self, filters: int, kernel_size: int, dilation: int, first: bool, **kwargs):
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int,
+        dilation: int,
+        first: bool,
+        conditioned: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         check_at_least("filters", filters, 1)
         check_at_least("kernel_size", kernel_size, 3)
         check_odd_kernel("kernel_size", kernel_size)
         check_at_least("dilation", dilation, 1)
         self.filters, self.kernel_size = filters, kernel_size
-        self.dilation, self.first = dilation, first
+        self.dilation, self.first, self.conditioned = dilation, first, conditioned
         self.reach = kernel_size // 2  # p
         self.vertical = keras.layers.Conv2D(
             2 * filters, (self.reach + 1, kernel_size), dilation_rate=dilation, name="vertical"
@@ -71,6 +81,10 @@ class GatedLayer(keras.layers.Layer):
         )
         self.vertical_to_horizontal = keras.layers.Conv2D(2 * filters, 1, name="v_to_h")
         self.residual = keras.layers.Conv2D(filters, 1, name="residual")
+        self.condition_to_vertical = self.condition_to_horizontal = None
+        if conditioned:
+            self.condition_to_vertical = keras.layers.Conv2D(2 * filters, 1, name="c_to_v")
+            self.condition_to_horizontal = keras.layers.Conv2D(2 * filters, 1, name="c_to_h")
 
     @property
     def shift(self) -> int:
@@ -92,14 +106,22 @@ class GatedLayer(keras.layers.Layer):
         self.horizontal.build((None, None, None, channels))
         self.vertical_to_horizontal.build((None, None, None, 2 * self.filters))
         self.residual.build((None, None, None, self.filters))
+        if self.conditioned:
+            condition_width = input_shape[2][-1]
+            self.condition_to_vertical.build((None, None, None, condition_width))
+            self.condition_to_horizontal.build((None, None, None, condition_width))
 
     def call(self, inputs):
-        vertical, horizontal = inputs
+        vertical, horizontal = inputs[:2]
         vertical_pre = self.vertical(ops.pad(vertical, self.vertical_padding()))
+        if self.conditioned:
+            vertical_pre = vertical_pre + self.condition_to_vertical(inputs[2])
         horizontal_pre = self.horizontal(ops.pad(horizontal, self.horizontal_padding()))
         if self.shift:
             horizontal_pre = horizontal_pre[:, :, : -self.shift]
         horizontal_pre = horizontal_pre + self.vertical_to_horizontal(shift_down(vertical_pre))
+        if self.conditioned:
+            horizontal_pre = horizontal_pre + self.condition_to_horizontal(inputs[2])
         update = self.residual(gated_activation(horizontal_pre))
         return gated_activation(vertical_pre), update if self.first else horizontal + update
 
@@ -114,6 +136,7 @@ class GatedLayer(keras.layers.Layer):
             "kernel_size": self.kernel_size,
             "dilation": self.dilation,
             "first": self.first,
+            "conditioned": self.conditioned,
         }
 
 
@@ -121,20 +144,28 @@ def build_gated_network(hyperparameters: Hyperparameters) -> keras.Model:
     """Code maps as features [N, h, h, C] -> logits [N, h, h, K] (C as in the masked network):
     `pixelcnn_gated_layers` `GatedLayer`s "gated_0", "gated_1", ... of `pixelcnn_filters`
     channels and dilations `pixelcnn_dilations`, both stacks starting from the features; ReLU
-    ("relu") and a 1x1 convolution ("logits") of the horizontal stack to K logits."""
-    codes = hyperparameters.num_embeddings
+    ("relu") and a 1x1 convolution ("logits") of the horizontal stack to K logits.
+
+    With `prior_conditions`, the network takes [code features, condition features c
+    [N, 1 or h, 1 or w, `pixelcnn_filters`]] and every layer is conditioned on c."""
+    codes, filters = hyperparameters.num_embeddings, hyperparameters.pixelcnn_filters
     code_features = keras.Input(
         (None, None, hyperparameters.pixelcnn_embedding_dim or codes), name="code_features"
     )
+    conditioned = bool(hyperparameters.condition_names)
+    inputs = [code_features]
+    if conditioned:
+        inputs.append(keras.Input((None, None, filters), name="condition_features"))
     vertical = horizontal = code_features
     for index, dilation in enumerate(hyperparameters.pixelcnn_dilations):
         vertical, horizontal = GatedLayer(
-            hyperparameters.pixelcnn_filters,
+            filters,
             hyperparameters.pixelcnn_gated_kernel,
             dilation,
             first=index == 0,
+            conditioned=conditioned,
             name=f"gated_{index}",
-        )((vertical, horizontal))
+        )((vertical, horizontal, *inputs[1:]))
     features = keras.layers.ReLU(name="relu")(horizontal)
     logits = keras.layers.Conv2D(codes, 1, name="logits")(features)
-    return keras.Model(code_features, logits, name="pixelcnn_network")
+    return keras.Model(inputs if conditioned else code_features, logits, name="pixelcnn_network")

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from brain_vqvae.model.conditions import ConditionEncoder
 from brain_vqvae.model.distribute import (
     apply_to_rows,
     batch_share,
@@ -130,18 +131,27 @@ class PixelCNN(keras.Model):
     `pixelcnn_architecture` says (a config without that key is masked: `from_dict`). Either
     makes the logits at (i, j) depend only on the codes before (i, j) in raster order.
 
+    A prior with `prior_conditions` (gated only) takes a dict instead of the maps: {"codes":
+    [N, h, h] int, "values": [N, C] float, "known": [N, C] 0/1 float, and with "previous_slice"
+    "previous": [N, h, h] int} for its C conditions (`conditions.condition_batch` makes one;
+    `conditions` has the maths). `condition_ranges` ({name: [low, high]}, for sex the values
+    seen) records what the training data held, so that a request outside it can be refused.
+
     It is trained by its own `train_step`: compile it with an optimizer and `fit` it on batches
-    of code maps, which are also the targets (a y given is ignored). The loss is the mean over
-    every position of every map of the cross-entropy -log softmax(logits(i, j))[k(i, j)] (nats
-    per code); "accuracy" is the share of positions whose most likely code is k(i, j). Under a
-    `tf.distribute` strategy both are weighted by each replica's share of the global batch, as
-    in `VQVAE`. (A batch of maps alone, not (maps, maps), is also what Keras 3 can hand to
-    several workers of a `MultiWorkerMirroredStrategy`: it fails to reduce (x, y) batches.)
+    of code maps (or such dicts), whose codes are also the targets (a y given is ignored); a
+    conditional prior hides each known condition with probability `condition_dropout`. The loss
+    is the mean over every position of every map of the cross-entropy
+    -log softmax(logits(i, j))[k(i, j)] (nats per code); "accuracy" is the share of positions
+    whose most likely code is k(i, j). Under a `tf.distribute` strategy both are weighted by
+    each replica's share of the global batch, as in `VQVAE`. (A batch of maps alone, not
+    (maps, maps), is also what Keras 3 can hand to several workers of a
+    `MultiWorkerMirroredStrategy`: it fails to reduce (x, y) batches.)
     """
 
-    def __init__(self, hyperparameters: dict, **kwargs):
+    def __init__(self, hyperparameters: dict, condition_ranges: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         self.hyperparameters = Hyperparameters.from_dict(hyperparameters)
+        self.condition_ranges = dict(condition_ranges or {})
         self.network = NETWORK_BUILDERS[self.hyperparameters.pixelcnn_architecture](
             self.hyperparameters
         )
@@ -152,6 +162,16 @@ class PixelCNN(keras.Model):
                 self.num_embeddings, embedding_dim, name="code_embedding"
             )
             self.code_embedding.build()
+        self.condition_encoder = None
+        if self.condition_names:
+            self.condition_encoder = ConditionEncoder(
+                self.condition_names,
+                self.num_embeddings,
+                self.hyperparameters.pixelcnn_filters,
+                name="condition_encoder",
+            )
+            self.condition_encoder.build()
+            self.condition_dropout_seed = keras.random.SeedGenerator(self.hyperparameters.seed)
         self.trackers = [keras.metrics.Mean(name=name) for name in PIXELCNN_METRICS]
         self.built = True  # every weight exists once the network is made
 
@@ -167,6 +187,10 @@ class PixelCNN(keras.Model):
     def num_embeddings(self) -> int:
         return self.hyperparameters.num_embeddings
 
+    @property
+    def condition_names(self) -> tuple[str, ...]:
+        return self.hyperparameters.condition_names
+
     def code_features(self, codes):
         """Integer codes [...] -> the network's input features [..., C]: one-hot vectors
         (C = K) or, with `pixelcnn_embedding_dim` E, learned embeddings (C = E)."""
@@ -175,12 +199,34 @@ class PixelCNN(keras.Model):
             return ops.one_hot(codes, self.num_embeddings)
         return self.code_embedding(codes)
 
-    def call(self, code_maps):
-        return apply_to_rows(self.network, self.code_features(code_maps))
+    def condition_features(self, inputs):
+        """The condition features c [N, 1 or h, 1 or w, F] of a conditional prior's dict
+        `inputs` (`ConditionEncoder`)."""
+        return self.condition_encoder(inputs["values"], inputs["known"], inputs.get("previous"))
 
-    def _loss_and_accuracy(self, code_maps, training: bool) -> dict:
-        code_maps = ops.cast(code_maps, "int32")
-        logits = self(code_maps, training=training)
+    def call(self, inputs):
+        if self.condition_encoder is None:
+            return apply_to_rows(self.network, self.code_features(inputs))
+        if not isinstance(inputs, dict):
+            inputs = unknown_conditions(inputs, len(self.condition_names))
+        code_features = self.code_features(inputs["codes"])
+        condition_features = self.condition_features(inputs)
+        condition_features = condition_features + ops.zeros_like(code_features[:, :1, :1, :1])
+        return apply_to_rows(self.network, [code_features, condition_features])
+
+    def _hide_conditions(self, inputs):
+        """`inputs` with each known condition hidden (known = 0) with `condition_dropout`."""
+        keep = (
+            keras.random.uniform(ops.shape(inputs["known"]), seed=self.condition_dropout_seed)
+            >= self.hyperparameters.condition_dropout
+        )
+        return {**inputs, "known": inputs["known"] * ops.cast(keep, "float32")}
+
+    def _loss_and_accuracy(self, inputs, training: bool) -> dict:
+        if training and self.condition_encoder is not None:
+            inputs = self._hide_conditions(inputs)
+        code_maps = ops.cast(inputs["codes"] if isinstance(inputs, dict) else inputs, "int32")
+        logits = self(inputs, training=training)
         cross_entropy = keras.losses.sparse_categorical_crossentropy(
             code_maps, logits, from_logits=True
         )
@@ -193,28 +239,47 @@ class PixelCNN(keras.Model):
         return step_logs({tracker.name: tracker.result() for tracker in self.trackers})
 
     def train_step(self, data):
-        code_maps = keras.utils.unpack_x_y_sample_weight(data)[0]
-        share = batch_share(code_maps)
+        inputs = keras.utils.unpack_x_y_sample_weight(data)[0]
+        share = batch_share(_code_maps(inputs))
         with tf.GradientTape() as tape:
-            values = self._loss_and_accuracy(code_maps, training=True)
+            values = self._loss_and_accuracy(inputs, training=True)
             replica_loss = weighted_by_share(values["loss"], share)  # see VQVAE.train_step
         gradients = tape.gradient(replica_loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
         return self._record(values, share)
 
     def test_step(self, data):
-        code_maps = keras.utils.unpack_x_y_sample_weight(data)[0]
+        inputs = keras.utils.unpack_x_y_sample_weight(data)[0]
         return self._record(
-            self._loss_and_accuracy(code_maps, training=False), batch_share(code_maps)
+            self._loss_and_accuracy(inputs, training=False), batch_share(_code_maps(inputs))
         )
 
     def get_config(self) -> dict:
-        return {"name": self.name, "hyperparameters": self.hyperparameters.to_dict()}
+        config = {"name": self.name, "hyperparameters": self.hyperparameters.to_dict()}
+        if self.condition_ranges:
+            config["condition_ranges"] = self.condition_ranges
+        return config
 
 
-def build_pixelcnn(hyperparameters: Hyperparameters) -> PixelCNN:
-    """A `PixelCNN` for `hyperparameters`, its weights built by a call on a dummy batch."""
-    model = PixelCNN(hyperparameters.to_dict(), name="pixelcnn")
+def _code_maps(inputs):
+    """The code maps [N, h, h] of a prior's inputs: the maps, or a conditional dict's "codes"."""
+    return inputs["codes"] if isinstance(inputs, dict) else inputs
+
+
+def unknown_conditions(code_maps, conditions: int) -> dict:
+    """A conditional prior's inputs for `code_maps` [N, h, h] with all of its `conditions`
+    unknown: what it reads when called on code maps alone (the unconditional p(z))."""
+    code_maps = ops.cast(code_maps, "int32")
+    unknown = ops.zeros((ops.shape(code_maps)[0], conditions), dtype="float32")
+    return {"codes": code_maps, "values": unknown, "known": unknown, "previous": code_maps * 0}
+
+
+def build_pixelcnn(
+    hyperparameters: Hyperparameters, condition_ranges: dict | None = None
+) -> PixelCNN:
+    """A `PixelCNN` for `hyperparameters` (and the training data's `condition_ranges`), its
+    weights built by a call on a dummy batch."""
+    model = PixelCNN(hyperparameters.to_dict(), condition_ranges, name="pixelcnn")
     size = hyperparameters.code_map_size
     model(np.zeros((1, size, size), dtype="int32"))
     return model

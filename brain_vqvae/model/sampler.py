@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from brain_vqvae.model.conditions import condition_batch
 from brain_vqvae.model.gated_prior import gated_activation
 from brain_vqvae.model.prior import BLOCK_PARTS, MaskedConv2D, PixelCNN, causal_mask
 from brain_vqvae.model.vqvae import VQVAE
@@ -101,9 +102,10 @@ class _RasterScan:
         inside = (tap_rows >= 0) & (tap_columns >= 0) & (tap_columns < self.size)
         return tf.where(inside, tap_rows * self.size + tap_columns, self.size * self.size)
 
-    def __call__(self, count, choose_codes):
+    def __call__(self, count, choose_codes, condition_features=None):
         """Run the scan over [count] maps; `choose_codes(position, logits [count, K])` returns
-        the int32 codes [count] at `position`. Returns the codes [count, h, h]."""
+        the int32 codes [count] at `position` (a masked prior takes no conditions). Returns the
+        codes [count, h, h]."""
         positions = self.size * self.size
 
         def empty_cache(layer):
@@ -164,6 +166,10 @@ class _GatedRasterScan:
     cache of the row's horizontal inputs (w + 1 entries [N, C]), adds the vertical
     contribution at column j, and goes through the gate and the 1x1 residual; one step costs
     one position's worth of the horizontal stack and the logits.
+
+    Conditions: the condition features c of a conditional prior do not change while a map is
+    drawn, so each layer's projections C_v c and C_h c [N, h, w, 2F] are computed once, before
+    the scan, and added at their row (vertical) and position (horizontal).
     """
 
     def __init__(self, pixelcnn: PixelCNN):
@@ -188,7 +194,20 @@ class _GatedRasterScan:
         columns = column - offsets
         return tf.where(columns >= 0, columns, self.size)
 
-    def vertical_row(self, row, caches):
+    def condition_terms(self, count, condition_features):
+        """Each layer's (C_v c, C_h c), both [N, h, w, 2F]; None for an unconditional layer."""
+        terms = []
+        for layer in self.layers:
+            shape = tf.stack([count, self.size, self.size, 2 * layer.filters])
+            projections = (layer.condition_to_vertical, layer.condition_to_horizontal)
+            terms.append(
+                tuple(tf.broadcast_to(p(condition_features), shape) for p in projections)
+                if layer.conditioned
+                else None
+            )
+        return terms
+
+    def vertical_row(self, row, caches, condition_terms):
         """Write every layer's vertical output at `row` into the next layer's cache; return the
         caches and the next row's contributions [N, w, 2F], one per layer."""
         caches, contributions = list(caches), []
@@ -196,6 +215,8 @@ class _GatedRasterScan:
             strip = tf.transpose(caches[index].gather(self.vertical_rows(layer, row)), (1, 0, 2, 3))
             strip = ops.pad(strip, layer.vertical_padding(rows=False))
             preactivations = layer.vertical(strip)  # [N, 1, w, 2F]
+            if condition_terms[index] is not None:
+                preactivations += condition_terms[index][0][:, row : row + 1]
             if index + 1 < len(self.layers):
                 caches[index + 1] = caches[index + 1].write(
                     row, gated_activation(preactivations[:, 0])
@@ -209,10 +230,12 @@ class _GatedRasterScan:
             layer.vertical_to_horizontal(preactivations), (-1, self.size, 2 * layer.filters)
         )
 
-    def __call__(self, count, choose_codes):
+    def __call__(self, count, choose_codes, condition_features=None):
         """Run the scan over [count] maps; `choose_codes(position, logits [count, K])` returns
-        the int32 codes [count] at `position`. Returns the codes [count, h, h]."""
+        the int32 codes [count] at `position`; `condition_features` c [count, 1 or h, 1 or w, F]
+        of a conditional prior. Returns the codes [count, h, h]."""
         size = self.size
+        condition_terms = self.condition_terms(count, condition_features)
         tap_kernels = {layer.name: _tap_kernel(layer.horizontal) for layer in self.layers}
         tap_kernels.update(
             {layer.name + "_residual": _tap_kernel(layer.residual) for layer in self.layers}
@@ -233,6 +256,8 @@ class _GatedRasterScan:
                         layer.horizontal, tap_kernels[layer.name], tf.transpose(taps, (1, 0, 2))
                     )
                     preactivations += contributions[index][:, column]
+                    if condition_terms[index] is not None:
+                        preactivations += condition_terms[index][1][:, row, column]
                     update = _convolution_at(
                         layer.residual,
                         tap_kernels[layer.name + "_residual"],
@@ -264,7 +289,9 @@ class _GatedRasterScan:
             vertical_caches[0] = vertical_caches[0].write(
                 row, tf.transpose(row_features, (1, 0, 2))
             )
-            vertical_caches, contributions = self.vertical_row(row, vertical_caches)
+            vertical_caches, contributions = self.vertical_row(
+                row, vertical_caches, condition_terms
+            )
             return row + 1, vertical_caches, contributions, codes.write(row, row_codes.stack())
 
         first_row = [
@@ -335,10 +362,19 @@ class _CodeMapSampler:
                 tf.TensorSpec((), tf.int32),
                 tf.TensorSpec((), tf.int32),
                 tf.TensorSpec((), tf.float32),
+                {
+                    "values": tf.TensorSpec((None, None), tf.float32),
+                    "known": tf.TensorSpec((None, None), tf.float32),
+                    "previous": tf.TensorSpec((None, None, None), tf.int32),
+                },
             ),
         )
 
-    def _sample(self, count, temperature, seed, top_k, top_p):
+    def _sample(self, count, temperature, seed, top_k, top_p, conditions):
+        pixelcnn = self._pixelcnn()
+        condition_features = None
+        if pixelcnn.condition_encoder is not None:
+            condition_features = pixelcnn.condition_features(conditions)
         state = self._seed_generator.state
         state.assign(tf.cast(tf.stack([seed, 0]), state.dtype))
 
@@ -348,7 +384,7 @@ class _CodeMapSampler:
                 :, 0
             ]
 
-        return raster_scan(self._pixelcnn())(count, draw)
+        return raster_scan(pixelcnn)(count, draw, condition_features)
 
 
 _SAMPLERS: weakref.WeakKeyDictionary[PixelCNN, _CodeMapSampler] = weakref.WeakKeyDictionary()
@@ -361,8 +397,14 @@ def sample_code_maps(
     seed: int | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
+    conditions: dict | None = None,
 ) -> np.ndarray:
     """Draw `count` code maps [count, h, h] int32 from the prior, in raster order.
+
+    A conditional prior draws from p(z | conditions): `conditions` maps some of its
+    `condition_names` to one value or `count` values each, e.g. {"slice_position": 0.4, "age":
+    80, "sex": "F", "previous_slice": maps [count, h, h]}; the others are unknown
+    (`conditions.condition_batch` checks names, ranges and shapes).
 
     `temperature` T > 0 divides the logits (T < 1 sharper, T > 1 flatter). `top_k` keeps only
     the k most likely codes at each position, `top_p` only the nucleus of probability p
@@ -376,6 +418,13 @@ def sample_code_maps(
     check_top_p(top_p)
     if seed is None:
         seed = random.randrange(2**31)
+    batch = condition_batch(
+        pixelcnn.condition_names,
+        pixelcnn.condition_ranges,
+        count,
+        conditions,
+        pixelcnn.code_map_size,
+    )
     if pixelcnn not in _SAMPLERS:
         _SAMPLERS[pixelcnn] = _CodeMapSampler(pixelcnn)
     code_maps = _SAMPLERS[pixelcnn].sample(
@@ -384,6 +433,7 @@ def sample_code_maps(
         tf.constant(int(seed) % 2**31, tf.int32),
         tf.constant(0 if top_k is None else int(top_k), tf.int32),
         tf.constant(1.0 if top_p is None else float(top_p), tf.float32),
+        {name: tf.constant(value) for name, value in batch.items()},
     )
     return code_maps.numpy()
 

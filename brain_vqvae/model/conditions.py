@@ -1,0 +1,186 @@
+"""What a conditional PixelCNN prior is told about the map it draws, and how it reads it.
+
+A prior trained with conditions (`Hyperparameters.prior_conditions`, names of
+`PRIOR_CONDITIONS`) takes, beside the code maps [N, h, w], for each map and condition c a value
+and whether it is known:
+
+    slice_position   the slice's level in its volume, 0 (lowest) .. 1 (highest)    x = v
+    age              the subject's age in years                                     x = v / 100
+    sex              "F" or "M"                                                     x = 1, 0
+    cdr              the clinical dementia rating, 0, 0.5, 1, 2                     x = v / 2
+    previous_slice   the code map [h, w] of the slice just below, in the same volume
+
+The scaled values x of the scalar conditions and their known flags m (1 known, 0 not) enter an
+MLP, and the previous slice's one-hot codes, times its flag, with the flag as one more channel,
+enter two 3x3 convolutions (the whole map below is known: no mask):
+
+    c = MLP([x * m, m]) [N, 1, 1, W]  +  Conv(Conv([onehot(k_prev) m_prev, m_prev])) [N, h, w, W]
+
+An unknown condition reads as zeros and a zero flag, so the network's biases are its learned
+"unknown" (training hides conditions at random, `PixelCNN._hide_conditions`). Every
+gated layer adds 1x1 projections of c to both stacks' pre-activations (`GatedLayer`), as the
+conditional PixelCNN of van den Oord et al. 2016 (eq. 4-5) adds V^T h. The condition features
+do not depend on the map being drawn, so the prior stays causal in its codes.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
+from hyperparameters import PRIOR_CONDITIONS
+
+SCALAR_CONDITIONS = tuple(name for name in PRIOR_CONDITIONS if name != "previous_slice")
+SEXES = ("M", "F")  # encoded as their index: M = 0, F = 1
+CONDITION_SCALES = {"slice_position": 1.0, "age": 100.0, "sex": 1.0, "cdr": 2.0}
+CONDITION_UNITS = {"slice_position": "", "age": " years", "sex": "", "cdr": ""}
+
+
+def encode_condition(name: str, value) -> float:
+    """A scalar condition's raw value (a float, or "F"/"M" for sex) -> its network input x."""
+    if name == "sex":
+        text = str(value).strip().upper()
+        if text not in SEXES:
+            raise ValueError(f"sex must be one of {', '.join(SEXES)}, got {value!r}")
+        return float(SEXES.index(text))
+    return float(value) / CONDITION_SCALES[name]
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class ConditionEncoder(keras.layers.Layer):
+    """The condition features c of the module docstring: inputs (values [N, C], known [N, C],
+    previous codes [N, h, w] or None) for the C = len(`names`) conditions in `names`' order
+    (the previous slice's value column is unused) -> c [N, 1, 1, W] without "previous_slice",
+    [N, h, w, W] with it."""
+
+    def __init__(self, names, num_embeddings: int, width: int, **kwargs):
+        super().__init__(**kwargs)
+        self.names = tuple(names)
+        unknown = [name for name in self.names if name not in PRIOR_CONDITIONS]
+        if not self.names or unknown:
+            raise ValueError(f"names must be some of {PRIOR_CONDITIONS}, got {self.names}")
+        self.num_embeddings, self.width = int(num_embeddings), int(width)
+        self.scalar_columns = [i for i, name in enumerate(self.names) if name in SCALAR_CONDITIONS]
+        self.previous_column = (
+            self.names.index("previous_slice") if "previous_slice" in self.names else None
+        )
+        self.scalar_hidden = self.scalar_out = self.previous_hidden = self.previous_out = None
+        if self.scalar_columns:
+            self.scalar_hidden = keras.layers.Dense(width, activation="swish", name="scalar_hidden")
+            self.scalar_out = keras.layers.Dense(width, name="scalar_out")
+        if self.previous_column is not None:
+            self.previous_hidden = keras.layers.Conv2D(
+                width, 3, padding="same", activation="swish", name="previous_hidden"
+            )
+            self.previous_out = keras.layers.Conv2D(width, 3, padding="same", name="previous_out")
+
+    def build(self, input_shape=None) -> None:
+        if self.scalar_columns:
+            self.scalar_hidden.build((None, 2 * len(self.scalar_columns)))
+            self.scalar_out.build((None, self.width))
+        if self.previous_column is not None:
+            self.previous_hidden.build((None, None, None, self.num_embeddings + 1))
+            self.previous_out.build((None, None, None, self.width))
+        self.built = True
+
+    def call(self, values, known, previous=None):
+        known = ops.cast(known, "float32")
+        features = 0.0
+        if self.scalar_columns:
+            columns = np.array(self.scalar_columns)
+            scalar_known = ops.take(known, columns, axis=1)
+            scalars = ops.take(ops.cast(values, "float32"), columns, axis=1) * scalar_known
+            hidden = self.scalar_hidden(ops.concatenate([scalars, scalar_known], axis=-1))
+            features = self.scalar_out(hidden)[:, None, None, :]
+        if self.previous_column is not None:
+            flag = known[:, self.previous_column][:, None, None, None]
+            one_hot = ops.one_hot(ops.cast(previous, "int32"), self.num_embeddings) * flag
+            flags = ops.ones_like(one_hot[..., :1]) * flag
+            hidden = self.previous_hidden(ops.concatenate([one_hot, flags], axis=-1))
+            features = features + self.previous_out(hidden)
+        return features
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "names": list(self.names),
+            "num_embeddings": self.num_embeddings,
+            "width": self.width,
+        }
+
+
+def condition_batch(
+    names: tuple[str, ...],
+    ranges: dict,
+    count: int,
+    requested: dict | None,
+    code_map_size: int,
+) -> dict[str, np.ndarray]:
+    """The prior's condition inputs for `count` maps from the conditions a user asks for.
+
+    `requested` maps condition names to one value for every map or a sequence of `count`
+    values (`previous_slice`: code maps [count, h, w] or one [h, w]); a condition left out is
+    unknown. A name the prior was not trained with, a value outside the training `ranges`
+    ({name: [low, high]}, or the sexes seen) or of the wrong shape raises `ValueError` naming
+    it. Returns {"values": [count, C] float32, "known": [count, C] float32, "previous":
+    [count, h, w] int32 (zeros where unknown)} for the C = len(`names`) conditions.
+    """
+    requested = dict(requested or {})
+    unknown = sorted(set(requested) - set(names))
+    if unknown:
+        trained = ", ".join(names) if names else "none"
+        raise ValueError(
+            f"the prior was not trained with condition(s) {', '.join(unknown)} "
+            f"(its conditions: {trained})"
+        )
+    values = np.zeros((count, len(names)), dtype="float32")
+    known = np.zeros((count, len(names)), dtype="float32")
+    previous = np.zeros((count, code_map_size, code_map_size), dtype="int32")
+    for column, name in enumerate(names):
+        if name not in requested or requested[name] is None:
+            continue
+        known[:, column] = 1.0
+        if name == "previous_slice":
+            previous[:] = _previous_maps(requested[name], count, code_map_size)
+            continue
+        raw = np.asarray(requested[name], dtype=object).reshape(-1)
+        if len(raw) not in (1, count):
+            raise ValueError(f"{name} needs one value or {count}, got {len(raw)}")
+        for value in set(raw.tolist()):
+            check_in_range(name, value, ranges.get(name))
+        values[:, column] = [encode_condition(name, value) for value in raw]
+    return {"values": values, "known": known, "previous": previous}
+
+
+def check_in_range(name: str, value, seen) -> None:
+    """`ValueError` unless `value` lies within what the training data held for `name`."""
+    if name == "sex":
+        encode_condition(name, value)
+        if seen and str(value).strip().upper() not in seen:
+            raise ValueError(f"sex {value!r}: the run was trained only on {', '.join(seen)}")
+        return
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    low, high = seen if seen else (-np.inf, np.inf)
+    if not np.isfinite(number) or not low <= number <= high:
+        unit = CONDITION_UNITS[name]
+        raise ValueError(
+            f"{name} {value}{unit} is outside what the run was trained on: "
+            f"{low:g} to {high:g}{unit}"
+        )
+
+
+def _previous_maps(maps, count: int, size: int) -> np.ndarray:
+    maps = np.asarray(maps)
+    if maps.shape == (size, size):
+        maps = np.broadcast_to(maps, (count, size, size))
+    if maps.shape != (count, size, size) or not np.issubdtype(maps.dtype, np.integer):
+        raise ValueError(
+            f"previous_slice must be integer code maps ({count}, {size}, {size}) or one "
+            f"({size}, {size}), got {maps.dtype} {maps.shape}"
+        )
+    return maps.astype("int32")
