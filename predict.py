@@ -2,6 +2,7 @@
 
     python predict.py --run DIR [--num 16] [--temperature 1.0] [--top-k K] [--top-p P]
                       [--seed 0] [--out DIR]
+                      [--slice-position 0.4] [--age 80] [--sex F] [--cdr 1] [--volume]
     python predict.py --run DIR --reconstruct [--data PATH] [--split test] [--num 8]
     python predict.py --run DIR --input FILE [--num 8]
 
@@ -15,6 +16,15 @@ are kept; the same `--seed` draws the same slices. The output folder (default RU
     samples.png           all of them in one grid
     samples.nii.gz        all of them as one NIfTI volume (S, S, num), uint8, 1 mm voxels,
                           slice n on the third (axial) axis, oriented for viewers (RAS+)
+
+A run whose prior was trained with conditions (by default every one its data provides) draws
+the slices asked for: `--slice-position` (0 = the lowest slice of a volume, 1 = the highest),
+`--age` (years), `--sex` (F or M), `--cdr` (clinical dementia rating 0, 0.5, 1, 2); what is not
+given is left to the prior. A condition the run was not trained with, or a value outside what
+its data held, is refused with a message. `--volume` draws `num` whole brains instead (default
+1) of 32 axial slices each, bottom to top, every slice conditioned on its level and on the
+slice drawn below it, written as volume_NNN.nii.gz ((S, S, 32), RAS+, `--spacing` pixel and
+slice spacing in mm) and volume_NNN.png (the slices, and a coronal and a sagittal cut).
 
 `--reconstruct` takes `num` slices spread evenly over a split of the data the run was trained
 on (or `--data`), `--input` the user's own PNG/JPEG slice or NIfTI volume (`num` axial slices
@@ -31,7 +41,15 @@ import sys
 from pathlib import Path
 
 from brain_vqvae.data import SPLITS, DataError
-from brain_vqvae.generation import input_slices, split_slices, write_reconstructions, write_samples
+from brain_vqvae.generation import (
+    DEFAULT_VOLUME_SPACING_MM,
+    input_slices,
+    split_slices,
+    write_reconstructions,
+    write_samples,
+    write_volumes,
+)
+from brain_vqvae.model.conditions import SEXES
 from brain_vqvae.runs import RunError, load_run, load_run_data, prepare_output_folder
 
 DEFAULT_SAMPLES = 16
@@ -57,6 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-p", type=float, help="draw only among the most likely codes of probability P"
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    wanted = parser.add_argument_group("the brain you want (a run trained with conditions)")
+    wanted.add_argument(
+        "--slice-position", type=float, help="level in the volume, 0 = lowest, 1 = highest"
+    )
+    wanted.add_argument("--age", type=float, help="the subject's age in years")
+    wanted.add_argument("--sex", choices=SEXES, type=str.upper, help="the subject's sex")
+    wanted.add_argument("--cdr", type=float, help="clinical dementia rating: 0, 0.5, 1 or 2")
+    wanted.add_argument(
+        "--volume", action="store_true", help="draw whole brains of 32 slices, bottom to top"
+    )
+    wanted.add_argument(
+        "--spacing",
+        type=float,
+        nargs=2,
+        metavar=("PIXEL_MM", "SLICE_MM"),
+        default=DEFAULT_VOLUME_SPACING_MM,
+        help="with --volume: the NIfTI's pixel and slice spacing in mm "
+        f"(default {DEFAULT_VOLUME_SPACING_MM[0]:g} {DEFAULT_VOLUME_SPACING_MM[1]:g}, the demo's)",
+    )
     parser.add_argument("--data", help="with --reconstruct: dataset (default: the run's)")
     parser.add_argument("--split", choices=SPLITS, help="with --reconstruct: split (test)")
     parser.add_argument("--out", help="output folder (default inside the run folder)")
@@ -73,7 +110,16 @@ def default_output_folder(arguments: argparse.Namespace) -> Path:
         return run / "reconstructions"
     if arguments.input:
         return run / f"input_{Path(arguments.input).name.replace('.', '_')}"
-    return run / "samples"
+    return run / ("volumes" if arguments.volume else "samples")
+
+
+def requested_conditions(arguments: argparse.Namespace) -> dict:
+    """The conditions given on the command line, {name: value}."""
+    return {
+        name: getattr(arguments, name)
+        for name in ("slice_position", "age", "sex", "cdr")
+        if getattr(arguments, name) is not None
+    }
 
 
 def run_prediction(arguments: argparse.Namespace) -> list[Path]:
@@ -82,10 +128,24 @@ def run_prediction(arguments: argparse.Namespace) -> list[Path]:
     num = arguments.num
     if num is None:
         num = DEFAULT_SAMPLES if generating else DEFAULT_RECONSTRUCTIONS
+        num = 1 if arguments.volume else num
     if num < 1:
         raise ValueError(f"--num must be at least 1, got {num}")
     run = load_run(arguments.run, prior="required" if generating else "skip")
     out = prepare_output_folder(default_output_folder(arguments), arguments.overwrite)
+    conditions = requested_conditions(arguments)
+    if arguments.volume:
+        return write_volumes(
+            run,
+            out,
+            num,
+            conditions,
+            arguments.temperature,
+            arguments.seed,
+            arguments.top_k,
+            arguments.top_p,
+            spacing_mm=tuple(arguments.spacing),
+        )
     if generating:
         return write_samples(
             run,
@@ -95,6 +155,7 @@ def run_prediction(arguments: argparse.Namespace) -> list[Path]:
             arguments.seed,
             arguments.top_k,
             arguments.top_p,
+            conditions,
         )
     if arguments.reconstruct:
         slices = load_run_data(run, arguments.data)
@@ -112,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     if (arguments.data or arguments.split) and not arguments.reconstruct:
         parser.error("--data and --split only apply with --reconstruct")
+    generating = not (arguments.reconstruct or arguments.input)
+    if not generating and (requested_conditions(arguments) or arguments.volume):
+        parser.error("conditions and --volume apply to generation, not to reconstruction")
+    if arguments.volume and arguments.slice_position is not None:
+        parser.error("--volume draws every slice position itself; drop --slice-position")
     try:
         written = run_prediction(arguments)
     except (RunError, DataError, ValueError, FileExistsError) as error:

@@ -22,15 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-from brain_vqvae import plotting, realism
+from brain_vqvae import obedience, plotting, realism
+from brain_vqvae.conditioning import raw_condition_values, slice_conditions
 from brain_vqvae.data import SliceSet
 from brain_vqvae.data.slices import capped_indices
 from brain_vqvae.feature_network import (
     FeatureNetwork,
     image_features,
     load_feature_network,
+    predict_ages,
+    predict_positions,
     train_feature_network,
 )
+from brain_vqvae.generation import sample_volumes
 from brain_vqvae.metrics import (
     bits_per_code,
     code_usage,
@@ -47,6 +51,8 @@ FEATURE_TRAINING_SLICES = 4000  # the feature network trains on at most this man
 REFERENCE_TRAINING_SLICES = 2000  # training slices the implausibility rule and neighbours see
 MIN_SAMPLES = 64
 MIN_REALISM_SLICES = 8  # held-out slices per half, at the least, for the realism measures
+OBEDIENCE_SAMPLES = 128  # generated slices per condition whose obedience is measured
+MEASURED_VOLUMES = 8  # generated (and real) volumes whose coherence is measured
 
 
 @dataclass(frozen=True)
@@ -191,19 +197,32 @@ def novelty_ssim(
 # Realism ------------------------------------------------------------------------------------
 
 
-def run_feature_network(run: Run, training: SliceSet) -> FeatureNetwork:
+def known_ages(slice_set: SliceSet, demographics: dict[str, dict]) -> np.ndarray | None:
+    """(N,) float64 ages of each slice's subject, NaN where unknown; None without any age."""
+    ages = raw_condition_values("age", slice_set, demographics)
+    if ages is None:
+        return None
+    return np.array([np.nan if age is None else age for age in ages], dtype=np.float64)
+
+
+def run_feature_network(
+    run: Run, training: SliceSet, demographics: dict[str, dict] | None = None
+) -> FeatureNetwork:
     """The run's domain feature network: loaded from its folder, or first trained on (at most
-    `FEATURE_TRAINING_SLICES` of) the `training` slices with their relative positions, and
-    saved there, so every later report compares in the same features."""
+    `FEATURE_TRAINING_SLICES` of) the `training` slices with their relative positions and
+    their subjects' ages (from `demographics`, where known), and saved there, so every later
+    report compares in the same features."""
     path = run.folder.feature_network
     if path.exists():
         return load_feature_network(path)
     seed = run.hyperparameters.seed
     chosen = capped_indices(len(training), FEATURE_TRAINING_SLICES, seed)
     positions = training.relative_positions()
+    ages = known_ages(training, demographics or {})
     network = train_feature_network(
         training.images[chosen, ..., None] / np.float32(255.0),
         None if positions is None else positions[chosen],
+        None if ages is None else ages[chosen],
         seed=seed,
     )
     save_model_atomically(network, path)
@@ -223,9 +242,93 @@ def subject_halves(slice_set: SliceSet) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(first), np.flatnonzero(~first)
 
 
+def judge_conditions(
+    run: Run,
+    network: FeatureNetwork,
+    training: SliceSet,
+    held_out: SliceSet,
+    demographics: dict[str, dict],
+    seed: int,
+    out: Path,
+) -> tuple[dict, list[Path]]:
+    """How well a conditional prior obeys (`obedience`): for slice_position and age, the
+    correlation between the values asked for (`OBEDIENCE_SAMPLES` spread evenly over the
+    training range, other conditions unknown) and those the feature network reads back from
+    the generated slices, beside the same network on the `held_out` slices (the ceiling); for
+    volumes, the adjacent-slice SSIM of `MEASURED_VOLUMES` generated volumes (drawn coherently
+    and slice by slice on their own) against real held-out volumes, and the Fréchet distance of
+    their coronal and sagittal cuts to the held-out volumes' cuts, beside the floor of as many
+    `training` volumes' cuts. Writes obedience_<condition>.png into `out`."""
+    pixelcnn, report, figures = run.pixelcnn, {}, []
+    batch_size = run.hyperparameters.inference_batch_size
+    real_images = held_out.float_images()
+    readers = {
+        "slice_position": (predict_positions, "slice position", held_out.relative_positions()),
+        "age": (predict_ages, "age (years)", known_ages(held_out, demographics)),
+    }
+    for name, (read, label, real_values) in readers.items():
+        if name not in pixelcnn.condition_names or real_values is None:
+            continue
+        real_read = read(network, real_images)
+        if real_read is None:
+            report[name] = {"skipped": f"the run's feature network was trained without {name}"}
+            continue
+        low, high = pixelcnn.condition_ranges.get(name, (0.0, 1.0))
+        requested = np.linspace(low, high, OBEDIENCE_SAMPLES)
+        codes = sample_code_maps(pixelcnn, len(requested), seed=seed, conditions={name: requested})
+        predicted = read(network, decode_code_maps(run.vqvae, codes, batch_size))
+        known = np.isfinite(real_values)
+        report[name] = {
+            "generated": obedience.condition_obedience(requested, predicted),
+            "real": obedience.condition_obedience(real_values[known], real_read[known]),
+        }
+        figures.append(
+            obedience.plot_obedience(
+                requested,
+                predicted,
+                real_values[known],
+                real_read[known],
+                out / f"obedience_{name}.png",
+                label,
+            )
+        )
+    if {"slice_position", "previous_slice"} <= set(pixelcnn.condition_names):
+        report["volumes"] = judge_volumes(run, network, training, held_out, seed)
+    return report, figures
+
+
+def judge_volumes(
+    run: Run, network: FeatureNetwork, training: SliceSet, held_out: SliceSet, seed: int
+) -> dict:
+    """The volume measures of `judge_conditions` (its docstring)."""
+    real, _ = obedience.real_volumes(held_out)
+    training_volumes, _ = obedience.real_volumes(training)
+    count = min(MEASURED_VOLUMES, len(real), len(training_volumes))
+    real, depth = real[:count], real.shape[1]
+    size = run.hyperparameters.image_size
+
+    def cut_features(volumes: np.ndarray) -> np.ndarray:
+        cuts = obedience.orthogonal_cuts(volumes, size)
+        return image_features(network, np.concatenate([cuts["coronal"], cuts["sagittal"]]))
+
+    real_cuts = cut_features(real)
+    report = {"volumes": count, "depth": depth}
+    report["real_adjacent_ssim"] = obedience.adjacent_slice_ssim(real)["mean"]
+    report["real_cut_frechet"] = realism.frechet_distance(
+        cut_features(training_volumes[:count]), real_cuts
+    )
+    for coherent, kind in ((True, "coherent"), (False, "independent")):
+        _, volumes = sample_volumes(run, count, depth, seed=seed, coherent=coherent)
+        volumes = volumes.astype(np.float32) / np.float32(255.0)
+        report[f"{kind}_adjacent_ssim"] = obedience.adjacent_slice_ssim(volumes)["mean"]
+        report[f"{kind}_cut_frechet"] = realism.frechet_distance(cut_features(volumes), real_cuts)
+    return report
+
+
 def judge_realism(
     run: Run,
     training: SliceSet,
+    demographics: dict[str, dict],
     held_out: SliceSet,
     halves: tuple[np.ndarray, np.ndarray],
     reconstructions: np.ndarray,
@@ -237,7 +340,7 @@ def judge_realism(
     of the second half are compared), in the run's feature network, with figures written into
     `out`: the measures beside their floors and the samples
     beside their nearest training slices."""
-    network = run_feature_network(run, training)
+    network = run_feature_network(run, training, demographics)
     seed = run.hyperparameters.seed
     reference = capped_indices(len(training), REFERENCE_TRAINING_SLICES, seed)
     reference_images = training.images[reference, ..., None] / np.float32(255.0)
@@ -323,7 +426,14 @@ def evaluate_run(
         generated = autoencoder.sample(samples, seed=seed)
     elif pixelcnn is not None:
         real_codes = encode_code_maps(autoencoder, images, batch_size=batch_size)
-        report["prior_bits_per_code"] = prior_bits_per_code(pixelcnn, real_codes, batch_size)
+        conditions = None
+        if pixelcnn.condition_names:
+            conditions = slice_conditions(
+                pixelcnn.condition_names, chosen, slices.demographics, real_codes
+            )
+        report["prior_bits_per_code"] = prior_bits_per_code(
+            pixelcnn, real_codes, batch_size, conditions
+        )
         report["uniform_bits_per_code"] = float(np.log2(hyperparameters.num_embeddings))
         sampled_codes = sample_code_maps(pixelcnn, samples, seed=seed)
         generated = decode_code_maps(autoencoder, sampled_codes, batch_size=batch_size)
@@ -347,10 +457,23 @@ def evaluate_run(
             )
         else:
             realism_numbers, realism_figures = judge_realism(
-                run, slices.splits["train"], chosen, halves, reconstructions, generated, out
+                run,
+                slices.splits["train"],
+                slices.demographics,
+                chosen,
+                halves,
+                reconstructions,
+                generated,
+                out,
             )
             report["realism"] = realism_numbers
             figures += realism_figures
+    if pixelcnn is not None and pixelcnn.condition_names and "realism" in report:
+        network = run_feature_network(run, slices.splits["train"], slices.demographics)
+        report["conditions"], condition_figures = judge_conditions(
+            run, network, slices.splits["train"], chosen, slices.demographics, seed, out
+        )
+        figures += condition_figures
     report["figures"] = [str(path) for path in figures]
     return report
 
@@ -388,6 +511,39 @@ def format_report(report: dict) -> str:
     if "realism" in report:
         lines += ["", f"{report['samples']} samples against the held-out slices:"]
         lines.append(realism.format_realism(report["realism"]))
+    if "conditions" in report:
+        lines += ["", "conditional prior (obedience: r of asked against read back; ceiling: real):"]
+        lines += format_conditions(report["conditions"])
     if "realism_skipped" in report:
         lines += ["", f"realism not measured: {report['realism_skipped']}"]
     return "\n".join(lines)
+
+
+def format_conditions(conditions: dict) -> list[str]:
+    """The lines of `format_report` on a conditional prior's obedience and volumes."""
+    lines = []
+    for name, scores in conditions.items():
+        if name == "volumes":
+            continue
+        if "skipped" in scores:
+            lines.append(f"  {name}: {scores['skipped']}")
+            continue
+        generated, real = scores["generated"], scores["real"]
+        lines.append(
+            f"  {name}: r {generated['r']:.3f}, MAE {generated['mae']:.3g} "
+            f"(ceiling r {real['r']:.3f}, MAE {real['mae']:.3g})"
+        )
+    if "volumes" in conditions:
+        volumes = conditions["volumes"]
+        lines.append(
+            f"  {volumes['volumes']} volumes of {volumes['depth']} slices, adjacent-slice SSIM: "
+            f"coherent {volumes['coherent_adjacent_ssim']:.3f}, slice by slice "
+            f"{volumes['independent_adjacent_ssim']:.3f}, real {volumes['real_adjacent_ssim']:.3f}"
+        )
+        lines.append(
+            f"  Fréchet distance of coronal/sagittal cuts: coherent "
+            f"{volumes['coherent_cut_frechet']:.2f}, slice by slice "
+            f"{volumes['independent_cut_frechet']:.2f}, "
+            f"real floor {volumes['real_cut_frechet']:.2f}"
+        )
+    return lines

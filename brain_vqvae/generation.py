@@ -1,12 +1,14 @@
 """New slices from a run's prior, and slices passed through its VQ-VAE (or its VAE).
 
-Sampling draws code maps z ~ p(z) = prod_i p(z_i | z_<i) from the PixelCNN in raster order and
-decodes each with the VQ-VAE decoder into a slice x = D(e_z); a VAE run (the Gaussian baseline)
-draws latent vectors z ~ N(0, T^2 I) and decodes them, x = D(z). Reconstruction encodes slices to
-code maps (a VAE: to their posterior means) and decodes them again. Slices follow the
-project's convention (README, "Data"): anterior at the top and the subject's left on the image's
-left, so a stack of them is written as a NIfTI volume whose voxel axes run to the subject's
-right, anterior and superior (RAS+).
+Sampling draws code maps z ~ p(z) = prod_i p(z_i | z_<i) from the PixelCNN in raster order
+(a conditional prior: p(z | c) for the conditions c asked for) and decodes each with the VQ-VAE
+decoder into a slice x = D(e_z); a volume is drawn slice by slice from the bottom up, each
+slice conditioned on its level and on the code map below it (`sample_volumes`); a VAE run (the
+Gaussian baseline) draws latent vectors z ~ N(0, T^2 I) and decodes them, x = D(z).
+Reconstruction encodes slices to code maps (a VAE: to their posterior means) and decodes them
+again. Slices follow the project's convention (README, "Data"): anterior at the top and the
+subject's left on the image's left, so a stack of them is written as a NIfTI volume whose voxel
+axes run to the subject's right, anterior and superior (RAS+).
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ from brain_vqvae.model import (
 from brain_vqvae.runs import Run
 
 SAMPLE_PATTERN = "sample_{:03d}.png"
+VOLUME_PATTERN = "volume_{:03d}"
+VOLUME_DEPTH = 32  # slices per generated volume, as in the OASIS PNG slices
+# (pixel, slice) spacing in mm of a generated volume when the user gives none: the demo's
+# 128x128 slices, 0.85 mm pixels at 256x256 and 32 slices over 115 mm (`data.demo`).
+DEFAULT_VOLUME_SPACING_MM = (1.7, 3.7)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -50,44 +57,124 @@ def sample_slices(
     seed: int | None = 0,
     top_k: int | None = None,
     top_p: float | None = None,
+    conditions: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw `count` latents from the run's prior and decode them: the latents and (count, S, S)
     uint8 slices. A VQ-VAE run draws (count, h, w) int32 code maps from its PixelCNN, its logits
     divided by `temperature` and cut to the `top_k` most likely codes or the nucleus of
     probability `top_p` (`sample_code_maps`, which checks them); a VAE run draws
     (count, vae_latent_dim) float32 vectors from N(0, T^2 I), `temperature` T scaling the prior's
-    standard deviation (`GaussianVAE.prior_latents`), and has no codes to cut. The same `seed`
-    gives the same slices."""
+    standard deviation (`GaussianVAE.prior_latents`), and has no codes to cut. A conditional
+    prior draws from p(z | `conditions`), e.g. {"slice_position": 0.4, "age": 80}
+    (`sample_code_maps`). The same `seed` gives the same slices."""
     batch_size = run.hyperparameters.inference_batch_size
     if run.kind == "vae":
-        if top_k is not None or top_p is not None:
+        if top_k is not None or top_p is not None or conditions:
             raise ValueError(
-                "top_k and top_p choose among a PixelCNN's codes; a VAE run samples N(0, T^2 I)"
+                "top_k, top_p and conditions belong to a PixelCNN prior; a VAE run samples "
+                "N(0, T^2 I)"
             )
         latents = run.autoencoder.prior_latents(count, temperature, seed)
         return latents, to_uint8(decode_latents(run.autoencoder, latents, batch_size))
     code_maps = sample_code_maps(
-        run.pixelcnn, count, temperature=temperature, seed=seed, top_k=top_k, top_p=top_p
+        run.pixelcnn,
+        count,
+        temperature=temperature,
+        seed=seed,
+        top_k=top_k,
+        top_p=top_p,
+        conditions=conditions,
     )
     decoded = decode_code_maps(run.vqvae, code_maps, batch_size=batch_size)
     return code_maps, to_uint8(decoded)
 
 
-def slices_to_nifti(slices: np.ndarray) -> nibabel.Nifti1Image:
+def sample_volumes(
+    run: Run,
+    count: int,
+    depth: int = VOLUME_DEPTH,
+    conditions: dict | None = None,
+    temperature: float = 1.0,
+    seed: int | None = 0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    coherent: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw `count` whole brains of `depth` axial slices each, bottom to top: code maps
+    (count, depth, h, w) int32 and slices (count, depth, S, S) uint8.
+
+    Slice d of every volume is drawn at slice_position d / (depth - 1), with the subject's
+    `conditions` (age, sex, cdr; the same for all slices), and, when `coherent`, conditioned on
+    the code map just drawn below it (previous_slice), so that the volume fits together:
+
+        z_d ~ p(z | slice_position = d / (depth - 1), demographics, previous_slice = z_(d-1))
+
+    (`coherent=False` draws each slice on its own, for comparison.) The prior must have been
+    trained with slice_position (and previous_slice to be coherent); `ValueError` says which
+    is missing. Slice d uses seed + d, so the same `seed` gives the same volumes."""
+    if run.kind == "vae":
+        raise ValueError("a VAE run has no conditional prior to draw volumes from")
+    needed = ("slice_position", "previous_slice") if coherent else ("slice_position",)
+    missing = [name for name in needed if name not in run.pixelcnn.condition_names]
+    if missing:
+        raise ValueError(
+            f"drawing volumes needs a prior trained with {', '.join(missing)}; this run's "
+            f"conditions: {', '.join(run.pixelcnn.condition_names) or 'none'} (retrain the "
+            "prior with `train.py --stage pixelcnn --prior-conditions auto` on volume data)"
+        )
+    if depth < 2:
+        raise ValueError(f"a volume needs at least 2 slices, got depth {depth}")
+    conditions = dict(conditions or {})
+    if {"slice_position", "previous_slice"} & set(conditions):
+        raise ValueError("a volume sets slice_position and previous_slice itself")
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31 - depth))
+    size = run.hyperparameters.code_map_size
+    code_maps = np.zeros((count, depth, size, size), dtype="int32")
+    for level in range(depth):
+        slice_conditions = {**conditions, "slice_position": level / (depth - 1)}
+        if coherent and level > 0:
+            slice_conditions["previous_slice"] = code_maps[:, level - 1]
+        code_maps[:, level] = sample_code_maps(
+            run.pixelcnn,
+            count,
+            temperature=temperature,
+            seed=seed + level,
+            top_k=top_k,
+            top_p=top_p,
+            conditions=slice_conditions,
+        )
+    decoded = decode_code_maps(
+        run.vqvae, code_maps.reshape(-1, size, size), run.hyperparameters.inference_batch_size
+    )
+    image_size = run.hyperparameters.image_size
+    return code_maps, to_uint8(decoded).reshape(count, depth, image_size, image_size)
+
+
+def slices_to_nifti(
+    slices: np.ndarray, spacing_mm: tuple[float, float] = (1.0, 1.0)
+) -> nibabel.Nifti1Image:
     """(N, S, S) slices as they are shown (row 0 at the top, anterior; column 0 on the left, the
     subject's left) -> a (S, S, N) NIfTI volume.
 
     Voxel (x, y, n) = slices[n, S - 1 - y, x]: x runs from the subject's left to right along the
     image's columns, y from posterior to anterior up its rows, n from inferior to superior. The
-    affine is 1 mm isotropic, axes RAS+, with the origin at the volume's centre.
+    affine scales x and y by the pixel spacing and n by the slice spacing (`spacing_mm`, in that
+    order; 1 mm each by default), axes RAS+, with the origin at the volume's centre.
     """
     slices = np.asarray(slices)
     volume = np.flip(np.transpose(slices, (2, 1, 0)), axis=1)
-    affine = np.eye(4)
-    affine[:3, 3] = -(np.array(volume.shape) - 1) / 2.0
+    pixel, gap = spacing_mm
+    affine = np.diag([pixel, pixel, gap, 1.0])
+    affine[:3, 3] = -(np.array(volume.shape) - 1) / 2.0 * np.array([pixel, pixel, gap])
     image = nibabel.Nifti1Image(np.ascontiguousarray(volume), affine)
     image.header.set_xyzt_units("mm")
     return image
+
+
+def describe_conditions(conditions: dict | None) -> str:
+    """ ", slice_position 0.4, age 80" for a title; "" without conditions."""
+    return "".join(f", {name} {value}" for name, value in (conditions or {}).items())
 
 
 def write_samples(
@@ -98,10 +185,11 @@ def write_samples(
     seed: int | None,
     top_k: int | None = None,
     top_p: float | None = None,
+    conditions: dict | None = None,
 ) -> list[Path]:
-    """Sample (`sample_slices`), then write sample_NNN.png, samples.png and samples.nii.gz into
-    `out` (which must exist); returns the paths written."""
-    _, slices = sample_slices(run, count, temperature, seed, top_k, top_p)
+    """Sample (`sample_slices`, given `conditions`), then write sample_NNN.png, samples.png and
+    samples.nii.gz into `out` (which must exist); returns the paths written."""
+    _, slices = sample_slices(run, count, temperature, seed, top_k, top_p, conditions)
     for stale in out.glob("sample_*.png"):
         stale.unlink()
     written = []
@@ -114,13 +202,49 @@ def write_samples(
         f", {name} {value:g}" for name, value in (("top-k", top_k), ("top-p", top_p)) if value
     )
     title = (
-        f"{run.name}: {count} {prior} samples, temperature {temperature:g}{controls}, seed {seed}"
+        f"{run.name}: {count} {prior} samples{describe_conditions(conditions)}, "
+        f"temperature {temperature:g}{controls}, seed {seed}"
     )
     written.append(
         plotting.save_figure(plotting.plot_sample_grid(slices, title), out / "samples.png")
     )
     nibabel.save(slices_to_nifti(slices), out / "samples.nii.gz")
     return [*written, out / "samples.nii.gz"]
+
+
+def write_volumes(
+    run: Run,
+    out: Path,
+    count: int,
+    conditions: dict | None,
+    temperature: float,
+    seed: int | None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    spacing_mm: tuple[float, float] = DEFAULT_VOLUME_SPACING_MM,
+    depth: int = VOLUME_DEPTH,
+) -> list[Path]:
+    """Draw `count` coherent volumes (`sample_volumes`) and write, per volume,
+    volume_NNN.nii.gz ((S, S, depth) uint8, RAS+, `spacing_mm` (pixel, slice) spacing) and
+    volume_NNN.png (its axial slices bottom to top, and a coronal and a sagittal cut through
+    its middle, drawn at the true spacing); returns the paths written."""
+    _, volumes = sample_volumes(
+        run, count, depth, conditions, temperature, seed, top_k, top_p, coherent=True
+    )
+    for stale in out.glob("volume_*"):
+        stale.unlink()
+    written = []
+    described = describe_conditions(conditions).lstrip(", ")
+    for index, volume in enumerate(volumes):
+        stem = out / VOLUME_PATTERN.format(index)
+        nifti = stem.with_name(stem.name + ".nii.gz")
+        nibabel.save(slices_to_nifti(volume, spacing_mm), nifti)
+        title = f"{run.name}: volume {index} of {depth} slices" + (
+            f" ({described})" if described else ""
+        )
+        figure = plotting.plot_volume(volume, spacing_mm, f"{title}, seed {seed}")
+        written += [plotting.save_figure(figure, stem.with_name(stem.name + ".png")), nifti]
+    return written
 
 
 # Reconstruction -----------------------------------------------------------------------------

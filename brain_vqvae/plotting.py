@@ -105,6 +105,35 @@ def plot_sample_grid(slices: np.ndarray, title: str, labels: list[str] | None = 
     return figure
 
 
+def plot_volume(volume: np.ndarray, spacing_mm: tuple[float, float], title: str) -> Figure:
+    """One volume (D, S, S) uint8 of axial slices, bottom to top: the slices in a grid (8 per
+    row, each titled with its index), and below them a coronal cut through its middle row
+    (superior at the top, the subject's left on the left) and a sagittal cut through its middle
+    column (superior at the top, anterior on the left), stretched by the (pixel, slice)
+    `spacing_mm` so the brain has its true proportions."""
+    depth, size = volume.shape[0], volume.shape[1]
+    columns = min(8, depth)
+    rows = math.ceil(depth / columns)
+    figure = Figure(figsize=(1.5 * columns, 1.5 * rows + 3.6), layout="constrained")
+    axial, cuts = figure.subfigures(2, 1, height_ratios=[1.5 * rows, 3.2])
+    for index, axis in enumerate(axial.subplots(rows, columns, squeeze=False).ravel()):
+        axis.set_axis_off()
+        if index < depth:
+            axis.imshow(volume[index], cmap="gray", vmin=0, vmax=255)
+            axis.set_title(f"slice {index}", fontsize=7)
+    coronal = volume[::-1, size // 2, :]  # [D, S]: superior at the top
+    sagittal = volume[::-1, :, size // 2]  # [D, S]: anterior on the left
+    pixel, gap = spacing_mm
+    for axis, cut, name in zip(
+        cuts.subplots(1, 2), (coronal, sagittal), ("coronal", "sagittal"), strict=True
+    ):
+        axis.imshow(cut, cmap="gray", vmin=0, vmax=255, aspect=gap / pixel)
+        axis.set_title(f"{name} cut through the middle", fontsize=9)
+        axis.set_axis_off()
+    figure.suptitle(title)
+    return figure
+
+
 def plot_reconstructions(
     originals: np.ndarray,
     reconstructions: np.ndarray,
