@@ -16,6 +16,7 @@ from PIL import Image
 import predict
 from brain_vqvae import generation
 from brain_vqvae.evaluation import score_model
+from brain_vqvae.model import build_pixelcnn
 from brain_vqvae.runs import load_run
 from dataset import load_slices
 
@@ -257,3 +258,61 @@ def test_a_marker_on_the_subjects_left_stays_on_the_left_from_volume_to_nifti(tm
     marker = np.argwhere(data >= data.max() - 5)
     world = nibabel.affines.apply_affine(written.affine, marker)
     assert (world[:, 0] < 0).all() and (world[:, 1] > 0).all()
+
+
+def test_a_volume_is_32_slices_bottom_to_top_with_its_spacing_in_a_ras_nifti(tiny_run, tmp_path):
+    """The tiny run's prior is conditioned on the slice level and the slice below (its data has
+    levels, no demographics table), so it draws volumes; the NIfTI holds the drawn slices in
+    order, at the spacing asked for, and the montage is written beside it."""
+    run, _ = tiny_run
+    out = tmp_path / "volumes"
+    argv = ["--run", run, "--volume", "--num", 2, "--seed", 4, "--spacing", 1.5, 4.0]
+    assert run_predict(*argv, "--out", out) == 0
+    assert sorted(path.name for path in out.iterdir()) == [
+        "volume_000.nii.gz",
+        "volume_000.png",
+        "volume_001.nii.gz",
+        "volume_001.png",
+    ]
+    image = nibabel.load(out / "volume_000.nii.gz")
+    assert image.shape == (32, 32, generation.VOLUME_DEPTH)
+    assert image.header.get_zooms() == (1.5, 1.5, 4.0)
+    assert nibabel.aff2axcodes(image.affine) == ("R", "A", "S")
+    _, volumes = generation.sample_volumes(load_run(run), 2, seed=4)
+    data = np.asarray(image.dataobj)
+    for level in (0, 13, 31):  # voxel (x, y, n) = slice n at row S-1-y, column x
+        np.testing.assert_array_equal(np.flip(data[:, :, level], axis=1).T, volumes[0, level])
+    assert figure_size(out / "volume_000.png")[1] > 300
+
+
+def test_slices_drawn_at_a_level_follow_the_run_and_refuse_what_it_cannot_give(
+    tiny_run, tmp_path, capsys
+):
+    run, _ = tiny_run
+    out = tmp_path / "low"
+    assert run_predict("--run", run, "--slice-position", 0.0, "--num", 3, "--out", out) == 0
+    assert len(list(out.glob("sample_*.png"))) == 3
+    low = generation.sample_slices(load_run(run), 8, seed=1, conditions={"slice_position": 0.0})
+    high = generation.sample_slices(load_run(run), 8, seed=1, conditions={"slice_position": 1.0})
+    assert not np.array_equal(low[0], high[0])
+    capsys.readouterr()
+    for flags, message in (
+        (("--age", 80), "not trained with condition(s) age"),
+        (("--slice-position", 1.5), "slice_position 1.5 is outside what the run was trained on"),
+    ):
+        assert run_predict("--run", run, *flags, "--out", tmp_path / "refused") == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_predict("--run", run, "--volume", "--slice-position", 0.5)
+    with pytest.raises(SystemExit):
+        run_predict("--run", run, "--reconstruct", "--age", 50)
+
+
+def test_a_volume_needs_a_prior_trained_with_the_slice_level(run_copy, tmp_path):
+    run = load_run(run_copy)
+    hyperparameters = run.hyperparameters.replace(prior_conditions="none")
+    unconditional = build_pixelcnn(hyperparameters)
+    unconditional.save(run_copy / "pixelcnn.keras")
+    (run_copy / "hyperparameters.json").write_text(json.dumps(hyperparameters.to_dict()))
+    with pytest.raises(ValueError, match="needs a prior trained with slice_position"):
+        generation.sample_volumes(load_run(run_copy), 1)

@@ -93,6 +93,19 @@ def test_realism_is_measured_beside_its_floor_with_a_feature_network_saved_in_th
     assert (run / "realism_features.keras").is_file()
     for name in ("realism.png", "nearest_training.png"):
         assert (tmp_path / "first" / name).is_file()
+    # The tiny run's prior is conditioned on the level and the slice below: obedience of the
+    # level (generated and real, read by the feature network) and the volume measures.
+    conditions = report["conditions"]
+    for side in ("generated", "real"):
+        assert -1.0 <= conditions["slice_position"][side]["r"] <= 1.0
+    assert conditions["slice_position"]["generated"]["count"] == 128
+    assert conditions["slice_position"]["real"]["count"] == 24
+    volumes = conditions["volumes"]
+    assert (volumes["volumes"], volumes["depth"]) == (4, 6)  # four people of six slices
+    for key in ("real", "coherent", "independent"):
+        assert 0.0 < volumes[f"{key}_adjacent_ssim"] <= 1.0
+        assert math.isfinite(volumes[f"{key}_cut_frechet"])
+    assert (tmp_path / "first" / "obedience_slice_position.png").is_file()
     # The saved network is reused: the same features, so the same floor.
     trained_at = (run / "realism_features.keras").stat().st_mtime_ns
     assert similarity.main([*argv, "--out", str(tmp_path / "second")]) == 0

@@ -1,0 +1,253 @@
+"""The conditional prior: conditions from the data, causality, the cached sampler, obedience
+after training, saved models, and the messages for conditions a run cannot take."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from brain_vqvae.conditioning import (
+    available_conditions,
+    condition_ranges,
+    previous_slice_rows,
+    resolve_prior_conditions,
+    slice_conditions,
+)
+from brain_vqvae.data import code_map_dataset
+from brain_vqvae.data.slices import make_slice_set
+from brain_vqvae.model import PixelCNN, build_pixelcnn, sample_code_maps
+from brain_vqvae.model.conditions import condition_batch
+from brain_vqvae.model.sampler import raster_scan
+from hyperparameters import Hyperparameters
+
+CODES, MAP_SIZE = 8, 8
+ALL_CONDITIONS = "slice_position,age,sex,cdr,previous_slice"
+
+
+def tiny_conditional_prior(conditions: str = ALL_CONDITIONS, **changes) -> PixelCNN:
+    hyperparameters = Hyperparameters(
+        image_size=32,
+        downsample_stages=2,
+        encoder_filters=(8, 8),
+        num_embeddings=CODES,
+        pixelcnn_filters=16,
+        pixelcnn_gated_layers=3,
+        prior_conditions=conditions,
+        **changes,
+    )
+    ranges = {"slice_position": [0.0, 1.0], "age": [20.0, 90.0], "sex": ["F", "M"]}
+    ranges["cdr"] = [0.0, 2.0]
+    keras.utils.set_random_seed(0)
+    prior = build_pixelcnn(hyperparameters, ranges)
+    rng = np.random.default_rng(1)
+    for weight in prior.weights:  # random biases too, so that no path is zero by chance
+        if weight.trainable:
+            weight.assign(rng.normal(0, 0.3, weight.shape).astype("float32"))
+    return prior
+
+
+def some_conditions(count: int, seed: int = 2) -> dict:
+    rng = np.random.default_rng(seed)
+    return condition_batch(
+        ("slice_position", "age", "sex", "cdr", "previous_slice"),
+        {},
+        count,
+        {
+            "slice_position": rng.uniform(0, 1, count),
+            "age": rng.uniform(20, 90, count),
+            "sex": "F",
+            "cdr": 0.5,
+            "previous_slice": rng.integers(0, CODES, (count, MAP_SIZE, MAP_SIZE)),
+        },
+        MAP_SIZE,
+    )
+
+
+# Conditions from the data ---------------------------------------------------------------------
+
+
+def slice_set_of(subjects, slice_indices):
+    images = [np.zeros((4, 4), np.uint8)] * len(subjects)
+    return make_slice_set(images, subjects, slice_indices, 4)
+
+
+def test_previous_slice_is_the_next_lower_loaded_slice_of_the_same_subject():
+    slice_set = slice_set_of(["b", "a", "a", "b", "a", "c"], [5, 2, 0, 1, 7, 3])
+    np.testing.assert_array_equal(previous_slice_rows(slice_set), [3, 2, -1, -1, 1, -1])
+
+
+def test_conditions_from_levels_and_a_demographics_table():
+    slice_set = slice_set_of(["a", "a", "b", "b"], [0, 2, 0, 1])
+    demographics = {"a": {"age": 70.0, "sex": "F", "cdr": None}, "b": {"age": None, "sex": "M"}}
+    assert available_conditions(slice_set, demographics) == (
+        "slice_position",
+        "age",
+        "sex",
+        "previous_slice",
+    )
+    names = ("slice_position", "age", "sex", "previous_slice")
+    codes = np.arange(4 * 2 * 2).reshape(4, 2, 2)
+    inputs = slice_conditions(names, slice_set, demographics, codes)
+    # levels 0/2 -> 0, 1; 0/1 -> 0, 1; age 70 -> 0.7 for a, unknown for b; F = 1, M = 0
+    np.testing.assert_allclose(
+        inputs["values"][:, :3], [[0, 0.7, 1], [1, 0.7, 1], [0, 0, 0], [1, 0, 0]]
+    )
+    np.testing.assert_array_equal(
+        inputs["known"], [[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 1, 0], [1, 0, 1, 1]]
+    )
+    np.testing.assert_array_equal(inputs["previous"][1], codes[0])
+    np.testing.assert_array_equal(inputs["previous"][3], codes[2])
+    assert condition_ranges(names, slice_set, demographics) == {
+        "slice_position": [0.0, 1.0],
+        "age": [70.0, 70.0],
+        "sex": ["F", "M"],
+    }
+
+
+def test_auto_conditions_resolve_to_what_the_data_provides():
+    slice_set = slice_set_of(["a", "a"], [0, 1])
+    resolved = resolve_prior_conditions(Hyperparameters(), slice_set, {})
+    assert resolved.prior_conditions == "slice_position,previous_slice"
+    masked = Hyperparameters(pixelcnn_architecture="masked")
+    assert resolve_prior_conditions(masked, slice_set, {}).prior_conditions == "none"
+    single = slice_set_of(["a", "b"], [0, 0])
+    assert resolve_prior_conditions(Hyperparameters(), single, {}).condition_names == ()
+    with pytest.raises(ValueError, match="asks for age, which the training data does not"):
+        resolve_prior_conditions(Hyperparameters(prior_conditions="age"), slice_set, {})
+
+
+def test_a_configuration_without_conditions_is_an_unconditional_prior():
+    assert Hyperparameters.from_dict({}).condition_names == ()
+    with pytest.raises(ValueError, match="need pixelcnn_architecture 'gated'"):
+        Hyperparameters(pixelcnn_architecture="masked", prior_conditions="age")
+    with pytest.raises(ValueError, match="distinct comma-separated names"):
+        Hyperparameters(prior_conditions="age,height")
+    with pytest.raises(ValueError, match='still "auto"'):
+        _ = Hyperparameters().condition_names
+
+
+# The model ------------------------------------------------------------------------------------
+
+
+def test_conditioned_logits_depend_only_on_earlier_codes_and_everywhere_on_the_conditions():
+    prior = tiny_conditional_prior()
+    positions = MAP_SIZE * MAP_SIZE
+    conditions = some_conditions(1)
+    base = np.random.default_rng(9).integers(0, CODES, (MAP_SIZE, MAP_SIZE))
+    perturbed = np.repeat(base[None], positions, axis=0)
+    rows, columns = np.divmod(np.arange(positions), MAP_SIZE)
+    perturbed[np.arange(positions), rows, columns] = (base[rows, columns] + 1) % CODES
+    maps = np.concatenate([base[None], perturbed]).astype("int32")
+    repeated = {name: np.repeat(value, len(maps), axis=0) for name, value in conditions.items()}
+    logits = np.asarray(prior({"codes": maps, **repeated})).reshape(positions + 1, positions, -1)
+    change = np.abs(logits[1:] - logits[:1]).max(axis=-1)  # [changed p, position t]
+    assert change[np.triu(np.ones((positions, positions), dtype=bool)).T].max() < 1e-5
+    assert all(change[:target, target].max() > 1e-3 for target in range(1, positions))
+
+    for name_column in range(5):  # hiding any one condition moves the logits at (0, 0)
+        hidden = {**conditions, "known": conditions["known"].copy()}
+        hidden["known"][:, name_column] = 0.0
+        moved = np.asarray(prior({"codes": maps[:1], **hidden}))[0, 0, 0]
+        assert np.abs(moved - logits[0, 0]).max() > 1e-3, name_column
+
+
+def test_code_maps_alone_read_as_every_condition_unknown():
+    prior = tiny_conditional_prior()
+    maps = np.random.default_rng(3).integers(0, CODES, (2, MAP_SIZE, MAP_SIZE)).astype("int32")
+    unknown = condition_batch(prior.condition_names, {}, 2, None, MAP_SIZE)
+    np.testing.assert_allclose(prior(maps), prior({"codes": maps, **unknown}), atol=1e-6)
+
+
+def test_conditioned_raster_scan_replays_the_whole_map_logits():
+    prior = tiny_conditional_prior()
+    conditions = some_conditions(3)
+    code_maps = np.random.default_rng(11).integers(0, CODES, (3, MAP_SIZE, MAP_SIZE))
+    code_maps = code_maps.astype("int32")
+    whole = np.asarray(prior({"codes": code_maps, **conditions})).reshape(3, -1, CODES)
+    seen = {}
+
+    def replay(position, logits):  # eager: tf.while_loop runs as a Python loop
+        seen[int(position)] = np.asarray(logits)
+        return code_maps.reshape(3, -1)[:, int(position)]
+
+    features = prior.condition_features({name: np.asarray(v) for name, v in conditions.items()})
+    np.testing.assert_array_equal(raster_scan(prior)(3, replay, features), code_maps)
+    for position, logits in seen.items():
+        np.testing.assert_allclose(logits, whole[:, position], atol=1e-5)
+
+
+def test_saved_conditional_prior_reloads_with_its_ranges_and_samples_identically(tmp_path):
+    prior = tiny_conditional_prior()
+    prior.save(tmp_path / "prior.keras")
+    loaded = keras.saving.load_model(tmp_path / "prior.keras")
+    assert loaded.condition_names == prior.condition_names
+    assert loaded.condition_ranges == prior.condition_ranges
+    asked = {"slice_position": 0.3, "age": 75, "sex": "M", "cdr": 1}
+    np.testing.assert_array_equal(
+        sample_code_maps(prior, 4, seed=5, conditions=asked),
+        sample_code_maps(loaded, 4, seed=5, conditions=asked),
+    )
+
+
+@pytest.mark.parametrize(
+    ("asked", "message"),
+    [
+        ({"age": 95}, "age 95 years is outside what the run was trained on: 20 to 90 years"),
+        ({"slice_position": -0.1}, "slice_position -0.1 is outside"),
+        ({"sex": "X"}, "sex must be one of M, F"),
+        ({"height": 2}, r"not trained with condition\(s\) height"),
+        ({"previous_slice": np.zeros((2, 2), int)}, "previous_slice must be integer code maps"),
+        ({"age": [30, 40]}, "age needs one value or 3, got 2"),
+    ],
+)
+def test_bad_conditions_are_refused_with_a_message(asked, message):
+    prior = tiny_conditional_prior()
+    with pytest.raises(ValueError, match=message):
+        sample_code_maps(prior, 3, conditions=asked)
+
+
+def test_an_unconditional_prior_refuses_conditions():
+    prior = tiny_conditional_prior("none")
+    with pytest.raises(ValueError, match=r"its conditions: none"):
+        sample_code_maps(prior, 2, conditions={"slice_position": 0.5})
+
+
+def test_a_prior_trained_on_two_levels_draws_each_on_request():
+    """Maps of level 0 use codes 1 and 2, maps of level 1 codes 5 and 6 (random mixtures): the
+    trained prior draws level-0 codes when asked for 0 and level-1 codes when asked for 1."""
+    rng = np.random.default_rng(0)
+    count = 256
+    levels = np.repeat([0.0, 1.0], count // 2)
+    maps = (
+        rng.integers(0, 2, (count, MAP_SIZE, MAP_SIZE)) + np.where(levels > 0, 5, 1)[:, None, None]
+    )
+    conditions = condition_batch(
+        ("slice_position",), {}, count, {"slice_position": levels}, MAP_SIZE
+    )
+    conditions.pop("previous")
+    keras.utils.set_random_seed(0)
+    prior = build_pixelcnn(
+        Hyperparameters(
+            image_size=32,
+            downsample_stages=2,
+            encoder_filters=(8, 8),
+            num_embeddings=CODES,
+            pixelcnn_filters=16,
+            pixelcnn_gated_layers=3,
+            prior_conditions="slice_position",
+        ),
+        {"slice_position": [0.0, 1.0]},
+    )
+    prior.compile(optimizer=keras.optimizers.Adam(1e-2))
+    prior.fit(
+        code_map_dataset(maps.astype("int32"), 32, shuffle=True, conditions=conditions),
+        epochs=6,
+        verbose=0,
+    )
+    low = sample_code_maps(prior, 16, seed=1, conditions={"slice_position": 0.0})
+    high = sample_code_maps(prior, 16, seed=1, conditions={"slice_position": 1.0})
+    assert np.isin(low, (1, 2)).mean() > 0.95
+    assert np.isin(high, (5, 6)).mean() > 0.95
+    either = sample_code_maps(prior, 64, seed=2)  # unknown level: both kinds of map
+    assert 0.2 < np.isin(either, (1, 2)).mean() < 0.8
