@@ -58,7 +58,11 @@ leaves a blind spot up and right of (i, j) and a reach of a few rows. "gated" (t
 default): gated layers h = tanh(W_f * x) . sigmoid(W_g * x) in a vertical stack (rows <= i,
 reaching the horizontal stack shifted down one row) and a horizontal stack (row i left of j),
 dilated 1, 2, 4, ... so that (i, j) sees every earlier code (`gated_prior`). Either way the
-logits at (i, j) depend on earlier codes only. `sample_code_maps` draws new maps position by
+logits at (i, j) depend on earlier codes only. A conditional (gated) prior models
+p(k | c) for conditions c (the slice's level, the subject's age, sex and CDR, the code map of
+the slice below): an embedding of c is projected into every gated layer's pre-activations,
+and conditions hidden at random in training let any subset of them be given
+(`brain_vqvae.model.conditions`). `sample_code_maps` draws new maps position by
 position in one compiled loop that computes each position's features once and caches them
 (`_RasterScan`, `_GatedRasterScan`), with temperature, top-k and nucleus (top-p) sampling;
 `decode_code_maps` turns them into slices.
@@ -74,10 +78,11 @@ with no learned prior (`python train.py --model vae`).
 Where it lives (the package `brain_vqvae`): `brain_vqvae.metrics` (SSIM, PSNR and the code
 metrics), `brain_vqvae.model.quantizer` (`VectorQuantizer`, k-means), `.vqvae` (encoder,
 decoder, `VQVAE`), `.prior` (`MaskedConv2D`, `PixelCNN`), `.gated_prior` (`GatedLayer`),
-`.sampler` (sampling, encoding and decoding code maps), `.vae` (the baseline's `GaussianVAE`)
-and `.distribute` (the tf.distribute helpers). This module re-exports the public API of
-`brain_vqvae.model` and `structural_similarity`, so `import modules` also registers every model
-class for `keras.saving.load_model`.
+`.conditions` (`ConditionEncoder`, the checks of a request), `.sampler` (sampling, encoding
+and decoding code maps), `.vae` (the baseline's `GaussianVAE`) and `.distribute` (the
+tf.distribute helpers). This module re-exports the public API of `brain_vqvae.model` and
+`structural_similarity`, so `import modules` also registers every model class for
+`keras.saving.load_model`.
 """
 
 from brain_vqvae import model

@@ -7,6 +7,7 @@ Every class here is registered with Keras under the package "brain_vqvae"
 (`SERIALIZATION_PACKAGE`), so importing this package is enough for `keras.saving.load_model`.
 """
 
+from brain_vqvae.model.conditions import ConditionEncoder
 from brain_vqvae.model.gated_prior import GatedLayer
 from brain_vqvae.model.prior import (
     PIXELCNN_METRICS,
@@ -40,6 +41,7 @@ __all__ = [
     "VAE_METRICS",
     "VQVAE",
     "VQVAE_METRICS",
+    "ConditionEncoder",
     "GatedLayer",
     "GaussianVAE",
     "MaskedConv2D",
