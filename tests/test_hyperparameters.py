@@ -97,7 +97,9 @@ def test_a_configuration_saved_before_the_architecture_field_is_masked():
     """Runs and `.keras` priors saved before `pixelcnn_architecture` existed were masked."""
     assert Hyperparameters().pixelcnn_architecture == "gated"
     assert Hyperparameters.from_dict({}).pixelcnn_architecture == "masked"
-    assert Hyperparameters.from_dict({}) == Hyperparameters(pixelcnn_architecture="masked")
+    assert Hyperparameters.from_dict({}) == Hyperparameters(
+        pixelcnn_architecture="masked", prior_conditions="none"
+    )
     for name in ("card", "hifi"):
         assert Hyperparameters.from_dict(preset(name).to_dict()) == preset(name)
     assert {"pixelcnn_architecture", "pixelcnn_gated_layers", "pixelcnn_gated_kernel"} <= set(

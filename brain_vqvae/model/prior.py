@@ -136,6 +136,8 @@ class PixelCNN(keras.Model):
     "previous": [N, h, h] int} for its C conditions (`conditions.condition_batch` makes one;
     `conditions` has the maths). `condition_ranges` ({name: [low, high]}, for sex the values
     seen) records what the training data held, so that a request outside it can be refused.
+    A configuration still saying "auto" (resolved from the data only when training,
+    `conditioning.resolve_prior_conditions`) builds an unconditional prior.
 
     It is trained by its own `train_step`: compile it with an optimizer and `fit` it on batches
     of code maps (or such dicts), whose codes are also the targets (a y given is ignored); a
@@ -151,6 +153,8 @@ class PixelCNN(keras.Model):
     def __init__(self, hyperparameters: dict, condition_ranges: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         self.hyperparameters = Hyperparameters.from_dict(hyperparameters)
+        if self.hyperparameters.prior_conditions == "auto":  # no data to resolve it: none
+            self.hyperparameters = self.hyperparameters.replace(prior_conditions="none")
         self.condition_ranges = dict(condition_ranges or {})
         self.network = NETWORK_BUILDERS[self.hyperparameters.pixelcnn_architecture](
             self.hyperparameters

@@ -10,6 +10,7 @@ nucleus (top-p) of each position's distribution (`filter_logits`); `encode_code_
 
 from __future__ import annotations
 
+import functools
 import random
 import weakref
 from collections.abc import Callable
@@ -226,15 +227,14 @@ class _GatedRasterScan:
 
     def contribution(self, layer, preactivations):
         """`v_to_h` of the vertical pre-activations [N, 1, w, 2F] -> [N, w, 2F]."""
-        return tf.reshape(
-            layer.vertical_to_horizontal(preactivations), (-1, self.size, 2 * layer.filters)
-        )
+        return layer.vertical_to_horizontal(preactivations)[:, 0]
 
     def __call__(self, count, choose_codes, condition_features=None):
         """Run the scan over [count] maps; `choose_codes(position, logits [count, K])` returns
         the int32 codes [count] at `position`; `condition_features` c [count, 1 or h, 1 or w, F]
         of a conditional prior. Returns the codes [count, h, h]."""
         size = self.size
+        batch = count if isinstance(count, int) else None  # a static count: static shapes
         condition_terms = self.condition_terms(count, condition_features)
         tap_kernels = {layer.name: _tap_kernel(layer.horizontal) for layer in self.layers}
         tap_kernels.update(
@@ -280,8 +280,8 @@ class _GatedRasterScan:
                 column_step,
                 (
                     tf.constant(0),
-                    [empty_cache(size, (None, width)) for width in channels],
-                    tf.TensorArray(tf.int32, size=size, element_shape=(None,)),
+                    [empty_cache(size, (batch, width)) for width in channels],
+                    tf.TensorArray(tf.int32, size=size, element_shape=(batch,)),
                 ),
             )
             row_features = horizontal_caches[0].gather(tf.range(size))  # [w, N, C]
@@ -303,9 +303,9 @@ class _GatedRasterScan:
             row_step,
             (
                 tf.constant(0),
-                [empty_cache(size, (None, size, width)) for width in channels],
+                [empty_cache(size, (batch, size, width)) for width in channels],
                 first_row,
-                tf.TensorArray(tf.int32, size=size, element_shape=(None, None)),
+                tf.TensorArray(tf.int32, size=size, element_shape=(size, batch)),
             ),
         )
         return tf.transpose(codes.stack(), (2, 0, 1))  # [h, w, N] -> [N, h, w]
@@ -341,34 +341,48 @@ def filter_logits(logits, top_k, top_p):
     return tf.cond((top_k > 0) | (top_p < 1.0), filtered, lambda: logits)
 
 
-class _CodeMapSampler:
-    """Raster-order ancestral sampling from one PixelCNN, compiled once.
+XLA_MAX_MAP_SIZE = 16  # the sampler is compiled by XLA for code maps up to 16x16
 
-    One `tf.function` runs the model's `raster_scan` over the h*h positions: at position (i, j)
-    it draws k(i, j) ~ Categorical(softmax(filter_logits(logits(i, j) / T))) for every map,
-    from the codes drawn so far. Temperature, top-k and top-p are tensors: one trace serves
-    every setting. The draws come from a `keras.random.SeedGenerator` reset to the caller's
-    seed at the start of each call.
+
+class _CodeMapSampler:
+    """Raster-order ancestral sampling from one PixelCNN, compiled once per number of maps.
+
+    One `tf.function` runs the model's `raster_scan` over the h*h positions: at position
+    (i, j) it draws k(i, j) ~ Categorical(softmax(filter_logits(logits(i, j) / T))) for every
+    map, from the codes drawn so far. For maps of at most `XLA_MAX_MAP_SIZE` a side it is
+    compiled by XLA, which fuses the many small operations of a step into one kernel: there
+    they are most of a step's cost on a CPU, while a large map's steps are dominated by
+    convolutions that TensorFlow's own kernels run faster (BENCHMARKS.md, "Sampling"). XLA
+    needs static shapes, so the number of maps is fixed per compiled function
+    (`sample(count, ...)` keeps one per count). Temperature, top-k, top-p and the conditions
+    are tensors: one compilation serves every setting. The draws come from a
+    `keras.random.SeedGenerator` reset to the caller's seed at the start of each call.
     """
 
     def __init__(self, pixelcnn: PixelCNN):
         self._pixelcnn = weakref.ref(pixelcnn)  # the cache is keyed by the model: no cycle
         self._seed_generator = keras.random.SeedGenerator(0)
-        self.sample = tf.function(
-            self._sample,
-            input_signature=(
-                tf.TensorSpec((), tf.int32),
-                tf.TensorSpec((), tf.float32),
-                tf.TensorSpec((), tf.int32),
-                tf.TensorSpec((), tf.int32),
-                tf.TensorSpec((), tf.float32),
-                {
-                    "values": tf.TensorSpec((None, None), tf.float32),
-                    "known": tf.TensorSpec((None, None), tf.float32),
-                    "previous": tf.TensorSpec((None, None, None), tf.int32),
-                },
-            ),
-        )
+        self._compiled: dict[int, Callable] = {}
+
+    def sample(self, count: int, temperature, seed, top_k, top_p, conditions):
+        """[count, h, h] int32 maps; every argument but `count` a tensor (`sample_code_maps`)."""
+        if count not in self._compiled:
+            self._compiled[count] = tf.function(
+                functools.partial(self._sample, count),
+                input_signature=(
+                    tf.TensorSpec((), tf.float32),
+                    tf.TensorSpec((), tf.int32),
+                    tf.TensorSpec((), tf.int32),
+                    tf.TensorSpec((), tf.float32),
+                    {
+                        "values": tf.TensorSpec((count, None), tf.float32),
+                        "known": tf.TensorSpec((count, None), tf.float32),
+                        "previous": tf.TensorSpec((count, None, None), tf.int32),
+                    },
+                ),
+                jit_compile=self._pixelcnn().code_map_size <= XLA_MAX_MAP_SIZE,
+            )
+        return self._compiled[count](temperature, seed, top_k, top_p, conditions)
 
     def _sample(self, count, temperature, seed, top_k, top_p, conditions):
         pixelcnn = self._pixelcnn()
@@ -428,7 +442,7 @@ def sample_code_maps(
     if pixelcnn not in _SAMPLERS:
         _SAMPLERS[pixelcnn] = _CodeMapSampler(pixelcnn)
     code_maps = _SAMPLERS[pixelcnn].sample(
-        tf.constant(int(count), tf.int32),
+        int(count),
         tf.constant(float(temperature), tf.float32),
         tf.constant(int(seed) % 2**31, tf.int32),
         tf.constant(0 if top_k is None else int(top_k), tf.int32),
