@@ -35,6 +35,7 @@ from brain_vqvae.conditioning import condition_ranges, resolve_prior_conditions,
 from brain_vqvae.data import SliceSet, code_map_dataset, make_tf_dataset
 from brain_vqvae.metrics import ssim_per_slice
 from brain_vqvae.model import build_pixelcnn, build_vae, build_vqvae, encode_code_maps
+from brain_vqvae.model.prior import pack_prior_inputs
 from brain_vqvae.runs import (
     AUTOENCODER_STAGES,
     MODEL_STAGES,
@@ -430,20 +431,20 @@ def train_pixelcnn(
     training and validation maps' `conditions`, `slice_conditions`, and the training data's
     `condition_ranges`); returns the best model."""
     batch_size = hyperparameters.batch_size
-    train_conditions, validate_conditions = conditions or (None, None)
+    if conditions is not None:
+        train_codes, validate_codes = (
+            pack_prior_inputs(codes, maps_conditions)
+            for codes, maps_conditions in zip(
+                (train_codes, validate_codes), conditions, strict=True
+            )
+        )
     return train_stage(
         "pixelcnn",
         lambda: build_pixelcnn(hyperparameters, condition_ranges),
         hyperparameters,
         run,
-        code_map_dataset(
-            train_codes,
-            batch_size,
-            shuffle=True,
-            seed=hyperparameters.seed,
-            conditions=train_conditions,
-        ),
-        code_map_dataset(validate_codes, batch_size, conditions=validate_conditions),
+        code_map_dataset(train_codes, batch_size, shuffle=True, seed=hyperparameters.seed),
+        code_map_dataset(validate_codes, batch_size),
         len(train_codes),
         resume,
         tensorboard,

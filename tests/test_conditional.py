@@ -18,6 +18,7 @@ from brain_vqvae.data import code_map_dataset
 from brain_vqvae.data.slices import make_slice_set
 from brain_vqvae.model import PixelCNN, build_pixelcnn, sample_code_maps
 from brain_vqvae.model.conditions import condition_batch
+from brain_vqvae.model.prior import pack_prior_inputs
 from brain_vqvae.model.sampler import raster_scan
 from hyperparameters import Hyperparameters
 
@@ -225,7 +226,6 @@ def test_a_prior_trained_on_two_levels_draws_each_on_request():
     conditions = condition_batch(
         ("slice_position",), {}, count, {"slice_position": levels}, MAP_SIZE
     )
-    conditions.pop("previous")
     keras.utils.set_random_seed(0)
     prior = build_pixelcnn(
         Hyperparameters(
@@ -241,7 +241,7 @@ def test_a_prior_trained_on_two_levels_draws_each_on_request():
     )
     prior.compile(optimizer=keras.optimizers.Adam(1e-2))
     prior.fit(
-        code_map_dataset(maps.astype("int32"), 32, shuffle=True, conditions=conditions),
+        code_map_dataset(pack_prior_inputs(maps, conditions), 32, shuffle=True),
         epochs=6,
         verbose=0,
     )

@@ -50,40 +50,31 @@ def make_tf_dataset(
 
 
 def code_map_dataset(
-    code_maps: np.ndarray,
-    batch_size: int,
-    shuffle: bool = False,
-    seed: int = 0,
-    conditions: dict[str, np.ndarray] | None = None,
+    code_maps: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0
 ) -> tf.data.Dataset:
-    """A `tf.data.Dataset` of (B, h, h) batches of the int code maps (N, h, h), which are the
-    PixelCNN's inputs and targets: it predicts each code from the ones before it. With
-    `conditions` (arrays of N rows each, e.g. {"values", "known", "previous"}) the batches are
-    dicts {"codes": (B, h, h), name: (B, ...) for each condition array}, rows kept together.
-    Shuffling is seeded and different in every epoch."""
-    if conditions:
-        return _batches({"codes": code_maps, **conditions}, batch_size, shuffle, seed)
+    """A `tf.data.Dataset` of (B, ...) batches of the code maps (N, h, h), which are the
+    PixelCNN's inputs and targets: it predicts each code from the ones before it (or of a
+    conditional prior's packed rows (N, L), `pack_prior_inputs`). Shuffling is seeded and
+    different in every epoch."""
     return _batches(code_maps, batch_size, shuffle, seed)
 
 
 def _batches(
-    elements: np.ndarray | dict[str, np.ndarray],
+    elements: np.ndarray,
     batch_size: int,
     shuffle: bool,
     seed: int,
     transform: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None,
 ) -> tf.data.Dataset:
-    """The (N, ...) `elements` (or a dict of such arrays) as batches of `batch_size` (the last
-    one smaller), shuffled over all N with `seed` and anew every epoch when `shuffle`, then
-    `transform`ed, prefetched."""
+    """The (N, ...) `elements` as batches of `batch_size` (the last one smaller), shuffled
+    over all N with `seed` and anew every epoch when `shuffle`, then `transform`ed, prefetched."""
     import tensorflow as tf
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     dataset = tf.data.Dataset.from_tensor_slices(elements)
     if shuffle:
-        count = len(next(iter(elements.values())) if isinstance(elements, dict) else elements)
-        dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(len(elements), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     if transform is not None:
         dataset = transform(dataset)

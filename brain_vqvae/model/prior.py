@@ -140,13 +140,13 @@ class PixelCNN(keras.Model):
     `conditioning.resolve_prior_conditions`) builds an unconditional prior.
 
     It is trained by its own `train_step`: compile it with an optimizer and `fit` it on batches
-    of code maps (or such dicts), whose codes are also the targets (a y given is ignored); a
-    conditional prior hides each known condition with probability `condition_dropout`. The loss
-    is the mean over every position of every map of the cross-entropy
-    -log softmax(logits(i, j))[k(i, j)] (nats per code); "accuracy" is the share of positions
-    whose most likely code is k(i, j). Under a `tf.distribute` strategy both are weighted by
-    each replica's share of the global batch, as in `VQVAE`. (A batch of maps alone, not
-    (maps, maps), is also what Keras 3 can hand to several workers of a
+    of code maps (a conditional prior: of `pack_prior_inputs` rows), whose codes are also the
+    targets (a y given is ignored); a conditional prior hides known conditions at random
+    (`_hide_conditions`). The loss is the mean over every position of every map of the
+    cross-entropy -log softmax(logits(i, j))[k(i, j)] (nats per code); "accuracy" is the share
+    of positions whose most likely code is k(i, j). Under a `tf.distribute` strategy both are
+    weighted by each replica's share of the global batch, as in `VQVAE`. (A batch of maps alone,
+    not (maps, maps), is also what Keras 3 can hand to several workers of a
     `MultiWorkerMirroredStrategy`: it fails to reduce (x, y) batches.)
     """
 
@@ -242,8 +242,26 @@ class PixelCNN(keras.Model):
             tracker.update_state(replica_sum(weighted_by_share(values[tracker.name], share)))
         return step_logs({tracker.name: tracker.result() for tracker in self.trackers})
 
+    def unpack(self, inputs):
+        """A training batch as the model reads it: code maps as they are; a conditional
+        prior's packed rows [B, 2 h h + 2 C] (`pack_prior_inputs`) as its dict."""
+        if self.condition_encoder is None or len(inputs.shape) != 2:
+            return inputs
+        size, conditions = self.code_map_size, len(self.condition_names)
+        maps = size * size
+
+        def code_maps(columns):
+            return ops.reshape(ops.cast(inputs[:, columns], "int32"), (-1, size, size))
+
+        return {
+            "codes": code_maps(slice(0, maps)),
+            "previous": code_maps(slice(maps, 2 * maps)),
+            "values": inputs[:, 2 * maps : 2 * maps + conditions],
+            "known": inputs[:, 2 * maps + conditions :],
+        }
+
     def train_step(self, data):
-        inputs = keras.utils.unpack_x_y_sample_weight(data)[0]
+        inputs = self.unpack(keras.utils.unpack_x_y_sample_weight(data)[0])
         share = batch_share(_code_maps(inputs))
         with tf.GradientTape() as tape:
             values = self._loss_and_accuracy(inputs, training=True)
@@ -253,7 +271,7 @@ class PixelCNN(keras.Model):
         return self._record(values, share)
 
     def test_step(self, data):
-        inputs = keras.utils.unpack_x_y_sample_weight(data)[0]
+        inputs = self.unpack(keras.utils.unpack_x_y_sample_weight(data)[0])
         return self._record(
             self._loss_and_accuracy(inputs, training=False), batch_share(_code_maps(inputs))
         )
@@ -263,6 +281,24 @@ class PixelCNN(keras.Model):
         if self.condition_ranges:
             config["condition_ranges"] = self.condition_ranges
         return config
+
+
+def pack_prior_inputs(code_maps: np.ndarray, conditions: dict[str, np.ndarray]) -> np.ndarray:
+    """Code maps [N, h, h] and their conditions ({"values", "known": [N, C], "previous":
+    [N, h, h]}, `conditioning.slice_conditions`) as one float32 array [N, 2 h h + 2 C] of rows
+    [codes, previous codes, values, known], what a conditional prior is `fit` on
+    (`PixelCNN.unpack`): Keras 3 cannot hand a dict of tensors to the workers of a
+    `MultiWorkerMirroredStrategy`, one tensor it can. Codes below 2**24 are exact in float32."""
+    rows = len(code_maps)
+    return np.concatenate(
+        [
+            np.reshape(code_maps, (rows, -1)),
+            np.reshape(conditions["previous"], (rows, -1)),
+            conditions["values"],
+            conditions["known"],
+        ],
+        axis=1,
+    ).astype("float32")
 
 
 def _code_maps(inputs):
