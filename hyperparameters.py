@@ -175,6 +175,7 @@ PRIOR_FIELDS = (
     *(name for name in PRIOR_ARCHITECTURE_FIELDS if name.startswith("pixelcnn_")),
     "prior_conditions",
     "condition_dropout",
+    "previous_slice_noise",
     "learning_rate_pixelcnn",
     "epochs_pixelcnn",
 )
@@ -249,6 +250,9 @@ class Hyperparameters:
     # sampling.
     prior_conditions: str = "auto"
     condition_dropout: float = 0.25
+    # In training each code of the previous slice's map is replaced by a random code with this
+    # probability, so that the prior does not learn to copy the slice below.
+    previous_slice_noise: float = 0.25
 
     # Training. `augment` adds random flips, small rotations and scalings and intensity jitter.
     # "cosine" decays each stage's learning rate to 5 % of its start over the stage's epochs.
@@ -340,8 +344,9 @@ class Hyperparameters:
                 f"prior_conditions {self.prior_conditions!r} need pixelcnn_architecture 'gated' "
                 f"(the masked PixelCNN takes no conditions), got {self.pixelcnn_architecture!r}"
             )
-        if not 0.0 <= self.condition_dropout < 1.0:
-            raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
+        for name in ("condition_dropout", "previous_slice_noise"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         check_quantizer_settings(
             num_embeddings=self.num_embeddings,
             latent_dim=self.latent_dim,

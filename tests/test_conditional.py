@@ -251,3 +251,22 @@ def test_a_prior_trained_on_two_levels_draws_each_on_request():
     assert np.isin(high, (5, 6)).mean() > 0.95
     either = sample_code_maps(prior, 64, seed=2)  # unknown level: both kinds of map
     assert 0.2 < np.isin(either, (1, 2)).mean() < 0.8
+
+
+def test_training_hides_whole_maps_and_single_conditions_and_blurs_the_slice_below():
+    """With p = condition_dropout = 0.25: about p of the maps lose every condition, and of the
+    others each condition is hidden with p; about `previous_slice_noise` of the slice-below
+    codes are replaced (by a random code, itself equal to the old one 1 time in 8)."""
+    prior = tiny_conditional_prior()
+    count = 4000
+    inputs = {name: np.asarray(value) for name, value in some_conditions(count).items()}
+    hidden = prior._hide_conditions(inputs)
+    known = np.asarray(hidden["known"])
+    nothing_known = (known == 0).all(axis=1).mean()
+    # all hidden: p + (1 - p) p^5
+    assert nothing_known == pytest.approx(0.25 + 0.75 * 0.25**5, abs=0.03)
+    some_known = known[(known > 0).any(axis=1)]
+    assert (some_known == 0).mean() == pytest.approx(0.25 / (1 - 0.25**5) * (1 - 0.25**4), abs=0.03)
+    changed = (np.asarray(hidden["previous"]) != inputs["previous"]).mean()
+    assert changed == pytest.approx(0.25 * 7 / 8, abs=0.02)
+    np.testing.assert_array_equal(hidden["values"], inputs["values"])

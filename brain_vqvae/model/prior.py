@@ -219,12 +219,29 @@ class PixelCNN(keras.Model):
         return apply_to_rows(self.network, [code_features, condition_features])
 
     def _hide_conditions(self, inputs):
-        """`inputs` with each known condition hidden (known = 0) with `condition_dropout`."""
-        keep = (
-            keras.random.uniform(ops.shape(inputs["known"]), seed=self.condition_dropout_seed)
-            >= self.hyperparameters.condition_dropout
-        )
-        return {**inputs, "known": inputs["known"] * ops.cast(keep, "float32")}
+        """`inputs` with conditions hidden (known = 0): with probability p =
+        `condition_dropout` all of a map's, otherwise each one with probability p, so that the
+        prior learns p(z) with nothing known (on about p of the maps) as well as any subset;
+        and each code of a known previous slice replaced by a random code with probability
+        `previous_slice_noise`, so that the prior learns to draw a slice that fits the one
+        below without copying it (a volume drawn slice by slice would otherwise repeat its
+        own small errors up the stack)."""
+        rate = self.hyperparameters.condition_dropout
+        known = inputs["known"]
+        rows = ops.shape(known)[0]
+        seed = self.condition_dropout_seed
+        keep_map = keras.random.uniform((rows, 1), seed=seed) >= rate
+        keep_each = keras.random.uniform(ops.shape(known), seed=seed) >= rate
+        inputs = {**inputs, "known": known * ops.cast(keep_map & keep_each, "float32")}
+        noise = self.hyperparameters.previous_slice_noise
+        if "previous_slice" in self.condition_names and noise > 0:
+            previous = ops.cast(inputs["previous"], "int32")
+            replaced = keras.random.uniform(ops.shape(previous), seed=seed) < noise
+            random_codes = keras.random.randint(
+                ops.shape(previous), 0, self.num_embeddings, seed=seed, dtype="int32"
+            )
+            inputs["previous"] = ops.where(replaced, random_codes, previous)
+        return inputs
 
     def _loss_and_accuracy(self, inputs, training: bool) -> dict:
         if training and self.condition_encoder is not None:
