@@ -200,6 +200,7 @@ def test_saved_conditional_prior_reloads_with_its_ranges_and_samples_identically
         ({"height": 2}, r"not trained with condition\(s\) height"),
         ({"previous_slice": np.zeros((2, 2), int)}, "previous_slice must be integer code maps"),
         ({"age": [30, 40]}, "age needs one value or 3, got 2"),
+        ({"previous_slice": np.full((8, 8), CODES)}, r"previous_slice codes must be in \[0, 8\)"),
     ],
 )
 def test_bad_conditions_are_refused_with_a_message(asked, message):

@@ -117,11 +117,13 @@ def condition_batch(
     count: int,
     requested: dict | None,
     code_map_size: int,
+    num_embeddings: int | None = None,
 ) -> dict[str, np.ndarray]:
     """The prior's condition inputs for `count` maps from the conditions a user asks for.
 
     `requested` maps condition names to one value for every map or a sequence of `count`
-    values (`previous_slice`: code maps [count, h, w] or one [h, w]); a condition left out is
+    values (`previous_slice`: code maps [count, h, w] or one [h, w], codes below
+    `num_embeddings` when given); a condition left out is
     unknown. A name the prior was not trained with, a value outside the training `ranges`
     ({name: [low, high]}, or the sexes seen) or of the wrong shape raises `ValueError` naming
     it. Returns {"values": [count, C] float32, "known": [count, C] float32, "previous":
@@ -143,7 +145,7 @@ def condition_batch(
             continue
         known[:, column] = 1.0
         if name == "previous_slice":
-            previous[:] = _previous_maps(requested[name], count, code_map_size)
+            previous[:] = _previous_maps(requested[name], count, code_map_size, num_embeddings)
             continue
         raw = np.asarray(requested[name], dtype=object).reshape(-1)
         if len(raw) not in (1, count):
@@ -174,7 +176,7 @@ def check_in_range(name: str, value, seen) -> None:
         )
 
 
-def _previous_maps(maps, count: int, size: int) -> np.ndarray:
+def _previous_maps(maps, count: int, size: int, codes: int | None) -> np.ndarray:
     maps = np.asarray(maps)
     if maps.shape == (size, size):
         maps = np.broadcast_to(maps, (count, size, size))
@@ -182,5 +184,9 @@ def _previous_maps(maps, count: int, size: int) -> np.ndarray:
         raise ValueError(
             f"previous_slice must be integer code maps ({count}, {size}, {size}) or one "
             f"({size}, {size}), got {maps.dtype} {maps.shape}"
+        )
+    if maps.size and (maps.min() < 0 or (codes is not None and maps.max() >= codes)):
+        raise ValueError(
+            f"previous_slice codes must be in [0, {codes}), got [{maps.min()}, {maps.max()}]"
         )
     return maps.astype("int32")

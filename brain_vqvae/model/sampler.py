@@ -438,6 +438,7 @@ def sample_code_maps(
         count,
         conditions,
         pixelcnn.code_map_size,
+        pixelcnn.num_embeddings,
     )
     if pixelcnn not in _SAMPLERS:
         _SAMPLERS[pixelcnn] = _CodeMapSampler(pixelcnn)
