@@ -228,6 +228,8 @@ def write_volumes(
     volume_NNN.nii.gz ((S, S, depth) uint8, RAS+, `spacing_mm` (pixel, slice) spacing) and
     volume_NNN.png (its axial slices bottom to top, and a coronal and a sagittal cut through
     its middle, drawn at the true spacing); returns the paths written."""
+    if not all(np.isfinite(spacing_mm)) or min(spacing_mm) <= 0:
+        raise ValueError(f"the spacing must be positive millimetres, got {tuple(spacing_mm)}")
     _, volumes = sample_volumes(
         run, count, depth, conditions, temperature, seed, top_k, top_p, coherent=True
     )
