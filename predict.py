@@ -49,7 +49,7 @@ from brain_vqvae.generation import (
     write_samples,
     write_volumes,
 )
-from brain_vqvae.model.conditions import SEXES
+from brain_vqvae.model.conditions import SCALAR_CONDITIONS, SEXES
 from brain_vqvae.runs import RunError, load_run, load_run_data, prepare_output_folder
 
 DEFAULT_SAMPLES = 16
@@ -117,7 +117,7 @@ def requested_conditions(arguments: argparse.Namespace) -> dict:
     """The conditions given on the command line, {name: value}."""
     return {
         name: getattr(arguments, name)
-        for name in ("slice_position", "age", "sex", "cdr")
+        for name in SCALAR_CONDITIONS
         if getattr(arguments, name) is not None
     }
 

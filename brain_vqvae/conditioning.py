@@ -16,8 +16,6 @@ from brain_vqvae.data import SliceSet
 from brain_vqvae.model.conditions import SCALAR_CONDITIONS, encode_condition
 from hyperparameters import PRIOR_CONDITIONS, Hyperparameters, parse_prior_conditions
 
-DEMOGRAPHIC_CONDITIONS = ("age", "sex", "cdr")
-
 
 def raw_condition_values(
     name: str, slice_set: SliceSet, demographics: dict[str, dict]

@@ -26,8 +26,9 @@ CODES, MAP_SIZE = 8, 8
 ALL_CONDITIONS = "slice_position,age,sex,cdr,previous_slice"
 
 
-def tiny_conditional_prior(conditions: str = ALL_CONDITIONS, **changes) -> PixelCNN:
-    hyperparameters = Hyperparameters(
+def tiny_conditional_hyperparameters(conditions: str) -> Hyperparameters:
+    """8x8 maps of 8 codes, a gated prior of 3 layers of 16 filters with `conditions`."""
+    return Hyperparameters(
         image_size=32,
         downsample_stages=2,
         encoder_filters=(8, 8),
@@ -35,8 +36,11 @@ def tiny_conditional_prior(conditions: str = ALL_CONDITIONS, **changes) -> Pixel
         pixelcnn_filters=16,
         pixelcnn_gated_layers=3,
         prior_conditions=conditions,
-        **changes,
     )
+
+
+def tiny_conditional_prior(conditions: str = ALL_CONDITIONS) -> PixelCNN:
+    hyperparameters = tiny_conditional_hyperparameters(conditions)
     ranges = {"slice_position": [0.0, 1.0], "age": [20.0, 90.0], "sex": ["F", "M"]}
     ranges["cdr"] = [0.0, 2.0]
     keras.utils.set_random_seed(0)
@@ -229,16 +233,7 @@ def test_a_prior_trained_on_two_levels_draws_each_on_request():
     )
     keras.utils.set_random_seed(0)
     prior = build_pixelcnn(
-        Hyperparameters(
-            image_size=32,
-            downsample_stages=2,
-            encoder_filters=(8, 8),
-            num_embeddings=CODES,
-            pixelcnn_filters=16,
-            pixelcnn_gated_layers=3,
-            prior_conditions="slice_position",
-        ),
-        {"slice_position": [0.0, 1.0]},
+        tiny_conditional_hyperparameters("slice_position"), {"slice_position": [0.0, 1.0]}
     )
     prior.compile(optimizer=keras.optimizers.Adam(1e-2))
     prior.fit(

@@ -214,9 +214,7 @@ class PixelCNN(keras.Model):
         if not isinstance(inputs, dict):
             inputs = unknown_conditions(inputs, len(self.condition_names))
         code_features = self.code_features(inputs["codes"])
-        condition_features = self.condition_features(inputs)
-        condition_features = condition_features + ops.zeros_like(code_features[:, :1, :1, :1])
-        return apply_to_rows(self.network, [code_features, condition_features])
+        return apply_to_rows(self.network, [code_features, self.condition_features(inputs)])
 
     def _hide_conditions(self, inputs):
         """`inputs` with conditions hidden (known = 0): with probability p =
