@@ -97,6 +97,12 @@ def check_temperature(temperature) -> None:
         raise ValueError(f"temperature must be positive, got {temperature}")
 
 
+def check_guidance(guidance) -> None:
+    """The classifier-free guidance weight w of conditional sampling: w >= 0 (NaN refused)."""
+    if not (guidance >= 0 and np.isfinite(guidance)):
+        raise ValueError(f"guidance must be at least 0 (1 = plain conditional), got {guidance}")
+
+
 def check_top_k(top_k, num_embeddings: int) -> None:
     """Top-k sampling keeps the k most likely codes: None (off) or an integer in [1, K]."""
     if top_k is None:

@@ -3,6 +3,7 @@
     python predict.py --run DIR [--num 16] [--temperature 1.0] [--top-k K] [--top-p P]
                       [--seed 0] [--out DIR]
                       [--slice-position 0.4] [--age 80] [--sex F] [--cdr 1] [--volume]
+                      [--guidance 2]
     python predict.py --run DIR --reconstruct [--data PATH] [--split test] [--num 8]
     python predict.py --run DIR --input FILE [--num 8]
 
@@ -21,10 +22,13 @@ A run whose prior was trained with conditions (by default every one its data pro
 the slices asked for: `--slice-position` (0 = the lowest slice of a volume, 1 = the highest),
 `--age` (years), `--sex` (F or M), `--cdr` (clinical dementia rating 0, 0.5, 1, 2); what is not
 given is left to the prior. A condition the run was not trained with, or a value outside what
-its data held, is refused with a message. `--volume` draws `num` whole brains instead (default
-1) of 32 axial slices each, bottom to top, every slice conditioned on its level and on the
-slice drawn below it, written as volume_NNN.nii.gz ((S, S, 32), RAS+, `--spacing` pixel and
-slice spacing in mm) and volume_NNN.png (the slices, and a coronal and a sagittal cut).
+its data held, is refused with a message. `--guidance` W (default 2) follows the asked values
+more closely (classifier-free guidance: each code's log-probability given them, minus that
+without them, times W; 1 = plain conditional sampling). `--volume` draws `num` whole brains
+instead (default 1) of 32 axial slices each, bottom to top, every slice conditioned on its
+level and on the slice drawn below it, written as volume_NNN.nii.gz ((S, S, 32), RAS+,
+`--spacing` pixel and slice spacing in mm) and volume_NNN.png (the slices, and a coronal and a
+sagittal cut).
 
 `--reconstruct` takes `num` slices spread evenly over a split of the data the run was trained
 on (or `--data`), `--input` the user's own PNG/JPEG slice or NIfTI volume (`num` axial slices
@@ -42,6 +46,7 @@ from pathlib import Path
 
 from brain_vqvae.data import SPLITS, DataError
 from brain_vqvae.generation import (
+    DEFAULT_GUIDANCE,
     DEFAULT_VOLUME_SPACING_MM,
     input_slices,
     split_slices,
@@ -84,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     wanted.add_argument("--cdr", type=float, help="clinical dementia rating: 0, 0.5, 1 or 2")
     wanted.add_argument(
         "--volume", action="store_true", help="draw whole brains of 32 slices, bottom to top"
+    )
+    wanted.add_argument(
+        "--guidance",
+        type=float,
+        default=DEFAULT_GUIDANCE,
+        help=f"how strongly to follow the conditions (default {DEFAULT_GUIDANCE:g}; 1 = plain "
+        "conditional sampling, higher = closer to what was asked, less varied)",
     )
     wanted.add_argument(
         "--spacing",
@@ -145,6 +157,7 @@ def run_prediction(arguments: argparse.Namespace) -> list[Path]:
             arguments.top_k,
             arguments.top_p,
             spacing_mm=tuple(arguments.spacing),
+            guidance=arguments.guidance,
         )
     if generating:
         return write_samples(
@@ -156,6 +169,7 @@ def run_prediction(arguments: argparse.Namespace) -> list[Path]:
             arguments.top_k,
             arguments.top_p,
             conditions,
+            arguments.guidance,
         )
     if arguments.reconstruct:
         slices = load_run_data(run, arguments.data)

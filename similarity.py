@@ -38,6 +38,7 @@ from pathlib import Path
 
 from brain_vqvae.data import SPLITS, DataError
 from brain_vqvae.evaluation import evaluate_run, format_report
+from brain_vqvae.generation import DEFAULT_GUIDANCE
 from brain_vqvae.runs import RunError
 
 
@@ -54,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="figure folder (default RUN/similarity_<split>)")
     parser.add_argument("--cache-dir", help="where decoded slices are cached")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=DEFAULT_GUIDANCE,
+        help=f"guidance of the conditional draws judged (default {DEFAULT_GUIDANCE:g})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -72,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             arguments.seed,
             arguments.out,
             arguments.cache_dir,
+            arguments.guidance,
         )
     except (RunError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -34,7 +34,7 @@ from brain_vqvae.feature_network import (
     predict_positions,
     train_feature_network,
 )
-from brain_vqvae.generation import sample_volumes
+from brain_vqvae.generation import DEFAULT_GUIDANCE, sample_volumes
 from brain_vqvae.metrics import (
     bits_per_code,
     code_usage,
@@ -250,6 +250,7 @@ def judge_conditions(
     demographics: dict[str, dict],
     seed: int,
     out: Path,
+    guidance: float = DEFAULT_GUIDANCE,
 ) -> tuple[dict, list[Path]]:
     """How well a conditional prior obeys (`obedience`): for slice_position and age, the
     correlation between the values asked for (`OBEDIENCE_SAMPLES` spread evenly over the
@@ -258,8 +259,9 @@ def judge_conditions(
     volumes, the adjacent-slice SSIM of `MEASURED_VOLUMES` generated volumes (drawn coherently
     and slice by slice on their own) against real held-out volumes, and the Fréchet distance of
     their coronal and sagittal cuts to the held-out volumes' cuts, beside the floor of as many
-    `training` volumes' cuts. Writes obedience_<condition>.png into `out`."""
-    pixelcnn, report, figures = run.pixelcnn, {}, []
+    `training` volumes' cuts. Slices and volumes are drawn with `guidance`
+    (`sample_code_maps`). Writes obedience_<condition>.png into `out`."""
+    pixelcnn, report, figures = run.pixelcnn, {"guidance": guidance}, []
     batch_size = run.hyperparameters.inference_batch_size
     real_images = held_out.float_images()
     readers = {
@@ -275,7 +277,9 @@ def judge_conditions(
             continue
         low, high = pixelcnn.condition_ranges.get(name, (0.0, 1.0))
         requested = np.linspace(low, high, OBEDIENCE_SAMPLES)
-        codes = sample_code_maps(pixelcnn, len(requested), seed=seed, conditions={name: requested})
+        codes = sample_code_maps(
+            pixelcnn, len(requested), seed=seed, conditions={name: requested}, guidance=guidance
+        )
         predicted = read(network, decode_code_maps(run.vqvae, codes, batch_size))
         known = np.isfinite(real_values)
         report[name] = {
@@ -293,12 +297,17 @@ def judge_conditions(
             )
         )
     if {"slice_position", "previous_slice"} <= set(pixelcnn.condition_names):
-        report["volumes"] = judge_volumes(run, network, training, held_out, seed)
+        report["volumes"] = judge_volumes(run, network, training, held_out, seed, guidance)
     return report, figures
 
 
 def judge_volumes(
-    run: Run, network: FeatureNetwork, training: SliceSet, held_out: SliceSet, seed: int
+    run: Run,
+    network: FeatureNetwork,
+    training: SliceSet,
+    held_out: SliceSet,
+    seed: int,
+    guidance: float = DEFAULT_GUIDANCE,
 ) -> dict:
     """The volume measures of `judge_conditions` (its docstring)."""
     real, _ = obedience.real_volumes(held_out)
@@ -318,7 +327,9 @@ def judge_volumes(
         cut_features(training_volumes[:count]), real_cuts
     )
     for coherent, kind in ((True, "coherent"), (False, "independent")):
-        _, volumes = sample_volumes(run, count, depth, seed=seed, coherent=coherent)
+        _, volumes = sample_volumes(
+            run, count, depth, seed=seed, coherent=coherent, guidance=guidance
+        )
         volumes = volumes.astype(np.float32) / np.float32(255.0)
         report[f"{kind}_adjacent_ssim"] = obedience.adjacent_slice_ssim(volumes)["mean"]
         report[f"{kind}_cut_frechet"] = realism.frechet_distance(cut_features(volumes), real_cuts)
@@ -384,11 +395,13 @@ def evaluate_run(
     seed: int = 0,
     out: Path | None = None,
     cache_dir: Path | None = None,
+    guidance: float = DEFAULT_GUIDANCE,
 ) -> dict:
     """Score a trained run's reconstructions of `split` and its samples (`samples` of them,
     from its prior, or from N(0, I) for a VAE run; default as many as the split has slices, at
     least `MIN_SAMPLES`, so that the realism measures compare sets of the same size); write the
-    figures into `out` (default `run_dir/similarity_<split>`) and return the numbers."""
+    figures into `out` (default `run_dir/similarity_<split>`) and return the numbers. A
+    conditional prior's obedience is judged on draws with `guidance` (`judge_conditions`)."""
     run = load_run(run_dir, prior="optional")
     hyperparameters, autoencoder, pixelcnn = run.hyperparameters, run.autoencoder, run.pixelcnn
     slices = load_run_data(run, data, cache_dir=cache_dir)
@@ -471,7 +484,7 @@ def evaluate_run(
     if pixelcnn is not None and pixelcnn.condition_names and "realism" in report:
         network = run_feature_network(run, slices.splits["train"], slices.demographics)
         report["conditions"], condition_figures = judge_conditions(
-            run, network, slices.splits["train"], chosen, slices.demographics, seed, out
+            run, network, slices.splits["train"], chosen, slices.demographics, seed, out, guidance
         )
         figures += condition_figures
     report["figures"] = [str(path) for path in figures]
@@ -512,7 +525,11 @@ def format_report(report: dict) -> str:
         lines += ["", f"{report['samples']} samples against the held-out slices:"]
         lines.append(realism.format_realism(report["realism"]))
     if "conditions" in report:
-        lines += ["", "conditional prior (obedience: r of asked against read back; ceiling: real):"]
+        lines += [
+            "",
+            f"conditional prior, guidance {report['conditions']['guidance']:g} "
+            "(obedience: r of asked against read back; ceiling: real):",
+        ]
         lines += format_conditions(report["conditions"])
     if "realism_skipped" in report:
         lines += ["", f"realism not measured: {report['realism_skipped']}"]
@@ -523,7 +540,7 @@ def format_conditions(conditions: dict) -> list[str]:
     """The lines of `format_report` on a conditional prior's obedience and volumes."""
     lines = []
     for name, scores in conditions.items():
-        if name == "volumes":
+        if name in ("volumes", "guidance"):
             continue
         if "skipped" in scores:
             lines.append(f"  {name}: {scores['skipped']}")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nibabel
 import numpy as np
+from keras.random import SeedGenerator
 from PIL import Image
 
 from brain_vqvae import plotting
@@ -29,6 +30,7 @@ from brain_vqvae.model import (
     encode_code_maps,
     sample_code_maps,
 )
+from brain_vqvae.model.prior import randomize_codes
 from brain_vqvae.runs import Run
 
 SAMPLE_PATTERN = "sample_{:03d}.png"
@@ -37,6 +39,10 @@ VOLUME_DEPTH = 32  # slices per generated volume, as in the OASIS PNG slices
 # (pixel, slice) spacing in mm of a generated volume when the user gives none: the demo's
 # 128x128 slices, 0.85 mm pixels at 256x256 and 32 slices over 115 mm (`data.demo`).
 DEFAULT_VOLUME_SPACING_MM = (1.7, 3.7)
+# Classifier-free guidance weight of conditional draws (`sampler.guided_logits`): on the demo
+# w = 2 raised the slice-position obedience from r 0.85 to 0.93 (BENCHMARKS.md, "Conditional
+# slices and whole volumes"); 1 is plain conditional sampling.
+DEFAULT_GUIDANCE = 2.0
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -58,6 +64,7 @@ def sample_slices(
     top_k: int | None = None,
     top_p: float | None = None,
     conditions: dict | None = None,
+    guidance: float = DEFAULT_GUIDANCE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw `count` latents from the run's prior and decode them: the latents and (count, S, S)
     uint8 slices. A VQ-VAE run draws (count, h, w) int32 code maps from its PixelCNN, its logits
@@ -65,8 +72,8 @@ def sample_slices(
     probability `top_p` (`sample_code_maps`, which checks them); a VAE run draws
     (count, vae_latent_dim) float32 vectors from N(0, T^2 I), `temperature` T scaling the prior's
     standard deviation (`GaussianVAE.prior_latents`), and has no codes to cut. A conditional
-    prior draws from p(z | `conditions`), e.g. {"slice_position": 0.4, "age": 80}
-    (`sample_code_maps`). The same `seed` gives the same slices."""
+    prior draws from p(z | `conditions`), e.g. {"slice_position": 0.4, "age": 80}, steered
+    towards them by `guidance` (`sample_code_maps`). The same `seed` gives the same slices."""
     batch_size = run.hyperparameters.inference_batch_size
     if run.kind == "vae":
         if top_k is not None or top_p is not None or conditions:
@@ -84,6 +91,7 @@ def sample_slices(
         top_k=top_k,
         top_p=top_p,
         conditions=conditions,
+        guidance=guidance,
     )
     decoded = decode_code_maps(run.vqvae, code_maps, batch_size=batch_size)
     return code_maps, to_uint8(decoded)
@@ -99,6 +107,7 @@ def sample_volumes(
     top_k: int | None = None,
     top_p: float | None = None,
     coherent: bool = True,
+    guidance: float = DEFAULT_GUIDANCE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw `count` whole brains of `depth` axial slices each, bottom to top: code maps
     (count, depth, h, w) int32 and slices (count, depth, S, S) uint8.
@@ -107,11 +116,16 @@ def sample_volumes(
     `conditions` (age, sex, cdr; the same for all slices), and, when `coherent`, conditioned on
     the code map just drawn below it (previous_slice), so that the volume fits together:
 
-        z_d ~ p(z | slice_position = d / (depth - 1), demographics, previous_slice = z_(d-1))
+        z_d ~ p(z | slice_position = d / (depth - 1), demographics, previous_slice = b(z_(d-1)))
 
-    (`coherent=False` draws each slice on its own, for comparison.) The prior must have been
-    trained with slice_position (and previous_slice to be coherent); `ValueError` says which
-    is missing. Slice d uses seed + d, so the same `seed` gives the same volumes."""
+    where b blurs the slice below as training did: each code replaced by a random one with
+    probability `previous_slice_noise` (`prior.randomize_codes`). Given it clean, the prior
+    copied it too faithfully and volumes lingered at one level (BENCHMARKS.md).
+    (`coherent=False` draws each slice on its own, for comparison.) `guidance` steers each
+    slice towards its level and the demographics, not towards the slice below
+    (`sample_code_maps`). The prior must have been trained with slice_position (and
+    previous_slice to be coherent); `ValueError` says which is missing. Slice d uses seed + d,
+    so the same `seed` gives the same volumes."""
     if run.kind == "vae":
         raise ValueError("a VAE run has no conditional prior to draw volumes from")
     needed = ("slice_position", "previous_slice") if coherent else ("slice_position",)
@@ -129,12 +143,15 @@ def sample_volumes(
         raise ValueError("a volume sets slice_position and previous_slice itself")
     if seed is None:
         seed = int(np.random.default_rng().integers(2**31 - depth))
-    size = run.hyperparameters.code_map_size
+    size, codes = run.hyperparameters.code_map_size, run.hyperparameters.num_embeddings
+    noise = run.hyperparameters.previous_slice_noise
     code_maps = np.zeros((count, depth, size, size), dtype="int32")
     for level in range(depth):
         slice_conditions = {**conditions, "slice_position": level / (depth - 1)}
         if coherent and level > 0:
-            slice_conditions["previous_slice"] = code_maps[:, level - 1]
+            slice_conditions["previous_slice"] = np.asarray(
+                randomize_codes(code_maps[:, level - 1], noise, codes, SeedGenerator(seed + level))
+            )
         code_maps[:, level] = sample_code_maps(
             run.pixelcnn,
             count,
@@ -143,6 +160,7 @@ def sample_volumes(
             top_k=top_k,
             top_p=top_p,
             conditions=slice_conditions,
+            guidance=guidance,
         )
     decoded = decode_code_maps(
         run.vqvae, code_maps.reshape(-1, size, size), run.hyperparameters.inference_batch_size
@@ -186,10 +204,11 @@ def write_samples(
     top_k: int | None = None,
     top_p: float | None = None,
     conditions: dict | None = None,
+    guidance: float = DEFAULT_GUIDANCE,
 ) -> list[Path]:
-    """Sample (`sample_slices`, given `conditions`), then write sample_NNN.png, samples.png and
-    samples.nii.gz into `out` (which must exist); returns the paths written."""
-    _, slices = sample_slices(run, count, temperature, seed, top_k, top_p, conditions)
+    """Sample (`sample_slices`, given `conditions` and `guidance`), then write sample_NNN.png,
+    samples.png and samples.nii.gz into `out` (which must exist); returns the paths written."""
+    _, slices = sample_slices(run, count, temperature, seed, top_k, top_p, conditions, guidance)
     for stale in out.glob("sample_*.png"):
         stale.unlink()
     written = []
@@ -223,15 +242,16 @@ def write_volumes(
     top_p: float | None = None,
     spacing_mm: tuple[float, float] = DEFAULT_VOLUME_SPACING_MM,
     depth: int = VOLUME_DEPTH,
+    guidance: float = DEFAULT_GUIDANCE,
 ) -> list[Path]:
-    """Draw `count` coherent volumes (`sample_volumes`) and write, per volume,
+    """Draw `count` coherent volumes (`sample_volumes`, with `guidance`) and write, per volume,
     volume_NNN.nii.gz ((S, S, depth) uint8, RAS+, `spacing_mm` (pixel, slice) spacing) and
     volume_NNN.png (its axial slices bottom to top, and a coronal and a sagittal cut through
     its middle, drawn at the true spacing); returns the paths written."""
     if not all(np.isfinite(spacing_mm)) or min(spacing_mm) <= 0:
         raise ValueError(f"the spacing must be positive millimetres, got {tuple(spacing_mm)}")
     _, volumes = sample_volumes(
-        run, count, depth, conditions, temperature, seed, top_k, top_p, coherent=True
+        run, count, depth, conditions, temperature, seed, top_k, top_p, guidance=guidance
     )
     for stale in out.glob("volume_*"):
         stale.unlink()

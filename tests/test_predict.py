@@ -285,6 +285,31 @@ def test_a_volume_is_32_slices_bottom_to_top_with_its_spacing_in_a_ras_nifti(tin
     assert figure_size(out / "volume_000.png")[1] > 300
 
 
+def test_each_slice_of_a_volume_is_drawn_on_the_slice_below_blurred_as_in_training(
+    tiny_run, monkeypatch
+):
+    """Slice d is asked for at level d / (depth - 1) on the code map drawn below it, of which
+    about `previous_slice_noise` of the codes are replaced by random ones (each itself again
+    1 time in K), as the prior saw it in training."""
+    run = load_run(tiny_run[0])
+    asked = []
+    draw = generation.sample_code_maps
+
+    def recording(pixelcnn, count, **options):
+        asked.append(options["conditions"])
+        return draw(pixelcnn, count, **options)
+
+    monkeypatch.setattr(generation, "sample_code_maps", recording)
+    code_maps, _ = generation.sample_volumes(run, 16, depth=5, seed=3)
+    assert [conditions["slice_position"] for conditions in asked] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert "previous_slice" not in asked[0]
+    changed = np.mean([asked[d]["previous_slice"] != code_maps[:, d - 1] for d in range(1, 5)])
+    codes = run.hyperparameters.num_embeddings
+    noise = run.hyperparameters.previous_slice_noise
+    assert noise > 0
+    assert changed == pytest.approx(noise * (codes - 1) / codes, abs=0.04)
+
+
 def test_slices_drawn_at_a_level_follow_the_run_and_refuse_what_it_cannot_give(
     tiny_run, tmp_path, capsys
 ):
@@ -295,10 +320,15 @@ def test_slices_drawn_at_a_level_follow_the_run_and_refuse_what_it_cannot_give(
     low = generation.sample_slices(load_run(run), 8, seed=1, conditions={"slice_position": 0.0})
     high = generation.sample_slices(load_run(run), 8, seed=1, conditions={"slice_position": 1.0})
     assert not np.array_equal(low[0], high[0])
+    plain = generation.sample_slices(
+        load_run(run), 8, seed=1, conditions={"slice_position": 0.0}, guidance=1.0
+    )
+    assert not np.array_equal(low[0], plain[0])  # the default guidance changes the draw
     capsys.readouterr()
     for flags, message in (
         (("--age", 80), "not trained with condition(s) age"),
         (("--slice-position", 1.5), "slice_position 1.5 is outside what the run was trained on"),
+        (("--slice-position", 0.5, "--guidance", -1), "guidance must be at least 0"),
     ):
         assert run_predict("--run", run, *flags, "--out", tmp_path / "refused") == 2
         assert message in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import similarity
-from brain_vqvae import evaluation
+from brain_vqvae import evaluation, generation
 
 
 def test_summary_counts_slices_at_or_above_the_target():
@@ -96,6 +96,7 @@ def test_realism_is_measured_beside_its_floor_with_a_feature_network_saved_in_th
     # The tiny run's prior is conditioned on the level and the slice below: obedience of the
     # level (generated and real, read by the feature network) and the volume measures.
     conditions = report["conditions"]
+    assert conditions["guidance"] == generation.DEFAULT_GUIDANCE
     for side in ("generated", "real"):
         assert -1.0 <= conditions["slice_position"][side]["r"] <= 1.0
     assert conditions["slice_position"]["generated"]["count"] == 128

@@ -156,6 +156,14 @@ def condition_batch(
     return {"values": values, "known": known, "previous": previous}
 
 
+def reference_conditions(batch: dict[str, np.ndarray], names: tuple[str, ...]) -> dict:
+    """The reference a guided draw steers away from (`sampler.guided_logits`): `batch`
+    (`condition_batch`) with every scalar condition unknown and the previous slice as it is,
+    so that guidance strengthens the values asked for, not the copying of the slice below."""
+    scalar = np.array([name in SCALAR_CONDITIONS for name in names], dtype=bool)
+    return {**batch, "known": np.where(scalar, 0.0, batch["known"]).astype("float32")}
+
+
 def check_in_range(name: str, value, seen) -> None:
     """`ValueError` unless `value` lies within what the training data held for `name`."""
     if name == "sex":

@@ -233,12 +233,9 @@ class PixelCNN(keras.Model):
         inputs = {**inputs, "known": known * ops.cast(keep_map & keep_each, "float32")}
         noise = self.hyperparameters.previous_slice_noise
         if "previous_slice" in self.condition_names and noise > 0:
-            previous = ops.cast(inputs["previous"], "int32")
-            replaced = keras.random.uniform(ops.shape(previous), seed=seed) < noise
-            random_codes = keras.random.randint(
-                ops.shape(previous), 0, self.num_embeddings, seed=seed, dtype="int32"
+            inputs["previous"] = randomize_codes(
+                inputs["previous"], noise, self.num_embeddings, seed
             )
-            inputs["previous"] = ops.where(replaced, random_codes, previous)
         return inputs
 
     def _loss_and_accuracy(self, inputs, training: bool) -> dict:
@@ -314,6 +311,20 @@ def pack_prior_inputs(code_maps: np.ndarray, conditions: dict[str, np.ndarray]) 
         ],
         axis=1,
     ).astype("float32")
+
+
+def randomize_codes(code_maps, rate: float, num_embeddings: int, seed):
+    """`code_maps` [N, h, w] (int32) with each code replaced, with probability `rate`, by a
+    code drawn uniformly from the `num_embeddings` (which is the old one 1 time in K):
+    how the slice below is blurred when the prior trains (`PixelCNN._hide_conditions`), and
+    when a volume is drawn on it (`generation.sample_volumes`). `seed`: a
+    `keras.random.SeedGenerator` (an int seed would draw both from the same numbers)."""
+    code_maps = ops.cast(code_maps, "int32")
+    replaced = keras.random.uniform(ops.shape(code_maps), seed=seed) < rate
+    random_codes = keras.random.randint(
+        ops.shape(code_maps), 0, num_embeddings, seed=seed, dtype="int32"
+    )
+    return ops.where(replaced, random_codes, code_maps)
 
 
 def _code_maps(inputs):

@@ -20,12 +20,13 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from brain_vqvae.model.conditions import condition_batch
+from brain_vqvae.model.conditions import condition_batch, reference_conditions
 from brain_vqvae.model.gated_prior import gated_activation
 from brain_vqvae.model.prior import BLOCK_PARTS, MaskedConv2D, PixelCNN, causal_mask
 from brain_vqvae.model.vqvae import VQVAE
 from hyperparameters import (
     check_at_least,
+    check_guidance,
     check_sample_count,
     check_temperature,
     check_top_k,
@@ -319,6 +320,21 @@ def raster_scan(pixelcnn: PixelCNN):
     return RASTER_SCANS[pixelcnn.hyperparameters.pixelcnn_architecture](pixelcnn)
 
 
+def guided_logits(asked, reference, guidance):
+    """Classifier-free guidance (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance",
+    https://arxiv.org/abs/2207.12598), applied to the next code's logits [N, K]:
+
+        l = l_ref + w (l_asked - l_ref),    p(k) ~ p_ref(k) (p_asked(k) / p_ref(k))^w
+
+    with l_asked the logits given the asked conditions and l_ref those given the reference
+    (the same conditions with the asked values hidden, `reference_conditions`). w = 1 is plain
+    conditional sampling; w > 1 weights each code by how much more likely the asked values make
+    it, so a slice follows what was asked more closely at some cost in variety; w = 0 ignores
+    the asked values. (Logits differ from log-probabilities by a constant per row, which the
+    softmax removes.)"""
+    return reference + guidance * (asked - reference)
+
+
 def filter_logits(logits, top_k, top_p):
     """Logits [N, K] with every code outside the kept set at -inf.
 
@@ -364,27 +380,33 @@ class _CodeMapSampler:
         self._seed_generator = keras.random.SeedGenerator(0)
         self._compiled: dict[int, Callable] = {}
 
-    def sample(self, count: int, temperature, seed, top_k, top_p, conditions):
-        """[count, h, h] int32 maps; every argument but `count` a tensor (`sample_code_maps`)."""
-        if count not in self._compiled:
-            self._compiled[count] = tf.function(
-                functools.partial(self._sample, count),
+    def sample(self, count: int, temperature, seed, top_k, top_p, guidance, conditions):
+        """[count, h, h] int32 maps; every argument but `count` a tensor (`sample_code_maps`).
+        `conditions` holds `count` rows, or 2 `count` when guided: the asked conditions, then
+        the reference rows `guidance` steers away from (`reference_conditions`)."""
+        guided = int(conditions["known"].shape[0]) == 2 * count
+        key = (count, guided)
+        if key not in self._compiled:
+            rows = 2 * count if guided else count
+            self._compiled[key] = tf.function(
+                functools.partial(self._sample, count, guided),
                 input_signature=(
                     tf.TensorSpec((), tf.float32),
                     tf.TensorSpec((), tf.int32),
                     tf.TensorSpec((), tf.int32),
                     tf.TensorSpec((), tf.float32),
+                    tf.TensorSpec((), tf.float32),
                     {
-                        "values": tf.TensorSpec((count, None), tf.float32),
-                        "known": tf.TensorSpec((count, None), tf.float32),
-                        "previous": tf.TensorSpec((count, None, None), tf.int32),
+                        "values": tf.TensorSpec((rows, None), tf.float32),
+                        "known": tf.TensorSpec((rows, None), tf.float32),
+                        "previous": tf.TensorSpec((rows, None, None), tf.int32),
                     },
                 ),
                 jit_compile=self._pixelcnn().code_map_size <= XLA_MAX_MAP_SIZE,
             )
-        return self._compiled[count](temperature, seed, top_k, top_p, conditions)
+        return self._compiled[key](temperature, seed, top_k, top_p, guidance, conditions)
 
-    def _sample(self, count, temperature, seed, top_k, top_p, conditions):
+    def _sample(self, count, guided, temperature, seed, top_k, top_p, guidance, conditions):
         pixelcnn = self._pixelcnn()
         condition_features = None
         if pixelcnn.condition_encoder is not None:
@@ -393,12 +415,14 @@ class _CodeMapSampler:
         state.assign(tf.cast(tf.stack([seed, 0]), state.dtype))
 
         def draw(position, logits):
+            if guided:  # rows [asked; reference], both drawn with the same codes
+                logits = guided_logits(logits[:count], logits[count:], guidance)
             logits = filter_logits(logits / temperature, top_k, top_p)
-            return keras.random.categorical(logits, 1, dtype="int32", seed=self._seed_generator)[
-                :, 0
-            ]
+            drawn = keras.random.categorical(logits, 1, dtype="int32", seed=self._seed_generator)
+            return ops.tile(drawn[:, 0], (2,)) if guided else drawn[:, 0]
 
-        return raster_scan(pixelcnn)(count, draw, condition_features)
+        rows = 2 * count if guided else count
+        return raster_scan(pixelcnn)(rows, draw, condition_features)[:count]
 
 
 _SAMPLERS: weakref.WeakKeyDictionary[PixelCNN, _CodeMapSampler] = weakref.WeakKeyDictionary()
@@ -412,13 +436,18 @@ def sample_code_maps(
     top_k: int | None = None,
     top_p: float | None = None,
     conditions: dict | None = None,
+    guidance: float = 1.0,
 ) -> np.ndarray:
     """Draw `count` code maps [count, h, h] int32 from the prior, in raster order.
 
     A conditional prior draws from p(z | conditions): `conditions` maps some of its
     `condition_names` to one value or `count` values each, e.g. {"slice_position": 0.4, "age":
     80, "sex": "F", "previous_slice": maps [count, h, h]}; the others are unknown
-    (`conditions.condition_batch` checks names, ranges and shapes).
+    (`conditions.condition_batch` checks names, ranges and shapes). `guidance` w >= 0 steers
+    the draw towards the asked scalar values (`guided_logits`; 1 = plain p(z | conditions)):
+    each position's logits are computed twice, given the conditions and given them with the
+    asked values hidden (the slice below, when given, stays known in both), which doubles the
+    cost when w != 1 and some value is asked.
 
     `temperature` T > 0 divides the logits (T < 1 sharper, T > 1 flatter). `top_k` keeps only
     the k most likely codes at each position, `top_p` only the nucleus of probability p
@@ -430,6 +459,7 @@ def sample_code_maps(
     check_temperature(temperature)
     check_top_k(top_k, pixelcnn.num_embeddings)
     check_top_p(top_p)
+    check_guidance(guidance)
     if seed is None:
         seed = random.randrange(2**31)
     batch = condition_batch(
@@ -440,6 +470,9 @@ def sample_code_maps(
         pixelcnn.code_map_size,
         pixelcnn.num_embeddings,
     )
+    reference = reference_conditions(batch, pixelcnn.condition_names)
+    if guidance != 1.0 and not np.array_equal(reference["known"], batch["known"]):
+        batch = {name: np.concatenate([batch[name], reference[name]]) for name in batch}
     if pixelcnn not in _SAMPLERS:
         _SAMPLERS[pixelcnn] = _CodeMapSampler(pixelcnn)
     code_maps = _SAMPLERS[pixelcnn].sample(
@@ -448,6 +481,7 @@ def sample_code_maps(
         tf.constant(int(seed) % 2**31, tf.int32),
         tf.constant(0 if top_k is None else int(top_k), tf.int32),
         tf.constant(1.0 if top_p is None else float(top_p), tf.float32),
+        tf.constant(float(guidance), tf.float32),
         {name: tf.constant(value) for name, value in batch.items()},
     )
     return code_maps.numpy()
