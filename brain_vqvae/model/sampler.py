@@ -189,12 +189,13 @@ class _GatedRasterScan:
         rows = row - span + tf.range(span + 1)
         return tf.where(rows >= 0, rows, self.size)
 
-    def horizontal_taps(self, layer, column):
-        """Cache indices [p + 1] of the horizontal kernel's taps a = 0..p at `column`, the
-        columns column - s - (p - a) d (w, the zero entry, left of the map)."""
+    def horizontal_taps(self, layer) -> np.ndarray:
+        """Cache indices [w, p + 1] of the horizontal kernel's taps a = 0..p at each column j,
+        the columns j - s - (p - a) d (w, the zero entry, left of the map); a constant table,
+        so that a step looks its row up with one gather."""
         offsets = layer.shift + (layer.reach - np.arange(layer.reach + 1)) * layer.dilation
-        columns = column - offsets
-        return tf.where(columns >= 0, columns, self.size)
+        columns = np.arange(self.size)[:, None] - offsets
+        return np.where(columns >= 0, columns, self.size).astype("int32")
 
     def condition_terms(self, count, condition_features):
         """Each layer's (C_v c, C_h c), both [N, h, w, 2F]; None for an unconditional layer."""
@@ -243,22 +244,28 @@ class _GatedRasterScan:
         )
         tap_kernels["logits"] = _tap_kernel(self.head)
         channels = [layer.vertical.kernel.shape[2] for layer in self.layers]
+        tap_tables = [tf.constant(self.horizontal_taps(layer)) for layer in self.layers]
 
         def empty_cache(length, element_shape):
             cache = tf.TensorArray(tf.float32, size=length + 1, element_shape=element_shape)
             return cache.write(length, tf.zeros(tf.stack([count, *element_shape[1:]])))
 
         def row_step(row, vertical_caches, contributions, codes):
+            # What the row adds to every horizontal pre-activation [N, w, 2F], per layer: the
+            # vertical stack's contribution, and the conditions' C_h c at this row.
+            row_terms = [
+                contribution if terms is None else contribution + terms[1][:, row]
+                for contribution, terms in zip(contributions, condition_terms, strict=True)
+            ]
+
             def column_step(column, horizontal_caches, row_codes):
                 horizontal_caches, features = list(horizontal_caches), None
                 for index, layer in enumerate(self.layers):
-                    taps = horizontal_caches[index].gather(self.horizontal_taps(layer, column))
+                    taps = horizontal_caches[index].gather(tap_tables[index][column])
                     preactivations = _convolution_at(
                         layer.horizontal, tap_kernels[layer.name], tf.transpose(taps, (1, 0, 2))
                     )
-                    preactivations += contributions[index][:, column]
-                    if condition_terms[index] is not None:
-                        preactivations += condition_terms[index][1][:, row, column]
+                    preactivations += row_terms[index][:, column]
                     update = _convolution_at(
                         layer.residual,
                         tap_kernels[layer.name + "_residual"],
