@@ -4,8 +4,9 @@ a trained `VQVAE`.
 `sample_code_maps` draws new maps position by position in raster order, in one compiled loop
 that computes each position's features once and caches them (`_RasterScan` for the masked
 PixelCNN, `_GatedRasterScan` for the gated one), optionally keeping only the top-k codes or the
-nucleus (top-p) of each position's distribution (`filter_logits`); `encode_code_maps` and
-`decode_code_maps` check their inputs and run the VQ-VAE in batches.
+nucleus (top-p) of each position's distribution (`filter_logits`), and steering a conditional
+draw towards the asked values (`guided_logits`); `encode_code_maps` and `decode_code_maps`
+check their inputs and run the VQ-VAE in batches.
 """
 
 from __future__ import annotations
