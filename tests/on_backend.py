@@ -4,6 +4,7 @@ process (run by test_backends.py: a process has one backend, chosen before Keras
     KERAS_BACKEND=jax python tests/on_backend.py train WORK_DIR
     KERAS_BACKEND=... python tests/on_backend.py save WORK_DIR
     KERAS_BACKEND=... python tests/on_backend.py load WORK_DIR
+    KERAS_BACKEND=jax python tests/on_backend.py run WORK_DIR
 
 "train" fits a VQ-VAE (EMA codebook, dead-code restarts, k-means initialisation), a masked, a
 gated and a conditional gated PixelCNN, and a Gaussian VAE, and writes WORK_DIR/train.json:
@@ -19,10 +20,16 @@ on fixed inputs to WORK_DIR/saved.npz: "reconstructions", "code_indices", "maske
 "conditional_logits". "load" loads the three models, writes the same outputs to
 WORK_DIR/loaded.npz, and fits each loaded model for one more epoch with its saved optimizer
 (WORK_DIR/resumed.json: the loss of that epoch, per model).
+
+"run" trains a whole run with `train.py --strategy mirrored` (both stages, augmented slices,
+a conditional prior) on a tiny PNG tree in WORK_DIR and writes WORK_DIR/run.json:
+"devices" (the devices Keras sees), "metrics" (the run's metrics.json) and "losses"
+({stage: [training loss of each epoch]}, from its histories).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -192,6 +199,23 @@ def load(work: Path) -> None:
     (work / "resumed.json").write_text(json.dumps(resumed))
 
 
+def run(work: Path) -> None:
+    from conftest import tiny_argv, write_tiny_png_tree
+
+    import train as train_script
+
+    data = write_tiny_png_tree(work / "data")
+    settings = TINY.replace(encoder_filters=(8, 16), epochs_vqvae=3, epochs_pixelcnn=2)
+    argv = tiny_argv(settings.replace(augment=True), data, work / "run", "--strategy", "mirrored")
+    metrics = train_script.run_training(train_script.build_parser().parse_args(argv), verbose=0)
+    losses = {}
+    for stage in ("vqvae", "pixelcnn"):
+        with open(work / "run" / f"history_{stage}.csv") as history:
+            losses[stage] = [float(row["loss"]) for row in csv.DictReader(history)]
+    result = {"devices": len(keras.distribution.list_devices()), "metrics": metrics}
+    (work / "run.json").write_text(json.dumps({**result, "losses": losses}))
+
+
 if __name__ == "__main__":
     command, work = sys.argv[1], Path(sys.argv[2])
-    {"train": train, "save": save, "load": load}[command](work)
+    {"train": train, "save": save, "load": load, "run": run}[command](work)

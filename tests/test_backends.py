@@ -1,4 +1,5 @@
-"""The models on Keras' JAX backend, and runs saved on one backend loaded on the other.
+"""The models and a whole run on Keras' JAX backend (over two devices), and models saved on one
+backend loaded on the other.
 
 A process has one Keras backend, and this one runs TensorFlow's, so each backend runs in a
 fresh process (`tests/on_backend.py`). Without jax installed these tests are skipped.
@@ -24,11 +25,11 @@ pytestmark = pytest.mark.skipif(
 ON_BACKEND = Path(__file__).resolve().parent / "on_backend.py"
 
 
-def on_backend(backend: str, command: str, work: Path) -> None:
-    """Run `tests/on_backend.py command work` with KERAS_BACKEND=`backend`."""
+def on_backend(backend: str, command: str, work: Path, **environment: str) -> None:
+    """Run `tests/on_backend.py command work` with KERAS_BACKEND=`backend` and `environment`."""
     done = subprocess.run(
         [sys.executable, str(ON_BACKEND), command, str(work)],
-        env={**os.environ, "KERAS_BACKEND": backend},
+        env={**os.environ, **environment, "KERAS_BACKEND": backend},
         capture_output=True,
         text=True,
         timeout=900,
@@ -68,3 +69,19 @@ def test_models_saved_on_one_backend_load_and_train_on_the_other(tmp_path, saved
     resumed = json.loads((tmp_path / "resumed.json").read_text())
     assert set(resumed) == {"vqvae", "masked", "conditional"}
     assert all(np.isfinite(loss) for loss in resumed.values())
+
+
+def test_a_run_trains_on_jax_over_two_devices(tmp_path):
+    """`train.py --strategy mirrored` on JAX with two CPU devices: `keras.distribution.
+    DataParallel` shards the NumPy batches of both stages over them."""
+    on_backend("jax", "run", tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    result = json.loads((tmp_path / "run.json").read_text())
+
+    assert result["devices"] == 2
+    assert [len(result["losses"][stage]) for stage in ("vqvae", "pixelcnn")] == [3, 2]
+    assert all(losses[-1] < losses[0] for losses in result["losses"].values())
+    metrics = result["metrics"]
+    assert 0.0 < metrics["ssim_mean"] < 1.0
+    assert metrics["prior_bits_per_code"] < metrics["uniform_bits_per_code"]
+    assert (tmp_path / "run" / "vqvae.keras").exists()
+    assert (tmp_path / "run" / "pixelcnn.keras").exists()
