@@ -632,6 +632,8 @@ def _train_in_folder(
     empty = [name for name, split in splits.items() if split is None or len(split) == 0]
     if empty:
         raise RunError(f"{source}: the {', '.join(empty)} split(s) hold no slices")
+    if not TENSORFLOW and replicas > 1:
+        check_even_over_devices(hyperparameters, splits, replicas)
 
     if hyperparameters.model in stages:
         autoencoder = train_autoencoder(
@@ -685,6 +687,25 @@ def _train_in_folder(
         hyperparameters, vqvae, pixelcnn, test_images, codes["test"], test_conditions
     )
     return _write_metrics(run, source, metrics, hyperparameters)
+
+
+def check_even_over_devices(hyperparameters: Hyperparameters, splits: dict, devices: int) -> None:
+    """On JAX, `keras.distribution.DataParallel` splits every batch of `fit`, `evaluate` and
+    `predict` evenly over the `devices` and fails on one that does not divide, the last batch
+    of a split too; so a run whose batch sizes and split sizes are not all multiples of
+    `devices` is refused before it trains (TensorFlow's mirrored strategy takes any sizes)."""
+    sizes = {
+        "--batch-size": hyperparameters.batch_size,
+        "--inference-batch-size": hyperparameters.inference_batch_size,
+        **{f"the {name} split's slices": len(split) for name, split in splits.items()},
+        "the validation SSIM's slices": min(VALIDATION_SSIM_SLICES, len(splits["validate"])),
+    }
+    uneven = [f"{what} ({size})" for what, size in sizes.items() if size % devices]
+    if uneven:
+        raise RunError(
+            f"--strategy mirrored on JAX splits every batch evenly over its {devices} devices, "
+            f"and these are not multiples of {devices}: {', '.join(uneven)}"
+        )
 
 
 def check_stages(model: str, stages: tuple[str, ...] | None) -> tuple[str, ...]:

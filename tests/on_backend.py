@@ -22,8 +22,9 @@ WORK_DIR/loaded.npz, and fits each loaded model for one more epoch with its save
 (WORK_DIR/resumed.json: the loss of that epoch, per model).
 
 "run" trains a whole run with `train.py --strategy mirrored` (both stages, augmented slices,
-a conditional prior) on a tiny PNG tree in WORK_DIR and writes WORK_DIR/run.json:
-"devices" (the devices Keras sees), "metrics" (the run's metrics.json) and "losses"
+a conditional prior) on a tiny PNG tree in WORK_DIR, after trying it with a batch of 7, and
+writes WORK_DIR/run.json: "devices" (the devices Keras sees), "refused" (the message that
+refused the batch of 7, or ""), "metrics" (the run's metrics.json) and "losses"
 ({stage: [training loss of each epoch]}, from its histories).
 """
 
@@ -43,6 +44,7 @@ import modules
 from brain_vqvae.data import code_map_batches
 from brain_vqvae.model.conditions import condition_batch
 from brain_vqvae.model.prior import pack_prior_inputs
+from brain_vqvae.runs import RunError
 from hyperparameters import Hyperparameters
 
 TINY = Hyperparameters(
@@ -206,13 +208,27 @@ def run(work: Path) -> None:
 
     data = write_tiny_png_tree(work / "data")
     settings = TINY.replace(encoder_filters=(8, 16), epochs_vqvae=3, epochs_pixelcnn=2)
-    argv = tiny_argv(settings.replace(augment=True), data, work / "run", "--strategy", "mirrored")
-    metrics = train_script.run_training(train_script.build_parser().parse_args(argv), verbose=0)
+    settings = settings.replace(augment=True)
+
+    def mirrored(settings: Hyperparameters, out: str) -> dict:
+        argv = tiny_argv(settings, data, work / out, "--strategy", "mirrored")
+        return train_script.run_training(train_script.build_parser().parse_args(argv), verbose=0)
+
+    try:  # batches of 7 images do not split over two devices
+        mirrored(settings.replace(batch_size=7), "odd")
+        refused = ""
+    except RunError as error:
+        refused = str(error)
+    metrics = mirrored(settings, "run")
     losses = {}
     for stage in ("vqvae", "pixelcnn"):
         with open(work / "run" / f"history_{stage}.csv") as history:
             losses[stage] = [float(row["loss"]) for row in csv.DictReader(history)]
-    result = {"devices": len(keras.distribution.list_devices()), "metrics": metrics}
+    result = {
+        "devices": len(keras.distribution.list_devices()),
+        "refused": refused,
+        "metrics": metrics,
+    }
     (work / "run.json").write_text(json.dumps({**result, "losses": losses}))
 
 

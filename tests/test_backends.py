@@ -73,11 +73,13 @@ def test_models_saved_on_one_backend_load_and_train_on_the_other(tmp_path, saved
 
 def test_a_run_trains_on_jax_over_two_devices(tmp_path):
     """`train.py --strategy mirrored` on JAX with two CPU devices: `keras.distribution.
-    DataParallel` shards the NumPy batches of both stages over them."""
+    DataParallel` shards the NumPy batches of both stages over them; a batch that does not
+    split evenly over them is refused before training."""
     on_backend("jax", "run", tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     result = json.loads((tmp_path / "run.json").read_text())
 
     assert result["devices"] == 2
+    assert "not multiples of 2: --batch-size (7)" in result["refused"]
     assert [len(result["losses"][stage]) for stage in ("vqvae", "pixelcnn")] == [3, 2]
     assert all(losses[-1] < losses[0] for losses in result["losses"].values())
     metrics = result["metrics"]
