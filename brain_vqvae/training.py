@@ -13,6 +13,8 @@ history and atomic checkpoints, so a run killed at any moment keeps its last goo
 `train_run` is everything `python train.py` does. Training runs in the scope of a
 `tf.distribute` strategy (`make_strategy`): the global batch of `batch_size` images is split
 over its replicas, and on a cluster only the chief writes the run folder (`worker_folder`).
+On Keras' JAX backend the data come as NumPy batches (`data.slice_batches`) and several devices
+train through `keras.distribution.DataParallel` (`JaxDevices`).
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from brain_vqvae import evaluation, plotting
 from brain_vqvae.conditioning import condition_ranges, resolve_prior_conditions, slice_conditions
-from brain_vqvae.data import SliceSet, code_map_dataset, make_tf_dataset
+from brain_vqvae.data import SliceSet, code_map_batches, slice_batches
 from brain_vqvae.metrics import ssim_per_slice
 from brain_vqvae.model import build_pixelcnn, build_vae, build_vqvae, encode_code_maps
+from brain_vqvae.model.distribute import TENSORFLOW
 from brain_vqvae.model.prior import pack_prior_inputs
 from brain_vqvae.runs import (
     AUTOENCODER_STAGES,
@@ -48,6 +50,9 @@ from brain_vqvae.runs import (
     write_atomically,
 )
 from hyperparameters import Hyperparameters
+
+if TENSORFLOW:
+    import tensorflow as tf
 
 MIN_FREE_BYTES = 200 * 2**20
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -252,22 +257,23 @@ def fit_stage(
     model: keras.Model,
     run: RunFolder,
     stage: str,
-    train_data: tf.data.Dataset,
-    validation_data: tf.data.Dataset,
+    train_data,
+    validation_data,
     epochs: int,
     callbacks: list[keras.callbacks.Callback],
     nan_guard: StopOnNaN,
     verbose: int | str,
 ) -> keras.Model:
-    """Fit `model` from the stage's last finished epoch up to `epochs`, then return the best
-    model saved on disk. A NaN loss stops the run with a `RunError`; checkpoints are kept."""
+    """Fit `model` on the batches of `train_data` (`slice_batches`, `code_map_batches`) from
+    the stage's last finished epoch up to `epochs`, then return the best model saved on disk.
+    A NaN loss stops the run with a `RunError`; checkpoints are kept."""
     epochs_done = run.read_state().get(stage, {}).get("epochs_done", 0)
     model.fit(
         train_data,
         validation_data=validation_data,
         epochs=epochs,
         initial_epoch=epochs_done,
-        shuffle=False,  # the tf.data pipelines shuffle themselves
+        shuffle=False,  # the pipelines shuffle themselves
         callbacks=callbacks,
         verbose=verbose,
     )
@@ -311,8 +317,8 @@ def train_stage(
     build_model,
     hyperparameters: Hyperparameters,
     run: RunFolder,
-    train_data: tf.data.Dataset,
-    validation_data: tf.data.Dataset,
+    train_data,
+    validation_data,
     examples: int,
     resume: bool,
     tensorboard: bool = False,
@@ -382,14 +388,14 @@ def train_autoencoder(
         lambda: build(hyperparameters, data_variance=pixel_variance(train)),
         hyperparameters,
         run,
-        make_tf_dataset(
+        slice_batches(
             train,
             batch_size,
             shuffle=True,
             seed=hyperparameters.seed,
             augment=hyperparameters.augment,
         ),
-        make_tf_dataset(validate, batch_size),
+        slice_batches(validate, batch_size),
         len(train),
         resume,
         tensorboard,
@@ -443,8 +449,8 @@ def train_pixelcnn(
         lambda: build_pixelcnn(hyperparameters, condition_ranges),
         hyperparameters,
         run,
-        code_map_dataset(train_codes, batch_size, shuffle=True, seed=hyperparameters.seed),
-        code_map_dataset(validate_codes, batch_size),
+        code_map_batches(train_codes, batch_size, shuffle=True, seed=hyperparameters.seed),
+        code_map_batches(validate_codes, batch_size),
         len(train_codes),
         resume,
         tensorboard,
@@ -455,8 +461,35 @@ def train_pixelcnn(
 # Devices and clusters ----------------------------------------------------------------------
 
 
+class JaxDevices:
+    """Where a run trains on Keras' JAX backend, with what `train_run` uses of a
+    `tf.distribute.Strategy`: `scope()`, `num_replicas_in_sync` and `cluster_resolver`.
+
+    With a `keras.distribution.DataParallel` over several devices each step's global batch is
+    sharded over them (the model's variables replicated) and JAX computes the step's means over
+    the whole batch; without one (None) training runs on the default device. There is no
+    cluster: this process is the chief."""
+
+    cluster_resolver = None
+
+    def __init__(self, distribution: keras.distribution.DataParallel | None):
+        self.distribution = distribution
+
+    @property
+    def num_replicas_in_sync(self) -> int:
+        """The devices the batch is sharded over: 1 without a distribution."""
+        if self.distribution is None:
+            return 1
+        return int(np.prod(self.distribution.device_mesh.shape))
+
+    def scope(self):
+        if self.distribution is None:
+            return contextlib.nullcontext()
+        return self.distribution.scope()
+
+
 @functools.cache
-def make_strategy(name: str) -> tf.distribute.Strategy:
+def make_strategy(name: str):
     """The `tf.distribute` strategy of --strategy. "default": the current (normally the
     default, one-device) strategy; "mirrored": `MirroredStrategy` over every local GPU, or
     over the logical CPU devices when there is none; "multiworker":
@@ -464,18 +497,37 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     every worker; this machine alone without TF_CONFIG). It is a runtime choice, not saved with
     the run: a run trained on several devices loads and resumes on one, and the other way.
     Made once per process: two strategies over the same devices would reuse the keys of
-    TensorFlow's collective operations."""
+    TensorFlow's collective operations.
+
+    On Keras' JAX backend it is a `JaxDevices`: "default" one device, "mirrored" data
+    parallelism over every local device of JAX's default platform (`keras.distribution.
+    DataParallel`) when there are several; "multiworker" needs TensorFlow."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    if not TENSORFLOW:
+        return _jax_devices(name)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in devices])
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _jax_devices(name: str) -> JaxDevices:
+    """`make_strategy` on JAX."""
     if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+        raise RunError(
+            "--strategy multiworker trains on Keras' TensorFlow backend only "
+            "(KERAS_BACKEND=tensorflow); on JAX, --strategy mirrored uses the local devices"
+        )
+    devices = keras.distribution.list_devices()
+    if name == "default" or len(devices) == 1:
+        return JaxDevices(None)
+    return JaxDevices(keras.distribution.DataParallel(devices=devices))
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
+def is_chief(strategy) -> bool:
     """Whether this process writes the run folder: any process outside a cluster, and on a
     cluster the "chief" task or, when TF_CONFIG names none, worker 0."""
     resolver = strategy.cluster_resolver
@@ -486,7 +538,7 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 @contextlib.contextmanager
-def worker_folder(out: Path, strategy: tf.distribute.Strategy):
+def worker_folder(out: Path, strategy):
     """The run folder this process writes: `out` on the chief. Every other worker of a cluster
     trains in step with the chief (the same epochs, the same checkpoint to resume from), so it
     runs in a scratch copy of what a resume or `--stage pixelcnn` reads from `out`, deleted at
@@ -580,6 +632,8 @@ def _train_in_folder(
     empty = [name for name, split in splits.items() if split is None or len(split) == 0]
     if empty:
         raise RunError(f"{source}: the {', '.join(empty)} split(s) hold no slices")
+    if not TENSORFLOW and replicas > 1:
+        check_even_over_devices(hyperparameters, splits, replicas)
 
     if hyperparameters.model in stages:
         autoencoder = train_autoencoder(
@@ -633,6 +687,25 @@ def _train_in_folder(
         hyperparameters, vqvae, pixelcnn, test_images, codes["test"], test_conditions
     )
     return _write_metrics(run, source, metrics, hyperparameters)
+
+
+def check_even_over_devices(hyperparameters: Hyperparameters, splits: dict, devices: int) -> None:
+    """On JAX, `keras.distribution.DataParallel` splits every batch of `fit`, `evaluate` and
+    `predict` evenly over the `devices` and fails on one that does not divide, the last batch
+    of a split too; so a run whose batch sizes and split sizes are not all multiples of
+    `devices` is refused before it trains (TensorFlow's mirrored strategy takes any sizes)."""
+    sizes = {
+        "--batch-size": hyperparameters.batch_size,
+        "--inference-batch-size": hyperparameters.inference_batch_size,
+        **{f"the {name} split's slices": len(split) for name, split in splits.items()},
+        "the validation SSIM's slices": min(VALIDATION_SSIM_SLICES, len(splits["validate"])),
+    }
+    uneven = [f"{what} ({size})" for what, size in sizes.items() if size % devices]
+    if uneven:
+        raise RunError(
+            f"--strategy mirrored on JAX splits every batch evenly over its {devices} devices, "
+            f"and these are not multiples of {devices}: {', '.join(uneven)}"
+        )
 
 
 def check_stages(model: str, stages: tuple[str, ...] | None) -> tuple[str, ...]:

@@ -778,6 +778,61 @@ def test_tf_dataset_augmentation_keeps_shape_and_range_and_varies_per_image():
     assert np.array_equal(same_seed, batch) and not np.array_equal(next_epoch, batch)
 
 
+def test_numpy_warp_is_the_tf_warp():
+    """The JAX pipeline's NumPy flip, rotation and zoom sample as TensorFlow's transform does."""
+    import tensorflow as tf
+
+    from brain_vqvae.data.arrays import flip_rotate_zoom
+    from brain_vqvae.data.pipeline import _flip_rotate_zoom
+
+    brain = fixtures.png_slice_pixels(5, 20, size=32)
+    images = np.stack([brain] * 3)[..., None].astype(np.float32) / 255.0
+    flip = np.array([1.0, -1.0, -1.0], np.float32)
+    angle = np.array([0.1, -0.17, 0.0], np.float32)
+    zoom = np.array([0.92, 1.08, 1.0], np.float32)
+    expected = _flip_rotate_zoom(tf.constant(images), flip, angle, zoom).numpy()
+    warped = flip_rotate_zoom(images, flip, angle, zoom)
+    np.testing.assert_allclose(warped, expected, atol=1e-5)
+    np.testing.assert_array_equal(warped[2], images[2, :, ::-1])  # flip alone: a mirror
+
+
+def test_array_batches_are_the_tf_datasets_batches_in_numpy():
+    from brain_vqvae.data.arrays import ArrayBatches, augment_batch, to_unit_float
+
+    slice_set = numbered_slices(20)
+    plain = ArrayBatches(slice_set.images, 6, shuffle=False, seed=0, transform=to_unit_float)
+    assert [plain[index].shape for index in range(len(plain))] == [(6, 8, 8, 1)] * 3 + [
+        (2, 8, 8, 1)
+    ]
+    np.testing.assert_array_equal(
+        np.concatenate([plain[index] for index in range(len(plain))]), slice_set.float_images()
+    )
+
+    def epoch_order(batches):
+        order = [
+            round(float(v) * 25.5) for i in range(len(batches)) for v in batches[i][:, 0, 0, 0]
+        ]
+        batches.on_epoch_end()
+        return order
+
+    shuffled = ArrayBatches(slice_set.images, 6, shuffle=True, seed=3, transform=to_unit_float)
+    first_epoch, second_epoch = epoch_order(shuffled), epoch_order(shuffled)
+    assert sorted(first_epoch) == list(range(20))
+    assert first_epoch != second_epoch and first_epoch != list(range(20))
+    again = ArrayBatches(slice_set.images, 6, shuffle=True, seed=3, transform=to_unit_float)
+    assert epoch_order(again) == first_epoch
+
+    brain = fixtures.png_slice_pixels(5, 20, size=32)
+    augmented = ArrayBatches(np.stack([brain] * 8), 8, False, seed=1, transform=augment_batch)
+    batch = augmented[0]
+    assert batch.shape == (8, 32, 32, 1) and batch.dtype == np.float32
+    assert batch.min() >= 0.0 and batch.max() <= 1.0
+    assert len({image.tobytes() for image in batch}) == 8
+    np.testing.assert_array_equal(augmented[0], batch)
+    augmented.on_epoch_end()
+    assert not np.array_equal(augmented[0], batch)
+
+
 def test_code_map_dataset_batches_and_reshuffles_every_epoch():
     code_maps = np.arange(20 * 4, dtype=np.int32).reshape(20, 2, 2)
     batches = [batch.numpy() for batch in code_map_dataset(code_maps, batch_size=6)]

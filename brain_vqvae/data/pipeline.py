@@ -1,7 +1,9 @@
 """tf.data pipelines: slices and code maps as shuffled, batched, prefetched datasets.
 
 TensorFlow is imported inside these functions, so loading data never starts it (the package's
-`__init__` has set its environment by then).
+`__init__` has set its environment by then). `slice_batches` and `code_map_batches` give the
+same batches in the form Keras' backend trains on: these tf.data datasets on TensorFlow, and on
+JAX the NumPy `arrays.ArrayBatches`, which need no TensorFlow.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from .slices import SliceSet
 if TYPE_CHECKING:
     import tensorflow as tf
 
-__all__ = ["code_map_dataset", "make_tf_dataset"]
+__all__ = ["code_map_batches", "code_map_dataset", "make_tf_dataset", "slice_batches"]
+
+# The augmentation's ranges: rotation (radians), zoom, gain and log gamma (gamma in [0.8, 1.25]).
+MAX_ANGLE = np.deg2rad(10.0)
+ZOOM_RANGE = (0.9, 1.1)
+GAIN_RANGE = (0.9, 1.1)
+LOG_GAMMA_RANGE = (-0.223, 0.223)
 
 
 def make_tf_dataset(
@@ -49,6 +57,40 @@ def make_tf_dataset(
     return _batches(slice_set.images, batch_size, shuffle, seed, to_float)
 
 
+def slice_batches(
+    slice_set: SliceSet,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    augment: bool = False,
+):
+    """`make_tf_dataset`'s batches for Keras' backend: that dataset on TensorFlow; on JAX an
+    `arrays.ArrayBatches` of the same batches (the same shuffling and augmentation maths, drawn
+    by NumPy from `seed`)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        return make_tf_dataset(slice_set, batch_size, shuffle, seed, augment)
+    from .arrays import ArrayBatches, augment_batch, to_unit_float
+
+    if len(slice_set) == 0:
+        raise ValueError("slice_set is empty: there is nothing to make a dataset from")
+    transform = augment_batch if augment else to_unit_float
+    return ArrayBatches(slice_set.images, batch_size, shuffle, seed, transform)
+
+
+def code_map_batches(code_maps: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0):
+    """`code_map_dataset`'s batches for Keras' backend: that dataset on TensorFlow, an
+    `arrays.ArrayBatches` on JAX."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        return code_map_dataset(code_maps, batch_size, shuffle, seed)
+    from .arrays import ArrayBatches
+
+    return ArrayBatches(code_maps, batch_size, shuffle, seed)
+
+
 def code_map_dataset(
     code_maps: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0
 ) -> tf.data.Dataset:
@@ -70,8 +112,7 @@ def _batches(
     over all N with `seed` and anew every epoch when `shuffle`, then `transform`ed, prefetched."""
     import tensorflow as tf
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     dataset = tf.data.Dataset.from_tensor_slices(elements)
     if shuffle:
         dataset = dataset.shuffle(len(elements), seed=seed, reshuffle_each_iteration=True)
@@ -79,6 +120,19 @@ def _batches(
     if transform is not None:
         dataset = transform(dataset)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+
+def warp_matrix(flip, angle, zoom, cos=np.cos, sin=np.sin):
+    """The 2x2 matrix M = R(angle) diag(flip, 1) / zoom, as its entries (a0, a1, b0, b1) of
+    [[a0, a1], [b0, b1]], that maps an output pixel's offset from the image centre (column,
+    row) to the input offset it samples; `cos` and `sin` of NumPy or TensorFlow."""
+    cos, sin = cos(angle) / zoom, sin(angle) / zoom
+    return cos * flip, -sin, sin * flip, cos
 
 
 def _to_unit_float(images):
@@ -98,13 +152,12 @@ def _augment_batch(images, seed):
         tf.random.experimental.stateless_split(seed, num=5)
     )
     flip = tf.where(tf.random.stateless_uniform([count], flip_seed) < 0.5, -1.0, 1.0)
-    max_angle = np.deg2rad(10.0)
-    angle = tf.random.stateless_uniform([count], angle_seed, -max_angle, max_angle)
-    zoom = tf.random.stateless_uniform([count], zoom_seed, 0.9, 1.1)
+    angle = tf.random.stateless_uniform([count], angle_seed, -MAX_ANGLE, MAX_ANGLE)
+    zoom = tf.random.stateless_uniform([count], zoom_seed, *ZOOM_RANGE)
     # The warp loses the static image size, which the model's SSIM needs: restore it.
     images = tf.ensure_shape(_flip_rotate_zoom(images, flip, angle, zoom), images.shape)
-    gain = tf.random.stateless_uniform([count, 1, 1, 1], gain_seed, 0.9, 1.1)
-    log_gamma = tf.random.stateless_uniform([count, 1, 1, 1], gamma_seed, -0.223, 0.223)
+    gain = tf.random.stateless_uniform([count, 1, 1, 1], gain_seed, *GAIN_RANGE)
+    log_gamma = tf.random.stateless_uniform([count, 1, 1, 1], gamma_seed, *LOG_GAMMA_RANGE)
     return tf.clip_by_value(gain * tf.pow(images, tf.exp(log_gamma)), 0.0, 1.0)
 
 
@@ -112,13 +165,13 @@ def _flip_rotate_zoom(images, flip, angle, zoom):
     """(B, S, S, 1) images warped about their centre c, one (flip, angle, zoom) per image.
 
     Output pixel p = (column, row) samples the input at c + R(angle) diag(flip, 1) (p - c) / zoom
-    (bilinear, 0 outside the image), so flip = -1 mirrors left-right and zoom > 1 enlarges.
+    (`warp_matrix`; bilinear, 0 outside the image), so flip = -1 mirrors left-right and
+    zoom > 1 enlarges.
     """
     import tensorflow as tf
 
     centre = (tf.cast(tf.shape(images)[1], tf.float32) - 1.0) / 2.0
-    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
-    a0, a1, b0, b1 = cos * flip, -sin, sin * flip, cos
+    a0, a1, b0, b1 = warp_matrix(flip, angle, zoom, tf.cos, tf.sin)
     zeros = tf.zeros_like(angle)
     transforms = tf.stack(
         [a0, a1, centre * (1 - a0 - a1), b0, b1, centre * (1 - b0 - b1), zeros, zeros], axis=1

@@ -4,23 +4,44 @@ reduce over several workers.
 
 Under a strategy each replica gets its part of the global batch, n_r of N rows. A replica's
 mean weighted by n_r / N and summed over the replicas is the global-batch mean, however unevenly
-the batch was split; the models' `train_step`s differentiate and report such weighted means.
+the batch was split; the models' training steps differentiate and report such weighted means.
+
+Replicas exist only on Keras' TensorFlow backend. On the JAX backend a step sees the whole global
+batch as one array (`keras.distribution.DataParallel` shards it over the devices, and JAX
+computes its means over all of them), so there is one "replica" holding all N rows: every sum
+over the replicas here is the value itself and every share is 1. TensorFlow is imported only on
+its own backend.
 """
 
 from __future__ import annotations
 
-import tensorflow as tf
+import keras
 from keras import ops
+
+TENSORFLOW = keras.backend.backend() == "tensorflow"
+if TENSORFLOW:
+    import tensorflow as tf
 
 
 def replica_sum(value):
     """`value` summed over the replicas of a `tf.distribute` strategy (an all-reduce inside
     `strategy.run`, i.e. in a compiled `train_step`, `test_step` or `predict_step`); `value`
-    itself without a strategy, with one replica, or outside a replica context."""
+    itself without a strategy, with one replica, outside a replica context, or on JAX."""
+    if not TENSORFLOW:
+        return value
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return value
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def replica_id():
+    """This replica's index in its strategy's replicas (an int or a scalar int32 tensor); 0
+    without a strategy, outside a replica context, or on JAX."""
+    if not TENSORFLOW:
+        return 0
+    context = tf.distribute.get_replica_context()
+    return 0 if context is None else context.replica_id_in_sync_group
 
 
 def batch_share(batch):
@@ -42,7 +63,8 @@ def apply_to_rows(network, inputs, **options):
     or a list of tensors with the same rows. An empty batch is run as one row of zeros and the
     output cut back to no rows. With oneDNN (on by default here) TensorFlow's CPU convolutions
     give an empty batch a wrongly shaped output, and a replica gets an empty batch when the last
-    batch of an epoch has fewer rows than there are replicas."""
+    batch of an epoch has fewer rows than there are replicas. A batch whose size is known
+    when the step is traced (always on JAX) and not 0 is run as it is."""
     tensors = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
     rows = ops.shape(tensors[0])[0]
 
@@ -50,7 +72,8 @@ def apply_to_rows(network, inputs, **options):
         padding = ops.zeros((ops.maximum(1 - rows, 0), *ops.shape(tensor)[1:]), dtype=tensor.dtype)
         return ops.concatenate([tensor, padding])
 
-    tensors = [padded(tensor) for tensor in tensors]
+    if not (isinstance(rows, int) and rows > 0):
+        tensors = [padded(tensor) for tensor in tensors]
     return network(tensors if len(tensors) > 1 else tensors[0], **options)[:rows]
 
 
@@ -59,7 +82,10 @@ def step_logs(logs: dict) -> dict:
     the replicas. On several workers of a `MultiWorkerMirroredStrategy` Keras averages them with
     `strategy.reduce(MEAN, value, axis=0)`, which fails on scalars (tensorflow/tensorflow#72388),
     so there each becomes a [1] vector and the average is a scalar again; elsewhere `logs` is
-    returned as it is. The test is Keras' own (`_collective_all_reduce_multi_worker`)."""
+    returned as it is (and always on JAX). The test is Keras' own
+    (`_collective_all_reduce_multi_worker`)."""
+    if not TENSORFLOW:
+        return logs
     strategy = tf.distribute.get_strategy()
     if not (
         isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from brain_vqvae.model.conditions import ConditionEncoder
@@ -20,6 +19,7 @@ from brain_vqvae.model.distribute import (
 )
 from brain_vqvae.model.gated_prior import build_gated_network
 from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
+from brain_vqvae.model.steps import TrainingStepModel
 from hyperparameters import Hyperparameters, check_odd_kernel
 
 PIXELCNN_METRICS = ("loss", "accuracy")
@@ -123,7 +123,7 @@ NETWORK_BUILDERS = {"masked": build_masked_network, "gated": build_gated_network
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class PixelCNN(keras.Model):
+class PixelCNN(TrainingStepModel):
     """Autoregressive prior over code maps: int code maps [N, h, h] -> logits [N, h, h, K].
 
     `PixelCNN(hyperparameters)` takes the plain dict of `Hyperparameters.to_dict()` (the whole
@@ -139,15 +139,15 @@ class PixelCNN(keras.Model):
     A configuration still saying "auto" (resolved from the data only when training,
     `conditioning.resolve_prior_conditions`) builds an unconditional prior.
 
-    It is trained by its own `train_step`: compile it with an optimizer and `fit` it on batches
-    of code maps (a conditional prior: of `pack_prior_inputs` rows), whose codes are also the
-    targets (a y given is ignored); a conditional prior hides known conditions at random
-    (`_hide_conditions`). The loss is the mean over every position of every map of the
-    cross-entropy -log softmax(logits(i, j))[k(i, j)] (nats per code); "accuracy" is the share
-    of positions whose most likely code is k(i, j). Under a `tf.distribute` strategy both are
-    weighted by each replica's share of the global batch, as in `VQVAE`. (A batch of maps alone,
-    not (maps, maps), is also what Keras 3 can hand to several workers of a
-    `MultiWorkerMirroredStrategy`: it fails to reduce (x, y) batches.)
+    It is trained by its own training step (`step_loss`, `record`): compile it with an
+    optimizer and `fit` it on batches of code maps (a conditional prior: of `pack_prior_inputs`
+    rows), whose codes are also the targets (a y given is ignored); a conditional prior hides
+    known conditions at random (`_hide_conditions`). The loss is the mean over every position
+    of every map of the cross-entropy -log softmax(logits(i, j))[k(i, j)] (nats per code);
+    "accuracy" is the share of positions whose most likely code is k(i, j). Under a
+    `tf.distribute` strategy both are weighted by each replica's share of the global batch, as
+    in `VQVAE`. (A batch of maps alone, not (maps, maps), is also what Keras 3 can hand to
+    several workers of a `MultiWorkerMirroredStrategy`: it fails to reduce (x, y) batches.)
     """
 
     def __init__(self, hyperparameters: dict, condition_ranges: dict | None = None, **kwargs):
@@ -249,11 +249,6 @@ class PixelCNN(keras.Model):
         hits = ops.cast(ops.argmax(logits, axis=-1) == code_maps, "float32")
         return {"loss": ops.mean(cross_entropy), "accuracy": ops.mean(hits)}
 
-    def _record(self, values: dict, share) -> dict:
-        for tracker in self.trackers:
-            tracker.update_state(replica_sum(weighted_by_share(values[tracker.name], share)))
-        return step_logs({tracker.name: tracker.result() for tracker in self.trackers})
-
     def unpack(self, inputs):
         """A training batch as the model reads it: code maps as they are; a conditional
         prior's packed rows [B, 2 h h + 2 C] (`pack_prior_inputs`) as its dict."""
@@ -272,21 +267,20 @@ class PixelCNN(keras.Model):
             "known": inputs[:, 2 * maps + conditions :],
         }
 
-    def train_step(self, data):
+    def step_loss(self, data, training: bool):
+        """The loss of a batch of code maps (or packed rows) and the values `record` reports
+        (`steps`): this replica's share of the global-batch means, as in `VQVAE.step_loss`."""
         inputs = self.unpack(keras.utils.unpack_x_y_sample_weight(data)[0])
         share = batch_share(_code_maps(inputs))
-        with tf.GradientTape() as tape:
-            values = self._loss_and_accuracy(inputs, training=True)
-            replica_loss = weighted_by_share(values["loss"], share)  # see VQVAE.train_step
-        gradients = tape.gradient(replica_loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
-        return self._record(values, share)
+        values = self._loss_and_accuracy(inputs, training=training)
+        weighted = {name: weighted_by_share(value, share) for name, value in values.items()}
+        return weighted["loss"], weighted
 
-    def test_step(self, data):
-        inputs = self.unpack(keras.utils.unpack_x_y_sample_weight(data)[0])
-        return self._record(
-            self._loss_and_accuracy(inputs, training=False), batch_share(_code_maps(inputs))
-        )
+    def record(self, report: dict) -> dict:
+        """Track the step's loss and accuracy, summed over the replicas: global-batch means."""
+        for tracker in self.trackers:
+            tracker.update_state(replica_sum(report[tracker.name]))
+        return step_logs({tracker.name: tracker.result() for tracker in self.trackers})
 
     def get_config(self) -> dict:
         config = {"name": self.name, "hyperparameters": self.hyperparameters.to_dict()}

@@ -9,12 +9,12 @@ is built from.
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from brain_vqvae.metrics import usage_statistics
 from brain_vqvae.model.distribute import replica_sum
 from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
+from brain_vqvae.model.steps import run_stateless
 from hyperparameters import check_quantizer_settings
 
 
@@ -50,22 +50,32 @@ def padded_pool(vectors):
     return pool, ops.concatenate([ops.ones((rows,)), no_rows])
 
 
+def weighted_choice(weights, draw):
+    """An index j of weights [M] (>= 0, not all 0) drawn with probability w_j / sum_k w_k by
+    inverse transform sampling from `draw`, a uniform number in (0, 1]: the first j whose
+    cumulative weight c_j reaches draw c_M. A j with w_j = 0 has c_j = c_(j-1), so is never the
+    first. Scalar int32; O(M), with one random number per draw."""
+    cumulative = ops.cumsum(weights)
+    return ops.sum(ops.cast(cumulative < draw * cumulative[-1], "int32"))
+
+
 def kmeans_plus_plus_seeds(vectors, count: int, seed_generator):
     """`count` seeds [count, D] for k-means drawn from vectors [M, D] by k-means++ (Arthur and
     Vassilvitskii 2007): the first uniformly, each next one with probability proportional to
     its squared distance D(x)^2 to the nearest seed so far. Copies of a chosen vector (the
     black background's identical encoder outputs) have D(x) = 0 and are never chosen again
-    while any other vector is left. With no vectors (an empty replica batch) the seeds are 0."""
+    while any other vector is left. With no vectors (an empty replica batch) the seeds are 0.
+    The `count` uniform numbers of the draws (`weighted_choice`) are drawn from
+    `seed_generator` at once, before the loop, as a loop body cannot advance a generator on
+    every backend."""
     rows = ops.shape(vectors)[0]
     pool, anywhere = padded_pool(vectors)
+    draws = 1.0 - keras.random.uniform((count,), seed=seed_generator)  # in (0, 1]
 
     def add_seed(index, state):
         seeds, nearest = state
         weights = ops.where(ops.sum(nearest) > 0, nearest, anywhere)  # all 0: copies of one
-        chosen = keras.random.categorical(
-            ops.log(weights)[None], 1, dtype="int32", seed=seed_generator
-        )[0, 0]
-        seed = ops.take(pool, chosen, axis=0)
+        seed = ops.take(pool, weighted_choice(weights, ops.take(draws, index)), axis=0)
         seeds = ops.where(ops.arange(count)[:, None] == index, seed[None], seeds)
         distances = ops.sum(ops.square(pool - seed[None]), axis=1)
         return seeds, ops.minimum(nearest, ops.where(ops.arange(rows + 1) < rows, distances, 0))
@@ -134,8 +144,9 @@ class VectorQuantizer(keras.layers.Layer):
     at 2t, so a code that draws no vectors is restarted after ln 2 / (1 - gamma) steps (69 for
     gamma = 0.99) whatever K is. This works with and without EMA.
 
-    State changes (EMA, restarts) happen only when called with `training=True`, as assignments
-    to non-trainable variables, so they run inside a compiled `train_step`.
+    State changes (EMA, restarts, k-means) happen only when called with `training=True`, as
+    assignments to the layer's variables, so they run inside a compiled training step on
+    TensorFlow and JAX alike (`steps`).
 
     Under a `tf.distribute` strategy each replica quantizes its part of the global batch, and
     the statistics are summed over the replicas (`replica_sum`) before they are used: the
@@ -213,7 +224,7 @@ class VectorQuantizer(keras.layers.Layer):
             self.ema_cluster_size = self._state_variable("ema_cluster_size", (self.num_embeddings,))
             self.ema_cluster_sum = self._state_variable("ema_cluster_sum", codebook_shape)
             self.ema_cluster_size.assign(ops.ones((self.num_embeddings,)))
-            self.ema_cluster_sum.assign(self.codebook)
+            self.ema_cluster_sum.assign(ops.copy(self.codebook.value))  # its own buffer (JAX)
         if self.dead_code_restart:
             self.usage_share = self._state_variable("usage_share", (self.num_embeddings,))
             self.usage_share.assign(ops.full((self.num_embeddings,), self._fresh_share))
@@ -277,22 +288,33 @@ class VectorQuantizer(keras.layers.Layer):
     def _codes(self):
         """The codebook as used: each code projected onto the unit sphere with `l2_normalize`
         (the stored vectors, EMA means of unit vectors, are not)."""
-        return self._onto_sphere(self.codebook)
+        return self._onto_sphere(self.codebook.value)
 
     def _initialize_codebook_once(self, flat_latents) -> None:
-        """On the first training call only: codebook <- k-means centroids of `flat_latents`.
-        Under a strategy each replica clusters its own vectors and the first one's are kept."""
+        """On the first training call only (`initialized` = 0): codebook <- k-means centroids
+        of `flat_latents`, and with EMA N_k <- 1 and m_k <- the centroids. Under a strategy
+        each replica clusters its own vectors and the first one's are kept.
 
-        def initialize():
-            centroids = kmeans(flat_latents, self.num_embeddings, self.kmeans_seed_generator)
-            self.codebook.assign(centroids)
-            if self.ema:
-                self.ema_cluster_size.assign(ops.ones((self.num_embeddings,)))
-                self.ema_cluster_sum.assign(centroids)
-            self.initialized.assign(1.0)
-            return ops.zeros(())
+        The branch is chosen by `ops.cond` and assigns nothing itself; the state is assigned
+        after it, unchanged once initialised. (JAX traces both branches, and an assignment
+        inside one would leak out of it.) For the same reason k-means reads the seed generator
+        without advancing it: it runs once."""
+        generator_state = self.kmeans_seed_generator.state
 
-        tf.cond(self.initialized > 0, lambda: ops.zeros(()), initialize)
+        def clustered():
+            return run_stateless(
+                [generator_state],
+                [generator_state.value],
+                lambda: kmeans(flat_latents, self.num_embeddings, self.kmeans_seed_generator),
+            )[0]
+
+        fresh = ops.equal(self.initialized.value, 0.0)
+        centroids = ops.cond(fresh, clustered, lambda: self.codebook.value)
+        self.codebook.assign(centroids)
+        if self.ema:
+            self.ema_cluster_size.assign(ops.where(fresh, 1.0, self.ema_cluster_size.value))
+            self.ema_cluster_sum.assign(ops.where(fresh, centroids, self.ema_cluster_sum.value))
+        self.initialized.assign(1.0)
 
     def _update_state(self, flat_latents, flat_indices, counts, flat_codes) -> None:
         """EMA and restarts from this batch's vectors [M, D], their code indices [M], the
@@ -342,11 +364,12 @@ class VectorQuantizer(keras.layers.Layer):
             seed=self.restart_seed_generator,
         )[0]
         replacements = ops.take(pool, chosen, axis=0)
-        self.codebook.assign(ops.where(dead_rows, replacements, self.codebook))
+        self.codebook.assign(ops.where(dead_rows, replacements, self.codebook.value))
         self.usage_share.assign(ops.where(dead, self._fresh_share, share))
         if self.ema:
-            self.ema_cluster_size.assign(ops.where(dead, 1.0, self.ema_cluster_size))
-            self.ema_cluster_sum.assign(ops.where(dead_rows, replacements, self.ema_cluster_sum))
+            self.ema_cluster_size.assign(ops.where(dead, 1.0, self.ema_cluster_size.value))
+            cluster_sum = self.ema_cluster_sum.value
+            self.ema_cluster_sum.assign(ops.where(dead_rows, replacements, cluster_sum))
 
     def get_config(self) -> dict:
         return {

@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
-from brain_vqvae.model.distribute import apply_to_rows
+from brain_vqvae.model.distribute import TENSORFLOW, apply_to_rows, replica_id
 from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
 from brain_vqvae.model.vqvae import Autoencoder
 from hyperparameters import Hyperparameters, check_sample_count, check_temperature
@@ -53,7 +52,7 @@ def kl_divergence(mean, log_variance):
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class GaussianVAE(Autoencoder):
     """Encoder -> dense -> diagonal Gaussian posterior over a d-vector -> dense -> decoder,
-    trained by its own `train_step`; the maths is in the module docstring.
+    trained by its own training step; the maths is in the module docstring.
 
     `GaussianVAE(hyperparameters, data_variance)` takes the same config as `VQVAE`: the dict of
     `Hyperparameters.to_dict()` (encoder and decoder widths, `latent_dim`, `vae_latent_dim`,
@@ -65,7 +64,7 @@ class GaussianVAE(Autoencoder):
     mu and log sigma^2 [N, d]; `decode(latents)` maps [N, d] to images clipped to [0, 1];
     `sample(count, seed, temperature)` decodes `prior_latents`. `fit` and `evaluate` report the
     epoch means of loss, reconstruction_loss, kl_loss (the KL's mean per latent element,
-    unweighted), and ssim and psnr of the clipped reconstructions. `train_step` and `test_step`
+    unweighted), and ssim and psnr of the clipped reconstructions. Its training and validation steps
     decode z = mu + sigma * eps, a one-sample estimate of the loss, with eps drawn statelessly
     from (seed, optimizer step, replica), so a run is reproducible, a resumed run draws what it
     would have drawn and a validation pass is deterministic; their ssim and psnr are those of
@@ -137,13 +136,8 @@ class GaussianVAE(Autoencoder):
     def _forward(self, images, training: bool) -> dict:
         """The loss's forward pass: z = mu + sigma * eps, eps drawn from (seed, step, replica)."""
         mean, log_variance = self.posterior(images, training=training)
-        context = tf.distribute.get_replica_context()
-        replica = 0 if context is None else context.replica_id_in_sync_group
         step = ops.cast(self.optimizer.iterations, "int32")
-        seed = tf.random.experimental.stateless_fold_in(
-            tf.stack([self.hyperparameters.seed, step]), replica
-        )
-        noise = tf.random.stateless_normal(ops.shape(mean), seed=seed)
+        noise = stateless_normal(ops.shape(mean), self.hyperparameters.seed, step, replica_id())
         latents = mean + ops.exp(0.5 * log_variance) * noise
         maps = self.decoder_inputs(latents)
         reconstructions = apply_to_rows(self.decoder, maps, training=training)
@@ -157,6 +151,22 @@ class GaussianVAE(Autoencoder):
             "reconstruction_loss": reconstruction_loss,
             "kl_loss": kl_loss,
         }
+
+
+def stateless_normal(shape, seed: int, step, replica):
+    """N(0, 1) draws of `shape` that depend only on (`seed`, `step`, `replica`), the last two
+    scalar int32 tensors or ints: TensorFlow's stateless normal of the seed pair (seed, step)
+    folded with the replica, or on JAX, whose step has a single replica, of the key of `seed`
+    folded with the step."""
+    if TENSORFLOW:
+        import tensorflow as tf
+
+        pair = tf.random.experimental.stateless_fold_in(tf.stack([seed, step]), replica)
+        return tf.random.stateless_normal(shape, seed=pair)
+    import jax
+
+    key = jax.random.fold_in(jax.random.key(seed), step)
+    return jax.random.normal(key, shape)
 
 
 def decode_latents(vae: GaussianVAE, latents: np.ndarray, batch_size: int) -> np.ndarray:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from brain_vqvae.metrics import peak_signal_noise_ratio, structural_similarity
@@ -20,6 +19,7 @@ from brain_vqvae.model.distribute import (
 )
 from brain_vqvae.model.quantizer import VectorQuantizer
 from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
+from brain_vqvae.model.steps import TrainingStepModel
 from hyperparameters import Hyperparameters
 
 VQVAE_METRICS = (
@@ -116,10 +116,11 @@ def _check_data_variance(data_variance: float) -> float:
     return data_variance
 
 
-class Autoencoder(keras.Model):
+class Autoencoder(TrainingStepModel):
     """What the `VQVAE` and the `GaussianVAE` (`brain_vqvae.model.vae`) share: the encoder and
-    decoder built from the same `Hyperparameters`, the reconstruction loss, and a `train_step`
-    and `test_step` that weight each replica's means by its share of the global batch.
+    decoder built from the same `Hyperparameters`, the reconstruction loss, and the training
+    step (`step_loss` and `record`, run by `steps.TrainingStepModel` on TensorFlow or JAX) that
+    weights each replica's means by its share of the global batch.
 
     `Autoencoder(hyperparameters, data_variance, metric_names)` takes the plain dict of
     `Hyperparameters.to_dict()` and the pixel variance of the training images on the [0, 1]
@@ -170,16 +171,33 @@ class Autoencoder(keras.Model):
         """Reported values that are global over the replicas already (none here)."""
         return {}
 
-    def _record(self, images, outputs: dict, losses: dict, share) -> dict:
-        """Track the step's values over the global batch: each replica's means (`losses`, and
-        the SSIM and PSNR of the clipped reconstructions) weighted by its `share` and summed
+    def step_loss(self, data, training: bool):
+        """The loss of a batch of images and the values `record` reports (`steps`). Training
+        reconstructs with the optimizer's step count (`reconstruction_loss`'s warm-up);
+        validation with the configured loss alone."""
+        images = keras.utils.unpack_x_y_sample_weight(data)[0]
+        share = batch_share(images)
+        outputs = self._forward(images, training=training)
+        losses = self._loss_terms(
+            images, outputs, step=self.optimizer.iterations if training else None
+        )
+        # The optimizer sums the replicas' gradients (Keras' TF backend all-reduces them with
+        # SUM), so each replica differentiates its share of the global-batch mean.
+        loss = weighted_by_share(losses["loss"], share)
+        return loss, {"images": images, "outputs": outputs, "losses": losses, "share": share}
+
+    def record(self, report: dict) -> dict:
+        """Track the step's values over the global batch: each replica's means (the losses,
+        and the SSIM and PSNR of the clipped reconstructions) weighted by its share and summed
         over the replicas, and the `_global_values` as they are."""
+        images, outputs = report["images"], report["outputs"]
         clipped = ops.clip(outputs["reconstructions"], 0.0, 1.0)
         means = {
-            **losses,
+            **report["losses"],
             "ssim": ops.mean(structural_similarity(images, clipped)),
             "psnr": ops.mean(peak_signal_noise_ratio(images, clipped)),
         }
+        share = report["share"]
         values = {
             **{name: replica_sum(weighted_by_share(mean, share)) for name, mean in means.items()},
             **self._global_values(outputs),
@@ -187,25 +205,6 @@ class Autoencoder(keras.Model):
         for tracker in self.trackers:
             tracker.update_state(values[tracker.name])
         return step_logs({tracker.name: tracker.result() for tracker in self.trackers})
-
-    def train_step(self, data):
-        images = keras.utils.unpack_x_y_sample_weight(data)[0]
-        share = batch_share(images)
-        with tf.GradientTape() as tape:
-            outputs = self._forward(images, training=True)
-            losses = self._loss_terms(images, outputs, step=self.optimizer.iterations)
-            # The optimizer sums the replicas' gradients (Keras' TF backend all-reduces them
-            # with SUM), so each replica differentiates its share of the global-batch mean.
-            replica_loss = weighted_by_share(losses["loss"], share)
-        gradients = tape.gradient(replica_loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
-        return self._record(images, outputs, losses, share)
-
-    def test_step(self, data):
-        images = keras.utils.unpack_x_y_sample_weight(data)[0]
-        outputs = self._forward(images, training=False)
-        losses = self._loss_terms(images, outputs)
-        return self._record(images, outputs, losses, batch_share(images))
 
     def get_config(self) -> dict:
         return {
@@ -218,7 +217,7 @@ class Autoencoder(keras.Model):
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class VQVAE(Autoencoder):
-    """Encoder -> `VectorQuantizer` -> decoder, trained by its own `train_step`.
+    """Encoder -> `VectorQuantizer` -> decoder, trained by its own training step.
 
     `VQVAE(hyperparameters, data_variance)` takes the plain dict of `Hyperparameters.to_dict()`
     and the pixel variance of the training images on the [0, 1] scale (used by the "mse"

@@ -1,0 +1,89 @@
+"""The models and a whole run on Keras' JAX backend (over two devices), and models saved on one
+backend loaded on the other.
+
+A process has one Keras backend, and this one runs TensorFlow's, so each backend runs in a
+fresh process (`tests/on_backend.py`). Without jax installed these tests are skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None,
+    reason="jax is not installed, so Keras' JAX backend cannot be tested",
+)
+
+ON_BACKEND = Path(__file__).resolve().parent / "on_backend.py"
+
+
+def on_backend(backend: str, command: str, work: Path, **environment: str) -> None:
+    """Run `tests/on_backend.py command work` with KERAS_BACKEND=`backend` and `environment`."""
+    done = subprocess.run(
+        [sys.executable, str(ON_BACKEND), command, str(work)],
+        env={**os.environ, **environment, "KERAS_BACKEND": backend},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, f"{command} on {backend} failed:\n{done.stderr[-5000:]}"
+
+
+def test_every_model_trains_on_jax(tmp_path):
+    on_backend("jax", "train", tmp_path)
+    result = json.loads((tmp_path / "train.json").read_text())
+
+    assert result["backend"] == "jax"
+    history = result["history"]
+    assert set(history) == {"vqvae", "masked", "gated", "conditional", "vae"}
+    for name, metrics in history.items():
+        assert all(np.isfinite(values).all() for values in metrics.values()), name
+        assert metrics["loss"][-1] < 0.9 * metrics["loss"][0], name
+    assert {"perplexity", "codes_used", "ssim", "psnr"} <= set(history["vqvae"])
+    assert history["vqvae"]["ssim"][-1] > history["vqvae"]["ssim"][0]
+    assert history["gated"]["accuracy"][-1] > history["gated"]["accuracy"][0]
+    # EMA, restarts and the k-means initialisation update the quantizer in the JAX step too,
+    # and evaluation leaves it alone.
+    assert all(result["quantizer_state_changed"].values()), result["quantizer_state_changed"]
+    assert not result["evaluate_changed_state"]
+
+
+@pytest.mark.parametrize(("saved_on", "loaded_on"), [("tensorflow", "jax"), ("jax", "tensorflow")])
+def test_models_saved_on_one_backend_load_and_train_on_the_other(tmp_path, saved_on, loaded_on):
+    on_backend(saved_on, "save", tmp_path)
+    on_backend(loaded_on, "load", tmp_path)
+
+    saved, loaded = np.load(tmp_path / "saved.npz"), np.load(tmp_path / "loaded.npz")
+    np.testing.assert_array_equal(loaded["code_indices"], saved["code_indices"])
+    np.testing.assert_allclose(loaded["reconstructions"], saved["reconstructions"], atol=1e-5)
+    for logits in ("masked_logits", "conditional_logits"):
+        np.testing.assert_allclose(loaded[logits], saved[logits], rtol=1e-4, atol=1e-4)
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    assert set(resumed) == {"vqvae", "masked", "conditional"}
+    assert all(np.isfinite(loss) for loss in resumed.values())
+
+
+def test_a_run_trains_on_jax_over_two_devices(tmp_path):
+    """`train.py --strategy mirrored` on JAX with two CPU devices: `keras.distribution.
+    DataParallel` shards the NumPy batches of both stages over them; a batch that does not
+    split evenly over them is refused before training."""
+    on_backend("jax", "run", tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    result = json.loads((tmp_path / "run.json").read_text())
+
+    assert result["devices"] == 2
+    assert "not multiples of 2: --batch-size (7)" in result["refused"]
+    assert [len(result["losses"][stage]) for stage in ("vqvae", "pixelcnn")] == [3, 2]
+    assert all(losses[-1] < losses[0] for losses in result["losses"].values())
+    metrics = result["metrics"]
+    assert 0.0 < metrics["ssim_mean"] < 1.0
+    assert metrics["prior_bits_per_code"] < metrics["uniform_bits_per_code"]
+    assert (tmp_path / "run" / "vqvae.keras").exists()
+    assert (tmp_path / "run" / "pixelcnn.keras").exists()
