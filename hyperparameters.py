@@ -98,9 +98,11 @@ def check_temperature(temperature) -> None:
 
 
 def check_guidance(guidance) -> None:
-    """The classifier-free guidance weight w of conditional sampling: w >= 0 (NaN refused)."""
+    """The classifier-free guidance weight w of conditional sampling: finite, w >= 0."""
     if not (guidance >= 0 and np.isfinite(guidance)):
-        raise ValueError(f"guidance must be at least 0 (1 = plain conditional), got {guidance}")
+        raise ValueError(
+            f"guidance must be a finite number >= 0 (1 = plain conditional), got {guidance}"
+        )
 
 
 def check_top_k(top_k, num_embeddings: int) -> None:

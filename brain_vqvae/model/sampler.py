@@ -369,7 +369,8 @@ XLA_MAX_MAP_SIZE = 16  # the sampler is compiled by XLA for code maps up to 16x1
 
 
 class _CodeMapSampler:
-    """Raster-order ancestral sampling from one PixelCNN, compiled once per number of maps.
+    """Raster-order ancestral sampling from one PixelCNN, compiled once per number of maps (and
+    whether the draw is guided).
 
     One `tf.function` runs the model's `raster_scan` over the h*h positions: at position
     (i, j) it draws k(i, j) ~ Categorical(softmax(filter_logits(logits(i, j) / T))) for every
@@ -378,15 +379,16 @@ class _CodeMapSampler:
     they are most of a step's cost on a CPU, while a large map's steps are dominated by
     convolutions that TensorFlow's own kernels run faster (BENCHMARKS.md, "Sampling"). XLA
     needs static shapes, so the number of maps is fixed per compiled function
-    (`sample(count, ...)` keeps one per count). Temperature, top-k, top-p and the conditions
-    are tensors: one compilation serves every setting. The draws come from a
+    (`sample(count, ...)` keeps one per count, and one more for guided draws, which run the
+    scan over twice the rows). Temperature, top-k, top-p, the guidance weight and the
+    conditions are tensors: one compilation serves every setting. The draws come from a
     `keras.random.SeedGenerator` reset to the caller's seed at the start of each call.
     """
 
     def __init__(self, pixelcnn: PixelCNN):
         self._pixelcnn = weakref.ref(pixelcnn)  # the cache is keyed by the model: no cycle
         self._seed_generator = keras.random.SeedGenerator(0)
-        self._compiled: dict[int, Callable] = {}
+        self._compiled: dict[tuple[int, bool], Callable] = {}
 
     def sample(self, count: int, temperature, seed, top_k, top_p, guidance, conditions):
         """[count, h, h] int32 maps; every argument but `count` a tensor (`sample_code_maps`).
