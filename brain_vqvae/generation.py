@@ -220,8 +220,9 @@ def write_samples(
     controls = "".join(
         f", {name} {value:g}" for name, value in (("top-k", top_k), ("top-p", top_p)) if value
     )
+    guided = f", guidance {guidance:g}" if conditions else ""
     title = (
-        f"{run.name}: {count} {prior} samples{describe_conditions(conditions)}, "
+        f"{run.name}: {count} {prior} samples{describe_conditions(conditions)}{guided}, "
         f"temperature {temperature:g}{controls}, seed {seed}"
     )
     written.append(
@@ -264,7 +265,9 @@ def write_volumes(
         title = f"{run.name}: volume {index} of {depth} slices" + (
             f" ({described})" if described else ""
         )
-        figure = plotting.plot_volume(volume, spacing_mm, f"{title}, seed {seed}")
+        figure = plotting.plot_volume(
+            volume, spacing_mm, f"{title}, guidance {guidance:g}, seed {seed}"
+        )
         written += [plotting.save_figure(figure, stem.with_name(stem.name + ".png")), nifti]
     return written
 
