@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -498,11 +499,44 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset(name: str) -> Hyperparameters:
-    """The named preset ("card" is the default design, "hifi" the high-fidelity one)."""
+# The device a preset's batch is chosen for. The presets' own batches are the CPU's: on a 2-core
+# CPU the time per image does not depend on the batch (the hifi model's epochs took 10 s at
+# batches of 8, 4 and 2), so small batches give more updates for the same time, and on real
+# scans more, smaller updates raised the hifi preset's held-out SSIM (BENCHMARKS.md, "hifi:
+# 1024 codes, batches of 4" and "hifi: 4096 codes, batches of 2"). A GPU sits
+# idle between such small steps, so there each preset takes `GPU_BATCH_SIZES`, with its
+# learning rates scaled by the square-root rule for Adam (`scaled_to_batch`). These GPU batches
+# are a starting point chosen by that rule, not yet measured on a GPU (`bench/gpu.py`).
+DEVICES = ("cpu", "gpu")
+GPU_BATCH_SIZES = {"card": 256, "hifi": 32}
+
+
+def scaled_to_batch(hyperparameters: Hyperparameters, batch_size: int) -> Hyperparameters:
+    """`hyperparameters` at batch B = `batch_size` instead of b = their `batch_size`, both
+    learning rates scaled by the square-root rule for adaptive optimizers, lr_B = lr_b
+    sqrt(B / b) (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient
+    Algorithms", https://arxiv.org/abs/2205.10287), over the same epochs."""
+    check_at_least("batch_size", batch_size, 1)
+    factor = math.sqrt(batch_size / hyperparameters.batch_size)
+    return hyperparameters.replace(
+        batch_size=batch_size,
+        learning_rate_vqvae=hyperparameters.learning_rate_vqvae * factor,
+        learning_rate_pixelcnn=hyperparameters.learning_rate_pixelcnn * factor,
+    )
+
+
+def preset(name: str, device: str = "cpu") -> Hyperparameters:
+    """The named preset ("card" is the default design, "hifi" the high-fidelity one), with the
+    batch and learning rates for `device` ("cpu": the preset's own; "gpu": `GPU_BATCH_SIZES`,
+    `scaled_to_batch`)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return Hyperparameters(**PRESETS[name])
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    hyperparameters = Hyperparameters(**PRESETS[name])
+    if device == "gpu":
+        return scaled_to_batch(hyperparameters, GPU_BATCH_SIZES[name])
+    return hyperparameters
 
 
 def _parse_bool(text: str) -> bool:
@@ -554,11 +588,14 @@ def add_hyperparameter_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def hyperparameters_from_arguments(arguments: argparse.Namespace) -> Hyperparameters:
-    """The preset named in `arguments` with every field given on the command line applied."""
+def hyperparameters_from_arguments(
+    arguments: argparse.Namespace, device: str = "cpu"
+) -> Hyperparameters:
+    """The preset named in `arguments`, for `device`, with every field given on the command
+    line applied (a --batch-size given keeps the learning rates given, or the preset's)."""
     overrides = {
         field.name: getattr(arguments, field.name)
         for field in fields(Hyperparameters)
         if getattr(arguments, field.name, None) is not None
     }
-    return preset(arguments.preset).replace(**overrides)
+    return preset(arguments.preset, device).replace(**overrides)

@@ -2,7 +2,7 @@
 
     python train.py [--data PATH] [--out runs/NAME] [--stage all|vqvae|pixelcnn|vae]
                     [--resume] [--overwrite] [--tensorboard] [--preset card|hifi] [--FIELD VALUE]
-                    [--strategy default|mirrored|multiworker]
+                    [--strategy default|mirrored|multiworker] [--device auto|cpu|gpu]
 
 Without --data it trains on the synthetic demo dataset in data/demo, building it first if it is
 missing. Stage 1 fits the VQ-VAE to the training split, stage 2 the PixelCNN to the training
@@ -11,7 +11,9 @@ trains the classical baseline instead, a Gaussian VAE with the same encoder and 
 stage ("vae"): it samples N(0, I) and has no prior to train. Every file of
 the run folder is written atomically, so a run killed at any moment keeps its last good
 checkpoint, and `--resume` continues from it. `--strategy` trains on every local GPU or on a
-cluster (README, "Multiple devices and clusters").
+cluster (README, "Multiple devices and clusters"). The preset's batch size and learning rates
+are the ones for the device Keras finds (`--device`; a GPU takes larger batches,
+`hyperparameters.GPU_BATCH_SIZES`), unless given; the first line printed says which.
 """
 
 from __future__ import annotations
@@ -22,8 +24,15 @@ from pathlib import Path
 
 from brain_vqvae.data import DataError
 from brain_vqvae.runs import STAGES, RunError
-from brain_vqvae.training import STRATEGIES, resolve_hyperparameters, train_run
+from brain_vqvae.training import (
+    STRATEGIES,
+    describe_batch_choice,
+    found_device,
+    resolve_hyperparameters,
+    train_run,
+)
 from hyperparameters import (
+    DEVICES,
     PRIOR_FIELDS,
     add_hyperparameter_arguments,
     hyperparameters_from_arguments,
@@ -54,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: one device; mirrored: every local GPU (or the visible CPU devices); "
         "multiworker: every worker of the cluster in TF_CONFIG (see README)",
     )
+    parser.add_argument(
+        "--device",
+        choices=("auto", *DEVICES),
+        default="auto",
+        help="the device the preset's batch size and learning rates are chosen for (auto: a "
+        "GPU when Keras sees one); --batch-size and the learning rates override it",
+    )
     add_hyperparameter_arguments(parser)
     return parser
 
@@ -73,7 +89,10 @@ def data_path(arguments: argparse.Namespace) -> Path:
 def run_training(arguments: argparse.Namespace, verbose: int | str = "auto") -> dict:
     """Everything `python train.py` does; returns the metrics written to metrics.json."""
     source = data_path(arguments)
-    hyperparameters = hyperparameters_from_arguments(arguments)
+    device = found_device() if arguments.device == "auto" else arguments.device
+    hyperparameters = hyperparameters_from_arguments(arguments, device)
+    given = {name for name, value in vars(arguments).items() if value is not None}
+    reason = f"the {device.upper()} preset's"
     suffix = "-vae" if hyperparameters.model == "vae" else ""
     out = Path(arguments.out or PROJECT_DIR / "runs" / f"{source.name}-{arguments.preset}{suffix}")
     if arguments.resume or arguments.stage == "pixelcnn":
@@ -82,10 +101,14 @@ def run_training(arguments: argparse.Namespace, verbose: int | str = "auto") -> 
         changeable = ("epochs_vqvae", "epochs_pixelcnn")
         if arguments.stage == "pixelcnn" and not arguments.resume:
             changeable = PRIOR_FIELDS
-        given = {name for name, value in vars(arguments).items() if value is not None}
         hyperparameters = resolve_hyperparameters(
             hyperparameters, given & set(hyperparameters.to_dict()), out, changeable
         )
+        if (out / "hyperparameters.json").exists():
+            reason = "the run's own"
+    if "batch_size" in given:
+        reason = "the batch as given"
+    print(describe_batch_choice(hyperparameters, device, reason))
     return train_run(
         source,
         out,

@@ -176,6 +176,25 @@ def test_command_line_overrides_apply_on_top_of_the_preset():
     assert parse([]) == Hyperparameters()
 
 
+def test_a_gpu_takes_larger_batches_with_square_root_scaled_learning_rates():
+    card = preset("card", "gpu")
+    assert card.batch_size == 256  # 8 x the CPU's 32: learning rates x sqrt(8)
+    assert card.learning_rate_vqvae == pytest.approx(2.8284271e-3)
+    assert card.learning_rate_pixelcnn == pytest.approx(2.8284271e-3)
+    assert card.replace(batch_size=32, learning_rate_vqvae=1e-3, learning_rate_pixelcnn=1e-3) == (
+        preset("card")
+    )
+    hifi = preset("hifi", "gpu")
+    assert (hifi.batch_size, hifi.learning_rate_vqvae) == (32, pytest.approx(4e-3))  # 16 x 2
+    assert preset("hifi", "cpu").batch_size == 2
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        preset("card", "tpu")
+    parser = argparse.ArgumentParser()
+    add_hyperparameter_arguments(parser)
+    given = hyperparameters_from_arguments(parser.parse_args(["--batch-size", "64"]), "gpu")
+    assert (given.batch_size, given.learning_rate_vqvae) == (64, card.learning_rate_vqvae)
+
+
 def test_command_line_rejects_malformed_values():
     with pytest.raises(SystemExit):
         parse(["--ema", "maybe"])

@@ -92,15 +92,23 @@ def test_a_second_run_into_the_same_folder_is_refused(tiny_run, tiny_hyperparame
     assert (out / "vqvae.keras").stat().st_mtime_ns == before
 
 
-def test_resume_continues_the_epoch_count(tiny_hyperparameters, tiny_png_tree, tmp_path):
+def test_resume_continues_the_epoch_count(tiny_hyperparameters, tiny_png_tree, tmp_path, capsys):
     out = tmp_path / "run"
     short = tiny_hyperparameters.replace(epochs_vqvae=1)
     train.run_training(tiny_arguments(short, tiny_png_tree, out, "--stage", "vqvae"), verbose=0)
     assert len(read_history(out / "history_vqvae.csv")) == 1
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert f"batch {short.batch_size} and learning rates" in first_line
+    assert first_line.endswith("the batch as given")
 
     resumed = tiny_arguments(short, tiny_png_tree, out, "--stage", "vqvae", "--resume")
     resumed.epochs_vqvae = 3
+    resumed.batch_size = None  # not given again: the run's own, whatever the device
+    resumed.device = "gpu"
     train.run_training(resumed, verbose=0)
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert f"for the GPU: batch {short.batch_size} " in first_line
+    assert first_line.endswith("the run's own")
     epochs = [int(row["epoch"]) for row in read_history(out / "history_vqvae.csv")]
     assert epochs == [0, 1, 2]
     assert json.loads((out / "checkpoints" / "state.json").read_text())["vqvae"]["epochs_done"] == 3
@@ -184,3 +192,12 @@ def test_retraining_the_prior_may_change_the_prior_and_keeps_the_vqvae(
     with pytest.raises(training.RunError, match=r"num_embeddings.*only pixelcnn_"):
         changed = masked.replace(num_embeddings=4)
         train.run_training(tiny_arguments(changed, tiny_png_tree, out, *argv), verbose=0)
+
+
+@pytest.mark.parametrize(
+    ("devices", "found"),
+    [(["cpu:0"], "cpu"), (["gpu:0", "gpu:1"], "gpu"), (["tpu:0"], "gpu")],
+)
+def test_the_batch_is_chosen_for_the_device_keras_finds(monkeypatch, devices, found):
+    monkeypatch.setattr(training, "list_devices", lambda: devices)
+    assert training.found_device() == found
