@@ -139,34 +139,45 @@ def onednn_enabled() -> bool:
 
 def machine_summary() -> dict:
     """CPU model, usable cores, the vector extensions that matter for TF on a CPU, the load
-    average when the benchmark started, the library versions and whether this process runs
-    TensorFlow's oneDNN kernels."""
+    average when the benchmark started, Keras' backend and devices, the library versions and,
+    on TensorFlow, whether this process runs its oneDNN kernels (JAX needs no TensorFlow)."""
     import keras
-    import tensorflow as tf
 
     flags = cpu_flags()
-    return {
+    devices = keras.distribution.list_devices()
+    summary = {
         "cpu": cpu_model(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "gpu": bool(tf.config.list_physical_devices("GPU")),
+        "gpu": not devices[0].lower().startswith("cpu"),
+        "devices": devices,
         "avx2": "avx2" in flags,
         "avx512f": "avx512f" in flags,
         "avx512_bf16": "avx512_bf16" in flags,
         "amx_bf16": "amx_bf16" in flags,
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        "backend": keras.backend.backend(),
         "keras": keras.__version__,
-        "onednn_in_this_process": onednn_enabled(),
     }
+    if summary["backend"] == "tensorflow":
+        import tensorflow as tf
+
+        summary |= {"tensorflow": tf.__version__, "onednn_in_this_process": onednn_enabled()}
+    else:
+        import jax
+
+        summary["jax"] = jax.__version__
+    return summary
 
 
 def describe_machine(machine: dict) -> str:
     load = machine["load_average"]
+    backend = machine["backend"]
+    version = machine.get("tensorflow") if backend == "tensorflow" else machine.get("jax")
     return (
         f"{machine['cpu']}, {machine['cores']} cores, GPU {'yes' if machine['gpu'] else 'no'}, "
         f"AVX2 {machine['avx2']}, AVX-512 {machine['avx512f']}, "
-        f"AVX512_BF16 {machine['avx512_bf16']}; TF {machine['tensorflow']}, "
+        f"AVX512_BF16 {machine['avx512_bf16']}; {backend} {version}, "
         f"Keras {machine['keras']}" + (f"; load average at start {load[0]:.1f}" if load else "")
     )
 
@@ -174,8 +185,9 @@ def describe_machine(machine: dict) -> str:
 def announce_machine() -> dict:
     """`machine_summary()`, printed with whether oneDNN is on in this process."""
     machine = machine_summary()
-    onednn = "on" if machine["onednn_in_this_process"] else "off"
-    print(f"{describe_machine(machine)}; oneDNN {onednn}")
+    onednn = machine.get("onednn_in_this_process")
+    note = "" if onednn is None else f"; oneDNN {'on' if onednn else 'off'}"
+    print(f"{describe_machine(machine)}{note}")
     return machine
 
 

@@ -55,3 +55,11 @@ def test_generation_targets_are_judged_against_their_floors():
     assert targets_met(near) == "C2ST diversity FD"
     far = {**near, "c2st_reconstructions_vs_samples": 0.61, "ms_ssim_samples": 0.54}
     assert targets_met({**far, "fd_samples": 0.31}) == "none"
+
+
+def test_the_device_check_trains_whole_epochs_of_about_the_steps_asked():
+    from bench.gpu import epochs_for
+
+    assert epochs_for(300, 2048, 256) == 38  # 8 steps an epoch: 37.5 epochs, rounded
+    assert epochs_for(300, 2048, 2) == 2  # 1024 steps an epoch, but two to time one
+    assert epochs_for(100, 100, 32) == 25  # the last batch of 4 is a step too

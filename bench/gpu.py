@@ -1,0 +1,205 @@
+"""The device check: how fast each preset trains and samples on the device Keras finds, and
+what it reaches in a fixed number of steps. Written for one GPU with Keras' JAX backend (the
+GPU machine has JAX but no TensorFlow), it runs on any backend and device:
+
+    KERAS_BACKEND=jax python -m bench.gpu [--data DIR] [--presets card hifi] [--steps 300]
+                                          [--prior-steps 100] [--device auto|cpu|gpu]
+                                          [--json PATH] [--quick]
+
+Without --data it builds the synthetic demo set (`python dataset.py demo`, 80 subjects, one
+process per core) into a temporary folder first. Then, for each preset at the batch size and
+learning rates of the device (`hyperparameters.preset(name, device)`):
+
+1. the VQ-VAE trains for about `--steps` steps (whole epochs over the training split, at least
+   two) by `fit`; images/s = the images of the epochs after the first / their wall time, so the
+   first epoch's compilation is left out and reported on its own;
+2. its test SSIM: the mean SSIM of the test split's reconstructions (`evaluation.score_model`);
+3. the preset's (unconditional) PixelCNN trains for about `--prior-steps` steps on the training
+   split's code maps, images/s likewise;
+4. 64 code maps are drawn (`sample_code_maps`): the first call, which compiles, and the second;
+5. the peak device memory of the process so far (JAX: the device's `peak_bytes_in_use`;
+   TensorFlow: `get_memory_info`'s peak), None on a CPU.
+
+It prints a table and writes everything to one JSON (`--json`). The targets (issue "Fast on
+every device"): on one H200 with JAX the card trains at 10,000 images/s or more and the hifi
+preset at 2,000 or more, and the whole check runs in under 8 minutes there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import add_common_arguments, announce_machine, print_table, write_json
+from hyperparameters import DEVICES, preset
+
+TARGET_IMAGES_PER_SECOND = {"card": 10_000, "hifi": 2_000}  # on one H200 with JAX
+SAMPLED_MAPS = 64
+QUICK_STEPS = 4  # --quick: a smoke run of a few steps per stage, on a small demo set
+
+
+def epoch_timer():
+    """A Keras callback whose `seconds` lists the wall time of each epoch."""
+    import keras
+
+    class Timer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return Timer()
+
+
+def timed_fit(model, batches, images_per_epoch: int, epochs: int) -> dict:
+    """`model.fit(batches)` for `epochs` epochs: the first epoch's seconds (with compilation),
+    images/s over the others, and the last epoch's logs."""
+    timer = epoch_timer()
+    history = model.fit(batches, epochs=epochs, callbacks=[timer], shuffle=False, verbose=0)
+    steady = sum(timer.seconds[1:])
+    return {
+        "epochs": epochs,
+        "first_epoch_s": timer.seconds[0],
+        "images_per_s": images_per_epoch * (epochs - 1) / steady,
+        "final_loss": float(history.history["loss"][-1]),
+    }
+
+
+def epochs_for(steps: int, examples: int, batch_size: int) -> int:
+    """Whole epochs of `examples` at `batch_size` that give about `steps` steps, at least 2."""
+    return max(2, round(steps / math.ceil(examples / batch_size)))
+
+
+def peak_device_memory() -> int | None:
+    """Peak bytes the process has held on its first accelerator, None on a CPU."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform == "cpu":
+            return None
+        return int((device.memory_stats() or {}).get("peak_bytes_in_use", 0)) or None
+    import tensorflow as tf
+
+    if not tf.config.list_logical_devices("GPU"):
+        return None
+    return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+
+
+def check_preset(name: str, device: str, data: Path, steps: int, prior_steps: int) -> dict:
+    """Train, score and sample one preset (the module docstring's steps 1-5)."""
+    from brain_vqvae.data import code_map_batches, slice_batches
+    from brain_vqvae.evaluation import score_model
+    from brain_vqvae.model import build_pixelcnn, build_vqvae, sample_code_maps
+    from brain_vqvae.runs import load_training_data
+    from brain_vqvae.training import adam, encode_split, pixel_variance
+
+    hyperparameters = preset(name, device)
+    batch = hyperparameters.batch_size
+    slices = load_training_data(data, hyperparameters)
+    train, test = slices.splits["train"], slices.splits["test"]
+    row = {"preset": name, "batch": batch, "train_slices": len(train)}
+
+    vqvae = build_vqvae(hyperparameters, pixel_variance(train))
+    epochs = epochs_for(steps, len(train), batch)
+    vqvae.compile(optimizer=adam(hyperparameters.learning_rate_vqvae, "constant", 1))
+    batches = slice_batches(train, batch, shuffle=True, seed=hyperparameters.seed)
+    fitted = timed_fit(vqvae, batches, len(train), epochs)
+    row |= {f"vqvae_{key}": value for key, value in fitted.items()}
+    row["vqvae_steps"] = epochs * math.ceil(len(train) / batch)
+    scores = score_model(vqvae, test.float_images(), hyperparameters.inference_batch_size)
+    row["test_ssim"] = float(scores.ssim.mean())
+
+    code_maps = encode_split(vqvae, train, hyperparameters.inference_batch_size)
+    prior = build_pixelcnn(hyperparameters.replace(prior_conditions="none"))
+    prior_epochs = epochs_for(prior_steps, len(train), batch)
+    prior.compile(optimizer=adam(hyperparameters.learning_rate_pixelcnn, "constant", 1))
+    batches = code_map_batches(code_maps, batch, shuffle=True, seed=hyperparameters.seed)
+    fitted = timed_fit(prior, batches, len(train), prior_epochs)
+    row |= {f"prior_{key}": value for key, value in fitted.items()}
+
+    for call in ("first", "second"):
+        start = time.perf_counter()
+        maps = sample_code_maps(prior, SAMPLED_MAPS, seed=0)
+        row[f"sample_{call}_s"] = time.perf_counter() - start
+    size = hyperparameters.code_map_size
+    if maps.shape != (SAMPLED_MAPS, size, size):
+        raise RuntimeError(f"sample_code_maps gave shape {maps.shape}")
+    row["peak_memory_gib"] = (peak_device_memory() or 0) / 2**30 or None
+    row["target_images_per_s"] = TARGET_IMAGES_PER_SECOND[name]
+    return row
+
+
+COLUMNS = (
+    ("preset", "preset", "<"),
+    ("batch", "batch", ""),
+    ("vqvae_images_per_s", "VQ-VAE img/s", ".0f"),
+    ("vqvae_first_epoch_s", "1st epoch s", ".1f"),
+    ("test_ssim", "test SSIM", ".3f"),
+    ("prior_images_per_s", "prior img/s", ".0f"),
+    ("sample_first_s", f"{SAMPLED_MAPS} maps 1st s", ".1f"),
+    ("sample_second_s", f"{SAMPLED_MAPS} maps s", ".2f"),
+    ("peak_memory_gib", "peak GiB", ".2f"),
+    ("target_images_per_s", "target img/s", ".0f"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, help="a dataset (default: build the demo set)")
+    parser.add_argument(
+        "--presets", nargs="+", default=["card", "hifi"], choices=TARGET_IMAGES_PER_SECOND
+    )
+    parser.add_argument("--steps", type=int, default=300, help="VQ-VAE steps per preset")
+    parser.add_argument("--prior-steps", type=int, default=100, help="PixelCNN steps per preset")
+    parser.add_argument("--device", choices=("auto", *DEVICES), default="auto")
+    add_common_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import keras
+
+    from brain_vqvae.training import found_device
+
+    arguments = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    machine = announce_machine()
+    device = found_device() if arguments.device == "auto" else arguments.device
+    keras.utils.set_random_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        data = arguments.data
+        if data is None:
+            from brain_vqvae.data.demo import build_demo_dataset
+
+            data = Path(folder) / "demo"
+            subjects = (4, 2, 2) if arguments.quick else (64, 8, 8)
+            start = time.perf_counter()
+            build_demo_dataset(data, *subjects, workers=os.cpu_count() or 1)
+            print(f"built the demo set in {time.perf_counter() - start:.0f} s")
+        steps = QUICK_STEPS if arguments.quick else arguments.steps
+        prior_steps = QUICK_STEPS if arguments.quick else arguments.prior_steps
+        rows = [check_preset(name, device, data, steps, prior_steps) for name in arguments.presets]
+    total = time.perf_counter() - started
+    print(f"\neach preset on the {device.upper()} at its batch size ({total:.0f} s in all)")
+    print_table(rows, COLUMNS)
+    write_json(
+        arguments.json, {"machine": machine, "device": device, "seconds": total, "rows": rows}
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
