@@ -28,6 +28,7 @@ from brain_vqvae.training import (
     STRATEGIES,
     describe_batch_choice,
     found_device,
+    make_strategy,
     resolve_hyperparameters,
     train_run,
 )
@@ -89,6 +90,9 @@ def data_path(arguments: argparse.Namespace) -> Path:
 def run_training(arguments: argparse.Namespace, verbose: int | str = "auto") -> dict:
     """Everything `python train.py` does; returns the metrics written to metrics.json."""
     source = data_path(arguments)
+    # The strategy first (made once, `train_run` reuses it): a cluster's collective operations
+    # must be set up before anything, such as listing the devices, starts TensorFlow's runtime.
+    make_strategy(arguments.strategy)
     device = found_device() if arguments.device == "auto" else arguments.device
     hyperparameters = hyperparameters_from_arguments(arguments, device)
     given = {name for name, value in vars(arguments).items() if value is not None}
