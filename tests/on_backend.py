@@ -24,7 +24,8 @@ WORK_DIR/loaded.npz, and fits each loaded model for one more epoch with its save
 the loaded masked and conditional priors (`sampler_checks`) into WORK_DIR/loaded_samples.json.
 
 "sample" draws code maps from a tiny masked, a gated and a conditional gated prior (plain and
-guided) and from a gated prior trained on constant maps, and writes WORK_DIR/sample.json:
+guided) and from a gated prior trained on constant maps (its sampler compiled before it was
+trained), and writes WORK_DIR/sample.json:
 {prior: `sampler_checks`} and "constant_majority_share" (the mean share of each of 8 samples'
 most common code, which is "constant_majority_codes").
 
@@ -292,6 +293,7 @@ def sample(work: Path) -> None:
     }
     constants = np.broadcast_to(np.array([2, 6] * 32)[:, None, None], (64, 8, 8)).copy()
     gated = prior("gated")
+    sample_code_maps(gated, 8, seed=0)  # compiled before training: it must see the new weights
     fitted(gated, code_map_batches(constants.astype("int32"), 16, shuffle=True), epochs=30)
     samples = sample_code_maps(gated, 8, seed=0)
     majority = [int(np.bincount(maps.ravel(), minlength=8).argmax()) for maps in samples]
