@@ -4,11 +4,12 @@
 
 The two samplers draw `count` code maps (8x8 for the card) from the same untrained card PixelCNN,
 `modules.build_pixelcnn(preset("card"))`; its weights do not change the cost of a draw.
-  ours     `modules.sample_code_maps`: one `tf.function` running `tf.while_loop`s over the 64
-           positions, each step computing the layers at that position alone from cached
-           features of the earlier ones (`brain_vqvae.model.sampler`: the card's gated prior
-           runs its vertical stack once per row and its horizontal stack per position) and
-           drawing the codes of all maps at once.
+  ours     `modules.sample_code_maps`: one compiled function (`tf.function`, or `jax.jit` under
+           KERAS_BACKEND=jax) running `keras.ops.fori_loop`s over the 64 positions, each step
+           computing the layers at that position alone from cached features of the earlier
+           ones (`brain_vqvae.model.sampler`: the card's gated prior runs its vertical stack
+           once per row and its horizontal stack per position) and drawing the codes of all
+           maps at once.
   example  the loop of the Keras examples (keras.io/examples/generative/vq_vae and pixelcnn):
            for each position in raster order, `pixelcnn.predict` on the whole batch of maps
            (full 8x8 maps, predict's default batch of 32), then one code per map from

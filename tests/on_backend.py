@@ -5,6 +5,7 @@ process (run by test_backends.py: a process has one backend, chosen before Keras
     KERAS_BACKEND=... python tests/on_backend.py save WORK_DIR
     KERAS_BACKEND=... python tests/on_backend.py load WORK_DIR
     KERAS_BACKEND=jax python tests/on_backend.py run WORK_DIR
+    KERAS_BACKEND=jax python tests/on_backend.py sample WORK_DIR
 
 "train" fits a VQ-VAE (EMA codebook, dead-code restarts, k-means initialisation), a masked, a
 gated and a conditional gated PixelCNN, and a Gaussian VAE, and writes WORK_DIR/train.json:
@@ -19,7 +20,14 @@ gated and a conditional gated PixelCNN, and a Gaussian VAE, and writes WORK_DIR/
 on fixed inputs to WORK_DIR/saved.npz: "reconstructions", "code_indices", "masked_logits",
 "conditional_logits". "load" loads the three models, writes the same outputs to
 WORK_DIR/loaded.npz, and fits each loaded model for one more epoch with its saved optimizer
-(WORK_DIR/resumed.json: the loss of that epoch, per model).
+(WORK_DIR/resumed.json: the loss of that epoch, per model). It also samples code maps from
+the loaded masked and conditional priors (`sampler_checks`) into WORK_DIR/loaded_samples.json.
+
+"sample" draws code maps from a tiny masked, a gated and a conditional gated prior (plain and
+guided) and from a gated prior trained on constant maps (its sampler compiled before it was
+trained), and writes WORK_DIR/sample.json:
+{prior: `sampler_checks`} and "constant_majority_share" (the mean share of each of 8 samples'
+most common code, which is "constant_majority_codes").
 
 "run" trains a whole run with `train.py --strategy mirrored` (both stages, augmented slices,
 a conditional prior) on a tiny PNG tree in WORK_DIR, after trying it with a batch of 7, and
@@ -39,11 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keras
 import numpy as np
+from keras import ops
 
 import modules
 from brain_vqvae.data import code_map_batches
 from brain_vqvae.model.conditions import condition_batch
 from brain_vqvae.model.prior import pack_prior_inputs
+from brain_vqvae.model.sampler import raster_scan, sample_code_maps
 from brain_vqvae.runs import RunError
 from hyperparameters import Hyperparameters
 
@@ -199,6 +209,99 @@ def load(work: Path) -> None:
         for name, model in models.items()
     }
     (work / "resumed.json").write_text(json.dumps(resumed))
+    samples = {
+        "masked": sampler_checks(models["masked"], False),
+        "conditional": sampler_checks(models["conditional"], True),
+    }
+    (work / "loaded_samples.json").write_text(json.dumps(samples))
+
+
+def scan_logits(pixelcnn, maps: np.ndarray, features=None) -> tuple[np.ndarray, np.ndarray]:
+    """Replay `maps` [N, h, h] through the sampler's cached raster scan: the codes it returns and
+    the logits [N, h*h, K] it computed at each position (compiled by `jax.jit` on JAX, where a
+    `jax.debug.callback` reads them out of the loop; eager on TensorFlow)."""
+    flat = ops.convert_to_tensor(maps.reshape(len(maps), -1))
+    seen = {}
+
+    def record(position, logits):
+        seen[int(position)] = np.asarray(logits)
+
+    def replay(position, logits):
+        if keras.backend.backend() == "jax":
+            import jax
+
+            jax.debug.callback(record, position, logits)
+        else:
+            record(position, logits)
+        return ops.take(flat, position, axis=1)
+
+    def scan():
+        return raster_scan(pixelcnn)(len(maps), replay, features)
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        codes = jax.jit(scan)()
+        jax.effects_barrier()
+    else:
+        codes = scan()
+    return np.asarray(codes), np.stack([seen[t] for t in range(maps[0].size)], axis=1)
+
+
+def sampler_checks(pixelcnn, conditional: bool) -> dict:
+    """What `sample_code_maps` draws from `pixelcnn` (4 maps; a conditional prior given a slice
+    position, the slice below and guidance 2): "shape", "low" and "high" (the codes' range),
+    "same_seed_same_maps", "other_seed_other_maps", "filtered_shape" (top-k 3, top-p 0.9), and
+    "replayed" (the cached scan, replaying a map, returns it) and "replay_logit_error" (the
+    largest difference of the scan's logits from the whole-map call's, `scan_logits`)."""
+    maps = code_maps(4, seed=9)
+    options, whole_inputs, features = {}, maps, None
+    if conditional:
+        asked = {"slice_position": 0.3, "previous_slice": code_maps(4, seed=10)}
+        conditions = condition_batch(("slice_position", "previous_slice"), RANGES, 4, asked, 8)
+        options = {"conditions": asked, "guidance": 2.0}
+        whole_inputs = {"codes": maps, **conditions}
+        features = pixelcnn.condition_features(conditions)
+    drawn = sample_code_maps(pixelcnn, 4, seed=3, **options)
+    filtered = sample_code_maps(pixelcnn, 4, seed=3, top_k=3, top_p=0.9, **options)
+    replayed, logits = scan_logits(pixelcnn, maps, features)
+    whole = np.asarray(pixelcnn(whole_inputs)).reshape(logits.shape)
+    return {
+        "shape": list(drawn.shape),
+        "dtype": str(drawn.dtype),
+        "low": int(drawn.min()),
+        "high": int(drawn.max()),
+        "same_seed_same_maps": bool(
+            np.array_equal(sample_code_maps(pixelcnn, 4, seed=3, **options), drawn)
+        ),
+        "other_seed_other_maps": not np.array_equal(
+            sample_code_maps(pixelcnn, 4, seed=4, **options), drawn
+        ),
+        "filtered_shape": list(filtered.shape),
+        "replayed": bool(np.array_equal(replayed, maps)),
+        "replay_logit_error": float(np.abs(logits - whole).max()),
+    }
+
+
+def sample(work: Path) -> None:
+    keras.utils.set_random_seed(0)
+    result = {
+        "backend": keras.backend.backend(),
+        "masked": sampler_checks(prior("masked"), False),
+        "gated": sampler_checks(prior("gated"), False),
+        "conditional": sampler_checks(prior("gated", CONDITIONS), True),
+    }
+    constants = np.broadcast_to(np.array([2, 6] * 32)[:, None, None], (64, 8, 8)).copy()
+    gated = prior("gated")
+    sample_code_maps(gated, 8, seed=0)  # compiled before training: it must see the new weights
+    fitted(gated, code_map_batches(constants.astype("int32"), 16, shuffle=True), epochs=30)
+    samples = sample_code_maps(gated, 8, seed=0)
+    majority = [int(np.bincount(maps.ravel(), minlength=8).argmax()) for maps in samples]
+    result["constant_majority_codes"] = sorted(set(majority))
+    result["constant_majority_share"] = float(
+        np.mean([np.mean(maps == code) for maps, code in zip(samples, majority, strict=True)])
+    )
+    (work / "sample.json").write_text(json.dumps(result))
 
 
 def run(work: Path) -> None:
@@ -234,4 +337,4 @@ def run(work: Path) -> None:
 
 if __name__ == "__main__":
     command, work = sys.argv[1], Path(sys.argv[2])
-    {"train": train, "save": save, "load": load, "run": run}[command](work)
+    {"train": train, "save": save, "load": load, "run": run, "sample": sample}[command](work)

@@ -1,5 +1,5 @@
-"""The models and a whole run on Keras' JAX backend (over two devices), and models saved on one
-backend loaded on the other.
+"""The models, their sampler and a whole run on Keras' JAX backend (over two devices), and models
+saved on one backend loaded (and sampled) on the other.
 
 A process has one Keras backend, and this one runs TensorFlow's, so each backend runs in a
 fresh process (`tests/on_backend.py`). Without jax installed these tests are skipped.
@@ -69,6 +69,38 @@ def test_models_saved_on_one_backend_load_and_train_on_the_other(tmp_path, saved
     resumed = json.loads((tmp_path / "resumed.json").read_text())
     assert set(resumed) == {"vqvae", "masked", "conditional"}
     assert all(np.isfinite(loss) for loss in resumed.values())
+    # the loaded priors sample on the other backend, their cached scan following the model
+    samples = json.loads((tmp_path / "loaded_samples.json").read_text())
+    assert set(samples) == {"masked", "conditional"}
+    for name, checks in samples.items():
+        assert_samples_follow_the_model(name, checks)
+
+
+def assert_samples_follow_the_model(name: str, checks: dict) -> None:
+    """`on_backend.sampler_checks` of a tiny prior (8 codes, 8x8 maps): 4 maps of codes in
+    range, the same seed drawing the same maps and another seed other maps, and the cached scan
+    replaying a map with the whole-map call's logits at every position."""
+    assert checks["shape"] == checks["filtered_shape"] == [4, 8, 8], name
+    assert checks["dtype"] == "int32", name
+    assert 0 <= checks["low"] <= checks["high"] < 8, name
+    assert checks["same_seed_same_maps"] and checks["other_seed_other_maps"], name
+    assert checks["replayed"], name
+    assert checks["replay_logit_error"] < 1e-5, name
+
+
+def test_the_sampler_draws_on_jax(tmp_path):
+    """`sample_code_maps` on JAX (`jax.jit` over the cached raster scans): a masked, a gated and
+    a conditional prior with guidance draw maps in range, the same for the same seed, their
+    cached scans replay a map with the whole-map logits, and a prior trained on constant maps
+    draws (nearly) constant maps of the trained codes."""
+    on_backend("jax", "sample", tmp_path)
+    result = json.loads((tmp_path / "sample.json").read_text())
+
+    assert result["backend"] == "jax"
+    for name in ("masked", "gated", "conditional"):
+        assert_samples_follow_the_model(name, result[name])
+    assert set(result["constant_majority_codes"]) <= {2, 6}
+    assert result["constant_majority_share"] > 0.9
 
 
 def test_a_run_trains_on_jax_over_two_devices(tmp_path):

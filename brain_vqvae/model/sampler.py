@@ -7,6 +7,13 @@ PixelCNN, `_GatedRasterScan` for the gated one), optionally keeping only the top
 nucleus (top-p) of each position's distribution (`filter_logits`), and steering a conditional
 draw towards the asked values (`guided_logits`); `encode_code_maps` and `decode_code_maps`
 check their inputs and run the VQ-VAE in batches.
+
+The scans are written once in `keras.ops` (`ops.fori_loop`) and run on Keras' TensorFlow or
+JAX backend, as `KERAS_BACKEND` says. What differs is confined to a few helpers: the caches
+(`_empty_cache`, `_cache_write`, `_cache_read`: a `tf.TensorArray` on TensorFlow, whose writes
+do not copy the cache outside XLA; a preallocated array updated in place under `jax.jit` on
+JAX), the draw of one position's codes from an explicit seed (`_draw_codes`), and the compiled
+function (`_compiled_sampler`: `tf.function`, or `jax.jit` over the model's weights).
 """
 
 from __future__ import annotations
@@ -18,12 +25,13 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from brain_vqvae.model.conditions import condition_batch, reference_conditions
+from brain_vqvae.model.distribute import TENSORFLOW
 from brain_vqvae.model.gated_prior import gated_activation
 from brain_vqvae.model.prior import BLOCK_PARTS, MaskedConv2D, PixelCNN, causal_mask
+from brain_vqvae.model.steps import run_stateless
 from brain_vqvae.model.vqvae import VQVAE
 from hyperparameters import (
     check_at_least,
@@ -33,6 +41,52 @@ from hyperparameters import (
     check_top_k,
     check_top_p,
 )
+
+if TENSORFLOW:
+    import tensorflow as tf
+
+    def _empty_cache(entries: int, shape: tuple, dtype: str = "float32", padding: bool = True):
+        """A cache of `entries` entries of `shape`, plus one entry of zeros at index `entries`
+        (the 'same' padding a tap outside the map reads) when `padding`."""
+        cache = tf.TensorArray(dtype, size=entries + padding, element_shape=shape)
+        return cache.write(entries, tf.zeros(shape, dtype)) if padding else cache
+
+    def _cache_write(cache, index, value):
+        """`cache` with entry `index` set to `value`."""
+        return cache.write(index, value)
+
+    def _cache_read(cache, indices):
+        """The entries `indices` [V] of `cache`, stacked: [V, *shape]."""
+        return cache.gather(indices)
+
+    def _draw_codes(logits, seed):
+        """One code [N] int32 per row of `logits` [N, K] from the int32 seed [2]: Keras'
+        `keras.random.categorical` with that seed (a `SeedGenerator`'s int64 state, folded
+        into int32 as Keras' TensorFlow backend does)."""
+        seed = ops.cast(ops.mod(ops.cast(seed, "int64"), 2**31 - 2), "int32")
+        return ops.cast(tf.random.stateless_categorical(logits, 1, seed=seed)[:, 0], "int32")
+
+else:
+    import jax
+
+    def _empty_cache(entries: int, shape: tuple, dtype: str = "float32", padding: bool = True):
+        """A cache of `entries` entries of `shape`, plus one entry of zeros at index `entries`
+        (the 'same' padding a tap outside the map reads) when `padding`."""
+        return ops.zeros((entries + padding, *shape), dtype)
+
+    def _cache_write(cache, index, value):
+        """`cache` with entry `index` set to `value` (in place under `jax.jit`)."""
+        return ops.slice_update(cache, (index,) + (0,) * len(value.shape), value[None])
+
+    def _cache_read(cache, indices):
+        """The entries `indices` [V] of `cache`, stacked: [V, *shape]."""
+        return ops.take(cache, indices, axis=0)
+
+    def _draw_codes(logits, seed):
+        """One code [N] int32 per row of `logits` [N, K] from the seed [2] (`jax.random`'s
+        key data, uint32)."""
+        seed = ops.cast(seed, "uint32")
+        return keras.random.categorical(logits, 1, dtype="int32", seed=seed)[:, 0]
 
 
 def _taps(layer) -> np.ndarray:
@@ -71,8 +125,8 @@ class _RasterScan:
     At position t = (i, j) every layer is evaluated at t alone: a 1x1 convolution is a matmul
     of the [N, C] features at t, and a masked convolution with a larger kernel (the 7x7 mask A
     over the code features, each residual block's 3x3 mask B) gathers its V visible taps
-    (i + dy, j + dx) from a cache of its inputs, a `tf.TensorArray` of h*h + 1 entries [N, C]
-    whose last entry is the zeros of 'same' padding. Every visible tap is at or before t in
+    (i + dy, j + dx) from a cache of its inputs, h*h + 1 entries [N, C] (`_empty_cache`) whose
+    last entry is the zeros of 'same' padding. Every visible tap is at or before t in
     raster order, so it is already in the cache. A step costs one position's worth of
     compute, about 1/h^2 of a whole-map call: drawing a map costs about one forward pass.
     The layers are those `build_masked_network` makes, looked up by name.
@@ -103,21 +157,16 @@ class _RasterScan:
         tap_rows = position // self.size + taps // columns - rows // 2
         tap_columns = position % self.size + taps % columns - columns // 2
         inside = (tap_rows >= 0) & (tap_columns >= 0) & (tap_columns < self.size)
-        return tf.where(inside, tap_rows * self.size + tap_columns, self.size * self.size)
+        return ops.where(inside, tap_rows * self.size + tap_columns, self.size * self.size)
 
-    def __call__(self, count, choose_codes, condition_features=None):
+    def __call__(self, count: int, choose_codes, condition_features=None):
         """Run the scan over [count] maps; `choose_codes(position, logits [count, K])` returns
         the int32 codes [count] at `position` (a masked prior takes no conditions). Returns the
         codes [count, h, h]."""
         positions = self.size * self.size
 
-        def empty_cache(layer):
-            channels = layer.kernel.shape[2]
-            cache = tf.TensorArray(tf.float32, size=positions + 1, element_shape=(None, channels))
-            return cache.write(positions, tf.zeros(tf.stack([count, channels])))
-
-        def gather(cache, layer, position):
-            return tf.transpose(cache.gather(self.tap_positions(layer, position)), (1, 0, 2))
+        def gather(cache, layer, position):  # [N, V, C]
+            return ops.transpose(_cache_read(cache, self.tap_positions(layer, position)), (1, 0, 2))
 
         # Gathered once, outside the loop: every step multiplies by the same tap kernels.
         tap_kernels = {layer.name: _tap_kernel(layer) for layer in self.layers}
@@ -125,31 +174,28 @@ class _RasterScan:
         def at(layer, inputs):
             return _convolution_at(layer, tap_kernels[layer.name], inputs)
 
-        def step(position, caches, codes):
+        def step(position, state):
+            caches, codes = list(state[0]), state[1]
             features = at(self.first, gather(caches[0], self.first, position))
-            caches = list(caches)
             for index, (reduce, masked, expand) in enumerate(self.blocks):
                 if index > 0:
                     features = at(self.joins[index - 1], features[:, None])
                 hidden = at(reduce, features[:, None])
-                caches[index + 1] = caches[index + 1].write(position, hidden)
+                caches[index + 1] = _cache_write(caches[index + 1], position, hidden)
                 hidden = at(masked, gather(caches[index + 1], masked, position))
                 features = features + at(expand, hidden[:, None])
             logits = at(self.head, self.final_activation(features)[:, None])
             drawn = choose_codes(position, logits)
-            caches[0] = caches[0].write(position, self.code_features(drawn))
-            return position + 1, caches, codes.write(position, drawn)
+            caches[0] = _cache_write(caches[0], position, self.code_features(drawn))
+            return caches, _cache_write(codes, position, drawn)
 
-        _, _, codes = tf.while_loop(
-            lambda position, *_: position < positions,
-            step,
-            (
-                tf.constant(0),
-                [empty_cache(layer) for layer in self.cached_layers],
-                tf.TensorArray(tf.int32, size=positions, element_shape=(None,)),
-            ),
-        )
-        return tf.reshape(tf.transpose(codes.stack()), tf.stack([count, self.size, self.size]))
+        caches = [
+            _empty_cache(positions, (count, layer.kernel.shape[2])) for layer in self.cached_layers
+        ]
+        codes = _empty_cache(positions, (count,), "int32", padding=False)
+        _, codes = ops.fori_loop(0, positions, step, (caches, codes))
+        codes = _cache_read(codes, ops.arange(positions))  # [h*h, N]
+        return ops.reshape(ops.transpose(codes), (count, self.size, self.size))
 
 
 class _GatedRasterScan:
@@ -158,7 +204,7 @@ class _GatedRasterScan:
 
     Rows: the vertical stack at row i sees rows <= i only, and reaches the horizontal stack at
     row i + 1 only. So once row i is drawn, every layer's vertical row i is computed from the
-    p d + 1 rows above it in that layer's input cache (a `tf.TensorArray` of h + 1 rows
+    p d + 1 rows above it in that layer's input cache (`_empty_cache`: h + 1 rows
     [N, w, C], the last the zeros of the padding): the layer's own vertical convolution on that
     strip gives one output row. Its pre-activations through the layer's 1x1 `v_to_h` are row
     i + 1's vertical contributions [N, w, 2F] to the horizontal stack (row 0's: `v_to_h` of
@@ -187,8 +233,8 @@ class _GatedRasterScan:
     def vertical_rows(self, layer, row):
         """Cache indices [p d + 1] of the rows row - p d .. row (h, the zero row, above 0)."""
         span = layer.reach * layer.dilation
-        rows = row - span + tf.range(span + 1)
-        return tf.where(rows >= 0, rows, self.size)
+        rows = row - span + np.arange(span + 1, dtype="int32")
+        return ops.where(rows >= 0, rows, self.size)
 
     def horizontal_taps(self, layer) -> np.ndarray:
         """Cache indices [w, p + 1] of the horizontal kernel's taps a = 0..p at each column j,
@@ -198,14 +244,14 @@ class _GatedRasterScan:
         columns = np.arange(self.size)[:, None] - offsets
         return np.where(columns >= 0, columns, self.size).astype("int32")
 
-    def condition_terms(self, count, condition_features):
+    def condition_terms(self, count: int, condition_features):
         """Each layer's (C_v c, C_h c), both [N, h, w, 2F]; None for an unconditional layer."""
         terms = []
         for layer in self.layers:
-            shape = tf.stack([count, self.size, self.size, 2 * layer.filters])
+            shape = (count, self.size, self.size, 2 * layer.filters)
             projections = (layer.condition_to_vertical, layer.condition_to_horizontal)
             terms.append(
-                tuple(tf.broadcast_to(p(condition_features), shape) for p in projections)
+                tuple(ops.broadcast_to(p(condition_features), shape) for p in projections)
                 if layer.conditioned
                 else None
             )
@@ -216,14 +262,16 @@ class _GatedRasterScan:
         caches and the next row's contributions [N, w, 2F], one per layer."""
         caches, contributions = list(caches), []
         for index, layer in enumerate(self.layers):
-            strip = tf.transpose(caches[index].gather(self.vertical_rows(layer, row)), (1, 0, 2, 3))
-            strip = ops.pad(strip, layer.vertical_padding(rows=False))
+            strip = _cache_read(caches[index], self.vertical_rows(layer, row))  # [p d + 1, N, w, C]
+            strip = ops.pad(ops.transpose(strip, (1, 0, 2, 3)), layer.vertical_padding(rows=False))
             preactivations = layer.vertical(strip)  # [N, 1, w, 2F]
             if condition_terms[index] is not None:
-                preactivations += condition_terms[index][0][:, row : row + 1]
+                preactivations += ops.take(
+                    condition_terms[index][0], ops.reshape(row, (1,)), axis=1
+                )
             if index + 1 < len(self.layers):
-                caches[index + 1] = caches[index + 1].write(
-                    row, gated_activation(preactivations[:, 0])
+                caches[index + 1] = _cache_write(
+                    caches[index + 1], row, gated_activation(preactivations[:, 0])
                 )
             contributions.append(self.contribution(layer, preactivations))
         return caches, contributions
@@ -232,12 +280,11 @@ class _GatedRasterScan:
         """`v_to_h` of the vertical pre-activations [N, 1, w, 2F] -> [N, w, 2F]."""
         return layer.vertical_to_horizontal(preactivations)[:, 0]
 
-    def __call__(self, count, choose_codes, condition_features=None):
+    def __call__(self, count: int, choose_codes, condition_features=None):
         """Run the scan over [count] maps; `choose_codes(position, logits [count, K])` returns
         the int32 codes [count] at `position`; `condition_features` c [count, 1 or h, 1 or w, F]
         of a conditional prior. Returns the codes [count, h, h]."""
         size = self.size
-        batch = count if isinstance(count, int) else None  # a static count: static shapes
         condition_terms = self.condition_terms(count, condition_features)
         tap_kernels = {layer.name: _tap_kernel(layer.horizontal) for layer in self.layers}
         tap_kernels.update(
@@ -245,28 +292,28 @@ class _GatedRasterScan:
         )
         tap_kernels["logits"] = _tap_kernel(self.head)
         channels = [layer.vertical.kernel.shape[2] for layer in self.layers]
-        tap_tables = [tf.constant(self.horizontal_taps(layer)) for layer in self.layers]
+        tap_tables = [ops.convert_to_tensor(self.horizontal_taps(layer)) for layer in self.layers]
 
-        def empty_cache(length, element_shape):
-            cache = tf.TensorArray(tf.float32, size=length + 1, element_shape=element_shape)
-            return cache.write(length, tf.zeros(tf.stack([count, *element_shape[1:]])))
-
-        def row_step(row, vertical_caches, contributions, codes):
+        def row_step(row, state):
+            vertical_caches, contributions, codes = state
             # What the row adds to every horizontal pre-activation [N, w, 2F], per layer: the
             # vertical stack's contribution, and the conditions' C_h c at this row.
             row_terms = [
-                contribution if terms is None else contribution + terms[1][:, row]
+                contribution if terms is None else contribution + ops.take(terms[1], row, axis=1)
                 for contribution, terms in zip(contributions, condition_terms, strict=True)
             ]
 
-            def column_step(column, horizontal_caches, row_codes):
-                horizontal_caches, features = list(horizontal_caches), None
+            def column_step(column, state):
+                horizontal_caches, row_codes = list(state[0]), state[1]
+                features = None
                 for index, layer in enumerate(self.layers):
-                    taps = horizontal_caches[index].gather(tap_tables[index][column])
-                    preactivations = _convolution_at(
-                        layer.horizontal, tap_kernels[layer.name], tf.transpose(taps, (1, 0, 2))
+                    taps = _cache_read(
+                        horizontal_caches[index], ops.take(tap_tables[index], column, axis=0)
                     )
-                    preactivations += row_terms[index][:, column]
+                    preactivations = _convolution_at(
+                        layer.horizontal, tap_kernels[layer.name], ops.transpose(taps, (1, 0, 2))
+                    )
+                    preactivations += ops.take(row_terms[index], column, axis=1)
                     update = _convolution_at(
                         layer.residual,
                         tap_kernels[layer.name + "_residual"],
@@ -274,50 +321,54 @@ class _GatedRasterScan:
                     )
                     features = update if layer.first else features + update
                     if index + 1 < len(self.layers):
-                        horizontal_caches[index + 1] = horizontal_caches[index + 1].write(
-                            column, features
+                        horizontal_caches[index + 1] = _cache_write(
+                            horizontal_caches[index + 1], column, features
                         )
                 logits = _convolution_at(
                     self.head, tap_kernels["logits"], self.final_activation(features)[:, None]
                 )
                 drawn = choose_codes(row * size + column, logits)
-                horizontal_caches[0] = horizontal_caches[0].write(column, self.code_features(drawn))
-                return column + 1, horizontal_caches, row_codes.write(column, drawn)
+                horizontal_caches[0] = _cache_write(
+                    horizontal_caches[0], column, self.code_features(drawn)
+                )
+                return horizontal_caches, _cache_write(row_codes, column, drawn)
 
-            _, horizontal_caches, row_codes = tf.while_loop(
-                lambda column, *_: column < size,
+            horizontal_caches, row_codes = ops.fori_loop(
+                0,
+                size,
                 column_step,
                 (
-                    tf.constant(0),
-                    [empty_cache(size, (batch, width)) for width in channels],
-                    tf.TensorArray(tf.int32, size=size, element_shape=(batch,)),
+                    [_empty_cache(size, (count, width)) for width in channels],
+                    _empty_cache(size, (count,), "int32", padding=False),
                 ),
             )
-            row_features = horizontal_caches[0].gather(tf.range(size))  # [w, N, C]
+            row_features = _cache_read(horizontal_caches[0], ops.arange(size))  # [w, N, C]
             vertical_caches = list(vertical_caches)
-            vertical_caches[0] = vertical_caches[0].write(
-                row, tf.transpose(row_features, (1, 0, 2))
+            vertical_caches[0] = _cache_write(
+                vertical_caches[0], row, ops.transpose(row_features, (1, 0, 2))
             )
             vertical_caches, contributions = self.vertical_row(
                 row, vertical_caches, condition_terms
             )
-            return row + 1, vertical_caches, contributions, codes.write(row, row_codes.stack())
+            row_codes = _cache_read(row_codes, ops.arange(size))  # [w, N]
+            return vertical_caches, contributions, _cache_write(codes, row, row_codes)
 
         first_row = [
-            self.contribution(layer, tf.zeros(tf.stack([count, 1, size, 2 * layer.filters])))
+            self.contribution(layer, ops.zeros((count, 1, size, 2 * layer.filters)))
             for layer in self.layers
         ]
-        _, _, _, codes = tf.while_loop(
-            lambda row, *_: row < size,
+        _, _, codes = ops.fori_loop(
+            0,
+            size,
             row_step,
             (
-                tf.constant(0),
-                [empty_cache(size, (batch, size, width)) for width in channels],
+                [_empty_cache(size, (count, size, width)) for width in channels],
                 first_row,
-                tf.TensorArray(tf.int32, size=size, element_shape=(size, batch)),
+                _empty_cache(size, (size, count), "int32", padding=False),
             ),
         )
-        return tf.transpose(codes.stack(), (2, 0, 1))  # [h, w, N] -> [N, h, w]
+        codes = _cache_read(codes, ops.arange(size))  # [h, w, N]
+        return ops.transpose(codes, (2, 0, 1))
 
 
 RASTER_SCANS = {"masked": _RasterScan, "gated": _GatedRasterScan}
@@ -350,44 +401,79 @@ def filter_logits(logits, top_k, top_p):
     2019, "The Curious Case of Neural Text Degeneration", `top_p` p < 1) then keeps the
     smallest set of most likely codes whose probability reaches p: code r in descending order
     is kept while sum_{r' < r} p_r' < p, so the most likely is always kept. Codes tied with the
-    last kept one are kept too. With k = 0 and p = 1 the logits are returned unsorted.
+    last kept one are kept too. With k = 0 and p = 1 the logits are returned unsorted (the
+    sort is skipped, `ops.cond`).
     """
 
     def filtered():
-        descending = tf.sort(logits, axis=-1, direction="DESCENDING")
-        k = tf.where(top_k > 0, top_k, tf.shape(logits)[-1])
-        kth = descending[:, k - 1 : k]
-        descending = tf.where(descending >= kth, descending, -np.inf)
-        before = tf.cumsum(tf.nn.softmax(descending), axis=-1, exclusive=True)
-        nucleus = tf.reduce_min(tf.where(before < top_p, descending, np.inf), -1, keepdims=True)
-        return tf.where(logits >= tf.maximum(kth, nucleus), logits, -np.inf)
+        descending = -ops.sort(-logits, axis=-1)
+        k = ops.where(top_k > 0, top_k, ops.shape(logits)[-1])
+        kth = ops.take(descending, k - 1, axis=1)[:, None]
+        descending = ops.where(descending >= kth, descending, -np.inf)
+        probabilities = ops.softmax(descending, axis=-1)
+        before = ops.pad(ops.cumsum(probabilities[:, :-1], axis=-1), ((0, 0), (1, 0)))
+        nucleus = ops.min(ops.where(before < top_p, descending, np.inf), axis=-1, keepdims=True)
+        return ops.where(logits >= ops.maximum(kth, nucleus), logits, -np.inf)
 
-    return tf.cond((top_k > 0) | (top_p < 1.0), filtered, lambda: logits)
+    return ops.cond((top_k > 0) | (top_p < 1.0), filtered, lambda: logits)
 
 
-XLA_MAX_MAP_SIZE = 16  # the sampler is compiled by XLA for code maps up to 16x16
+XLA_MAX_MAP_SIZE = 16  # on TensorFlow the sampler is compiled by XLA for code maps up to 16x16
+
+
+def _compiled_sampler(sample: Callable, pixelcnn: PixelCNN, rows: int) -> Callable:
+    """`sample(temperature, seed, top_k, top_p, guidance, conditions)` compiled for `rows` rows
+    of conditions: on TensorFlow a `tf.function` of that signature, by XLA for maps of at most
+    `XLA_MAX_MAP_SIZE` a side; on JAX a `jax.jit` of it that takes the model's weights as
+    arguments (read through a `keras.StatelessScope`), so that a model trained further samples
+    with its new weights without tracing again."""
+    if TENSORFLOW:
+        return tf.function(
+            sample,
+            input_signature=(
+                tf.TensorSpec((), tf.float32),
+                tf.TensorSpec((), tf.int32),
+                tf.TensorSpec((), tf.int32),
+                tf.TensorSpec((), tf.float32),
+                tf.TensorSpec((), tf.float32),
+                {
+                    "values": tf.TensorSpec((rows, None), tf.float32),
+                    "known": tf.TensorSpec((rows, None), tf.float32),
+                    "previous": tf.TensorSpec((rows, None, None), tf.int32),
+                },
+            ),
+            jit_compile=pixelcnn.code_map_size <= XLA_MAX_MAP_SIZE,
+        )
+    model = weakref.ref(pixelcnn)
+
+    @jax.jit
+    def stateless(values, *arguments):
+        return run_stateless(model().variables, values, lambda: sample(*arguments))[0]
+
+    return lambda *arguments: stateless([v.value for v in model().variables], *arguments)
 
 
 class _CodeMapSampler:
     """Raster-order ancestral sampling from one PixelCNN, compiled once per number of maps (and
     whether the draw is guided).
 
-    One `tf.function` runs the model's `raster_scan` over the h*h positions: at position
-    (i, j) it draws k(i, j) ~ Categorical(softmax(filter_logits(logits(i, j) / T))) for every
-    map, from the codes drawn so far. For maps of at most `XLA_MAX_MAP_SIZE` a side it is
-    compiled by XLA, which fuses the many small operations of a step into one kernel: there
-    they are most of a step's cost on a CPU, while a large map's steps are dominated by
-    convolutions that TensorFlow's own kernels run faster (BENCHMARKS.md, "Sampling"). XLA
-    needs static shapes, so the number of maps is fixed per compiled function
-    (`sample(count, ...)` keeps one per count, and one more for guided draws, which run the
-    scan over twice the rows). Temperature, top-k, top-p, the guidance weight and the
-    conditions are tensors: one compilation serves every setting. The draws come from a
-    `keras.random.SeedGenerator` reset to the caller's seed at the start of each call.
+    One compiled function runs the model's `raster_scan` over the h*h positions: at position
+    t = (i, j) it draws k(i, j) ~ Categorical(softmax(filter_logits(logits(i, j) / T))) for
+    every map, from the codes drawn so far. On TensorFlow, for maps of at most
+    `XLA_MAX_MAP_SIZE` a side it is compiled by XLA, which fuses the many small operations of
+    a step into one kernel: there they are most of a step's cost on a CPU, while a large map's
+    steps are dominated by convolutions that TensorFlow's own kernels run faster
+    (BENCHMARKS.md, "Sampling"); on JAX it is always a `jax.jit`. Both need static shapes, so
+    the number of maps is fixed per compiled function (`sample(count, ...)` keeps one per
+    count, and one more for guided draws, which run the scan over twice the rows).
+    Temperature, top-k, top-p, the guidance weight and the conditions are tensors: one
+    compilation serves every setting. Position t's codes are drawn with the seed [seed, t]
+    (`_draw_codes`), the t-th draw of a `keras.random.SeedGenerator` reset to [seed, 0], and a
+    stateless draw on either backend.
     """
 
     def __init__(self, pixelcnn: PixelCNN):
         self._pixelcnn = weakref.ref(pixelcnn)  # the cache is keyed by the model: no cycle
-        self._seed_generator = keras.random.SeedGenerator(0)
         self._compiled: dict[tuple[int, bool], Callable] = {}
 
     def sample(self, count: int, temperature, seed, top_k, top_p, guidance, conditions):
@@ -397,22 +483,10 @@ class _CodeMapSampler:
         guided = int(conditions["known"].shape[0]) == 2 * count
         key = (count, guided)
         if key not in self._compiled:
-            rows = 2 * count if guided else count
-            self._compiled[key] = tf.function(
+            self._compiled[key] = _compiled_sampler(
                 functools.partial(self._sample, count, guided),
-                input_signature=(
-                    tf.TensorSpec((), tf.float32),
-                    tf.TensorSpec((), tf.int32),
-                    tf.TensorSpec((), tf.int32),
-                    tf.TensorSpec((), tf.float32),
-                    tf.TensorSpec((), tf.float32),
-                    {
-                        "values": tf.TensorSpec((rows, None), tf.float32),
-                        "known": tf.TensorSpec((rows, None), tf.float32),
-                        "previous": tf.TensorSpec((rows, None, None), tf.int32),
-                    },
-                ),
-                jit_compile=self._pixelcnn().code_map_size <= XLA_MAX_MAP_SIZE,
+                self._pixelcnn(),
+                2 * count if guided else count,
             )
         return self._compiled[key](temperature, seed, top_k, top_p, guidance, conditions)
 
@@ -421,15 +495,13 @@ class _CodeMapSampler:
         condition_features = None
         if pixelcnn.condition_encoder is not None:
             condition_features = pixelcnn.condition_features(conditions)
-        state = self._seed_generator.state
-        state.assign(tf.cast(tf.stack([seed, 0]), state.dtype))
 
         def draw(position, logits):
             if guided:  # rows [asked; reference], both drawn with the same codes
                 logits = guided_logits(logits[:count], logits[count:], guidance)
             logits = filter_logits(logits / temperature, top_k, top_p)
-            drawn = keras.random.categorical(logits, 1, dtype="int32", seed=self._seed_generator)
-            return ops.tile(drawn[:, 0], (2,)) if guided else drawn[:, 0]
+            drawn = _draw_codes(logits, ops.stack([seed, ops.cast(position, "int32")]))
+            return ops.tile(drawn, (2,)) if guided else drawn
 
         rows = 2 * count if guided else count
         return raster_scan(pixelcnn)(rows, draw, condition_features)[:count]
@@ -487,14 +559,14 @@ def sample_code_maps(
         _SAMPLERS[pixelcnn] = _CodeMapSampler(pixelcnn)
     code_maps = _SAMPLERS[pixelcnn].sample(
         int(count),
-        tf.constant(float(temperature), tf.float32),
-        tf.constant(int(seed) % 2**31, tf.int32),
-        tf.constant(0 if top_k is None else int(top_k), tf.int32),
-        tf.constant(1.0 if top_p is None else float(top_p), tf.float32),
-        tf.constant(float(guidance), tf.float32),
-        {name: tf.constant(value) for name, value in batch.items()},
+        ops.convert_to_tensor(float(temperature), "float32"),
+        ops.convert_to_tensor(int(seed) % 2**31, "int32"),
+        ops.convert_to_tensor(0 if top_k is None else int(top_k), "int32"),
+        ops.convert_to_tensor(1.0 if top_p is None else float(top_p), "float32"),
+        ops.convert_to_tensor(float(guidance), "float32"),
+        {name: ops.convert_to_tensor(value) for name, value in batch.items()},
     )
-    return code_maps.numpy()
+    return ops.convert_to_numpy(code_maps)
 
 
 def _in_batches(function: Callable, inputs: np.ndarray, batch_size: int, empty_shape) -> np.ndarray:
