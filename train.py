@@ -23,15 +23,9 @@ import sys
 from pathlib import Path
 
 from brain_vqvae.data import DataError
+from brain_vqvae.devices import describe_batch_choice, found_device
 from brain_vqvae.runs import STAGES, RunError
-from brain_vqvae.training import (
-    STRATEGIES,
-    describe_batch_choice,
-    found_device,
-    make_strategy,
-    resolve_hyperparameters,
-    train_run,
-)
+from brain_vqvae.training import STRATEGIES, make_strategy, resolve_hyperparameters, train_run
 from hyperparameters import (
     DEVICES,
     PRIOR_FIELDS,

@@ -13,7 +13,7 @@ learning rates of the device (`hyperparameters.preset(name, device)`):
 1. the VQ-VAE trains for about `--steps` steps (whole epochs over the training split, at least
    two) by `fit`; images/s = the images of the epochs after the first / their wall time, so the
    first epoch's compilation is left out and reported on its own;
-2. its test SSIM: the mean SSIM of the test split's reconstructions (`evaluation.score_model`);
+2. its test SSIM: the mean SSIM of the test split's reconstructions (`metrics.ssim_per_slice`);
 3. the preset's (unconditional) PixelCNN trains for about `--prior-steps` steps on the training
    split's code maps, images/s likewise;
 4. 64 code maps are drawn (`sample_code_maps`): the first call, which compiles, and the second;
@@ -22,7 +22,9 @@ learning rates of the device (`hyperparameters.preset(name, device)`):
 
 It prints a table and writes everything to one JSON (`--json`). The targets (issue "Fast on
 every device"): on one H200 with JAX the card trains at 10,000 images/s or more and the hifi
-preset at 2,000 or more, and the whole check runs in under 8 minutes there.
+preset at 2,000 or more, and the whole check runs in under 8 minutes there. It imports nothing
+that needs TensorFlow on the JAX backend (`training` and `evaluation` do), so it runs where
+JAX is the only backend installed.
 """
 
 from __future__ import annotations
@@ -100,11 +102,18 @@ def peak_device_memory() -> int | None:
 
 def check_preset(name: str, device: str, data: Path, steps: int, prior_steps: int) -> dict:
     """Train, score and sample one preset (the module docstring's steps 1-5)."""
+    import keras
+
     from brain_vqvae.data import code_map_batches, slice_batches
-    from brain_vqvae.evaluation import score_model
-    from brain_vqvae.model import build_pixelcnn, build_vqvae, sample_code_maps
+    from brain_vqvae.metrics import ssim_per_slice
+    from brain_vqvae.model import (
+        build_pixelcnn,
+        build_vqvae,
+        decode_code_maps,
+        encode_code_maps,
+        sample_code_maps,
+    )
     from brain_vqvae.runs import load_training_data
-    from brain_vqvae.training import adam, encode_split, pixel_variance
 
     hyperparameters = preset(name, device)
     batch = hyperparameters.batch_size
@@ -112,20 +121,24 @@ def check_preset(name: str, device: str, data: Path, steps: int, prior_steps: in
     train, test = slices.splits["train"], slices.splits["test"]
     row = {"preset": name, "batch": batch, "train_slices": len(train)}
 
-    vqvae = build_vqvae(hyperparameters, pixel_variance(train))
+    images = train.float_images()
+    vqvae = build_vqvae(hyperparameters, float(images.var()))
     epochs = epochs_for(steps, len(train), batch)
-    vqvae.compile(optimizer=adam(hyperparameters.learning_rate_vqvae, "constant", 1))
+    vqvae.compile(optimizer=keras.optimizers.Adam(hyperparameters.learning_rate_vqvae))
     batches = slice_batches(train, batch, shuffle=True, seed=hyperparameters.seed)
     fitted = timed_fit(vqvae, batches, len(train), epochs)
     row |= {f"vqvae_{key}": value for key, value in fitted.items()}
     row["vqvae_steps"] = epochs * math.ceil(len(train) / batch)
-    scores = score_model(vqvae, test.float_images(), hyperparameters.inference_batch_size)
-    row["test_ssim"] = float(scores.ssim.mean())
+    inference = hyperparameters.inference_batch_size
+    test_images = test.float_images()
+    test_codes = encode_code_maps(vqvae, test_images, inference)
+    reconstructions = decode_code_maps(vqvae, test_codes, inference)
+    row["test_ssim"] = float(ssim_per_slice(test_images, reconstructions).mean())
 
-    code_maps = encode_split(vqvae, train, hyperparameters.inference_batch_size)
+    code_maps = encode_code_maps(vqvae, images, inference)
     prior = build_pixelcnn(hyperparameters.replace(prior_conditions="none"))
     prior_epochs = epochs_for(prior_steps, len(train), batch)
-    prior.compile(optimizer=adam(hyperparameters.learning_rate_pixelcnn, "constant", 1))
+    prior.compile(optimizer=keras.optimizers.Adam(hyperparameters.learning_rate_pixelcnn))
     batches = code_map_batches(code_maps, batch, shuffle=True, seed=hyperparameters.seed)
     fitted = timed_fit(prior, batches, len(train), prior_epochs)
     row |= {f"prior_{key}": value for key, value in fitted.items()}
@@ -172,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import keras
 
-    from brain_vqvae.training import found_device
+    from brain_vqvae.devices import found_device
 
     arguments = build_parser().parse_args(argv)
     started = time.perf_counter()

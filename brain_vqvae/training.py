@@ -489,25 +489,6 @@ class JaxDevices:
         return self.distribution.scope()
 
 
-def found_device() -> str:
-    """ "gpu" when Keras' backend has an accelerator (a GPU, or a TPU, which gets the same large
-    batches), "cpu" otherwise: the device `hyperparameters.preset` fits the batch to."""
-    devices = list_devices()
-    return "gpu" if devices and not devices[0].lower().startswith("cpu") else "cpu"
-
-
-def describe_batch_choice(hyperparameters: Hyperparameters, device: str, reason: str) -> str:
-    """The line `train.py` prints first: the devices Keras sees, the device the batch was
-    chosen for, and the batch and learning rates it trains with, with the `reason` for them
-    (e.g. "the GPU preset's", "given", "the run's own")."""
-    return (
-        f"devices {', '.join(list_devices())}; for the {device.upper()}: "
-        f"batch {hyperparameters.batch_size} and learning rates "
-        f"{hyperparameters.learning_rate_vqvae:.3g} (VQ-VAE), "
-        f"{hyperparameters.learning_rate_pixelcnn:.3g} (prior), {reason}"
-    )
-
-
 @functools.cache
 def make_strategy(name: str):
     """The `tf.distribute` strategy of --strategy. "default": the current (normally the

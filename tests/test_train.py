@@ -15,6 +15,7 @@ from conftest import tiny_arguments
 
 import modules
 import train
+from brain_vqvae import devices as devices_module
 from brain_vqvae import training
 from brain_vqvae.runs import load_run
 from hyperparameters import Hyperparameters
@@ -199,5 +200,5 @@ def test_retraining_the_prior_may_change_the_prior_and_keeps_the_vqvae(
     [(["cpu:0"], "cpu"), (["gpu:0", "gpu:1"], "gpu"), (["tpu:0"], "gpu")],
 )
 def test_the_batch_is_chosen_for_the_device_keras_finds(monkeypatch, devices, found):
-    monkeypatch.setattr(training, "list_devices", lambda: devices)
-    assert training.found_device() == found
+    monkeypatch.setattr(devices_module, "list_devices", lambda: devices)
+    assert devices_module.found_device() == found

@@ -1,0 +1,30 @@
+"""Which device Keras trains on, and the line `train.py` prints about the batch it chose for it.
+
+Kept apart from `training` (which needs TensorFlow for its evaluation) so that a check on a
+machine with JAX alone (`bench/gpu.py`) can ask it too.
+"""
+
+from __future__ import annotations
+
+from keras.distribution import list_devices
+
+from hyperparameters import Hyperparameters
+
+
+def found_device() -> str:
+    """ "gpu" when Keras' backend has an accelerator (a GPU, or a TPU, which gets the same large
+    batches), "cpu" otherwise: the device `hyperparameters.preset` fits the batch to."""
+    devices = list_devices()
+    return "gpu" if devices and not devices[0].lower().startswith("cpu") else "cpu"
+
+
+def describe_batch_choice(hyperparameters: Hyperparameters, device: str, reason: str) -> str:
+    """The line `train.py` prints first: the devices Keras sees, the device the batch was
+    chosen for, and the batch and learning rates it trains with, with the `reason` for them
+    (e.g. "the GPU preset's", "given", "the run's own")."""
+    return (
+        f"devices {', '.join(list_devices())}; for the {device.upper()}: "
+        f"batch {hyperparameters.batch_size} and learning rates "
+        f"{hyperparameters.learning_rate_vqvae:.3g} (VQ-VAE), "
+        f"{hyperparameters.learning_rate_pixelcnn:.3g} (prior), {reason}"
+    )
