@@ -219,6 +219,25 @@ def test_an_unconditional_prior_refuses_conditions():
         sample_code_maps(prior, 2, conditions={"slice_position": 0.5})
 
 
+def prior_trained_on_levels(maps: np.ndarray, levels: np.ndarray, batch_size: int) -> PixelCNN:
+    """A tiny gated prior conditioned on slice_position, trained for 6 epochs on `maps`
+    [N, 8, 8] at their `levels` [N]."""
+    conditions = condition_batch(
+        ("slice_position",), {}, len(maps), {"slice_position": levels}, MAP_SIZE
+    )
+    keras.utils.set_random_seed(0)
+    prior = build_pixelcnn(
+        tiny_conditional_hyperparameters("slice_position"), {"slice_position": [0.0, 1.0]}
+    )
+    prior.compile(optimizer=keras.optimizers.Adam(1e-2))
+    prior.fit(
+        code_map_dataset(pack_prior_inputs(maps, conditions), batch_size, shuffle=True),
+        epochs=6,
+        verbose=0,
+    )
+    return prior
+
+
 def test_a_prior_trained_on_two_levels_draws_each_on_request():
     """Maps of level 0 use codes 1 and 2, maps of level 1 codes 5 and 6 (random mixtures): the
     trained prior draws level-0 codes when asked for 0 and level-1 codes when asked for 1."""
@@ -228,19 +247,7 @@ def test_a_prior_trained_on_two_levels_draws_each_on_request():
     maps = (
         rng.integers(0, 2, (count, MAP_SIZE, MAP_SIZE)) + np.where(levels > 0, 5, 1)[:, None, None]
     )
-    conditions = condition_batch(
-        ("slice_position",), {}, count, {"slice_position": levels}, MAP_SIZE
-    )
-    keras.utils.set_random_seed(0)
-    prior = build_pixelcnn(
-        tiny_conditional_hyperparameters("slice_position"), {"slice_position": [0.0, 1.0]}
-    )
-    prior.compile(optimizer=keras.optimizers.Adam(1e-2))
-    prior.fit(
-        code_map_dataset(pack_prior_inputs(maps, conditions), 32, shuffle=True),
-        epochs=6,
-        verbose=0,
-    )
+    prior = prior_trained_on_levels(maps, levels, batch_size=32)
     low = sample_code_maps(prior, 16, seed=1, conditions={"slice_position": 0.0})
     high = sample_code_maps(prior, 16, seed=1, conditions={"slice_position": 1.0})
     assert np.isin(low, (1, 2)).mean() > 0.95
@@ -290,19 +297,7 @@ def test_guidance_sharpens_a_weak_condition():
     levels = np.repeat([0.0, 1.0], count // 2)
     chance = np.where(levels > 0, 0.3, 0.7)[:, None, None]
     maps = np.where(rng.uniform(size=(count, MAP_SIZE, MAP_SIZE)) < chance, 1, 2)
-    conditions = condition_batch(
-        ("slice_position",), {}, count, {"slice_position": levels}, MAP_SIZE
-    )
-    keras.utils.set_random_seed(0)
-    prior = build_pixelcnn(
-        tiny_conditional_hyperparameters("slice_position"), {"slice_position": [0.0, 1.0]}
-    )
-    prior.compile(optimizer=keras.optimizers.Adam(1e-2))
-    prior.fit(
-        code_map_dataset(pack_prior_inputs(maps, conditions), 64, shuffle=True),
-        epochs=6,
-        verbose=0,
-    )
+    prior = prior_trained_on_levels(maps, levels, batch_size=64)
     asked = {"slice_position": 0.0}
     plain = (sample_code_maps(prior, 64, seed=1, conditions=asked) == 1).mean()
     guided = (sample_code_maps(prior, 64, seed=1, conditions=asked, guidance=3.0) == 1).mean()

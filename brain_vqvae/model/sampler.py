@@ -552,9 +552,10 @@ def sample_code_maps(
         pixelcnn.code_map_size,
         pixelcnn.num_embeddings,
     )
-    reference = reference_conditions(batch, pixelcnn.condition_names)
-    if guidance != 1.0 and not np.array_equal(reference["known"], batch["known"]):
-        batch = {name: np.concatenate([batch[name], reference[name]]) for name in batch}
+    if guidance != 1.0:
+        reference = reference_conditions(batch, pixelcnn.condition_names)
+        if not np.array_equal(reference["known"], batch["known"]):  # some value was asked
+            batch = {name: np.concatenate([batch[name], reference[name]]) for name in batch}
     if pixelcnn not in _SAMPLERS:
         _SAMPLERS[pixelcnn] = _CodeMapSampler(pixelcnn)
     code_maps = _SAMPLERS[pixelcnn].sample(
