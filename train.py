@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             f"PixelCNN: {metrics['prior_bits_per_code']:.2f} bits per code "
             f"(uniform prior: {metrics['uniform_bits_per_code']:.2f})"
         )
+    phases = ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in metrics["seconds"].items())
+    print(f"seconds: {phases}")
     return 0
 
 

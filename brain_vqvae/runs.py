@@ -6,7 +6,8 @@ loads a run, its configuration and the data it was trained on.
     history_vqvae.csv, history_pixelcnn.csv
     loss.png, ssim.png                    curves per epoch; the SSIM target is drawn
     metrics.json                          the training data's path, test SSIM/PSNR/MAE,
-                                          codebook use, prior bits per code
+                                          codebook use, prior bits per code, and the
+                                          seconds each phase of the last train.py took
     realism_features.keras                the domain feature network of the realism measures,
                                           trained on the training split when first needed
     checkpoints/                          last epoch of each stage and its state, for --resume

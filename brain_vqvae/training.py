@@ -26,6 +26,7 @@ import math
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import keras
@@ -35,7 +36,6 @@ from keras.distribution import list_devices
 from brain_vqvae import evaluation, plotting
 from brain_vqvae.conditioning import condition_ranges, resolve_prior_conditions, slice_conditions
 from brain_vqvae.data import SliceSet, code_map_batches, slice_batches
-from brain_vqvae.metrics import ssim_per_slice
 from brain_vqvae.model import build_pixelcnn, build_vae, build_vqvae, encode_code_maps
 from brain_vqvae.model.distribute import TENSORFLOW
 from brain_vqvae.model.prior import pack_prior_inputs
@@ -57,9 +57,8 @@ if TENSORFLOW:
 
 MIN_FREE_BYTES = 200 * 2**20
 STRATEGIES = ("default", "mirrored", "multiworker")
-ENCODE_CHUNK = 1024  # slices converted to float32 at a time when encoding a split
+ENCODE_CHUNK = 1024  # slices converted at a time when encoding or counting a split
 COSINE_FINAL_FRACTION = 0.05  # a cosine schedule ends at this fraction of the learning rate
-VALIDATION_SSIM_SLICES = 512  # validation slices scored per epoch by `ValidationSSIM`
 AUTOENCODER_BUILDERS = {"vqvae": build_vqvae, "vae": build_vae}
 # A stage's epochs and learning rate are the fields epochs_<name> and learning_rate_<name> of
 # its own name, except the VAE's: it is stage 1, as the VQ-VAE is, and shares stage 1's fields.
@@ -201,22 +200,6 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.run.write_state(self.stage, epochs_done=epoch + 1, best=self.best, finished=False)
 
 
-class ValidationSSIM(keras.callbacks.Callback):
-    """Per-slice SSIM of the validation slices each epoch: adds `val_ssim_p05` (5th percentile)
-    and `val_above_target` (fraction of slices with SSIM >= target) to the epoch's logs."""
-
-    def __init__(self, images: np.ndarray, ssim_target: float, batch_size: int):
-        super().__init__()
-        self.images, self.ssim_target, self.batch_size = images, ssim_target, batch_size
-
-    def on_epoch_end(self, epoch, logs=None):
-        reconstructions = self.model.predict(self.images, batch_size=self.batch_size, verbose=0)
-        scores = ssim_per_slice(self.images, reconstructions)
-        if logs is not None:
-            logs["val_ssim_p05"] = float(np.percentile(scores, 5))
-            logs["val_above_target"] = float(np.mean(scores >= self.ssim_target))
-
-
 def trim_history(path: Path, epochs: int) -> None:
     """Keep the header and the first `epochs` rows of a CSV history, if it exists."""
     if path.exists():
@@ -324,7 +307,6 @@ def train_stage(
     resume: bool,
     tensorboard: bool = False,
     verbose: int | str = "auto",
-    extra_callbacks: tuple[keras.callbacks.Callback, ...] = (),
 ) -> keras.Model:
     """Train one stage ("vqvae", "pixelcnn" or "vae") and return its best model.
 
@@ -347,26 +329,27 @@ def train_stage(
             optimizer=adam(learning_rate, hyperparameters.learning_rate_schedule, total_steps)
         )
     callbacks, nan_guard = stage_callbacks(run, stage, hyperparameters, resume, tensorboard)
-    callbacks[1:1] = extra_callbacks  # after the NaN guard, before checkpoints read the logs
     return fit_stage(
         model, run, stage, train_data, validation_data, epochs, callbacks, nan_guard, verbose
     )
 
 
 def pixel_variance(slice_set: SliceSet) -> float:
-    """Variance of the pixel values on the [0, 1] scale the model sees, computed in chunks.
+    """Variance of the pixel values on the [0, 1] scale the model sees, exact and fast: from the
+    histogram of the uint8 values v (counts c_v over n pixels), mean = sum c_v v / n and
+    variance = sum c_v v^2 / n - mean^2, divided by 255^2. Counted `ENCODE_CHUNK` slices at a
+    time, as one count over a whole split would first copy it to int64 (8 bytes a pixel).
 
     The reconstruction loss is MSE / variance; computing the variance on 0..255 pixels instead
     would divide the MSE by a number 255**2 times too big and leave only the VQ loss to train.
     """
-    count, total, total_of_squares = 0, 0.0, 0.0
+    counts = np.zeros(256, dtype=np.int64)
     for start in range(0, len(slice_set), ENCODE_CHUNK):
-        chunk = slice_set.images[start : start + ENCODE_CHUNK].astype(np.float64) / 255.0
-        count += chunk.size
-        total += chunk.sum()
-        total_of_squares += np.square(chunk).sum()
-    mean = total / count
-    return float(total_of_squares / count - mean**2)
+        chunk = slice_set.images[start : start + ENCODE_CHUNK].reshape(-1)
+        counts += np.bincount(chunk, minlength=256)
+    values = np.arange(256, dtype=np.float64) / 255.0
+    mean = counts @ values / counts.sum()
+    return float(counts @ np.square(values) / counts.sum() - mean**2)
 
 
 def train_autoencoder(
@@ -379,10 +362,10 @@ def train_autoencoder(
     verbose: int | str = "auto",
 ):
     """Stage 1: fit the run's autoencoder (`hyperparameters.model`: the VQ-VAE, or the
-    Gaussian VAE) to `train`, validating on `validate` (with the per-slice `ValidationSSIM`
-    each epoch); returns the best model."""
+    Gaussian VAE) to `train`, validating on `validate` each epoch (its logs include the
+    validation slices' SSIM spread, `val_above_target` and `val_ssim_p05`); returns the best
+    model."""
     batch_size = hyperparameters.batch_size
-    ssim_images = validate.float_images()[:VALIDATION_SSIM_SLICES]
     build = AUTOENCODER_BUILDERS[hyperparameters.model]
     return train_stage(
         hyperparameters.model,
@@ -401,11 +384,6 @@ def train_autoencoder(
         resume,
         tensorboard,
         verbose,
-        extra_callbacks=(
-            ValidationSSIM(
-                ssim_images, hyperparameters.ssim_target, hyperparameters.inference_batch_size
-            ),
-        ),
     )
 
 
@@ -626,7 +604,9 @@ def _train_in_folder(
     write_atomically(run.hyperparameters, json.dumps(hyperparameters.to_dict(), indent=2) + "\n")
     keras.utils.set_random_seed(hyperparameters.seed)
 
-    data = load_training_data(source, hyperparameters, cache_dir=cache_dir, skip_bad=skip_bad)
+    seconds = {}  # wall seconds of each phase, for metrics.json
+    with timed(seconds, "load data"):
+        data = load_training_data(source, hyperparameters, cache_dir=cache_dir, skip_bad=skip_bad)
     for problem in data.problems:
         print(f"warning: {problem}", file=sys.stderr)
     splits = {name: data.splits.get(name) for name in ("train", "validate", "test")}
@@ -637,20 +617,29 @@ def _train_in_folder(
         check_even_over_devices(hyperparameters, splits, replicas)
 
     if hyperparameters.model in stages:
-        autoencoder = train_autoencoder(
-            hyperparameters, run, splits["train"], splits["validate"], resume, tensorboard, verbose
-        )
+        with timed(seconds, hyperparameters.model):
+            autoencoder = train_autoencoder(
+                hyperparameters,
+                run,
+                splits["train"],
+                splits["validate"],
+                resume,
+                tensorboard,
+                verbose,
+            )
     else:
         autoencoder = keras.saving.load_model(run.model(hyperparameters.model))
     test_images = splits["test"].float_images()
     if hyperparameters.model == "vae":
-        metrics = evaluation.run_test_metrics(hyperparameters, autoencoder, None, test_images)
-        return _write_metrics(run, source, metrics, hyperparameters)
+        with timed(seconds, "test"):
+            metrics = evaluation.run_test_metrics(hyperparameters, autoencoder, None, test_images)
+        return _write_metrics(run, source, metrics, seconds, hyperparameters)
     vqvae = autoencoder
     pixelcnn = None
     encode_batch = hyperparameters.inference_batch_size
     encoded = ("train", "validate", "test") if "pixelcnn" in stages else ("test",)
-    codes = {name: encode_split(vqvae, splits[name], encode_batch) for name in encoded}
+    with timed(seconds, "encode"):
+        codes = {name: encode_split(vqvae, splits[name], encode_batch) for name in encoded}
     if "pixelcnn" in stages:
         hyperparameters = resolve_prior_conditions(
             hyperparameters, splits["train"], data.demographics
@@ -660,22 +649,23 @@ def _train_in_folder(
         )
         names = hyperparameters.condition_names
         print(f"prior conditions: {', '.join(names) or 'none'}")
-        pixelcnn = train_pixelcnn(
-            hyperparameters,
-            run,
-            codes["train"],
-            codes["validate"],
-            resume,
-            tensorboard,
-            verbose,
-            conditions=tuple(
-                slice_conditions(names, splits[name], data.demographics, codes[name])
-                for name in ("train", "validate")
+        with timed(seconds, "pixelcnn"):
+            pixelcnn = train_pixelcnn(
+                hyperparameters,
+                run,
+                codes["train"],
+                codes["validate"],
+                resume,
+                tensorboard,
+                verbose,
+                conditions=tuple(
+                    slice_conditions(names, splits[name], data.demographics, codes[name])
+                    for name in ("train", "validate")
+                )
+                if names
+                else None,
+                condition_ranges=condition_ranges(names, splits["train"], data.demographics),
             )
-            if names
-            else None,
-            condition_ranges=condition_ranges(names, splits["train"], data.demographics),
-        )
     elif run.model("pixelcnn").exists():
         pixelcnn = keras.saving.load_model(run.model("pixelcnn"))
 
@@ -684,10 +674,19 @@ def _train_in_folder(
         test_conditions = slice_conditions(
             pixelcnn.condition_names, splits["test"], data.demographics, codes["test"]
         )
-    metrics = evaluation.run_test_metrics(
-        hyperparameters, vqvae, pixelcnn, test_images, codes["test"], test_conditions
-    )
-    return _write_metrics(run, source, metrics, hyperparameters)
+    with timed(seconds, "test"):
+        metrics = evaluation.run_test_metrics(
+            hyperparameters, vqvae, pixelcnn, test_images, codes["test"], test_conditions
+        )
+    return _write_metrics(run, source, metrics, seconds, hyperparameters)
+
+
+@contextlib.contextmanager
+def timed(seconds: dict, phase: str):
+    """Record the wall seconds of the block as `seconds[phase]`."""
+    start = time.perf_counter()
+    yield
+    seconds[phase] = round(time.perf_counter() - start, 2)
 
 
 def check_even_over_devices(hyperparameters: Hyperparameters, splits: dict, devices: int) -> None:
@@ -699,7 +698,6 @@ def check_even_over_devices(hyperparameters: Hyperparameters, splits: dict, devi
         "--batch-size": hyperparameters.batch_size,
         "--inference-batch-size": hyperparameters.inference_batch_size,
         **{f"the {name} split's slices": len(split) for name, split in splits.items()},
-        "the validation SSIM's slices": min(VALIDATION_SSIM_SLICES, len(splits["validate"])),
     }
     uneven = [f"{what} ({size})" for what, size in sizes.items() if size % devices]
     if uneven:
@@ -728,10 +726,12 @@ def check_stages(model: str, stages: tuple[str, ...] | None) -> tuple[str, ...]:
 
 
 def _write_metrics(
-    run: RunFolder, source: Path, metrics: dict, hyperparameters: Hyperparameters
+    run: RunFolder, source: Path, metrics: dict, seconds: dict, hyperparameters: Hyperparameters
 ) -> dict:
-    """Write metrics.json (the training data's path, then `metrics`) and the curves."""
-    metrics = {"data": str(source), **metrics}
+    """Write metrics.json (the training data's path, `metrics`, and the wall `seconds` of this
+    invocation's phases: loading the data, each stage trained, encoding, the test scores) and
+    the curves."""
+    metrics = {"data": str(source), **metrics, "seconds": seconds}
     write_atomically(run.metrics, json.dumps(metrics, indent=2) + "\n")
     plotting.plot_histories(run, hyperparameters.ssim_target)
     return metrics

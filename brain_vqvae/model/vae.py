@@ -64,12 +64,12 @@ class GaussianVAE(Autoencoder):
     mu and log sigma^2 [N, d]; `decode(latents)` maps [N, d] to images clipped to [0, 1];
     `sample(count, seed, temperature)` decodes `prior_latents`. `fit` and `evaluate` report the
     epoch means of loss, reconstruction_loss, kl_loss (the KL's mean per latent element,
-    unweighted), and ssim and psnr of the clipped reconstructions. Its training and validation steps
+    unweighted), and the SSIM (mean, share at or above `ssim_target`, 5th percentile) and PSNR of
+    the clipped reconstructions. Its training and validation steps
     decode z = mu + sigma * eps, a one-sample estimate of the loss, with eps drawn statelessly
     from (seed, optimizer step, replica), so a run is reproducible, a resumed run draws what it
-    would have drawn and a validation pass is deterministic; their ssim and psnr are those of
-    the sampled reconstructions. `call` (and so the reported test scores and `ValidationSSIM`)
-    decodes mu, the usual point reconstruction of a VAE. The two can differ a lot: the dense
+    would have drawn and a validation pass is deterministic; their SSIM and PSNR are those of
+    the sampled reconstructions. `call` (and so the reported test scores) decodes mu, the usual point reconstruction of a VAE. The two can differ a lot: the dense
     layer and the decoder's first ReLU learn the unit-variance noise of the elements the
     posterior leaves at the prior, so D(mu) is not the typical D(z), and at large KL weights
     D(mu) scores far below D(z) (BENCHMARKS.md, "Generation"). The validation loss, not D(mu),
@@ -144,7 +144,9 @@ class GaussianVAE(Autoencoder):
         return {"mean": mean, "log_variance": log_variance, "reconstructions": reconstructions}
 
     def _loss_terms(self, images, outputs: dict, step=None) -> dict:
-        reconstruction_loss = self.reconstruction_loss(images, outputs["reconstructions"], step)
+        reconstruction_loss = self.reconstruction_loss(
+            images, outputs["reconstructions"], step, outputs["ssim"]
+        )
         kl_loss = ops.mean(kl_divergence(outputs["mean"], outputs["log_variance"]))
         return {
             "loss": reconstruction_loss + self.hyperparameters.vae_kl_weight * kl_loss,

@@ -20,6 +20,7 @@ from brain_vqvae.model.distribute import (
 from brain_vqvae.model.quantizer import VectorQuantizer
 from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
 from brain_vqvae.model.steps import TrainingStepModel
+from brain_vqvae.model.trackers import SSIM_BINS, SSIM_RANGE, QuantileTracker, histogram_counts
 from hyperparameters import Hyperparameters
 
 VQVAE_METRICS = (
@@ -31,6 +32,9 @@ VQVAE_METRICS = (
     "ssim",
     "psnr",
 )
+# What every autoencoder also reports of its per-slice SSIM: the share of slices at or above
+# `ssim_target`, and the 5th percentile (`QuantileTracker`).
+SSIM_SPREAD_METRICS = ("above_target", "ssim_p05")
 SSIM_LOSS_WEIGHT = 0.84  # Zhao et al. 2017: alpha in alpha (1 - SSIM) + (1 - alpha) L1
 MAX_UNIT_INTERVAL_VARIANCE = 0.25  # no values in [0, 1] have a larger variance
 
@@ -129,7 +133,8 @@ class Autoencoder(TrainingStepModel):
     keep the order encoder, latent part, decoder (a saved optimizer's state is matched to the
     variables by that order), and defines `_forward(images, training)` -> a dict with
     "reconstructions" (raw, unclipped), `_loss_terms(images, outputs, step)` -> a dict with
-    "loss" and the other weighted means it reports, and, optionally, `_global_values(outputs)`
+    "loss" and the other weighted means it reports (`outputs` then also hold "ssim", the [N]
+    SSIM of the clipped reconstructions, for `reconstruction_loss`), and, optionally, `_global_values(outputs)`
     -> values already global over the replicas.
     """
 
@@ -140,7 +145,10 @@ class Autoencoder(TrainingStepModel):
         self.encoder = build_encoder(self.hyperparameters)
         self._build_latent()
         self.decoder = build_decoder(self.hyperparameters)
-        self.trackers = [keras.metrics.Mean(name=name) for name in metric_names]
+        self.trackers = [keras.metrics.Mean(name=name) for name in metric_names] + [
+            keras.metrics.Mean(name="above_target"),
+            QuantileTracker(0.05, name="ssim_p05"),
+        ]
 
     def _build_latent(self) -> None:
         """Make the layers between the encoder and the decoder (none here)."""
@@ -149,16 +157,19 @@ class Autoencoder(TrainingStepModel):
     def metrics(self) -> list:
         return self.trackers
 
-    def reconstruction_loss(self, images, reconstructions, step=None):
+    def reconstruction_loss(self, images, reconstructions, step=None, ssim=None):
         """The configured L_rec (scalar) of raw reconstructions; see the `VQVAE` docstring.
 
         Given `step`, the optimizer's step count t, "ssim_l1" is blended with "mse" over the
         first T = `mse_warmup_steps` steps: (1 - w) mse + w ssim_l1 with w = min(t / T, 1).
+        `ssim`, the [N] SSIM of the clipped reconstructions when the caller has it already,
+        spares computing it again.
         """
         mse = ops.mean(ops.square(images - reconstructions)) / self.data_variance
         if self.hyperparameters.reconstruction_loss == "mse":
             return mse
-        ssim = structural_similarity(images, ops.clip(reconstructions, 0.0, 1.0))
+        if ssim is None:
+            ssim = structural_similarity(images, ops.clip(reconstructions, 0.0, 1.0))
         l1 = ops.mean(ops.abs(images - reconstructions))
         ssim_l1 = SSIM_LOSS_WEIGHT * (1.0 - ops.mean(ssim)) + (1.0 - SSIM_LOSS_WEIGHT) * l1
         warmup_steps = self.hyperparameters.mse_warmup_steps
@@ -178,6 +189,10 @@ class Autoencoder(TrainingStepModel):
         images = keras.utils.unpack_x_y_sample_weight(data)[0]
         share = batch_share(images)
         outputs = self._forward(images, training=training)
+        # The slices' SSIM, computed once for the loss and the reported values.
+        outputs["ssim"] = structural_similarity(
+            images, ops.clip(outputs["reconstructions"], 0.0, 1.0)
+        )
         losses = self._loss_terms(
             images, outputs, step=self.optimizer.iterations if training else None
         )
@@ -188,18 +203,24 @@ class Autoencoder(TrainingStepModel):
 
     def record(self, report: dict) -> dict:
         """Track the step's values over the global batch: each replica's means (the losses,
-        and the SSIM and PSNR of the clipped reconstructions) weighted by its share and summed
-        over the replicas, and the `_global_values` as they are."""
+        and the SSIM and PSNR of the clipped reconstructions, and the share of slices whose
+        SSIM reaches `ssim_target`) weighted by its share and summed over the replicas, the
+        histogram of the slices' SSIM summed over the replicas (for `ssim_p05`), and the
+        `_global_values` as they are."""
         images, outputs = report["images"], report["outputs"]
         clipped = ops.clip(outputs["reconstructions"], 0.0, 1.0)
+        ssim = outputs["ssim"]
+        above_target = ops.cast(ssim >= self.hyperparameters.ssim_target, "float32")
         means = {
             **report["losses"],
-            "ssim": ops.mean(structural_similarity(images, clipped)),
+            "ssim": ops.mean(ssim),
             "psnr": ops.mean(peak_signal_noise_ratio(images, clipped)),
+            "above_target": ops.mean(above_target),
         }
         share = report["share"]
         values = {
             **{name: replica_sum(weighted_by_share(mean, share)) for name, mean in means.items()},
+            "ssim_p05": replica_sum(histogram_counts(ssim, SSIM_BINS, *SSIM_RANGE)),
             **self._global_values(outputs),
         }
         for tracker in self.trackers:
@@ -234,7 +255,8 @@ class VQVAE(Autoencoder):
     validation SSIM rose and stopped swinging (BENCHMARKS.md). L1 keeps a gradient on every
     pixel. `fit` and `evaluate` report the epoch means of loss, reconstruction_loss, vq_loss,
     perplexity, codes_used, and ssim and psnr (`brain_vqvae.metrics`, data range 1) of the
-    clipped reconstructions.
+    clipped reconstructions, with the spread of the slices' SSIM: above_target, the share at or
+    above `ssim_target`, and ssim_p05, its 5th percentile (`trackers.QuantileTracker`).
 
     Under a `tf.distribute` strategy (build and compile the model in `strategy.scope()`) the
     global batch of N images is split over the replicas, n_r each. Replica r differentiates
@@ -299,7 +321,9 @@ class VQVAE(Autoencoder):
         return {**quantizer_outputs, "reconstructions": reconstructions}
 
     def _loss_terms(self, images, outputs: dict, step=None) -> dict:
-        reconstruction_loss = self.reconstruction_loss(images, outputs["reconstructions"], step)
+        reconstruction_loss = self.reconstruction_loss(
+            images, outputs["reconstructions"], step, outputs["ssim"]
+        )
         return {
             "loss": reconstruction_loss + outputs["loss"],
             "reconstruction_loss": reconstruction_loss,
