@@ -4,22 +4,16 @@
         [--arms NAME ...] [--profile] [--quick] [--json PATH]
 
 The two contestants.
-  ours       `modules.build_vqvae(preset("card"))` fed by `dataset.make_tf_dataset` (uint8
-             slices, cast to [0, 1] per batch), trained by `VQVAE.train_step` with all its
-             per-step metrics and `training.adam`, exactly as `training.train_vqvae` runs it: the
-             card's SSIM + L1 loss (blended in from MSE over the first 100 steps) and Adam with
-             the cosine decay of a full 30-epoch run.
-  reference  the style of the Keras example "Vector-Quantized Variational Autoencoders"
-             (keras.io/examples/generative/vq_vae): a `VectorQuantizer` layer whose codebook is
-             a raw `tf.Variable` and whose losses go through `add_loss`, a `VQVAETrainer`
-             model with its own `train_step` and three loss trackers, and the images passed to
-             `fit` as one NumPy float32 array on the example's scale x / 255 - 1/2. Its layers
-             are the card's (encoder 3x3 ReLU convolutions 32, 32, 64, 64 at stride 2 and 128 at
-             stride 1, a 1x1 convolution to 16 dimensions, 16 codes; the decoder mirrored with
-             transposed convolutions), so both have 446,033 weights; its loss is the
-             example's MSE / data variance + VQ loss, with Adam at 1e-3. One deviation: Keras 3
-             does not track a raw `tf.Variable`, so the example's codebook would never move;
-             the trainer here differentiates it explicitly.
+  ours       `modules.build_vqvae(preset("card"))` fed by `brain_vqvae.data.make_tf_dataset`
+             (uint8 slices, cast to [0, 1] per batch), trained by `VQVAE.train_step` with all its
+             per-step metrics and `training.adam`, as `brain_vqvae.training` runs it: the card's
+             SSIM + L1 loss (blended in from MSE over the first steps) and Adam with the cosine
+             decay of a full 30-epoch run.
+  reference  `bench.reference.build_reference`: the Keras example "Vector-Quantized
+             Variational Autoencoders" (keras.io/examples/generative/vq_vae) with the card's
+             layers (446,033 weights, as ours), its MSE / data variance + VQ loss and Adam at
+             1e-3, the images passed to `fit` as one NumPy float32 array on the example's scale
+             x / 255 - 1/2 (see bench/reference.py).
 
 How it is timed. Every arm (a contestant plus settings) runs in its own worker process,
 because TensorFlow fixes the oneDNN switch and its thread pools when it starts. All workers
@@ -33,7 +27,7 @@ seconds per 100 images (the worker's user + system time over all its threads: st
 wall time when other jobs share the cores, though it also counts threads spinning while they
 wait), the speed-up over the reference in wall and in CPU time (median over the rounds of
 reference epoch time / arm epoch time in the same round) and the validation SSIM
-(mean over `--validate-images` slices, `similarity.score_reconstructions`) after the last
+(mean over `--validate-images` slices, `brain_vqvae.metrics.ssim_per_slice`) after the last
 epoch, i.e. after the same number of updates for every arm.
 
 Arms: the reference with TensorFlow's defaults and with oneDNN on, ours as shipped (oneDNN on)
@@ -67,6 +61,7 @@ from bench.common import (
     describe_machine,
     machine_summary,
     median,
+    onednn_enabled,
     print_table,
     write_json,
 )
@@ -119,102 +114,6 @@ def start_tensorflow(arm: Arm):
     tf.config.threading.set_inter_op_parallelism_threads(arm.inter_threads)
 
 
-def build_reference(data_variance: float, seed: int):
-    """The Keras example's VQ-VAE trainer with the card's layers (see the module docstring)."""
-    import keras
-    import tensorflow as tf
-
-    class ExampleVectorQuantizer(keras.layers.Layer):
-        """Nearest-code lookup with the codebook as a raw variable and the VQ losses added
-        with `add_loss`, as in the example."""
-
-        def __init__(self, num_embeddings, embedding_dim, beta=0.25, **kwargs):
-            super().__init__(**kwargs)
-            self.embedding_dim, self.num_embeddings, self.beta = embedding_dim, num_embeddings, beta
-            initial = tf.random_uniform_initializer(seed=seed)((embedding_dim, num_embeddings))
-            self.embeddings = tf.Variable(initial, trainable=True, name="embeddings_vqvae")
-
-        def call(self, latents):
-            embeddings = tf.cast(self.embeddings, latents.dtype)  # for mixed precision
-            flat = tf.reshape(latents, [-1, self.embedding_dim])
-            distances = (
-                tf.reduce_sum(flat**2, axis=1, keepdims=True)
-                + tf.reduce_sum(embeddings**2, axis=0)
-                - 2 * tf.matmul(flat, embeddings)
-            )
-            one_hot = tf.one_hot(
-                tf.argmin(distances, axis=1), self.num_embeddings, dtype=flat.dtype
-            )
-            codes = tf.matmul(one_hot, embeddings, transpose_b=True)
-            codes = tf.reshape(codes, tf.shape(latents))
-            commitment = tf.reduce_mean((tf.stop_gradient(codes) - latents) ** 2)
-            codebook = tf.reduce_mean((codes - tf.stop_gradient(latents)) ** 2)
-            self.add_loss(self.beta * commitment + codebook)
-            return latents + tf.stop_gradient(codes - latents)  # straight-through estimator
-
-    class ExampleVQVAETrainer(keras.Model):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.vqvae, self.quantizer = reference_network(ExampleVectorQuantizer(16, 16))
-            self.trackers = [
-                keras.metrics.Mean(name=name) for name in ("loss", "reconstruction_loss", "vq_loss")
-            ]
-
-        @property
-        def metrics(self):
-            return self.trackers
-
-        def train_step(self, images):
-            # Keras 3 does not collect a raw tf.Variable: name the codebook explicitly.
-            variables = [*self.vqvae.trainable_variables, self.quantizer.embeddings]
-            with tf.GradientTape() as tape:
-                reconstructions = tf.cast(self.vqvae(images), tf.float32)  # mixed precision
-                reconstruction_loss = tf.reduce_mean((images - reconstructions) ** 2) / (
-                    data_variance
-                )
-                vq_loss = tf.cast(sum(self.vqvae.losses), tf.float32)
-                total_loss = reconstruction_loss + vq_loss
-            gradients = tape.gradient(total_loss, variables)
-            self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-            for tracker, value in zip(
-                self.trackers, (total_loss, reconstruction_loss, vq_loss), strict=True
-            ):
-                tracker.update_state(value)
-            return {tracker.name: tracker.result() for tracker in self.trackers}
-
-    return ExampleVQVAETrainer()
-
-
-def reference_network(quantizer):
-    """The card's encoder -> `quantizer` -> mirrored decoder as one functional model on the
-    example's centred scale; returns (model, quantizer)."""
-    import keras
-
-    from hyperparameters import preset
-
-    layers, card = keras.layers, preset("card")
-    convolutions = [
-        (filters, 2 if index < card.downsample_stages else 1)
-        for index, filters in enumerate(card.encoder_filters)
-    ]
-    images = keras.Input((card.image_size, card.image_size, 1))
-    features = images
-    for filters, stride in convolutions:
-        features = layers.Conv2D(filters, 3, strides=stride, padding="same", activation="relu")(
-            features
-        )
-    features = quantizer(layers.Conv2D(card.latent_dim, 1)(features))
-    features = layers.Conv2D(card.encoder_filters[-1], 3, padding="same", activation="relu")(
-        features
-    )
-    for filters, stride in reversed(convolutions):
-        features = layers.Conv2DTranspose(
-            filters, 3, strides=stride, padding="same", activation="relu"
-        )(features)
-    outputs = layers.Conv2D(1, 3, padding="same")(features)
-    return keras.Model(images, outputs, name="example_vqvae"), quantizer
-
-
 class Contestant:
     """A compiled model with `fit(epochs, callback)`, `reconstruct(images)` -> [0, 1] images
     and its weight count, for either kind of arm."""
@@ -223,6 +122,7 @@ class Contestant:
         import keras
 
         import modules
+        from bench.reference import LEARNING_RATE, build_reference
         from brain_vqvae import training
         from brain_vqvae.data import make_tf_dataset
         from hyperparameters import preset
@@ -245,8 +145,10 @@ class Contestant:
         else:
             self.model = build_reference(data_variance, seed)
             self.data = slices.float_images() - 0.5  # the example's x / 255 - 1/2
-            self.weights = self.model.vqvae.count_params() + 16 * 16  # + the raw codebook
-            optimizer = keras.optimizers.Adam(card.learning_rate_vqvae)
+            # Keras does not count the raw codebook variable among the model's weights.
+            codebook = self.model.quantizer.embeddings.shape.num_elements()
+            self.weights = self.model.vqvae.count_params() + codebook
+            optimizer = keras.optimizers.Adam(LEARNING_RATE)
         self.model.compile(optimizer=optimizer, jit_compile=arm.jit_compile)
 
     def fit(self, epochs: int, callback) -> None:
@@ -313,11 +215,10 @@ def run_worker(settings: dict) -> None:
     arm = Arm(**settings["arm"])
     start_tensorflow(arm)
     import numpy as np
-    from common import onednn_enabled
 
     from brain_vqvae.data import SliceSet, load_slices
-    from similarity import score_reconstructions
-    from train import pixel_variance
+    from brain_vqvae.metrics import psnr_per_slice, ssim_per_slice
+    from brain_vqvae.training import pixel_variance
 
     splits = load_slices(settings["data"], image_size=128, cache_dir=settings["cache_dir"]).splits
     train = _evenly_spaced(splits["train"], settings["images"], SliceSet)
@@ -326,8 +227,13 @@ def run_worker(settings: dict) -> None:
     reply({"onednn": onednn_enabled(), "weights": contestant.weights, "images": len(train)})
     contestant.fit(settings["epochs"], make_gate())
     sys.stdin.readline()
-    scores = score_reconstructions(validate, contestant.reconstruct(validate))
-    reply({"ssim": float(np.mean(scores.ssim)), "psnr": float(np.mean(scores.psnr))})
+    reconstructions = contestant.reconstruct(validate)
+    reply(
+        {
+            "ssim": float(np.mean(ssim_per_slice(validate, reconstructions))),
+            "psnr": float(np.mean(psnr_per_slice(validate, reconstructions))),
+        }
+    )
     if settings["profile"] and profiled(arm):
         reply(profile_step(contestant, train))
 

@@ -63,3 +63,44 @@ def test_the_device_check_trains_whole_epochs_of_about_the_steps_asked():
     assert epochs_for(300, 2048, 256) == 38  # 8 steps an epoch: 37.5 epochs, rounded
     assert epochs_for(300, 2048, 2) == 2  # 1024 steps an epoch, but two to time one
     assert epochs_for(100, 100, 32) == 25  # the last batch of 4 is a step too
+
+
+def test_the_whole_run_summary_takes_medians_ratios_by_round_and_the_rest_of_the_phases():
+    from bench.whole_run import STARTUP_AND_REST, summarise
+
+    ours = [
+        {"wall": 30.0, "cpu": 50.0, "phases": {"load data": 2.0, "vqvae": 20.0}},
+        {"wall": 40.0, "cpu": 70.0, "phases": {"load data": 4.0, "vqvae": 30.0}},
+        {"wall": 36.0, "cpu": 60.0, "phases": {"load data": 3.0, "vqvae": 25.0}},
+    ]
+    reference = [
+        {"wall": 60.0, "cpu": 100.0},
+        {"wall": 40.0, "cpu": 80.0},
+        {"wall": 45.0, "cpu": 60.0},
+    ]
+    summary = summarise({"ours": ours, "reference": reference})
+    assert summary["rows"] == [
+        {
+            "arm": "ours",
+            "wall_s": 36.0,
+            "wall_range": "30.0-40.0",
+            "cpu_s": 60.0,
+            "cpu_range": "50.0-70.0",
+        },
+        {
+            "arm": "reference",
+            "wall_s": 45.0,
+            "wall_range": "40.0-60.0",
+            "cpu_s": 80.0,
+            "cpu_range": "60.0-100.0",
+        },
+    ]
+    assert summary["wall_ratio"] == 0.8  # rounds: 30/60, 40/40, 36/45
+    assert summary["cpu_ratio"] == 0.875  # rounds: 50/100, 70/80, 60/60
+    assert summary["phases"] == [
+        {"phase": "load data", "seconds": 3.0},
+        {"phase": "vqvae", "seconds": 25.0},
+        {"phase": STARTUP_AND_REST, "seconds": 8.0},  # rounds: 30 - 22, 40 - 34, 36 - 28
+    ]
+    ours[1]["phases"] = None  # a metrics.json without "seconds"
+    assert summarise({"ours": ours, "reference": reference})["phases"] == []
