@@ -13,6 +13,7 @@ from skimage.metrics import structural_similarity as skimage_ssim
 import modules
 from brain_vqvae.model.gated_prior import GatedLayer
 from brain_vqvae.model.sampler import _SAMPLERS, raster_scan
+from brain_vqvae.model.trackers import SSIM_BINS, QuantileTracker, histogram_counts
 from brain_vqvae.model.vqvae import SSIM_LOSS_WEIGHT
 from hyperparameters import Hyperparameters
 from modules import (
@@ -393,6 +394,30 @@ def test_vqvae_training_lowers_the_loss_and_reports_every_metric(images, reconst
     mse = ((images - reconstructions) ** 2).reshape(len(images), -1).mean(axis=1)
     assert evaluation["ssim"] == pytest.approx(expected_ssim, abs=1e-4)
     assert evaluation["psnr"] == pytest.approx(np.mean(10 * np.log10(1 / mse)), rel=1e-4)
+    # The spread of the slices' SSIM, from the same pass: the share at or above the target and
+    # the 5th percentile (to within one histogram bin, 0.005, of the slice that reaches it).
+    scores = reference_ssim(images, reconstructions)
+    assert evaluation["above_target"] == pytest.approx(np.mean(scores >= TINY.ssim_target))
+    fifth = np.percentile(scores, 5, method="inverted_cdf")
+    assert evaluation["ssim_p05"] == pytest.approx(fifth, abs=0.0051)
+
+
+def test_quantile_tracker_reads_a_quantile_of_every_score_counted_since_its_reset():
+    scores = np.random.default_rng(0).uniform(-0.3, 0.97, 1000)
+    width = 2.0 / SSIM_BINS
+    expectations = ((0.05, np.percentile(scores, 5)), (0.0, scores.min()), (1.0, scores.max()))
+    for quantile, expected in expectations:
+        tracker = QuantileTracker(quantile)
+        for chunk in np.array_split(scores, 7):  # in batches, as a training step counts them
+            tracker.update_state(histogram_counts(chunk, SSIM_BINS, -1.0, 1.0))
+        assert float(tracker.result()) == pytest.approx(expected, abs=width)
+    tracker.reset_state()
+    assert float(tracker.result()) == 0.0  # nothing counted, as an empty mean reads
+    # Scores outside [low, high] are counted in the end bins.
+    counts = np.asarray(histogram_counts(np.array([-3.0, 0.0, 5.0]), 4, -1.0, 1.0))
+    np.testing.assert_array_equal(counts, [1, 0, 1, 1])
+    with pytest.raises(ValueError, match="quantile"):
+        QuantileTracker(1.5)
 
 
 def test_compiled_train_step_updates_ema_restart_and_kmeans_state_but_evaluate_does_not(images):

@@ -44,7 +44,14 @@ def test_run_folder_holds_everything_it_promises(tiny_run, tiny_hyperparameters)
         prior_conditions="slice_position,previous_slice"
     )
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved == pytest.approx(metrics)
+    seconds = saved.pop("seconds")
+    assert saved == pytest.approx(
+        {name: value for name, value in metrics.items() if name != "seconds"}
+    )
+    # Each phase of the run took some time, none of it absurd.
+    assert set(seconds) == {"load data", "vqvae", "encode", "pixelcnn", "test"}
+    assert all(0.0 <= value < 600.0 for value in seconds.values())
+    assert seconds["vqvae"] > 0.0 and seconds["pixelcnn"] > 0.0
     for key in (
         "ssim_mean",
         "ssim_median",
@@ -68,8 +75,20 @@ def test_vqvae_loss_falls_and_the_history_has_the_metrics(tiny_run):
     out, _ = tiny_run
     history = read_history(out / "history_vqvae.csv")
     assert len(history) == 8
-    for column in ("loss", "val_loss", "perplexity", "codes_used", "val_ssim", "val_above_target"):
+    for column in (
+        "loss",
+        "val_loss",
+        "perplexity",
+        "codes_used",
+        "val_ssim",
+        "val_above_target",
+        "val_ssim_p05",
+    ):
         assert column in history[0], column
+    # The validation SSIM's 5th percentile is at most its mean, and above_target a share.
+    for row in history:
+        assert float(row["val_ssim_p05"]) <= float(row["val_ssim"]) + 0.005
+        assert 0.0 <= float(row["val_above_target"]) <= 1.0
     assert float(history[-1]["loss"]) < float(history[0]["loss"])
     assert len(read_history(out / "history_pixelcnn.csv")) == 2
 

@@ -38,7 +38,15 @@ from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
 from brain_vqvae.model.vqvae import Autoencoder
 from hyperparameters import Hyperparameters, check_sample_count, check_temperature
 
-VAE_METRICS = ("loss", "reconstruction_loss", "kl_loss", "ssim", "psnr")
+VAE_METRICS = (
+    "loss",
+    "reconstruction_loss",
+    "kl_loss",
+    "ssim",
+    "psnr",
+    "above_target",
+    "ssim_p05",
+)
 LOG_VARIANCE_RANGE = (-30.0, 20.0)  # log sigma^2 is clipped here, so exp never overflows
 
 
@@ -64,14 +72,15 @@ class GaussianVAE(Autoencoder):
     mu and log sigma^2 [N, d]; `decode(latents)` maps [N, d] to images clipped to [0, 1];
     `sample(count, seed, temperature)` decodes `prior_latents`. `fit` and `evaluate` report the
     epoch means of loss, reconstruction_loss, kl_loss (the KL's mean per latent element,
-    unweighted), and the SSIM (mean, share at or above `ssim_target`, 5th percentile) and PSNR of
-    the clipped reconstructions. Its training and validation steps
-    decode z = mu + sigma * eps, a one-sample estimate of the loss, with eps drawn statelessly
-    from (seed, optimizer step, replica), so a run is reproducible, a resumed run draws what it
-    would have drawn and a validation pass is deterministic; their SSIM and PSNR are those of
-    the sampled reconstructions. `call` (and so the reported test scores) decodes mu, the usual point reconstruction of a VAE. The two can differ a lot: the dense
-    layer and the decoder's first ReLU learn the unit-variance noise of the elements the
-    posterior leaves at the prior, so D(mu) is not the typical D(z), and at large KL weights
+    unweighted), and the SSIM (mean, share at or above `ssim_target`, 5th percentile) and PSNR
+    of the clipped reconstructions. Its training and validation steps decode
+    z = mu + sigma * eps, a one-sample estimate of the loss, with eps drawn statelessly from
+    (seed, optimizer step, replica), so a run is reproducible, a resumed run draws what it would
+    have drawn and a validation pass is deterministic; their SSIM and PSNR are those of the
+    sampled reconstructions. `call` (and so the reported test scores) decodes mu, the usual
+    point reconstruction of a VAE. The two can differ a lot: the dense layer and the decoder's
+    first ReLU learn the unit-variance noise of the elements the posterior leaves at the prior,
+    so D(mu) is not the typical D(z), and at large KL weights
     D(mu) scores far below D(z) (BENCHMARKS.md, "Generation"). The validation loss, not D(mu),
     chooses the best checkpoint, as it is the loss being minimised. Replica weighting under
     `tf.distribute` is `VQVAE`'s (`Autoencoder`).

@@ -31,10 +31,12 @@ VQVAE_METRICS = (
     "codes_used",
     "ssim",
     "psnr",
+    "above_target",
+    "ssim_p05",
 )
-# What every autoencoder also reports of its per-slice SSIM: the share of slices at or above
-# `ssim_target`, and the 5th percentile (`QuantileTracker`).
-SSIM_SPREAD_METRICS = ("above_target", "ssim_p05")
+# The reported quantiles of the slices' SSIM (`QuantileTracker`), by name: every other reported
+# value is a mean.
+SSIM_QUANTILES = {"ssim_p05": 0.05}
 SSIM_LOSS_WEIGHT = 0.84  # Zhao et al. 2017: alpha in alpha (1 - SSIM) + (1 - alpha) L1
 MAX_UNIT_INTERVAL_VARIANCE = 0.25  # no values in [0, 1] have a larger variance
 
@@ -134,8 +136,8 @@ class Autoencoder(TrainingStepModel):
     variables by that order), and defines `_forward(images, training)` -> a dict with
     "reconstructions" (raw, unclipped), `_loss_terms(images, outputs, step)` -> a dict with
     "loss" and the other weighted means it reports (`outputs` then also hold "ssim", the [N]
-    SSIM of the clipped reconstructions, for `reconstruction_loss`), and, optionally, `_global_values(outputs)`
-    -> values already global over the replicas.
+    SSIM of the clipped reconstructions, for `reconstruction_loss`), and, optionally,
+    `_global_values(outputs)` -> values already global over the replicas.
     """
 
     def __init__(self, hyperparameters: dict, data_variance: float, metric_names, **kwargs):
@@ -145,9 +147,11 @@ class Autoencoder(TrainingStepModel):
         self.encoder = build_encoder(self.hyperparameters)
         self._build_latent()
         self.decoder = build_decoder(self.hyperparameters)
-        self.trackers = [keras.metrics.Mean(name=name) for name in metric_names] + [
-            keras.metrics.Mean(name="above_target"),
-            QuantileTracker(0.05, name="ssim_p05"),
+        self.trackers = [
+            QuantileTracker(SSIM_QUANTILES[name], name=name)
+            if name in SSIM_QUANTILES
+            else keras.metrics.Mean(name=name)
+            for name in metric_names
         ]
 
     def _build_latent(self) -> None:
@@ -205,7 +209,7 @@ class Autoencoder(TrainingStepModel):
         """Track the step's values over the global batch: each replica's means (the losses,
         and the SSIM and PSNR of the clipped reconstructions, and the share of slices whose
         SSIM reaches `ssim_target`) weighted by its share and summed over the replicas, the
-        histogram of the slices' SSIM summed over the replicas (for `ssim_p05`), and the
+        histogram of the slices' SSIM summed over the replicas (for the `SSIM_QUANTILES`), and the
         `_global_values` as they are."""
         images, outputs = report["images"], report["outputs"]
         clipped = ops.clip(outputs["reconstructions"], 0.0, 1.0)
@@ -218,9 +222,10 @@ class Autoencoder(TrainingStepModel):
             "above_target": ops.mean(above_target),
         }
         share = report["share"]
+        histogram = replica_sum(histogram_counts(ssim, SSIM_BINS, *SSIM_RANGE))
         values = {
             **{name: replica_sum(weighted_by_share(mean, share)) for name, mean in means.items()},
-            "ssim_p05": replica_sum(histogram_counts(ssim, SSIM_BINS, *SSIM_RANGE)),
+            **{name: histogram for name in SSIM_QUANTILES},
             **self._global_values(outputs),
         }
         for tracker in self.trackers:
