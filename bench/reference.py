@@ -14,7 +14,7 @@ MSE / data variance + VQ loss (beta 0.25), with Adam at 1e-3. One deviation: Ker
 track a raw `tf.Variable`, so the example's codebook would never move; the trainer here
 differentiates it explicitly.
 
-The script is what a keras-io user runs on the PNG tree (/work/shared/DATA.md, section 1): Pillow
+The script is what a keras-io user runs on the OASIS PNG tree (`brain_vqvae.data.png_tree`): Pillow
 reads every PNG of TREE/keras_png_slices_train as 8-bit grey, resized to the card's 128x128 (with
 Lanczos, as the project's loader does, so both see the same pixels), into one float32 NumPy
 array on the example's scale; the data variance is that array's; the trainer is compiled with
