@@ -1,13 +1,21 @@
 """tf.data pipelines: slices and code maps as shuffled, batched, prefetched datasets.
 
 TensorFlow is imported inside these functions, so loading data never starts it (the package's
-`__init__` has set its environment by then). `slice_batches` and `code_map_batches` give the
+`__init__` has set its environment by then).
+
+The pipelines run with tf.data's autotuning off, at a fixed parallelism (`PARALLEL_BATCHES`
+batches transformed at once, `PREFETCH_BATCHES` made ahead). Keras makes a new iterator over a
+dataset every epoch, and with autotuning on, dropping the previous epoch's iterator stalled
+training for 1 to 18 s at the start of an epoch, with the process idle (no CPU time), on two
+cores under a convolutional step; with it off there was no stall (BENCHMARKS.md, "Whole
+training runs"). `slice_batches` and `code_map_batches` give the
 same batches in the form Keras' backend trains on: these tf.data datasets on TensorFlow, and on
 JAX the NumPy `arrays.ArrayBatches`, which need no TensorFlow.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -25,6 +33,10 @@ MAX_ANGLE = np.deg2rad(10.0)
 ZOOM_RANGE = (0.9, 1.1)
 GAIN_RANGE = (0.9, 1.1)
 LOG_GAMMA_RANGE = (-0.223, 0.223)
+# The pipelines' fixed parallelism (tf.data's autotuning is off, see above): batches converted
+# or augmented at once, one per core, and batches made ahead of the training step.
+PARALLEL_BATCHES = os.cpu_count() or 1
+PREFETCH_BATCHES = 2
 
 
 def make_tf_dataset(
@@ -48,10 +60,10 @@ def make_tf_dataset(
 
     def to_float(batches: tf.data.Dataset) -> tf.data.Dataset:
         if not augment:
-            return batches.map(_to_unit_float, num_parallel_calls=tf.data.AUTOTUNE)
+            return batches.map(_to_unit_float, num_parallel_calls=PARALLEL_BATCHES)
         batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         return tf.data.Dataset.zip(batches, batch_seeds).map(
-            _augment_batch, num_parallel_calls=tf.data.AUTOTUNE
+            _augment_batch, num_parallel_calls=PARALLEL_BATCHES
         )
 
     return _batches(slice_set.images, batch_size, shuffle, seed, to_float)
@@ -109,7 +121,8 @@ def _batches(
     transform: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None,
 ) -> tf.data.Dataset:
     """The (N, ...) `elements` as batches of `batch_size` (the last one smaller), shuffled
-    over all N with `seed` and anew every epoch when `shuffle`, then `transform`ed, prefetched."""
+    over all N with `seed` and anew every epoch when `shuffle`, then `transform`ed, prefetched,
+    with tf.data's autotuning off (module docstring)."""
     import tensorflow as tf
 
     check_batch_size(batch_size)
@@ -119,7 +132,9 @@ def _batches(
     dataset = dataset.batch(batch_size)
     if transform is not None:
         dataset = transform(dataset)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(options)
 
 
 def check_batch_size(batch_size: int) -> None:
