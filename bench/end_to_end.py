@@ -3,16 +3,17 @@
     python -m bench.end_to_end [--tree DIR] [--epochs-vqvae 30] [--epochs-pixelcnn 30]
         [--quick] [--json PATH]
 
-The stages are those of `python train.py` (train.run_training), each timed on its own with wall
-seconds, on the OASIS-sized tree (`common.build_oasis_tree`: 9,664 / 1,120 / 544 slices) and
-the card preset, in a temporary run folder:
+The stages are those of `python train.py` (`brain_vqvae.training.train_run`), each timed on its
+own with wall seconds, on the OASIS-sized tree (`common.build_oasis_tree`: 9,664 / 1,120 / 544
+slices) and the card preset, in a temporary run folder:
   load          `load_slices` into an empty cache (a first run; later runs read the cache)
-  VQ-VAE        `train.train_autoencoder` for ONE epoch: tf.data pipeline, training, validation,
-                the validation-SSIM callback, checkpoints, reloading the best model
-  encode        `train.encode_split` of the train and validate splits (code maps)
-  PixelCNN      `train.train_pixelcnn` for ONE epoch
-  test report   `train.test_metrics` on the test split (SSIM/PSNR/MAE, codebook use, bits)
-  sample        `predict.sample_slices`: 64 code maps drawn and decoded
+  VQ-VAE        `training.train_autoencoder` for ONE epoch: tf.data pipeline, training,
+                validation, checkpoints, reloading the best model
+  encode        `training.encode_split` of the train and validate splits (code maps)
+  PixelCNN      `training.train_pixelcnn` for ONE epoch
+  test report   `evaluation.run_test_metrics` on the test split (SSIM/PSNR/MAE, codebook use,
+                bits)
+  sample        `sample_code_maps`: 64 code maps drawn
 The two training stages are then extrapolated linearly to `--epochs-vqvae` and
 `--epochs-pixelcnn` epochs (the defaults' 30 + 30). The one measured epoch carries the one-time
 costs (graph tracing, model building), so the extrapolation errs slightly high; early stopping

@@ -3,11 +3,11 @@
     python -m bench.memory [--tree DIR] [--quick] [--json PATH]
 
 A child process does what `python train.py` does for stage 1 on a first run, so nothing of this
-process counts: import `train` (TensorFlow, Keras, the project), load the OASIS-sized tree
-(`common.build_oasis_tree`) with `load_slices` into an empty cache folder (decoding all 11,328
-PNG pairs and writing the cache), then `train.train_vqvae` with the card preset and one epoch:
-its tf.data pipeline, the model, Adam, validation on 1,120 slices, the per-epoch validation
-SSIM of 512 slices and the checkpoints, in a temporary run folder. After each phase the child
+process counts: import `brain_vqvae.training` (TensorFlow, Keras, the project), load the
+OASIS-sized tree (`common.build_oasis_tree`) with `load_slices` into an empty cache folder
+(decoding all 11,328 PNG pairs and writing the cache), then `training.train_autoencoder` with
+the card preset and one epoch: its tf.data pipeline, the model, Adam, validation on 1,120
+slices and the checkpoints, in a temporary run folder. After each phase the child
 records its peak resident set so far, `resource.getrusage(RUSAGE_SELF).ru_maxrss`; the parent
 reports those and its own `RUSAGE_CHILDREN` reading (the peak of the child as a whole).
 Goal: at most 3 GB.
@@ -53,7 +53,7 @@ def train_one_epoch(tree: Path) -> list[dict]:
         phases.append({"phase": phase, "peak": peak_bytes(), "s": time.perf_counter() - start})
 
     from brain_vqvae.data import load_slices
-    from brain_vqvae.training import prepare_run_folder, train_vqvae
+    from brain_vqvae.training import prepare_run_folder, train_autoencoder
     from hyperparameters import preset
 
     record("imported brain_vqvae.training (TensorFlow, Keras)")
@@ -63,7 +63,7 @@ def train_one_epoch(tree: Path) -> list[dict]:
         data = load_slices(tree, image_size=128, cache_dir=scratch / "cache")
         record("load_slices, empty cache (decode + write cache)")
         run = prepare_run_folder(scratch / "run", ("vqvae",), resume=False, overwrite=False)
-        train_vqvae(
+        train_autoencoder(
             hyperparameters,
             run,
             data.splits["train"],
@@ -71,7 +71,7 @@ def train_one_epoch(tree: Path) -> list[dict]:
             resume=False,
             verbose=0,
         )
-        record("train_vqvae, 1 epoch (+ validation, SSIM callback, checkpoints)")
+        record("train_autoencoder, 1 epoch (+ validation, checkpoints)")
     return phases
 
 

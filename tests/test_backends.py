@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import pytest
 
@@ -106,7 +107,8 @@ def test_the_sampler_draws_on_jax(tmp_path):
 def test_a_run_trains_on_jax_over_two_devices(tmp_path):
     """`train.py --strategy mirrored` on JAX with two CPU devices: `keras.distribution.
     DataParallel` shards the NumPy batches of both stages over them; a batch that does not
-    split evenly over them is refused before training."""
+    split evenly over them is refused before training. `predict.py` then draws a volume and
+    reconstructs slices with the run, on JAX too."""
     on_backend("jax", "run", tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     result = json.loads((tmp_path / "run.json").read_text())
 
@@ -119,3 +121,20 @@ def test_a_run_trains_on_jax_over_two_devices(tmp_path):
     assert metrics["prior_bits_per_code"] < metrics["uniform_bits_per_code"]
     assert (tmp_path / "run" / "vqvae.keras").exists()
     assert (tmp_path / "run" / "pixelcnn.keras").exists()
+
+    # predict.py on the same backend: a whole volume asked for, and reconstructions.
+    for mode in (["--volume"], ["--reconstruct", "--num", "2"]):
+        done = subprocess.run(
+            [sys.executable, "predict.py", "--run", str(tmp_path / "run"), *mode],
+            cwd=ON_BACKEND.parents[1],
+            env={**os.environ, "KERAS_BACKEND": "jax"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-5000:]
+    volume = nibabel.load(tmp_path / "run" / "volumes" / "volume_000.nii.gz")
+    settings = json.loads((tmp_path / "run" / "hyperparameters.json").read_text())
+    assert volume.shape[2] == settings["slices_per_volume"]
+    assert np.ptp(volume.get_fdata()) > 0
+    assert (tmp_path / "run" / "reconstructions" / "reconstructions.png").is_file()
