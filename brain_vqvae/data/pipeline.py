@@ -1,16 +1,16 @@
 """tf.data pipelines: slices and code maps as shuffled, batched, prefetched datasets.
 
 TensorFlow is imported inside these functions, so loading data never starts it (the package's
-`__init__` has set its environment by then).
-
-The pipelines run with tf.data's autotuning off, at a fixed parallelism (`PARALLEL_BATCHES`
-batches transformed at once, `PREFETCH_BATCHES` made ahead). Keras makes a new iterator over a
-dataset every epoch, and with autotuning on, dropping the previous epoch's iterator stalled
-training for 1 to 18 s at the start of an epoch, with the process idle (no CPU time), on two
-cores under a convolutional step; with it off there was no stall (BENCHMARKS.md, "Whole
-training runs"). `slice_batches` and `code_map_batches` give the
+`__init__` has set its environment by then). `slice_batches` and `code_map_batches` give the
 same batches in the form Keras' backend trains on: these tf.data datasets on TensorFlow, and on
 JAX the NumPy `arrays.ArrayBatches`, which need no TensorFlow.
+
+The tf.data pipelines run with tf.data's autotuning off, at a fixed parallelism
+(`PARALLEL_BATCHES` batches transformed at once, `PREFETCH_BATCHES` made ahead). Keras makes a
+new iterator over a dataset every epoch, and with autotuning on, dropping the previous epoch's
+iterator stalled training for 1 to 18 s at the start of an epoch, with the process idle (no
+CPU time), on two cores under a convolutional step; with it off there was no stall
+(BENCHMARKS.md, "Whole training runs").
 """
 
 from __future__ import annotations

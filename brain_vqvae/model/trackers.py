@@ -37,8 +37,7 @@ class QuantileTracker(keras.metrics.Metric):
     tracker's `bins`, `low` and `high`). `result()`: with C_k the cumulative counts and n = C_K
     their total, the value x = low + (k + (q n - C_{k-1}) / c_k) w, k the first bin with
     C_k >= q n and c_k > 0, i.e. linear within the bin where the q-th fraction of the scores is
-    reached;
-    0 before any score is counted (as an empty `keras.metrics.Mean` reads 0).
+    reached; 0 before any score is counted (as an empty `keras.metrics.Mean` reads 0).
     """
 
     def __init__(
