@@ -34,8 +34,9 @@ ZOOM_RANGE = (0.9, 1.1)
 GAIN_RANGE = (0.9, 1.1)
 LOG_GAMMA_RANGE = (-0.223, 0.223)
 # The pipelines' fixed parallelism (tf.data's autotuning is off, see above): batches converted
-# or augmented at once, one per core, and batches made ahead of the training step.
-PARALLEL_BATCHES = os.cpu_count() or 1
+# or augmented at once, one per core up to 8 (each in flight is held in memory: 16 MB for 256
+# float32 slices of 128x128), and batches made ahead of the training step.
+PARALLEL_BATCHES = min(os.cpu_count() or 1, 8)
 PREFETCH_BATCHES = 2
 
 
