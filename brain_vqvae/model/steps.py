@@ -48,8 +48,14 @@ def run_stateless(variables: list, values: list, function):
 
 
 class _TensorFlowSteps(keras.Model):
-    """`train_step` and `test_step` of Keras' TensorFlow trainer (`data` -> logs)."""
+    """`train_step` and `test_step` of Keras' TensorFlow trainer (`data` -> logs).
 
+    Both are traced as they are written, without autograph: the models' steps are written in
+    `keras.ops`, their branches as `ops.cond`, so autograph has nothing to convert, and not
+    converting them traces the first training step about 1 s sooner on two cores
+    (BENCHMARKS.md, "Whole training runs")."""
+
+    @tf.autograph.experimental.do_not_convert
     def train_step(self, data):
         with tf.GradientTape() as tape:
             loss, report = self.step_loss(data, training=True)
@@ -57,6 +63,7 @@ class _TensorFlowSteps(keras.Model):
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
         return self.record(report)
 
+    @tf.autograph.experimental.do_not_convert
     def test_step(self, data):
         return self.record(self.step_loss(data, training=False)[1])
 
