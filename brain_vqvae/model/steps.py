@@ -47,6 +47,12 @@ def run_stateless(variables: list, values: list, function):
     return result, [scope.get_current_value(variable) for variable in variables]
 
 
+def _traced_as_written(step):
+    """A TensorFlow `train_step` or `test_step` that Keras' `tf.function` traces without
+    autograph (see `_TensorFlowSteps`); `step` itself on JAX."""
+    return tf.autograph.experimental.do_not_convert(step) if TENSORFLOW else step
+
+
 class _TensorFlowSteps(keras.Model):
     """`train_step` and `test_step` of Keras' TensorFlow trainer (`data` -> logs).
 
@@ -55,7 +61,7 @@ class _TensorFlowSteps(keras.Model):
     converting them traces the first training step about 1 s sooner on two cores
     (BENCHMARKS.md, "Whole training runs")."""
 
-    @tf.autograph.experimental.do_not_convert
+    @_traced_as_written
     def train_step(self, data):
         with tf.GradientTape() as tape:
             loss, report = self.step_loss(data, training=True)
@@ -63,7 +69,7 @@ class _TensorFlowSteps(keras.Model):
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
         return self.record(report)
 
-    @tf.autograph.experimental.do_not_convert
+    @_traced_as_written
     def test_step(self, data):
         return self.record(self.step_loss(data, training=False)[1])
 
