@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from brain_vqvae import obedience, plotting, realism
+from brain_vqvae.age_reader import READ_LEVELS, AgeReader, readable_levels
 from brain_vqvae.conditioning import raw_condition_values, slice_conditions
 from brain_vqvae.data import SliceSet
 from brain_vqvae.data.slices import capped_indices
@@ -30,7 +31,6 @@ from brain_vqvae.feature_network import (
     FeatureNetwork,
     image_features,
     load_feature_network,
-    predict_ages,
     predict_positions,
     train_feature_network,
 )
@@ -52,6 +52,7 @@ REFERENCE_TRAINING_SLICES = 2000  # training slices the implausibility rule and 
 MIN_SAMPLES = 64
 MIN_REALISM_SLICES = 8  # held-out slices per half, at the least, for the realism measures
 OBEDIENCE_SAMPLES = 128  # generated slices per condition whose obedience is measured
+MIN_CHECKED_SLICES = 8  # held-out (or generated) slices the age reader must read, at the least
 MEASURED_VOLUMES = 8  # generated (and real) volumes whose coherence is measured
 
 
@@ -205,24 +206,19 @@ def known_ages(slice_set: SliceSet, demographics: dict[str, dict]) -> np.ndarray
     return np.array([np.nan if age is None else age for age in ages], dtype=np.float64)
 
 
-def run_feature_network(
-    run: Run, training: SliceSet, demographics: dict[str, dict] | None = None
-) -> FeatureNetwork:
+def run_feature_network(run: Run, training: SliceSet) -> FeatureNetwork:
     """The run's domain feature network: loaded from its folder, or first trained on (at most
-    `FEATURE_TRAINING_SLICES` of) the `training` slices with their relative positions and
-    their subjects' ages (from `demographics`, where known), and saved there, so every later
-    report compares in the same features."""
+    `FEATURE_TRAINING_SLICES` of) the `training` slices with their relative positions, and
+    saved there, so every later report compares in the same features."""
     path = run.folder.feature_network
     if path.exists():
         return load_feature_network(path)
     seed = run.hyperparameters.seed
     chosen = capped_indices(len(training), FEATURE_TRAINING_SLICES, seed)
     positions = training.relative_positions()
-    ages = known_ages(training, demographics or {})
     network = train_feature_network(
         training.images[chosen, ..., None] / np.float32(255.0),
         None if positions is None else positions[chosen],
-        None if ages is None else ages[chosen],
         seed=seed,
     )
     save_model_atomically(network, path)
@@ -252,53 +248,155 @@ def judge_conditions(
     out: Path,
     guidance: float = DEFAULT_GUIDANCE,
 ) -> tuple[dict, list[Path]]:
-    """How well a conditional prior obeys (`obedience`): for slice_position and age, the
-    correlation between the values asked for (`OBEDIENCE_SAMPLES` spread evenly over the
-    training range, other conditions unknown) and those the feature network reads back from
-    the generated slices, beside the same network on the `held_out` slices (the ceiling); for
-    volumes, the adjacent-slice SSIM of `MEASURED_VOLUMES` generated volumes (drawn coherently
-    and slice by slice on their own) against real held-out volumes, and the Fréchet distance of
-    their coronal and sagittal cuts to the held-out volumes' cuts, beside the floor of as many
-    `training` volumes' cuts. Slices and volumes are drawn with `guidance`
-    (`sample_code_maps`). Writes obedience_<condition>.png into `out`."""
-    pixelcnn, report, figures = run.pixelcnn, {"guidance": guidance}, []
-    batch_size = run.hyperparameters.inference_batch_size
-    real_images = held_out.float_images()
-    readers = {
-        "slice_position": (predict_positions, "slice position", held_out.relative_positions()),
-        "age": (predict_ages, "age (years)", known_ages(held_out, demographics)),
-    }
-    for name, (read, label, real_values) in readers.items():
-        if name not in pixelcnn.condition_names or real_values is None:
-            continue
-        real_read = read(network, real_images)
-        if real_read is None:
-            report[name] = {"skipped": f"the run's feature network was trained without {name}"}
-            continue
-        low, high = pixelcnn.condition_ranges.get(name, (0.0, 1.0))
-        requested = np.linspace(low, high, OBEDIENCE_SAMPLES)
-        codes = sample_code_maps(
-            pixelcnn, len(requested), seed=seed, conditions={name: requested}, guidance=guidance
+    """How well a conditional prior obeys (`obedience`): for slice_position (`judge_levels`)
+    and age (`judge_ages`), the correlation between the values asked for and those a regressor
+    reads back from the generated slices, beside the same regressor on held-out slices (the
+    ceiling); for volumes, the adjacent-slice SSIM of `MEASURED_VOLUMES` generated volumes
+    (drawn coherently and slice by slice on their own) against real held-out volumes, and the
+    Fréchet distance of their coronal and sagittal cuts to the held-out volumes' cuts, beside
+    the floor of as many `training` volumes' cuts. Slices and volumes are drawn with
+    `guidance` (`sample_code_maps`). Writes obedience_<condition>.png into `out`."""
+    names = run.pixelcnn.condition_names
+    report, figures = {"guidance": guidance}, []
+    if "slice_position" in names and held_out.relative_positions() is not None:
+        report["slice_position"], figure = judge_levels(run, network, held_out, seed, guidance, out)
+        figures.append(figure)
+    if "age" in names:
+        report["age"], figure = judge_ages(
+            run, network, training, held_out, demographics, seed, guidance, out
         )
-        predicted = read(network, decode_code_maps(run.vqvae, codes, batch_size))
-        known = np.isfinite(real_values)
-        report[name] = {
-            "generated": obedience.condition_obedience(requested, predicted),
-            "real": obedience.condition_obedience(real_values[known], real_read[known]),
-        }
-        figures.append(
-            obedience.plot_obedience(
-                requested,
-                predicted,
-                real_values[known],
-                real_read[known],
-                out / f"obedience_{name}.png",
-                label,
-            )
-        )
-    if {"slice_position", "previous_slice"} <= set(pixelcnn.condition_names):
+        figures += [figure] if figure else []
+    if {"slice_position", "previous_slice"} <= set(names):
         report["volumes"] = judge_volumes(run, network, training, held_out, seed, guidance)
     return report, figures
+
+
+def judge_levels(
+    run: Run,
+    network: FeatureNetwork,
+    held_out: SliceSet,
+    seed: int,
+    guidance: float,
+    out: Path,
+) -> tuple[dict, Path]:
+    """Obedience to the slice level: `OBEDIENCE_SAMPLES` slices asked for levels spread evenly
+    over the training range (the other conditions unknown), read back by the feature network's
+    position head, which reads the real `held_out` slices as its ceiling."""
+    low, high = run.pixelcnn.condition_ranges.get("slice_position", (0.0, 1.0))
+    requested = np.linspace(low, high, OBEDIENCE_SAMPLES)
+    generated = generate_slices(run, {"slice_position": requested}, seed, guidance)
+    real = held_out.relative_positions()
+    read = predict_positions(network, held_out.float_images())
+    report = {
+        "generated": obedience.condition_obedience(
+            requested, predict_positions(network, generated)
+        ),
+        "real": obedience.condition_obedience(real, read),
+        "reader": "the feature network's position head",
+    }
+    figure = obedience.plot_obedience(
+        requested,
+        predict_positions(network, generated),
+        real,
+        read,
+        out / "obedience_slice_position.png",
+        "slice position",
+        "real held-out slices",
+    )
+    return report, figure
+
+
+def judge_ages(
+    run: Run,
+    network: FeatureNetwork,
+    training: SliceSet,
+    held_out: SliceSet,
+    demographics: dict[str, dict],
+    seed: int,
+    guidance: float,
+    out: Path,
+) -> tuple[dict, Path | None]:
+    """Obedience to age: `OBEDIENCE_SAMPLES` slices asked for ages spread evenly over the
+    training range, at levels spread evenly over the reader's `READ_LEVELS` (asked too, when
+    the prior takes the level; read by the feature network otherwise), the other conditions
+    unknown, read back by an `AgeReader` trained on the reconstructions of the training slices.
+    Its ceiling is the reconstructions of the `held_out` slices (what a perfect prior's slices
+    could show through this decoder); its reading of the real held-out slices is reported too.
+    Returns ({"skipped": why}, None) when the data cannot train or check the reader."""
+    training_ages = known_ages(training, demographics)
+    held_out_ages = known_ages(held_out, demographics)
+    training_levels = training.relative_positions()
+    held_out_levels = held_out.relative_positions()
+    if training_ages is None or held_out_ages is None:
+        return {"skipped": "the data's demographics give no ages to check the reader by"}, None
+    if training_levels is None or held_out_levels is None:
+        return {"skipped": "the data has no slice levels, which the age reader needs"}, None
+    batch_size = run.hyperparameters.inference_batch_size
+    used = readable_levels(training_levels) & np.isfinite(training_ages)
+    used = np.flatnonzero(used)[capped_indices(int(used.sum()), FEATURE_TRAINING_SLICES, seed)]
+    checked = np.flatnonzero(readable_levels(held_out_levels) & np.isfinite(held_out_ages))
+    if len(checked) < MIN_CHECKED_SLICES or np.ptp(held_out_ages[checked]) == 0:
+        return {
+            "skipped": f"the {len(checked)} held-out slices at levels {READ_LEVELS[0]}-"
+            f"{READ_LEVELS[1]} with a known age are too few, or all of one age"
+        }, None
+    try:
+        reader = AgeReader.fit(
+            reconstruct_images(run.autoencoder, training.float_images()[used], batch_size),
+            training_levels[used],
+            training_ages[used],
+        )
+    except ValueError as error:
+        return {"skipped": str(error)}, None
+
+    low, high = run.pixelcnn.condition_ranges.get("age", (0.0, 100.0))
+    requested = np.linspace(low, high, OBEDIENCE_SAMPLES)
+    levels = np.random.default_rng(seed).permutation(np.linspace(*READ_LEVELS, len(requested)))
+    asked = {"age": requested}
+    if "slice_position" in run.pixelcnn.condition_names:
+        asked["slice_position"] = levels
+    generated = generate_slices(run, asked, seed, guidance)
+    if "slice_position" not in asked:
+        levels = predict_positions(network, generated)
+        readable = np.flatnonzero(readable_levels(levels)) if levels is not None else []
+        if len(readable) < MIN_CHECKED_SLICES:
+            return {
+                "skipped": "the prior does not take the slice level, and too few of its "
+                f"slices were read at levels {READ_LEVELS[0]}-{READ_LEVELS[1]}"
+            }, None
+        requested, levels, generated = requested[readable], levels[readable], generated[readable]
+    read = reader.predict(generated, levels)
+
+    images = held_out.float_images()[checked]
+    truth, where = held_out_ages[checked], held_out_levels[checked]
+    reconstructed = reader.predict(reconstruct_images(run.autoencoder, images, batch_size), where)
+    report = {
+        "generated": obedience.condition_obedience(requested, read),
+        "reconstructed": obedience.condition_obedience(truth, reconstructed),
+        "real": obedience.condition_obedience(truth, reader.predict(images, where)),
+        "reader": "tissue composition (age_reader), trained on reconstructed training slices",
+        "held_out_people": len(np.unique(held_out.subject_ids[checked])),
+    }
+    figure = obedience.plot_obedience(
+        requested,
+        read,
+        truth,
+        reconstructed,
+        out / "obedience_age.png",
+        "age (years)",
+        "reconstructed held-out slices",
+    )
+    return report, figure
+
+
+def generate_slices(run: Run, conditions: dict, seed: int, guidance: float) -> np.ndarray:
+    """Slices (N, S, S, 1) in [0, 1] drawn from the run's prior with `conditions` (each a
+    sequence of N values) and `guidance`, decoded by its VQ-VAE."""
+    count = len(next(iter(conditions.values())))
+    codes = sample_code_maps(
+        run.pixelcnn, count, seed=seed, conditions=conditions, guidance=guidance
+    )
+    return decode_code_maps(run.vqvae, codes, run.hyperparameters.inference_batch_size)
 
 
 def judge_volumes(
@@ -339,7 +437,6 @@ def judge_volumes(
 def judge_realism(
     run: Run,
     training: SliceSet,
-    demographics: dict[str, dict],
     held_out: SliceSet,
     halves: tuple[np.ndarray, np.ndarray],
     reconstructions: np.ndarray,
@@ -351,7 +448,7 @@ def judge_realism(
     of the second half are compared), in the run's feature network, with figures written into
     `out`: the measures beside their floors and the samples
     beside their nearest training slices."""
-    network = run_feature_network(run, training, demographics)
+    network = run_feature_network(run, training)
     seed = run.hyperparameters.seed
     reference = capped_indices(len(training), REFERENCE_TRAINING_SLICES, seed)
     reference_images = training.images[reference, ..., None] / np.float32(255.0)
@@ -472,7 +569,6 @@ def evaluate_run(
             realism_numbers, realism_figures = judge_realism(
                 run,
                 slices.splits["train"],
-                slices.demographics,
                 chosen,
                 halves,
                 reconstructions,
@@ -482,7 +578,7 @@ def evaluate_run(
             report["realism"] = realism_numbers
             figures += realism_figures
     if pixelcnn is not None and pixelcnn.condition_names and "realism" in report:
-        network = run_feature_network(run, slices.splits["train"], slices.demographics)
+        network = run_feature_network(run, slices.splits["train"])
         report["conditions"], condition_figures = judge_conditions(
             run, network, slices.splits["train"], chosen, slices.demographics, seed, out, guidance
         )
@@ -528,7 +624,7 @@ def format_report(report: dict) -> str:
         lines += [
             "",
             f"conditional prior, guidance {report['conditions']['guidance']:g} "
-            "(obedience: r of asked against read back; ceiling: real):",
+            "(obedience: r of asked against read back; ceiling: held-out slices):",
         ]
         lines += format_conditions(report["conditions"])
     if "realism_skipped" in report:
@@ -545,11 +641,16 @@ def format_conditions(conditions: dict) -> list[str]:
         if "skipped" in scores:
             lines.append(f"  {name}: {scores['skipped']}")
             continue
-        generated, real = scores["generated"], scores["real"]
-        lines.append(
+        generated = scores["generated"]
+        # The age's ceiling is the held-out slices as the decoder gives them back.
+        ceiling = scores.get("reconstructed", scores["real"])
+        line = (
             f"  {name}: r {generated['r']:.3f}, MAE {generated['mae']:.3g} "
-            f"(ceiling r {real['r']:.3f}, MAE {real['mae']:.3g})"
+            f"(ceiling r {ceiling['r']:.3f}, MAE {ceiling['mae']:.3g}"
         )
+        if "reconstructed" in scores:
+            line += f"; real slices r {scores['real']['r']:.3f}"
+        lines.append(line + ")")
     if "volumes" in conditions:
         volumes = conditions["volumes"]
         lines.append(

@@ -26,7 +26,6 @@ __all__ = [
     "FeatureNetwork",
     "image_features",
     "load_feature_network",
-    "predict_ages",
     "predict_positions",
     "train_feature_network",
 ]
@@ -34,6 +33,9 @@ __all__ = [
 FEATURE_WIDTHS = (16, 32, 64, 128)
 WORKING_SIZE = 64  # the feature network sees at most 64x64 pixels (average-pooled down)
 ROTATIONS = 4
+# Configuration keys of the age head that networks saved before 2026-12 had; ages are now read
+# by `age_reader`, which generalises to new people.
+LEGACY_AGE_KEYS = ("with_ages", "age_mean", "age_std")
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
@@ -50,12 +52,6 @@ class FeatureNetwork(keras.Model):
 
     - position: sigmoid(w^T f + b), the slice's relative level in its volume (0 = lowest,
       1 = highest), by squared error; left out when the data has no positions;
-    - age (only `with_ages`): z = w^T f + b, the subject's age in years normalised by the
-      training slices' known ages, z = (age - age_mean) / age_std, by squared error over the
-      slices whose age is known (an age of NaN: unknown, no age loss); `predict_ages` reads
-      age_mean + age_std z back in years. age_mean and age_std are in the configuration, so a
-      saved network reads ages on the scale it was trained on. It is the regressor that
-      measures whether a generator conditioned on age obeys it (`obedience`);
     - rotation: which of the 4 rotations by 90° was applied (softmax cross-entropy), as in
       Gidaris et al. 2018, "Unsupervised Representation Learning by Predicting Image
       Rotations": an upright brain has a front and a back, so the task needs its shape;
@@ -77,9 +73,6 @@ class FeatureNetwork(keras.Model):
         image_size: int,
         widths: tuple[int, ...] = FEATURE_WIDTHS,
         with_positions: bool = True,
-        with_ages: bool = False,
-        age_mean: float = 0.0,
-        age_std: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -90,11 +83,6 @@ class FeatureNetwork(keras.Model):
         self.image_size = int(image_size)
         self.widths = tuple(int(width) for width in widths)
         self.with_positions = bool(with_positions)
-        if not age_std > 0:
-            raise ValueError(f"age_std must be positive, got {age_std}")
-        self.with_ages = bool(with_ages)
-        self.age_mean = float(age_mean)
-        self.age_std = float(age_std)
         factor = self.image_size // WORKING_SIZE
         self.pool = (
             keras.layers.AveragePooling2D(factor)
@@ -115,13 +103,9 @@ class FeatureNetwork(keras.Model):
         self.position_head.trainable = self.with_positions
         self.rotation_head = keras.layers.Dense(ROTATIONS, name="rotation")
         self.corruption_head = keras.layers.Dense(1, name="corruption")
-        # Made only when trained with ages, so a network saved before the age head loads with
-        # exactly the variables it was saved with.
-        self.age_head = keras.layers.Dense(1, name="age") if self.with_ages else None
         names = ["loss", "rotation_loss", "corruption_loss"]
         names += ["rotation_accuracy", "corruption_accuracy"]
         names += ["position_loss"] if self.with_positions else []
-        names += ["age_loss"] if self.with_ages else []
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     @property
@@ -133,8 +117,7 @@ class FeatureNetwork(keras.Model):
         # variables before they are read back.
         self.call(tf.zeros((1, self.image_size, self.image_size, 1)))
         features = self.compute_output_shape(input_shape)
-        heads = [self.position_head, self.rotation_head, self.corruption_head]
-        for head in heads + ([self.age_head] if self.with_ages else []):
+        for head in (self.position_head, self.rotation_head, self.corruption_head):
             head.build(features)
         self.built = True
 
@@ -218,8 +201,7 @@ class FeatureNetwork(keras.Model):
 
     def task_losses(self, features, targets, rotation, corrupted):
         """The heads' mean losses and accuracies on one batch, as a dict of scalars. `targets`
-        maps "positions" and "ages" (normalised, NaN where unknown) to (B,) values, each
-        present when its head is trained."""
+        maps "positions" to (B,) values when the position head is trained."""
         rotation_logits = self.rotation_head(features)
         corruption_logits = self.corruption_head(features)[:, 0]
         results = {
@@ -243,15 +225,6 @@ class FeatureNetwork(keras.Model):
                 tf.square(predicted - tf.reshape(tf.cast(targets["positions"], tf.float32), [-1]))
             )
             loss += results["position_loss"]
-        if self.with_ages:
-            ages = tf.reshape(tf.cast(targets["ages"], tf.float32), [-1])
-            known = tf.math.is_finite(ages)
-            errors = tf.square(self.age_head(features)[:, 0] - tf.where(known, ages, 0.0))
-            known_count = tf.reduce_sum(tf.cast(known, tf.float32))
-            results["age_loss"] = tf.reduce_sum(tf.where(known, errors, 0.0)) / tf.maximum(
-                known_count, 1.0
-            )
-            loss += results["age_loss"]
         results["loss"] = loss
         return results
 
@@ -273,16 +246,14 @@ class FeatureNetwork(keras.Model):
             "image_size": self.image_size,
             "widths": list(self.widths),
             "with_positions": self.with_positions,
-            "with_ages": self.with_ages,
-            "age_mean": self.age_mean,
-            "age_std": self.age_std,
         }
 
     @classmethod
     def from_config(cls, config):
-        """The network of `get_config`. A configuration saved before the age head existed (no
-        with_ages, age_mean, age_std) takes the constructor's defaults: no age head."""
-        config = dict(config)
+        """The network of `get_config`. A network saved while it had an age head (its
+        configuration names with_ages, age_mean, age_std) loads without it: the weights of
+        that head are not read, the others are, and its features are the same."""
+        config = {key: value for key, value in config.items() if key not in LEGACY_AGE_KEYS}
         config["widths"] = tuple(config["widths"])
         return cls(**config)
 
@@ -290,7 +261,6 @@ class FeatureNetwork(keras.Model):
 def train_feature_network(
     images: np.ndarray,
     positions: np.ndarray | None = None,
-    ages: np.ndarray | None = None,
     epochs: int = 4,
     batch_size: int = 32,
     seed: int = 0,
@@ -300,12 +270,8 @@ def train_feature_network(
 ) -> FeatureNetwork:
     """Train a `FeatureNetwork` on real TRAINING slices (N, S, S, 1) in [0, 1], with their
     relative levels `positions` (N,) in [0, 1] if known (None: no position head is trained,
-    and `predict_positions` then returns None) and their subjects' `ages` (N,) in years if
-    known (NaN for a slice whose subject's age is unknown; None: no age head, and
-    `predict_ages` returns None). The age head regresses (age - age_mean) / age_std, with the
-    mean and standard deviation (1 if the ages are all equal) of the known ages. Adam,
-    `epochs` passes over the slices in shuffled batches; `keras.utils.set_random_seed(seed)`
-    fixes weights and proxy tasks.
+    and `predict_positions` then returns None). Adam, `epochs` passes over the slices in
+    shuffled batches; `keras.utils.set_random_seed(seed)` fixes weights and proxy tasks.
 
     The per-epoch losses are in `network.history.history`. Save with `network.save(path)`
     (a `.keras` file); load with `load_feature_network`.
@@ -324,25 +290,11 @@ def train_feature_network(
         if positions.min() < 0 or positions.max() > 1:
             raise ValueError("positions must lie in [0, 1]")
     targets = {} if positions is None else {"positions": positions}
-    age_mean, age_std = 0.0, 1.0
-    if ages is not None:
-        ages = np.asarray(ages, dtype=np.float64).reshape(-1)
-        if len(ages) != len(images):
-            raise ValueError(f"ages has {len(ages)} values for {len(images)} images")
-        known = ages[np.isfinite(ages)]
-        if len(known) < 2:
-            raise ValueError(f"ages must hold at least 2 known values, got {len(known)}")
-        age_mean = float(known.mean())
-        age_std = float(known.std()) or 1.0
-        targets["ages"] = ((ages - age_mean) / age_std).astype(np.float32)
     keras.utils.set_random_seed(seed)
     network = FeatureNetwork(
         images.shape[1],
         widths,
         with_positions=positions is not None,
-        with_ages=ages is not None,
-        age_mean=age_mean,
-        age_std=age_std,
     )
     network.build(images.shape)
     network.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=False)
@@ -388,15 +340,3 @@ def predict_positions(
         return None
     features = image_features(network, images, batch_size).astype(np.float32)
     return np.asarray(network.position_head(features), dtype=np.float64)[:, 0]
-
-
-def predict_ages(
-    network: FeatureNetwork, images: np.ndarray, batch_size: int = 64
-) -> np.ndarray | None:
-    """The age head's estimate of each slice's subject's age in years, (N,) float64:
-    age_mean + age_std z, z the head's output; None if the network was trained without ages."""
-    if not network.with_ages:
-        return None
-    features = image_features(network, images, batch_size).astype(np.float32)
-    normalised = np.asarray(network.age_head(features), dtype=np.float64)[:, 0]
-    return network.age_mean + network.age_std * normalised

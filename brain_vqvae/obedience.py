@@ -2,13 +2,13 @@
 and of whole volumes, on images, arrays and numbers, whatever made them.
 
 Obedience. A prior conditioned on a slice's level (and on its subject's age) obeys when what it
-makes shows what was asked for. A regressor trained on the real training slices reads the
-value back from each generated slice: the run's feature network (`feature_network`), whose
-position head estimates a slice's relative level and whose age head (trained where ages are
-known) estimates its subject's age. `condition_obedience` scores the requested against the
-predicted values by Pearson's r and the mean absolute error. The same regressor on real test
-slices, requested = their true value, is the ceiling: a generator cannot be measured more
-obedient than the regressor reads real slices. `plot_obedience` draws both.
+makes shows what was asked for. A regressor trained on the training slices reads the value
+back from each generated slice: the level by the run's feature network (`feature_network`,
+its position head), the age by a tissue-composition `age_reader.AgeReader`.
+`condition_obedience` scores the requested against the predicted values by Pearson's r and the
+mean absolute error. The same regressor on held-out slices, requested = their true value, is
+the ceiling: a generator cannot be measured more obedient than the regressor reads the slices
+it stands for. `plot_obedience` draws both.
 
 Volumes. A volume is D axial slices of one subject, float32 in [0, 1], shaped [V, D, S, S]
 (or [V, D, S, S, 1]) for V volumes, indexed volume[d, r, c]:
@@ -73,7 +73,7 @@ def condition_obedience(requested, predicted) -> dict:
         requested: (N,) the condition each image was generated with (a relative slice level,
             an age in years, ...), N >= 3, not all equal.
         predicted: (N,) the regressor's estimate of the same quantity from each image
-            (`feature_network.predict_positions`, `predict_ages`).
+            (`feature_network.predict_positions`, `AgeReader.predict`).
 
     Returns:
         {"r": Pearson's correlation sum_i (x_i - mean x)(y_i - mean y)
@@ -256,12 +256,13 @@ def plot_obedience(
     ceiling_predicted,
     path: str | Path,
     label: str,
+    ceiling_label: str = "real held-out slices",
 ) -> Path:
     """PNG scatter of requested (x) against predicted (y) values of one condition: generated
-    slices (requested, predicted) and real test slices (their true value, the same regressor's
-    estimate: the ceiling), each with its `condition_obedience` r in the legend, beside the
-    line y = x of perfect obedience. `label` names the condition with its unit, e.g.
-    "slice position" or "age (years)"."""
+    slices (requested, predicted) and the ceiling's slices, named by `ceiling_label` (their
+    true value, the same regressor's estimate), each with its `condition_obedience` r in the
+    legend, beside the line y = x of perfect obedience. `label` names the condition with its
+    unit, e.g. "slice position" or "age (years)"."""
     from matplotlib.figure import Figure
 
     generated = condition_obedience(requested, predicted)
@@ -278,7 +279,7 @@ def plot_obedience(
         s=10,
         alpha=0.5,
         color="tab:blue",
-        label=f"real test slices (ceiling), r = {ceiling['r']:.2f}",
+        label=f"{ceiling_label} (ceiling), r = {ceiling['r']:.2f}",
     )
     axis.scatter(
         requested,

@@ -8,6 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import tiny_arguments
+from fixtures import OASIS1_COLUMNS, write_csv
 from PIL import Image
 
 import similarity
@@ -121,3 +123,35 @@ def test_a_split_too_small_for_two_halves_is_reported_not_measured(tiny_run, tmp
     report = json.loads(capsys.readouterr().out)
     assert "realism" not in report and "smaller half has 3" in report["realism_skipped"]
     assert not (tiny_run[0] / "realism_features.keras").exists()
+
+
+def test_obedience_to_age_is_read_by_the_tissue_reader(
+    tiny_hyperparameters, tiny_png_tree, tmp_path, capsys
+):
+    """A run whose data has an OASIS table is conditioned on age too; similarity.py reads the
+    asked ages back from generated slices with the age reader, beside its ceiling."""
+    import train
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_png_tree, data / "keras_png_slices_data")
+    ages = {1: 22, 2: 48, 3: 71, 4: 90, 5: 35, 6: 80}
+    rows = [{"ID": f"{case:03d}", "Age": str(age)} for case, age in ages.items()]
+    write_csv(data / "oasis_cross-sectional.csv", OASIS1_COLUMNS, rows)
+    run = tmp_path / "run"
+    train.run_training(tiny_arguments(tiny_hyperparameters, data, run), verbose=0)
+    capsys.readouterr()  # what training printed
+    hyperparameters = json.loads((run / "hyperparameters.json").read_text())
+    assert hyperparameters["prior_conditions"] == "slice_position,age,previous_slice"
+
+    argv = ["--run", str(run), "--split", "train", "--samples", "24", "--json"]
+    assert similarity.main([*argv, "--out", str(tmp_path / "figures")]) == 0
+    age = json.loads(capsys.readouterr().out)["conditions"]["age"]
+    assert age["generated"]["count"] == evaluation.OBEDIENCE_SAMPLES
+    # Two of each person's six slices (levels 0.4 and 0.6) lie in the reader's levels.
+    assert age["reconstructed"]["count"] == age["real"]["count"] == 8
+    assert age["held_out_people"] == 4
+    for side in ("generated", "reconstructed", "real"):
+        assert -1.0 <= age[side]["r"] <= 1.0
+    assert (tmp_path / "figures" / "obedience_age.png").is_file()
+    assert similarity.main([*argv[:-1], "--out", str(tmp_path / "table")]) == 0
+    assert "  age: r " in capsys.readouterr().out
