@@ -328,6 +328,26 @@ def test_demographics_are_drawn_like_oasis_1():
     assert mmses[cdrs == 0].mean() > mmses[cdrs == 0.5].mean() > mmses[cdrs == 1].mean() + 2
 
 
+def test_ages_are_stratified_within_each_split():
+    """Each split of n people has one age quantile in each of the n strata [i / n, (i + 1) / n),
+    so its ages span the distribution; the quantiles map onto the OASIS-like bands."""
+    for split in ("train", "validate", "test"):
+        quantiles = demo_data.split_age_quantiles(8, seed=3, split=split)
+        assert sorted(np.floor(quantiles * 8).astype(int)) == list(range(8))
+    assert not np.allclose(
+        demo_data.split_age_quantiles(8, 3, "test"), demo_data.split_age_quantiles(8, 3, "train")
+    )
+    # Bands 30 % in 18-30, 22 % in 30-60, 48 % in 60-96 years.
+    expected = {0.0: 18, 0.15: 24, 0.3: 30, 0.41: 45, 0.52: 60, 0.76: 78, 0.99999: 96}
+    for quantile, age in expected.items():
+        assert demo_data.age_at_quantile(quantile) == age, quantile
+    with pytest.raises(ValueError, match="quantile must be in"):
+        demo_data.age_at_quantile(1.0)
+    # The same person at a given quantile: only the age (and what follows it) changes.
+    person = demo_data.draw_demographics(np.random.default_rng([0, 7]), age_quantile=0.99)
+    assert person.age == demo_data.age_at_quantile(0.99)
+
+
 def ventricle_area(classes):
     """Pixels of the middle slices' CSF regions of at least 40 pixels (29 mm^2) that are
     enclosed by tissue: the lateral ventricles, not the CSF around the brain and in its sulci,

@@ -19,7 +19,10 @@ women; 100 with very mild to moderate dementia, CDR 0.5 / 1 / 2 for 70 / 28 / 2 
 over 60; Marcus et al., J Cogn Neurosci 2007):
 
 - age: with probability 0.30 / 0.22 / 0.48 uniform in [18, 30] / [30, 60] / [60, 96] years,
-  rounded to whole years; sex: F with probability 0.62;
+  rounded to whole years, stratified within each split (`split_age_quantiles`: a split of n
+  people has one in each of n equally likely strata of this distribution, so that even the 8
+  test people span the ages and an age regressor can be checked on them); sex: F with
+  probability 0.62;
 - CDR: 0 below 60; from 60 on, dementia with probability 0.1 + 0.8 (age - 60) / 36 (half of
   the over-60s, as in OASIS-1), then CDR 0.5 / 1 / 2 with probability 0.68 / 0.26 / 0.06;
 - MMSE ~ N(29, 1), N(26, 2.5), N(21, 3.5), N(15, 4) for CDR 0, 0.5, 1, 2, rounded and clipped
@@ -387,14 +390,40 @@ def ageing_curve(age: float) -> float:
     return float(np.clip((age - youngest) / (oldest - youngest), 0, 1) ** 2)
 
 
-def draw_demographics(rng: np.random.Generator) -> Demographics:
-    """Draw an OASIS-1-like age, sex, CDR and MMSE (the module docstring gives the model).
+def age_at_quantile(quantile: float) -> int:
+    """The age whose cumulative probability under `AGE_BANDS` is `quantile` in [0, 1), rounded
+    to whole years: the bands' probabilities p_k stack up to cumulative c_k, and u in
+    [c_{k-1}, c_k) maps linearly onto band k's years."""
+    if not 0 <= quantile < 1:
+        raise ValueError(f"quantile must be in [0, 1), got {quantile}")
+    upper = np.cumsum([probability for probability, *_ in AGE_BANDS])
+    band = min(int(np.searchsorted(upper, quantile, side="right")), len(AGE_BANDS) - 1)
+    probability, youngest, oldest = AGE_BANDS[band]
+    fraction = np.clip((quantile - (upper[band] - probability)) / probability, 0.0, 1.0)
+    return int(np.rint(youngest + fraction * (oldest - youngest)))
+
+
+def split_age_quantiles(count: int, seed: int, split: str) -> np.ndarray:
+    """(count,) stratified age quantiles for the people of one split: person i gets
+    (pi_i + v_i) / count, pi a random permutation of 0..count-1 and v_i ~ U(0, 1), so the split
+    has one person in each of `count` equally likely strata of the age distribution (in random
+    order) and even 8 test people span the ages. Drawn from their own stream of (`seed`, the
+    split), apart from every person's."""
+    rng = np.random.default_rng([seed, 0, SPLITS.index(split)])
+    return (rng.permutation(count) + rng.uniform(size=count)) / count
+
+
+def draw_demographics(rng: np.random.Generator, age_quantile: float | None = None) -> Demographics:
+    """Draw an OASIS-1-like age, sex, CDR and MMSE (the module docstring gives the model); with
+    `age_quantile`, the age is `age_at_quantile(age_quantile)` instead of a free draw.
 
     Always makes the same number of draws, whatever they give.
     """
     band = rng.choice(len(AGE_BANDS), p=[probability for probability, *_ in AGE_BANDS])
     _, youngest, oldest = AGE_BANDS[band]
     age = int(np.rint(rng.uniform(youngest, oldest)))
+    if age_quantile is not None:
+        age = age_at_quantile(age_quantile)
     sex = "F" if rng.uniform() < FEMALE_PROBABILITY else "M"
     dementia_probability = np.interp(age, DEMENTIA_AGES, DEMENTIA_PROBABILITIES, left=0.0)
     demented = rng.uniform() < dementia_probability
@@ -631,16 +660,21 @@ def scanner_intensities(
 
 
 def synthesize_subject(
-    template: Template, case_number: int, seed: int, demographics: Demographics | None = None
+    template: Template,
+    case_number: int,
+    seed: int,
+    demographics: Demographics | None = None,
+    age_quantile: float | None = None,
 ) -> SyntheticSubject:
     """Make one synthetic subject: 32 images and tissue classes, its demographics and draws.
 
-    Background pixels (class 0) are 0 in the image, as in skull-stripped scans. `demographics`
-    replaces the drawn ones (they are drawn either way, so every other random draw of the
-    subject stays the same: the same person, at another age or CDR).
+    Background pixels (class 0) are 0 in the image, as in skull-stripped scans. The age is
+    drawn at `age_quantile` when given (`draw_demographics`). `demographics` replaces the drawn
+    ones (they are drawn either way, so every other random draw of the subject stays the same:
+    the same person, at another age or CDR).
     """
     rng = np.random.default_rng([seed, case_number])
-    drawn_demographics = draw_demographics(rng)
+    drawn_demographics = draw_demographics(rng, age_quantile)
     if demographics is None:
         demographics = drawn_demographics
     variation = draw_subject_variation(rng, demographics)
@@ -716,17 +750,24 @@ def _set_worker_template(template: Template) -> None:
 
 
 def _make_subject(
-    template: Template, case_number: int, split: str, seed: int, root: Path
+    template: Template,
+    case_number: int,
+    split: str,
+    age_quantile: float,
+    seed: int,
+    root: Path,
 ) -> dict[str, str]:
     """Synthesize and write one subject; return its row of the demographics table."""
-    subject = synthesize_subject(template, case_number, seed)
+    subject = synthesize_subject(template, case_number, seed, age_quantile=age_quantile)
     write_subject(subject.images, subject.classes, case_number, split, root)
     return table_row(case_number, subject, template)
 
 
-def _make_subject_in_worker(case_number: int, split: str, seed: int, root: Path) -> dict[str, str]:
+def _make_subject_in_worker(
+    case_number: int, split: str, age_quantile: float, seed: int, root: Path
+) -> dict[str, str]:
     """`_make_subject` with the worker's template."""
-    return _make_subject(_worker_template, case_number, split, seed, root)
+    return _make_subject(_worker_template, case_number, split, age_quantile, seed, root)
 
 
 def split_case_numbers(subject_counts: dict[str, int]) -> dict[str, range]:
@@ -843,10 +884,18 @@ def _write_subjects(
     for split in SPLITS:
         (root / png_folder(split)).mkdir()
         (root / png_folder(split, masks=True)).mkdir()
-    tasks = [(case, split) for split in SPLITS for case in case_numbers[split]]
+    tasks = [
+        (case, split, float(quantile))
+        for split in SPLITS
+        for case, quantile in zip(
+            case_numbers[split],
+            split_age_quantiles(len(case_numbers[split]), seed, split),
+            strict=True,
+        )
+    ]
     template = load_template()
     if workers == 1:
-        return [_make_subject(template, case, split, seed, root) for case, split in tasks]
+        return [_make_subject(template, *task, seed, root) for task in tasks]
     # "spawn": forking a parent that has started TensorFlow or BLAS threads can deadlock.
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=min(workers, len(tasks)),
@@ -854,10 +903,7 @@ def _write_subjects(
         initializer=_set_worker_template,
         initargs=(template,),
     ) as executor:
-        futures = [
-            executor.submit(_make_subject_in_worker, case, split, seed, root)
-            for case, split in tasks
-        ]
+        futures = [executor.submit(_make_subject_in_worker, *task, seed, root) for task in tasks]
         try:
             for future in concurrent.futures.as_completed(futures):
                 future.result()
