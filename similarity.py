@@ -1,6 +1,7 @@
 """How good a trained run is: reconstruction SSIM, PSNR and MAE per slice, and its samples.
 
     python similarity.py --run DIR [--data PATH] [--split test] [--samples N] [--json]
+                         [--temperature T] [--top-k K] [--top-p P] [--guidance W]
 
 All three compare images on the [0, 1] scale, shaped (N, S, S, 1) (brain_vqvae/metrics.py):
 
@@ -26,7 +27,9 @@ reconstructions vs samples (the prior alone) and real vs samples, diversity as p
 and SSIM, and the share of implausible samples (a brain broken into more islands, or with more
 holes, than any training slice at its level has). The figures go to RUN/similarity_<split> (or
 --out): realism.png draws the measures beside their floors, nearest_training.png the samples
-beside their nearest training slices.
+beside their nearest training slices. The samples are drawn as `predict.py` draws them, with
+the same --temperature, --top-k and --top-p, so a sampling setting can be judged before it is
+used.
 """
 
 from __future__ import annotations
@@ -61,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_GUIDANCE,
         help=f"guidance of the conditional draws judged (default {DEFAULT_GUIDANCE:g})",
     )
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--top-k", type=int, help="draw only among the K most likely codes")
+    parser.add_argument(
+        "--top-p", type=float, help="draw only among the most likely codes of probability P"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -80,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
             arguments.out,
             arguments.cache_dir,
             arguments.guidance,
+            arguments.temperature,
+            arguments.top_k,
+            arguments.top_p,
         )
-    except (RunError, DataError) as error:
+    except (RunError, DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(report) if arguments.json else format_report(report))

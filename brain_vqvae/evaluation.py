@@ -45,7 +45,7 @@ from brain_vqvae.metrics import (
 )
 from brain_vqvae.model import decode_code_maps, encode_code_maps, posterior_kl, sample_code_maps
 from brain_vqvae.runs import Run, RunError, load_run, load_run_data, save_model_atomically
-from hyperparameters import Hyperparameters
+from hyperparameters import Hyperparameters, check_temperature, check_top_k, check_top_p
 
 FEATURE_TRAINING_SLICES = 4000  # the feature network trains on at most this many slices
 REFERENCE_TRAINING_SLICES = 2000  # training slices the implausibility rule and neighbours see
@@ -493,14 +493,22 @@ def evaluate_run(
     out: Path | None = None,
     cache_dir: Path | None = None,
     guidance: float = DEFAULT_GUIDANCE,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> dict:
     """Score a trained run's reconstructions of `split` and its samples (`samples` of them,
     from its prior, or from N(0, I) for a VAE run; default as many as the split has slices, at
     least `MIN_SAMPLES`, so that the realism measures compare sets of the same size); write the
-    figures into `out` (default `run_dir/similarity_<split>`) and return the numbers. A
-    conditional prior's obedience is judged on draws with `guidance` (`judge_conditions`)."""
+    figures into `out` (default `run_dir/similarity_<split>`) and return the numbers. The
+    samples are drawn with `temperature`, `top_k` and `top_p` as `predict.py` draws them
+    (`sample_code_maps`; a VAE run takes the temperature only). A conditional prior's obedience
+    is judged on draws with `guidance` (`judge_conditions`)."""
     run = load_run(run_dir, prior="optional")
     hyperparameters, autoencoder, pixelcnn = run.hyperparameters, run.autoencoder, run.pixelcnn
+    check_temperature(temperature)
+    check_top_k(top_k, hyperparameters.num_embeddings)
+    check_top_p(top_p)
     slices = load_run_data(run, data, cache_dir=cache_dir)
     chosen = slices.splits.get(split)
     if chosen is None or len(chosen) == 0:
@@ -514,6 +522,7 @@ def evaluate_run(
     scores = score_reconstructions(images, reconstructions)
     target = hyperparameters.ssim_target
     report = {"run": str(run.folder.path), "data": str(slices.source), "split": split}
+    report["sampling"] = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
     report |= scores.summary(target)
     labels = [f"{s} #{i}" for s, i in zip(chosen.subject_ids, chosen.slice_indices, strict=True)]
     figures = [
@@ -533,7 +542,9 @@ def evaluate_run(
     samples = samples or max(MIN_SAMPLES, len(chosen))
     if run.kind == "vae":
         report["kl_loss"] = float(np.mean(posterior_kl(autoencoder, images, batch_size)))
-        generated = autoencoder.sample(samples, seed=seed)
+        if top_k is not None or top_p is not None:
+            raise RunError("top_k and top_p belong to a PixelCNN prior; a VAE run samples N(0, I)")
+        generated = autoencoder.sample(samples, seed=seed, temperature=temperature)
     elif pixelcnn is not None:
         real_codes = encode_code_maps(autoencoder, images, batch_size=batch_size)
         conditions = None
@@ -545,7 +556,9 @@ def evaluate_run(
             pixelcnn, real_codes, batch_size, conditions
         )
         report["uniform_bits_per_code"] = float(np.log2(hyperparameters.num_embeddings))
-        sampled_codes = sample_code_maps(pixelcnn, samples, seed=seed)
+        sampled_codes = sample_code_maps(
+            pixelcnn, samples, temperature, seed=seed, top_k=top_k, top_p=top_p
+        )
         generated = decode_code_maps(autoencoder, sampled_codes, batch_size=batch_size)
         real_usage = code_usage(real_codes, hyperparameters.num_embeddings)
         sampled_usage = code_usage(sampled_codes, hyperparameters.num_embeddings)
@@ -609,7 +622,13 @@ def format_report(report: dict) -> str:
             )
         )
     if "samples" in report:
+        sampling = report["sampling"]
         rows += [
+            (
+                "sampling",
+                f"temperature {sampling['temperature']:g}, top-k {sampling['top_k'] or 'all'}, "
+                f"top-p {sampling['top_p'] or 1:g}",
+            ),
             ("novelty (max SSIM to train), mean", f"{report['novelty_ssim_mean']:.4f}"),
         ]
     if "code_usage_total_variation" in report:

@@ -69,6 +69,16 @@ def test_command_reports_json_and_writes_the_figures(tiny_run, tmp_path, capsys)
             assert figure.format == "PNG" and figure.size[0] > 100
 
 
+def test_samples_are_drawn_with_the_sampling_controls_asked_for(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    argv = ["--run", str(run), "--json", "--samples", "6", "--out", str(tmp_path / "figures")]
+    assert similarity.main([*argv, "--temperature", "0.7", "--top-k", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sampling"] == {"temperature": 0.7, "top_k": 3, "top_p": None}
+    assert similarity.main([*argv, "--temperature", "0"]) == 2
+    assert "temperature must be" in capsys.readouterr().err
+
+
 def test_command_names_a_missing_run(tmp_path, capsys):
     assert similarity.main(["--run", str(tmp_path / "nowhere")]) == 2
     assert "no such run folder" in capsys.readouterr().err
