@@ -488,6 +488,7 @@ REPORT_ROWS = (
      "c2st_real_floor", ".3f"),
     ("diversity: pairwise MS-SSIM", "ms_ssim_samples", "ms_ssim_real", ".4f"),
     ("diversity: pairwise SSIM", "ssim_samples", "ssim_real", ".4f"),
+    ("diversity: MS-SSIM, reconstructions", "ms_ssim_reconstructions", "ms_ssim_real", ".4f"),
     ("implausible share", "implausible_samples_share", "implausible_real_share", ".1%"),
     ("nearest-training distance (mean)", "nearest_training_distance_samples",
      "nearest_training_distance_real", ".4g"),
@@ -534,7 +535,10 @@ def realism_report(
       `_p_value` key (`two_sample_p_value`);
     - ms_ssim_samples, ms_ssim_real, ssim_samples, ssim_real: mean pairwise MS-SSIM and SSIM
       over the same number of random pairs (at most `max_pairs`) of n samples and n real
-      held-out slices (from `real_a` and `real_b` together);
+      held-out slices (from `real_a` and `real_b` together); ms_ssim_reconstructions and
+      ssim_reconstructions the same of the n reconstructions of `real_b`: the diversity of a
+      perfect prior's samples, which are decoder outputs too (a decoder's blur alone makes
+      slices more alike than the real ones);
     - implausible_samples, implausible_samples_share, implausible_real,
       implausible_real_share: count and share of `implausible` samples, and of all real
       held-out slices, judged at two estimates of each slice's level, the nearest training
@@ -611,6 +615,8 @@ def realism_report(
     report["ms_ssim_real"] = pairwise_ms_ssim(real_n, max_pairs, seed)
     report["ssim_samples"] = pairwise_ssim(samples_n, max_pairs, seed)
     report["ssim_real"] = pairwise_ssim(real_n, max_pairs, seed)
+    report["ms_ssim_reconstructions"] = pairwise_ms_ssim(reconstructions_n, max_pairs, seed)
+    report["ssim_reconstructions"] = pairwise_ssim(reconstructions_n, max_pairs, seed)
 
     # Levels by the nearest training slice in feature space and, if trained, the position
     # head: a sample is implausible only at both.

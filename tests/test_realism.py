@@ -221,6 +221,21 @@ def test_realism_report_has_every_documented_key_and_its_figures(network_and_dat
     assert figure.stat().st_size > 0
 
 
+def test_the_diversity_of_reconstructions_is_measured_on_the_reconstructions(network_and_data):
+    """Blurred copies of real slices (a decoder's output) are more alike than the real slices:
+    the perfect prior's diversity is theirs."""
+    from scipy import ndimage
+
+    network, training, levels = network_and_data
+    real = brain_like_set(32, seed=23)
+    blurred = ndimage.gaussian_filter(real[16:], sigma=(0, 2, 2, 0))
+    report = realism.realism_report(
+        network, real[:16], real[16:], blurred, real[:16], training, levels, max_pairs=20
+    )
+    assert report["ms_ssim_reconstructions"] > report["ms_ssim_real"] + 0.05
+    assert report["ssim_reconstructions"] > report["ssim_real"] + 0.05
+
+
 def test_the_two_sample_test_judges_people_it_did_not_see():
     """24 people drawn from one distribution, each with a faint texture of their own, split
     12 and 12: slices of the same people in training and held-out folds let a classifier tell
