@@ -1,15 +1,17 @@
 """Sampling speed of our compiled PixelCNN sampler against the Keras example's Python loop.
 
-    python -m bench.sampling [--counts 64 256] [--repeats 5] [--quick] [--json PATH]
+    python -m bench.sampling [--preset card|hifi] [--counts 64 256] [--repeats 5] [--quick]
+        [--json PATH]
 
-The two samplers draw `count` code maps (8x8 for the card) from the same untrained card PixelCNN,
-`modules.build_pixelcnn(preset("card"))`; its weights do not change the cost of a draw.
+The two samplers draw `count` code maps (8x8 for the card, 32x32 for hifi) from the same
+untrained PixelCNN of the preset, `modules.build_pixelcnn(preset(NAME))`; its weights do not
+change the cost of a draw.
   ours     `modules.sample_code_maps`: one compiled function (`tf.function`, or `jax.jit` under
            KERAS_BACKEND=jax) running `keras.ops.fori_loop`s over the 64 positions, each step
            computing the layers at that position alone from cached features of the earlier
            ones (`brain_vqvae.model.sampler`: the card's gated prior runs its vertical stack
            once per row and its horizontal stack per position) and drawing the codes of all
-           maps at once.
+           maps at once (the hifi preset's 32x32 maps without XLA).
   example  the loop of the Keras examples (keras.io/examples/generative/vq_vae and pixelcnn):
            for each position in raster order, `pixelcnn.predict` on the whole batch of maps
            (full 8x8 maps, predict's default batch of 32), then one code per map from
@@ -117,6 +119,7 @@ COLUMNS = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=("card", "hifi"), default="card")
     parser.add_argument("--counts", type=int, nargs="+", default=[64, 256], help="maps per call")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per count")
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         arguments.counts, arguments.repeats = [16], 2
     machine = announce_machine()
     keras.utils.set_random_seed(arguments.seed)
-    hyperparameters = preset("card")
+    hyperparameters = preset(arguments.preset)
     pixelcnn = modules.build_pixelcnn(hyperparameters)
     samplers = {"ours": our_sampler(pixelcnn), "example": example_sampler(pixelcnn)}
     rows = []
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += compare(samplers, count, arguments.repeats, hyperparameters.num_embeddings)
     print(
         f"\nsampling {hyperparameters.code_map_size}x{hyperparameters.code_map_size} code maps "
-        f"from the untrained card PixelCNN, median of {arguments.repeats} interleaved calls"
+        f"from the untrained {arguments.preset} PixelCNN, median of {arguments.repeats} "
+        "interleaved calls"
     )
     print_table(rows, COLUMNS)
     write_json(arguments.json, {"machine": machine, "rows": rows})

@@ -284,19 +284,19 @@ def judge_levels(
     position head, which reads the real `held_out` slices as its ceiling."""
     low, high = run.pixelcnn.condition_ranges.get("slice_position", (0.0, 1.0))
     requested = np.linspace(low, high, OBEDIENCE_SAMPLES)
-    generated = generate_slices(run, {"slice_position": requested}, seed, guidance)
+    generated = predict_positions(
+        network, generate_slices(run, {"slice_position": requested}, seed, guidance)
+    )
     real = held_out.relative_positions()
     read = predict_positions(network, held_out.float_images())
     report = {
-        "generated": obedience.condition_obedience(
-            requested, predict_positions(network, generated)
-        ),
+        "generated": obedience.condition_obedience(requested, generated),
         "real": obedience.condition_obedience(real, read),
         "reader": "the feature network's position head",
     }
     figure = obedience.plot_obedience(
         requested,
-        predict_positions(network, generated),
+        generated,
         real,
         read,
         out / "obedience_slice_position.png",
@@ -509,6 +509,8 @@ def evaluate_run(
     check_temperature(temperature)
     check_top_k(top_k, hyperparameters.num_embeddings)
     check_top_p(top_p)
+    if run.kind == "vae" and (top_k is not None or top_p is not None):
+        raise RunError("top_k and top_p belong to a PixelCNN prior; a VAE run samples N(0, I)")
     slices = load_run_data(run, data, cache_dir=cache_dir)
     chosen = slices.splits.get(split)
     if chosen is None or len(chosen) == 0:
@@ -542,8 +544,6 @@ def evaluate_run(
     samples = samples or max(MIN_SAMPLES, len(chosen))
     if run.kind == "vae":
         report["kl_loss"] = float(np.mean(posterior_kl(autoencoder, images, batch_size)))
-        if top_k is not None or top_p is not None:
-            raise RunError("top_k and top_p belong to a PixelCNN prior; a VAE run samples N(0, I)")
         generated = autoencoder.sample(samples, seed=seed, temperature=temperature)
     elif pixelcnn is not None:
         real_codes = encode_code_maps(autoencoder, images, batch_size=batch_size)
