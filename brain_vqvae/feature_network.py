@@ -33,8 +33,8 @@ __all__ = [
 FEATURE_WIDTHS = (16, 32, 64, 128)
 WORKING_SIZE = 64  # the feature network sees at most 64x64 pixels (average-pooled down)
 ROTATIONS = 4
-# Configuration keys of the age head that networks saved before 2026-12 had; ages are now read
-# by `age_reader`, which generalises to new people.
+# Configuration keys of the former age head, which networks saved with it still carry; ages are
+# now read by `age_reader`, which generalises to new people.
 LEGACY_AGE_KEYS = ("with_ages", "age_mean", "age_std")
 
 
