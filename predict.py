@@ -48,6 +48,7 @@ from brain_vqvae.data import SPLITS, DataError
 from brain_vqvae.generation import (
     DEFAULT_GUIDANCE,
     DEFAULT_VOLUME_SPACING_MM,
+    add_sampling_arguments,
     input_slices,
     split_slices,
     write_reconstructions,
@@ -74,11 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help=f"slices to generate ({DEFAULT_SAMPLES}) or reconstruct ({DEFAULT_RECONSTRUCTIONS})",
     )
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    parser.add_argument("--top-k", type=int, help="draw only among the K most likely codes")
-    parser.add_argument(
-        "--top-p", type=float, help="draw only among the most likely codes of probability P"
-    )
+    add_sampling_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     wanted = parser.add_argument_group("the brain you want (a run trained with conditions)")
     wanted.add_argument(

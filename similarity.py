@@ -41,7 +41,7 @@ from pathlib import Path
 
 from brain_vqvae.data import SPLITS, DataError
 from brain_vqvae.evaluation import evaluate_run, format_report
-from brain_vqvae.generation import DEFAULT_GUIDANCE
+from brain_vqvae.generation import DEFAULT_GUIDANCE, add_sampling_arguments
 from brain_vqvae.runs import RunError
 
 
@@ -64,11 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_GUIDANCE,
         help=f"guidance of the conditional draws judged (default {DEFAULT_GUIDANCE:g})",
     )
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    parser.add_argument("--top-k", type=int, help="draw only among the K most likely codes")
-    parser.add_argument(
-        "--top-p", type=float, help="draw only among the most likely codes of probability P"
-    )
+    add_sampling_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 

@@ -340,9 +340,10 @@ def judge_ages(
             "skipped": f"the {len(checked)} held-out slices at levels {READ_LEVELS[0]}-"
             f"{READ_LEVELS[1]} with a known age are too few, or all of one age"
         }, None
+    chosen = training.images[used, ..., None] / np.float32(255.0)
     try:
         reader = AgeReader.fit(
-            reconstruct_images(run.autoencoder, training.float_images()[used], batch_size),
+            reconstruct_images(run.autoencoder, chosen, batch_size),
             training_levels[used],
             training_ages[used],
         )
@@ -367,7 +368,7 @@ def judge_ages(
         requested, levels, generated = requested[readable], levels[readable], generated[readable]
     read = reader.predict(generated, levels)
 
-    images = held_out.float_images()[checked]
+    images = held_out.images[checked, ..., None] / np.float32(255.0)
     truth, where = held_out_ages[checked], held_out_levels[checked]
     reconstructed = reader.predict(reconstruct_images(run.autoencoder, images, batch_size), where)
     report = {

@@ -56,6 +56,16 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 # Sampling -----------------------------------------------------------------------------------
 
 
+def add_sampling_arguments(parser) -> None:
+    """The command-line flags of how codes are drawn (`sample_code_maps`), the one definition
+    that `predict.py` and `similarity.py` share: --temperature, --top-k, --top-p."""
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--top-k", type=int, help="draw only among the K most likely codes")
+    parser.add_argument(
+        "--top-p", type=float, help="draw only among the most likely codes of probability P"
+    )
+
+
 def sample_slices(
     run: Run,
     count: int,
