@@ -170,6 +170,7 @@ PRIOR_ARCHITECTURE_FIELDS = (
     "pixelcnn_first_kernel",
     "pixelcnn_residual_blocks",
     "pixelcnn_embedding_dim",
+    "pixelcnn_embed_previous_slice",
     "pixelcnn_architecture",
     "pixelcnn_gated_layers",
     "pixelcnn_gated_kernel",
@@ -246,6 +247,12 @@ class Hyperparameters:
     # E-dimensional embeddings, so its first layer reads E, not K, channels per tap: for many
     # codes much faster to train, for few codes one-hot is the cheaper (BENCHMARKS.md).
     pixelcnn_embedding_dim: int = 0
+    # With `pixelcnn_embedding_dim` E > 0, the conditional prior's encoder of the slice below
+    # reads that map's codes as E-dimensional learned embeddings too, not as K one-hot
+    # channels: for 4096 codes its first 3x3 convolution over one-hot maps cost more than the
+    # whole rest of the hifi prior (BENCHMARKS.md). A saved configuration without this key
+    # predates it and reads one-hot vectors (`from_dict`).
+    pixelcnn_embed_previous_slice: bool = True
     # Gated layers; each one's vertical kernel is (k // 2 + 1) x k and horizontal 1 x (k // 2 + 1)
     # for k = `pixelcnn_gated_kernel`. There must be at least one cycle of dilations.
     pixelcnn_gated_layers: int = 6
@@ -432,15 +439,21 @@ class Hyperparameters:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Hyperparameters:
         """Inverse of `to_dict`; an unknown key is an error, a missing one takes its default,
-        except `pixelcnn_architecture`, which is "masked" when missing, and `prior_conditions`,
-        "none": every configuration saved before those fields existed (a run's
-        hyperparameters.json, a `.keras` PixelCNN's config) describes an unconditional masked
-        PixelCNN, and must keep loading as one."""
+        except `pixelcnn_architecture`, which is "masked" when missing, `prior_conditions`,
+        "none", and `pixelcnn_embed_previous_slice`, False: every configuration saved before
+        those fields existed (a run's hyperparameters.json, a `.keras` PixelCNN's config)
+        describes an unconditional masked PixelCNN, or a conditional one reading the slice
+        below as one-hot codes, and must keep loading as one."""
         known = {field.name for field in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown hyperparameter(s): {', '.join(unknown)}")
-        values = {"pixelcnn_architecture": "masked", "prior_conditions": "none", **values}
+        values = {
+            "pixelcnn_architecture": "masked",
+            "prior_conditions": "none",
+            "pixelcnn_embed_previous_slice": False,
+            **values,
+        }
         return cls(
             **{
                 name: tuple(value) if isinstance(value, list) else value

@@ -34,7 +34,7 @@ from brain_vqvae.feature_network import (
     predict_positions,
     train_feature_network,
 )
-from brain_vqvae.generation import DEFAULT_GUIDANCE, sample_volumes
+from brain_vqvae.generation import DEFAULT_GUIDANCE, VOLUME_DEPTH, sample_volumes
 from brain_vqvae.metrics import (
     bits_per_code,
     code_usage,
@@ -54,6 +54,8 @@ MIN_REALISM_SLICES = 8  # held-out slices per half, at the least, for the realis
 OBEDIENCE_SAMPLES = 128  # generated slices per condition whose obedience is measured
 MIN_CHECKED_SLICES = 8  # held-out (or generated) slices the age reader must read, at the least
 MEASURED_VOLUMES = 8  # generated (and real) volumes whose coherence is measured
+AGE_VOLUMES = 12  # generated volumes whose age is read as a whole
+MIN_OBEDIENCE_PEOPLE = 3  # held-out people of known age that a volume's age read is set against
 
 
 @dataclass(frozen=True)
@@ -262,10 +264,10 @@ def judge_conditions(
         report["slice_position"], figure = judge_levels(run, network, held_out, seed, guidance, out)
         figures.append(figure)
     if "age" in names:
-        report["age"], figure = judge_ages(
+        report["age"], age_figures = judge_ages(
             run, network, training, held_out, demographics, seed, guidance, out
         )
-        figures += [figure] if figure else []
+        figures += age_figures
     if {"slice_position", "previous_slice"} <= set(names):
         report["volumes"] = judge_volumes(run, network, training, held_out, seed, guidance)
     return report, figures
@@ -315,22 +317,24 @@ def judge_ages(
     seed: int,
     guidance: float,
     out: Path,
-) -> tuple[dict, Path | None]:
+) -> tuple[dict, list[Path]]:
     """Obedience to age: `OBEDIENCE_SAMPLES` slices asked for ages spread evenly over the
     training range, at levels spread evenly over the reader's `READ_LEVELS` (asked too, when
     the prior takes the level; read by the feature network otherwise), the other conditions
     unknown, read back by an `AgeReader` trained on the reconstructions of the training slices.
     Its ceiling is the reconstructions of the `held_out` slices (what a perfect prior's slices
     could show through this decoder); its reading of the real held-out slices is reported too.
-    Returns ({"skipped": why}, None) when the data cannot train or check the reader."""
+    When the prior takes the level, whole volumes are judged as well (`judge_volume_ages`).
+    Returns ({"skipped": why}, []) when the data cannot train or check the reader; otherwise
+    the report and the figures obedience_age.png (and obedience_age_volumes.png)."""
     training_ages = known_ages(training, demographics)
     held_out_ages = known_ages(held_out, demographics)
     training_levels = training.relative_positions()
     held_out_levels = held_out.relative_positions()
     if training_ages is None or held_out_ages is None:
-        return {"skipped": "the data's demographics give no ages to check the reader by"}, None
+        return {"skipped": "the data's demographics give no ages to check the reader by"}, []
     if training_levels is None or held_out_levels is None:
-        return {"skipped": "the data has no slice levels, which the age reader needs"}, None
+        return {"skipped": "the data has no slice levels, which the age reader needs"}, []
     batch_size = run.hyperparameters.inference_batch_size
     used = readable_levels(training_levels) & np.isfinite(training_ages)
     used = np.flatnonzero(used)[capped_indices(int(used.sum()), FEATURE_TRAINING_SLICES, seed)]
@@ -339,7 +343,7 @@ def judge_ages(
         return {
             "skipped": f"the {len(checked)} held-out slices at levels {READ_LEVELS[0]}-"
             f"{READ_LEVELS[1]} with a known age are too few, or all of one age"
-        }, None
+        }, []
     chosen = training.images[used, ..., None] / np.float32(255.0)
     try:
         reader = AgeReader.fit(
@@ -348,7 +352,7 @@ def judge_ages(
             training_ages[used],
         )
     except ValueError as error:
-        return {"skipped": str(error)}, None
+        return {"skipped": str(error)}, []
 
     low, high = run.pixelcnn.condition_ranges.get("age", (0.0, 100.0))
     requested = np.linspace(low, high, OBEDIENCE_SAMPLES)
@@ -364,28 +368,118 @@ def judge_ages(
             return {
                 "skipped": "the prior does not take the slice level, and too few of its "
                 f"slices were read at levels {READ_LEVELS[0]}-{READ_LEVELS[1]}"
-            }, None
+            }, []
         requested, levels, generated = requested[readable], levels[readable], generated[readable]
     read = reader.predict(generated, levels)
 
     images = held_out.images[checked, ..., None] / np.float32(255.0)
     truth, where = held_out_ages[checked], held_out_levels[checked]
     reconstructed = reader.predict(reconstruct_images(run.autoencoder, images, batch_size), where)
+    real_read = reader.predict(images, where)
+    people = held_out.subject_ids[checked]
     report = {
         "generated": obedience.condition_obedience(requested, read),
         "reconstructed": obedience.condition_obedience(truth, reconstructed),
-        "real": obedience.condition_obedience(truth, reader.predict(images, where)),
+        "real": obedience.condition_obedience(truth, real_read),
         "reader": "tissue composition (age_reader), trained on reconstructed training slices",
-        "held_out_people": len(np.unique(held_out.subject_ids[checked])),
+        "held_out_people": len(np.unique(people)),
+    }
+    figures = [
+        obedience.plot_obedience(
+            requested,
+            read,
+            truth,
+            reconstructed,
+            out / "obedience_age.png",
+            "age (years)",
+            "reconstructed held-out slices",
+        )
+    ]
+    if "slice_position" in run.pixelcnn.condition_names:
+        ceilings = {
+            side: per_person_means(people, truth, reads)
+            for side, reads in (("reconstructed", reconstructed), ("real", real_read))
+        }
+        report["volumes"], figure = judge_volume_ages(
+            run, reader, (low, high), ceilings, seed, guidance, out
+        )
+        figures += [figure] if figure else []
+    return report, figures
+
+
+def per_person_means(people, ages, reads) -> tuple[np.ndarray, np.ndarray]:
+    """(ages (P,), mean reads (P,)) of the P distinct `people` (N,), from slice values (N,):
+    each person's age and the mean of the reads of their slices, people in sorted order."""
+    names, person = np.unique(np.asarray(people), return_inverse=True)
+    counts = np.bincount(person, minlength=len(names))
+    mean_reads = np.bincount(person, weights=reads, minlength=len(names)) / counts
+    mean_ages = np.bincount(person, weights=ages, minlength=len(names)) / counts
+    return mean_ages, mean_reads
+
+
+def read_volume_ages(reader: AgeReader, volumes: np.ndarray) -> np.ndarray:
+    """(V,) the age of each volume (V, D, S, S) in [0, 1], slices bottom to top, as the mean
+    of the ages `reader` reads from its slices d at levels d / (D - 1) within `READ_LEVELS`."""
+    depth = volumes.shape[1]
+    levels = np.arange(depth) / (depth - 1)
+    readable = np.flatnonzero(readable_levels(levels))
+    if len(readable) == 0:
+        raise ValueError(f"volumes of {depth} slices have none at levels {READ_LEVELS}")
+    slices = volumes[:, readable].reshape(-1, *volumes.shape[2:])
+    reads = reader.predict(slices, np.tile(levels[readable], len(volumes)))
+    return reads.reshape(len(volumes), len(readable)).mean(axis=1)
+
+
+def judge_volume_ages(
+    run: Run,
+    reader: AgeReader,
+    age_range: tuple[float, float],
+    ceilings: dict[str, tuple[np.ndarray, np.ndarray]],
+    seed: int,
+    guidance: float,
+    out: Path,
+) -> tuple[dict, Path | None]:
+    """Obedience to age of whole brains, as a brain-age regressor judges a scan: `AGE_VOLUMES`
+    volumes of `VOLUME_DEPTH` slices (coherent when the prior takes the slice below) asked for
+    ages spread evenly over `age_range`, each read as the mean of its slices' reads
+    (`read_volume_ages`). The ceilings are the held-out people, each their age against the
+    mean read of their slices (`ceilings`: side -> `per_person_means`, "reconstructed" and
+    "real"). Returns ({"skipped": why}, None) with fewer than 3 held-out people or all of one
+    age; otherwise the report and obedience_age_volumes.png."""
+    people_ages, reconstructed = ceilings["reconstructed"]
+    if len(people_ages) < MIN_OBEDIENCE_PEOPLE or np.ptp(people_ages) == 0:
+        return {
+            "skipped": f"{len(people_ages)} held-out people of known age, fewer than "
+            f"{MIN_OBEDIENCE_PEOPLE} or all of one age"
+        }, None
+    requested = np.linspace(*age_range, AGE_VOLUMES)
+    coherent = "previous_slice" in run.pixelcnn.condition_names
+    _, volumes = sample_volumes(
+        run,
+        AGE_VOLUMES,
+        VOLUME_DEPTH,
+        conditions={"age": requested},
+        seed=seed,
+        coherent=coherent,
+        guidance=guidance,
+    )
+    read = read_volume_ages(reader, volumes.astype(np.float32) / np.float32(255.0))
+    report = {
+        "generated": obedience.condition_obedience(requested, read),
+        **{
+            side: obedience.condition_obedience(*ceilings[side])
+            for side in ("reconstructed", "real")
+        },
+        "coherent": coherent,
     }
     figure = obedience.plot_obedience(
         requested,
         read,
-        truth,
+        people_ages,
         reconstructed,
-        out / "obedience_age.png",
+        out / "obedience_age_volumes.png",
         "age (years)",
-        "reconstructed held-out slices",
+        "reconstructed held-out people",
     )
     return report, figure
 
@@ -671,6 +765,16 @@ def format_conditions(conditions: dict) -> list[str]:
         if "reconstructed" in scores:
             line += f"; real slices r {scores['real']['r']:.3f}"
         lines.append(line + ")")
+        volumes = scores.get("volumes", {})
+        if "skipped" in volumes:
+            lines.append(f"  {name} of whole volumes: {volumes['skipped']}")
+        elif volumes:
+            lines.append(
+                f"  {name} of whole volumes: r {volumes['generated']['r']:.3f}, MAE "
+                f"{volumes['generated']['mae']:.3g} (ceiling: held-out people r "
+                f"{volumes['reconstructed']['r']:.3f}, MAE {volumes['reconstructed']['mae']:.3g}; "
+                f"real r {volumes['real']['r']:.3f})"
+            )
     if "volumes" in conditions:
         volumes = conditions["volumes"]
         lines.append(

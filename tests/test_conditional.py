@@ -3,6 +3,8 @@ after training, saved models, and the messages for conditions a run cannot take.
 
 from __future__ import annotations
 
+import zipfile
+
 import keras
 import numpy as np
 import pytest
@@ -26,7 +28,7 @@ CODES, MAP_SIZE = 8, 8
 ALL_CONDITIONS = "slice_position,age,sex,cdr,previous_slice"
 
 
-def tiny_conditional_hyperparameters(conditions: str) -> Hyperparameters:
+def tiny_conditional_hyperparameters(conditions: str, **changes) -> Hyperparameters:
     """8x8 maps of 8 codes, a gated prior of 3 layers of 16 filters with `conditions`."""
     return Hyperparameters(
         image_size=32,
@@ -36,11 +38,11 @@ def tiny_conditional_hyperparameters(conditions: str) -> Hyperparameters:
         pixelcnn_filters=16,
         pixelcnn_gated_layers=3,
         prior_conditions=conditions,
-    )
+    ).replace(**changes)
 
 
-def tiny_conditional_prior(conditions: str = ALL_CONDITIONS) -> PixelCNN:
-    hyperparameters = tiny_conditional_hyperparameters(conditions)
+def tiny_conditional_prior(conditions: str = ALL_CONDITIONS, **changes) -> PixelCNN:
+    hyperparameters = tiny_conditional_hyperparameters(conditions, **changes)
     ranges = {"slice_position": [0.0, 1.0], "age": [20.0, 90.0], "sex": ["F", "M"]}
     ranges["cdr"] = [0.0, 2.0]
     keras.utils.set_random_seed(0)
@@ -192,6 +194,55 @@ def test_saved_conditional_prior_reloads_with_its_ranges_and_samples_identically
     np.testing.assert_array_equal(
         sample_code_maps(prior, 4, seed=5, conditions=asked),
         sample_code_maps(loaded, 4, seed=5, conditions=asked),
+    )
+
+
+def previous_slice_channels(prior: PixelCNN) -> int:
+    """Input channels of the first convolution over the slice below (codes + its flag)."""
+    return prior.condition_encoder.previous_hidden.kernel.shape[2]
+
+
+def test_a_prior_that_embeds_its_codes_embeds_the_slice_below_and_reloads(tmp_path):
+    prior = tiny_conditional_prior(pixelcnn_embedding_dim=4)
+    assert previous_slice_channels(prior) == 4 + 1  # not CODES + 1 one-hot channels
+    conditions = some_conditions(2)
+    maps = np.random.default_rng(4).integers(0, CODES, (2, MAP_SIZE, MAP_SIZE)).astype("int32")
+    other = {**conditions, "previous": (conditions["previous"] + 1) % CODES}
+    moved = np.asarray(prior({"codes": maps, **other})) - prior({"codes": maps, **conditions})
+    assert np.abs(moved).max() > 1e-3  # the slice below is read
+    prior.save(tmp_path / "prior.keras")
+    loaded = keras.saving.load_model(tmp_path / "prior.keras")
+    assert previous_slice_channels(loaded) == 5
+    asked = {"slice_position": 0.6, "previous_slice": conditions["previous"]}
+    np.testing.assert_array_equal(
+        sample_code_maps(prior, 2, seed=3, conditions=asked),
+        sample_code_maps(loaded, 2, seed=3, conditions=asked),
+    )
+
+
+def test_a_prior_saved_before_the_slice_below_was_embedded_loads_with_one_hot_codes(tmp_path):
+    prior = tiny_conditional_prior(pixelcnn_embedding_dim=4, pixelcnn_embed_previous_slice=False)
+    assert previous_slice_channels(prior) == CODES + 1
+    prior.save(tmp_path / "new.keras")
+    # The same file as an earlier version wrote it: its configuration lacks the field.
+    with (
+        zipfile.ZipFile(tmp_path / "new.keras") as new,
+        zipfile.ZipFile(tmp_path / "old.keras", "w") as old,
+    ):
+        for item in new.infolist():
+            content = new.read(item)
+            if item.filename == "config.json":
+                text = content.decode()
+                assert '"pixelcnn_embed_previous_slice": false' in text
+                content = text.replace('"pixelcnn_embed_previous_slice": false, ', "").encode()
+                assert b"pixelcnn_embed_previous_slice" not in content
+            old.writestr(item, content)
+    loaded = keras.saving.load_model(tmp_path / "old.keras")
+    assert previous_slice_channels(loaded) == CODES + 1
+    conditions = some_conditions(2)
+    maps = np.random.default_rng(6).integers(0, CODES, (2, MAP_SIZE, MAP_SIZE)).astype("int32")
+    np.testing.assert_allclose(
+        loaded({"codes": maps, **conditions}), prior({"codes": maps, **conditions}), atol=1e-6
     )
 
 

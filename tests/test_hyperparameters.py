@@ -98,8 +98,11 @@ def test_a_configuration_saved_before_the_architecture_field_is_masked():
     assert Hyperparameters().pixelcnn_architecture == "gated"
     assert Hyperparameters.from_dict({}).pixelcnn_architecture == "masked"
     assert Hyperparameters.from_dict({}) == Hyperparameters(
-        pixelcnn_architecture="masked", prior_conditions="none"
+        pixelcnn_architecture="masked",
+        prior_conditions="none",
+        pixelcnn_embed_previous_slice=False,
     )
+    assert Hyperparameters().pixelcnn_embed_previous_slice
     for name in ("card", "hifi"):
         assert Hyperparameters.from_dict(preset(name).to_dict()) == preset(name)
     assert {"pixelcnn_architecture", "pixelcnn_gated_layers", "pixelcnn_gated_kernel"} <= set(

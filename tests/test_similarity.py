@@ -34,6 +34,35 @@ def test_novelty_detects_a_generator_that_copies_its_training_set(image_pairs):
     assert evaluation.novelty_ssim(fresh, training).max() < 0.2
 
 
+def test_each_persons_slices_are_averaged_into_one_age():
+    ages, reads = evaluation.per_person_means(
+        ["b", "a", "b", "a", "c"], [40, 20, 40, 20, 70], [36.0, 25.0, 44.0, 15.0, 61.0]
+    )
+    np.testing.assert_allclose(ages, [20, 40, 70])  # people a, b, c
+    np.testing.assert_allclose(reads, [20.0, 40.0, 61.0])
+
+
+class _BrightnessReader:
+    """Reads 100 x a slice's mean brightness; refuses levels outside the age reader's."""
+
+    def predict(self, images, positions):
+        assert np.all((np.asarray(positions) >= 0.25) & (np.asarray(positions) <= 0.75))
+        return 100.0 * np.asarray(images).mean(axis=(1, 2))
+
+
+def test_a_volume_is_read_as_the_mean_of_its_readable_slices():
+    # Two volumes of 5 slices at levels 0, 0.25, 0.5, 0.75, 1; slice d of volume v is uniformly
+    # v / 2 + d / 10: the readable slices d = 1, 2, 3 read 10, 20, 30 (+ 50 for the second).
+    volumes = np.zeros((2, 5, 4, 4), dtype=np.float32)
+    for volume in range(2):
+        for depth in range(5):
+            volumes[volume, depth] = volume / 2 + depth / 10
+    ages = evaluation.read_volume_ages(_BrightnessReader(), volumes)
+    np.testing.assert_allclose(ages, [20.0, 70.0], rtol=1e-5)
+    with pytest.raises(ValueError, match="none at levels"):
+        evaluation.read_volume_ages(_BrightnessReader(), volumes[:, :2])
+
+
 def test_command_reports_json_and_writes_the_figures(tiny_run, tmp_path, capsys):
     run, _ = tiny_run
     out = tmp_path / "figures"
@@ -163,5 +192,12 @@ def test_obedience_to_age_is_read_by_the_tissue_reader(
     for side in ("generated", "reconstructed", "real"):
         assert -1.0 <= age[side]["r"] <= 1.0
     assert (tmp_path / "figures" / "obedience_age.png").is_file()
+    # Whole volumes asked for ages, each read as the mean of its slices, against the people.
+    volumes = age["volumes"]
+    assert volumes["generated"]["count"] == evaluation.AGE_VOLUMES
+    assert volumes["reconstructed"]["count"] == volumes["real"]["count"] == 4
+    assert volumes["coherent"] is True
+    assert (tmp_path / "figures" / "obedience_age_volumes.png").is_file()
     assert similarity.main([*argv[:-1], "--out", str(tmp_path / "table")]) == 0
-    assert "  age: r " in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "  age: r " in table and "  age of whole volumes: r " in table

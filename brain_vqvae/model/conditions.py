@@ -11,10 +11,11 @@ and whether it is known:
     previous_slice   the code map [h, w] of the slice just below, in the same volume
 
 The scaled values x of the scalar conditions and their known flags m (1 known, 0 not) enter an
-MLP, and the previous slice's one-hot codes, times its flag, with the flag as one more channel,
-enter two 3x3 convolutions (the whole map below is known: no mask):
+MLP, and the previous slice's codes as features e(k) (one-hot vectors of K, or learned
+embeddings of E dimensions when the prior embeds its codes), times its flag, with the flag as
+one more channel, enter two 3x3 convolutions (the whole map below is known: no mask):
 
-    c = MLP([x * m, m]) [N, 1, 1, W]  +  Conv(Conv([onehot(k_prev) m_prev, m_prev])) [N, h, w, W]
+    c = MLP([x * m, m]) [N, 1, 1, W]  +  Conv(Conv([e(k_prev) m_prev, m_prev])) [N, h, w, W]
 
 An unknown condition reads as zeros and a zero flag, so the network's biases are its learned
 "unknown" (training hides conditions at random, `PixelCNN._hide_conditions`). Every
@@ -53,24 +54,31 @@ class ConditionEncoder(keras.layers.Layer):
     """The condition features c of the module docstring: inputs (values [N, C], known [N, C],
     previous codes [N, h, w] or None) for the C = len(`names`) conditions in `names`' order
     (the previous slice's value column is unused) -> c [N, 1, 1, W] without "previous_slice",
-    [N, h, w, W] with it."""
+    [N, h, w, W] with it. With `embedding_dim` E > 0 the previous slice's codes are embedded
+    (E learned dimensions per code), else one-hot (K = `num_embeddings` channels)."""
 
-    def __init__(self, names, num_embeddings: int, width: int, **kwargs):
+    def __init__(self, names, num_embeddings: int, width: int, embedding_dim: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.names = tuple(names)
         unknown = [name for name in self.names if name not in PRIOR_CONDITIONS]
         if not self.names or unknown:
             raise ValueError(f"names must be some of {PRIOR_CONDITIONS}, got {self.names}")
         self.num_embeddings, self.width = int(num_embeddings), int(width)
+        self.embedding_dim = int(embedding_dim)
         self.scalar_columns = [i for i, name in enumerate(self.names) if name in SCALAR_CONDITIONS]
         self.previous_column = (
             self.names.index("previous_slice") if "previous_slice" in self.names else None
         )
         self.scalar_hidden = self.scalar_out = self.previous_hidden = self.previous_out = None
+        self.previous_embedding = None
         if self.scalar_columns:
             self.scalar_hidden = keras.layers.Dense(width, activation="swish", name="scalar_hidden")
             self.scalar_out = keras.layers.Dense(width, name="scalar_out")
         if self.previous_column is not None:
+            if self.embedding_dim:
+                self.previous_embedding = keras.layers.Embedding(
+                    self.num_embeddings, self.embedding_dim, name="previous_embedding"
+                )
             self.previous_hidden = keras.layers.Conv2D(
                 width, 3, padding="same", activation="swish", name="previous_hidden"
             )
@@ -81,7 +89,10 @@ class ConditionEncoder(keras.layers.Layer):
             self.scalar_hidden.build((None, 2 * len(self.scalar_columns)))
             self.scalar_out.build((None, self.width))
         if self.previous_column is not None:
-            self.previous_hidden.build((None, None, None, self.num_embeddings + 1))
+            if self.previous_embedding is not None:
+                self.previous_embedding.build()
+            channels = self.embedding_dim or self.num_embeddings
+            self.previous_hidden.build((None, None, None, channels + 1))
             self.previous_out.build((None, None, None, self.width))
         self.built = True
 
@@ -96,9 +107,13 @@ class ConditionEncoder(keras.layers.Layer):
             features = self.scalar_out(hidden)[:, None, None, :]
         if self.previous_column is not None:
             flag = known[:, self.previous_column][:, None, None, None]
-            one_hot = ops.one_hot(ops.cast(previous, "int32"), self.num_embeddings) * flag
-            flags = ops.ones_like(one_hot[..., :1]) * flag
-            hidden = self.previous_hidden(ops.concatenate([one_hot, flags], axis=-1))
+            previous = ops.cast(previous, "int32")
+            if self.previous_embedding is None:
+                codes = ops.one_hot(previous, self.num_embeddings) * flag
+            else:
+                codes = self.previous_embedding(previous) * flag
+            flags = ops.ones_like(codes[..., :1]) * flag
+            hidden = self.previous_hidden(ops.concatenate([codes, flags], axis=-1))
             features = features + self.previous_out(hidden)
         return features
 
@@ -108,6 +123,7 @@ class ConditionEncoder(keras.layers.Layer):
             "names": list(self.names),
             "num_embeddings": self.num_embeddings,
             "width": self.width,
+            "embedding_dim": self.embedding_dim,
         }
 
 

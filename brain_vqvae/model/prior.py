@@ -172,6 +172,9 @@ class PixelCNN(TrainingStepModel):
                 self.condition_names,
                 self.num_embeddings,
                 self.hyperparameters.pixelcnn_filters,
+                embedding_dim=(
+                    embedding_dim if self.hyperparameters.pixelcnn_embed_previous_slice else 0
+                ),
                 name="condition_encoder",
             )
             self.condition_encoder.build()
