@@ -34,7 +34,12 @@ from brain_vqvae.feature_network import (
     predict_positions,
     train_feature_network,
 )
-from brain_vqvae.generation import DEFAULT_GUIDANCE, VOLUME_DEPTH, sample_volumes
+from brain_vqvae.generation import (
+    DEFAULT_GUIDANCE,
+    VOLUME_DEPTH,
+    sample_volumes,
+    with_drawn_levels,
+)
 from brain_vqvae.metrics import (
     bits_per_code,
     code_usage,
@@ -652,8 +657,16 @@ def evaluate_run(
         )
         report["uniform_bits_per_code"] = float(np.log2(hyperparameters.num_embeddings))
         sampled_codes = sample_code_maps(
-            pixelcnn, samples, temperature, seed=seed, top_k=top_k, top_p=top_p
+            pixelcnn,
+            samples,
+            temperature,
+            seed=seed,
+            top_k=top_k,
+            top_p=top_p,
+            conditions=with_drawn_levels(pixelcnn, samples, None, seed),
         )
+        if "slice_position" in pixelcnn.condition_names:
+            report["sampling"]["slice_position"] = "drawn uniformly over the trained levels"
         generated = decode_code_maps(autoencoder, sampled_codes, batch_size=batch_size)
         real_usage = code_usage(real_codes, hyperparameters.num_embeddings)
         sampled_usage = code_usage(sampled_codes, hyperparameters.num_embeddings)

@@ -18,6 +18,7 @@ from brain_vqvae.conditioning import (
 )
 from brain_vqvae.data import code_map_dataset
 from brain_vqvae.data.slices import make_slice_set
+from brain_vqvae.generation import with_drawn_levels
 from brain_vqvae.model import PixelCNN, build_pixelcnn, sample_code_maps
 from brain_vqvae.model.conditions import condition_batch
 from brain_vqvae.model.prior import pack_prior_inputs
@@ -244,6 +245,21 @@ def test_a_prior_saved_before_the_slice_below_was_embedded_loads_with_one_hot_co
     np.testing.assert_allclose(
         loaded({"codes": maps, **conditions}), prior({"codes": maps, **conditions}), atol=1e-6
     )
+
+
+def test_a_level_not_asked_is_drawn_over_the_trained_levels():
+    prior = tiny_conditional_prior()
+    prior.condition_ranges["slice_position"] = [0.2, 0.8]
+    drawn = with_drawn_levels(prior, 500, {"age": 70}, seed=3)
+    levels = drawn["slice_position"]
+    assert drawn["age"] == 70 and levels.shape == (500,)
+    assert levels.min() >= 0.2 and levels.max() <= 0.8 and np.ptp(levels) > 0.55
+    assert abs(np.mean(levels < 0.5) - 0.5) < 0.1  # spread evenly, not bunched
+    again = with_drawn_levels(prior, 500, None, seed=3)["slice_position"]
+    np.testing.assert_array_equal(again, levels)  # the seed reproduces them
+    assert with_drawn_levels(prior, 5, {"slice_position": 0.0}, seed=3) == {"slice_position": 0.0}
+    no_levels = tiny_conditional_prior("age,sex")
+    assert with_drawn_levels(no_levels, 5, None, seed=3) == {}
 
 
 @pytest.mark.parametrize(

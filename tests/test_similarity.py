@@ -138,6 +138,7 @@ def test_realism_is_measured_beside_its_floor_with_a_feature_network_saved_in_th
     # level (generated and real, read by the feature network) and the volume measures.
     conditions = report["conditions"]
     assert conditions["guidance"] == generation.DEFAULT_GUIDANCE
+    assert report["sampling"]["slice_position"] == "drawn uniformly over the trained levels"
     for side in ("generated", "real"):
         assert -1.0 <= conditions["slice_position"][side]["r"] <= 1.0
     assert conditions["slice_position"]["generated"]["count"] == 128
