@@ -17,6 +17,9 @@ in the neurological convention: marker top-left.
 from __future__ import annotations
 
 import csv
+import json
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -217,3 +220,18 @@ def write_csv(file: Path, columns: tuple[str, ...], rows: list[dict[str, str]]) 
         writer.writeheader()
         writer.writerows(rows)
     return file
+
+
+def write_as_saved_before(source: Path, target: Path, edit: Callable[[dict], None]) -> Path:
+    """Copy the `.keras` file `source` to `target` with its config.json changed in place by
+    `edit(config)`, as an earlier version of the code would have written it (a field it did not
+    have yet removed, one it had since dropped added)."""
+    with zipfile.ZipFile(source) as new, zipfile.ZipFile(target, "w") as old:
+        for item in new.infolist():
+            content = new.read(item)
+            if item.filename == "config.json":
+                config = json.loads(content)
+                edit(config)
+                content = json.dumps(config).encode()
+            old.writestr(item, content)
+    return target

@@ -3,11 +3,10 @@ after training, saved models, and the messages for conditions a run cannot take.
 
 from __future__ import annotations
 
-import zipfile
-
 import keras
 import numpy as np
 import pytest
+from fixtures import write_as_saved_before
 
 from brain_vqvae.conditioning import (
     available_conditions,
@@ -225,19 +224,12 @@ def test_a_prior_saved_before_the_slice_below_was_embedded_loads_with_one_hot_co
     prior = tiny_conditional_prior(pixelcnn_embedding_dim=4, pixelcnn_embed_previous_slice=False)
     assert previous_slice_channels(prior) == CODES + 1
     prior.save(tmp_path / "new.keras")
-    # The same file as an earlier version wrote it: its configuration lacks the field.
-    with (
-        zipfile.ZipFile(tmp_path / "new.keras") as new,
-        zipfile.ZipFile(tmp_path / "old.keras", "w") as old,
-    ):
-        for item in new.infolist():
-            content = new.read(item)
-            if item.filename == "config.json":
-                text = content.decode()
-                assert '"pixelcnn_embed_previous_slice": false' in text
-                content = text.replace('"pixelcnn_embed_previous_slice": false, ', "").encode()
-                assert b"pixelcnn_embed_previous_slice" not in content
-            old.writestr(item, content)
+
+    def without_the_field(config: dict) -> None:
+        hyperparameters = config["config"]["hyperparameters"]
+        assert hyperparameters.pop("pixelcnn_embed_previous_slice") is False
+
+    write_as_saved_before(tmp_path / "new.keras", tmp_path / "old.keras", without_the_field)
     loaded = keras.saving.load_model(tmp_path / "old.keras")
     assert previous_slice_channels(loaded) == CODES + 1
     conditions = some_conditions(2)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import zipfile
-
 import numpy as np
+from fixtures import write_as_saved_before
 
 from brain_vqvae import feature_network
 
@@ -19,17 +17,11 @@ def test_a_network_saved_with_the_age_head_configuration_still_loads(tmp_path):
         images, np.linspace(0, 1, 8), epochs=1, batch_size=4, widths=(4,)
     )
     network.save(tmp_path / "new.keras")
-    with (
-        zipfile.ZipFile(tmp_path / "new.keras") as new,
-        zipfile.ZipFile(tmp_path / "old.keras", "w") as old,
-    ):
-        for item in new.infolist():
-            content = new.read(item)
-            if item.filename == "config.json":
-                config = json.loads(content)
-                config["config"] |= {"with_ages": True, "age_mean": 50.0, "age_std": 20.0}
-                content = json.dumps(config).encode()
-            old.writestr(item, content)
+
+    def with_age_head(config: dict) -> None:
+        config["config"] |= {"with_ages": True, "age_mean": 50.0, "age_std": 20.0}
+
+    write_as_saved_before(tmp_path / "new.keras", tmp_path / "old.keras", with_age_head)
     reloaded = feature_network.load_feature_network(tmp_path / "old.keras")
     np.testing.assert_allclose(
         feature_network.image_features(reloaded, images),

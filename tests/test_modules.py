@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from fixtures import write_as_saved_before
 from skimage.metrics import structural_similarity as skimage_ssim
 
 import modules
@@ -713,17 +714,11 @@ def test_a_pixelcnn_saved_before_the_architecture_field_loads_as_masked(tmp_path
     """A `.keras` prior whose config has no pixelcnn_architecture (saved before it existed)."""
     prior = tiny_prior("masked", 0)
     prior.save(tmp_path / "new.keras")
-    with (
-        zipfile.ZipFile(tmp_path / "new.keras") as source,
-        zipfile.ZipFile(tmp_path / "old.keras", "w") as target,
-    ):
-        for item in source.infolist():
-            content = source.read(item)
-            if item.filename == "config.json":
-                config = json.loads(content)
-                del config["config"]["hyperparameters"]["pixelcnn_architecture"]
-                content = json.dumps(config)
-            target.writestr(item, content)
+
+    def without_architecture(config: dict) -> None:
+        del config["config"]["hyperparameters"]["pixelcnn_architecture"]
+
+    write_as_saved_before(tmp_path / "new.keras", tmp_path / "old.keras", without_architecture)
     loaded = keras.saving.load_model(tmp_path / "old.keras")
     assert loaded.hyperparameters.pixelcnn_architecture == "masked"
     code_maps = np.random.default_rng(12).integers(0, CODES, (2, MAP_SIZE, MAP_SIZE))
