@@ -103,7 +103,12 @@ def test_samples_are_drawn_with_the_sampling_controls_asked_for(tiny_run, tmp_pa
     argv = ["--run", str(run), "--json", "--samples", "6", "--out", str(tmp_path / "figures")]
     assert similarity.main([*argv, "--temperature", "0.7", "--top-k", "3"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["sampling"] == {"temperature": 0.7, "top_k": 3, "top_p": None}
+    assert report["sampling"] == {
+        "temperature": 0.7,
+        "top_k": 3,
+        "top_p": None,
+        "slice_position": "drawn uniformly over the trained levels",
+    }
     assert similarity.main([*argv, "--temperature", "0"]) == 2
     assert "temperature must be" in capsys.readouterr().err
 
