@@ -249,7 +249,7 @@ class Hyperparameters:
     pixelcnn_embedding_dim: int = 0
     # With `pixelcnn_embedding_dim` E > 0, the conditional prior's encoder of the slice below
     # reads that map's codes as E-dimensional learned embeddings too, not as K one-hot
-    # channels: for 4096 codes its first 3x3 convolution over one-hot maps cost more than the
+    # channels: for 4096 codes its first 3x3 convolution over one-hot maps cost as much as the
     # whole rest of the hifi prior (BENCHMARKS.md). A saved configuration without this key
     # predates it and reads one-hot vectors (`from_dict`).
     pixelcnn_embed_previous_slice: bool = True

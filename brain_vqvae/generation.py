@@ -73,8 +73,8 @@ def with_drawn_levels(pixelcnn, count: int, conditions: dict | None, seed: int |
 
     Asked for nothing else, and drawn without guidance, this draws from p(z) = E_level
     p(z | level), the data's spread of levels, rather than from the prior's learned "unknown",
-    whose samples on the demo were more alike than real slices (MS-SSIM 0.551 against 0.495;
-    0.515 with levels drawn; BENCHMARKS.md, "Nothing asked: levels drawn"). The slice level is
+    whose samples on the demo were more alike than real slices (BENCHMARKS.md, "Nothing asked:
+    levels drawn"). The slice level is
     independent of a person's age, sex and CDR, so it is drawn whatever else is asked."""
     conditions = dict(conditions or {})
     if "slice_position" not in pixelcnn.condition_names or (
@@ -104,9 +104,9 @@ def sample_slices(
     standard deviation (`GaussianVAE.prior_latents`), and has no codes to cut. A conditional
     prior draws from p(z | `conditions`), e.g. {"slice_position": 0.4, "age": 80}, steered
     towards them by `guidance` (`sample_code_maps`); a level not asked is drawn
-    (`with_drawn_levels`), and with nothing asked the draw is not guided (guidance 2 towards
-    drawn levels made the demo's samples less real: Fréchet distance 3.86 against 2.20). The
-    same `seed` gives the same slices."""
+    (`with_drawn_levels`), and with nothing asked the draw is not guided (guidance towards
+    drawn levels made the demo's samples less real: BENCHMARKS.md, "Nothing asked: levels
+    drawn"). The same `seed` gives the same slices."""
     batch_size = run.hyperparameters.inference_batch_size
     if run.kind == "vae":
         if top_k is not None or top_p is not None or conditions:
