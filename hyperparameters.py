@@ -39,6 +39,8 @@ MODELS = ("vqvae", "vae")
 # level in its volume (0 = lowest, 1 = highest), the subject's age, sex and CDR (an OASIS
 # table), and the code map of the slice just below it (to draw volumes slice by slice).
 PRIOR_CONDITIONS = ("slice_position", "age", "sex", "cdr", "previous_slice")
+# A two-level prior's coarse map has one code per COARSE_FACTOR x COARSE_FACTOR block of codes.
+COARSE_FACTOR = 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +176,7 @@ PRIOR_ARCHITECTURE_FIELDS = (
     "pixelcnn_architecture",
     "pixelcnn_gated_layers",
     "pixelcnn_gated_kernel",
+    "pixelcnn_coarse_codes",
     "prior_conditions",
 )
 ARCHITECTURE_FIELDS = tuple(
@@ -257,6 +260,12 @@ class Hyperparameters:
     # for k = `pixelcnn_gated_kernel`. There must be at least one cycle of dilations.
     pixelcnn_gated_layers: int = 6
     pixelcnn_gated_kernel: int = 3
+    # 0: one prior over the whole code map. C > 0: a two-level prior (gated only), coarse to
+    # fine as in VQ-VAE-2 (Razavi et al. 2019): each COARSE_FACTOR x COARSE_FACTOR block of the
+    # map is summarised by one of C coarse codes (k-means of the block's mean code vector), a
+    # prior over those coarse maps (`coarse_prior_hyperparameters`) draws the layout first,
+    # and the fine prior draws the codes given the whole coarse map (`brain_vqvae.model.coarse`).
+    pixelcnn_coarse_codes: int = 0
     # Conditions of the (gated) prior, comma-separated names of `PRIOR_CONDITIONS`; "auto":
     # every one the training data provides (resolved when the prior is trained, and saved so),
     # "none": an unconditional prior. A saved configuration without this key predates it and
@@ -321,6 +330,7 @@ class Hyperparameters:
             "residual_blocks",
             "pixelcnn_residual_blocks",
             "pixelcnn_embedding_dim",
+            "pixelcnn_coarse_codes",
             "mse_warmup_steps",
             "seed",
         ):
@@ -354,6 +364,8 @@ class Hyperparameters:
                 f"{self.pixelcnn_gated_kernel} (one cycle of dilations, so that every position "
                 f"sees every earlier one), got {self.pixelcnn_gated_layers}"
             )
+        if self.pixelcnn_coarse_codes:
+            self._check_coarse_prior()
         parse_prior_conditions(self.prior_conditions)
         if self.prior_conditions not in ("auto", "none") and self.pixelcnn_architecture != "gated":
             raise ValueError(
@@ -397,6 +409,22 @@ class Hyperparameters:
             raise ValueError(f"vae_kl_weight must be positive, got {self.vae_kl_weight}")
         if not 0.0 < self.ssim_target <= 1.0:
             raise ValueError(f"ssim_target must be in range (0, 1], got {self.ssim_target}")
+
+    def _check_coarse_prior(self) -> None:
+        """The rules of a two-level prior (`pixelcnn_coarse_codes` > 0)."""
+        check_at_least("pixelcnn_coarse_codes", self.pixelcnn_coarse_codes, 2)
+        if self.pixelcnn_architecture != "gated":
+            raise ValueError(
+                "pixelcnn_coarse_codes needs pixelcnn_architecture 'gated' (the coarse map "
+                f"enters as a condition), got {self.pixelcnn_architecture!r}"
+            )
+        size = self.code_map_size
+        if size % COARSE_FACTOR or size < 2 * COARSE_FACTOR:
+            raise ValueError(
+                f"pixelcnn_coarse_codes needs code maps whose side is a multiple of "
+                f"{2 * COARSE_FACTOR} (blocks of {COARSE_FACTOR}x{COARSE_FACTOR} codes, at least "
+                f"2x2 of them), got {size}x{size}"
+            )
 
     @property
     def condition_names(self) -> tuple[str, ...]:
@@ -522,6 +550,26 @@ PRESETS: dict[str, dict[str, Any]] = {
 # are a starting point chosen by that rule, not yet measured on a GPU (`bench/gpu.py`).
 DEVICES = ("cpu", "gpu")
 GPU_BATCH_SIZES = {"card": 256, "hifi": 32}
+
+
+def coarse_prior_hyperparameters(hyperparameters: Hyperparameters) -> Hyperparameters:
+    """The configuration of a two-level prior's coarse prior: the card's gated PixelCNN (its
+    defaults: 128 filters, 6 layers, one-hot codes) over maps COARSE_FACTOR times smaller (an
+    8x8 map for the hifi preset's 32x32, the size whose layout the card's prior learns) of
+    `pixelcnn_coarse_codes` codes, with the same conditions and training settings. The smaller
+    map is written as a smaller `image_size`: a prior reads no other field of the image."""
+    defaults = Hyperparameters()
+    return hyperparameters.replace(
+        image_size=hyperparameters.image_size // COARSE_FACTOR,
+        num_embeddings=hyperparameters.pixelcnn_coarse_codes,
+        pixelcnn_coarse_codes=0,
+        pixelcnn_embedding_dim=0,
+        dead_code_restart=False,  # a VQ-VAE setting, checked against num_embeddings
+        **{
+            name: getattr(defaults, name)
+            for name in ("pixelcnn_filters", "pixelcnn_gated_layers", "pixelcnn_gated_kernel")
+        },
+    )
 
 
 def scaled_to_batch(hyperparameters: Hyperparameters, batch_size: int) -> Hyperparameters:

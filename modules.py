@@ -62,7 +62,11 @@ logits at (i, j) depend on earlier codes only. A conditional (gated) prior model
 p(k | c) for conditions c (the slice's level, the subject's age, sex and CDR, the code map of
 the slice below): an embedding of c is projected into every gated layer's pre-activations,
 and conditions hidden at random in training let any subset of them be given
-(`brain_vqvae.model.conditions`). `sample_code_maps` draws new maps position by
+(`brain_vqvae.model.conditions`). A two-level prior (`pixelcnn_coarse_codes`, as the top level
+of VQ-VAE-2) factorises p(k) = p(u) p(k | u) through a coarse map u, one of C codes per 4x4
+block of k (k-means of the block's mean code vector): a second gated prior draws u first, and
+the prior of k reads all of u as one more condition (`brain_vqvae.model.coarse`).
+`sample_code_maps` draws new maps position by
 position in one compiled loop that computes each position's features once and caches them
 (`_RasterScan`, `_GatedRasterScan`), with temperature, top-k and nucleus (top-p) sampling;
 `decode_code_maps` turns them into slices.
@@ -78,11 +82,11 @@ with no learned prior (`python train.py --model vae`).
 Where it lives (the package `brain_vqvae`): `brain_vqvae.metrics` (SSIM, PSNR and the code
 metrics), `brain_vqvae.model.quantizer` (`VectorQuantizer`, k-means), `.vqvae` (encoder,
 decoder, `VQVAE`), `.prior` (`MaskedConv2D`, `PixelCNN`), `.gated_prior` (`GatedLayer`),
-`.conditions` (`ConditionEncoder`, the checks of a request), `.sampler` (sampling, encoding
-and decoding code maps), `.vae` (the baseline's `GaussianVAE`) and `.distribute` (the
-tf.distribute helpers). This module re-exports the public API of `brain_vqvae.model` and
-`structural_similarity`, so `import modules` also registers every model class for
-`keras.saving.load_model`.
+`.conditions` (`ConditionEncoder`, the checks of a request), `.coarse` (`CoarseMap`),
+`.sampler` (sampling, encoding and decoding code maps), `.vae` (the baseline's `GaussianVAE`)
+and `.distribute` (the tf.distribute helpers). This module re-exports the public API of
+`brain_vqvae.model` and `structural_similarity`, so `import modules` also registers every
+model class for `keras.saving.load_model`.
 """
 
 from brain_vqvae import model

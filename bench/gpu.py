@@ -136,7 +136,11 @@ def check_preset(name: str, device: str, data: Path, steps: int, prior_steps: in
     row["test_ssim"] = float(ssim_per_slice(test_images, reconstructions).mean())
 
     code_maps = encode_code_maps(vqvae, images, inference)
-    prior = build_pixelcnn(hyperparameters.replace(prior_conditions="none"))
+    prior = build_pixelcnn(
+        hyperparameters.replace(prior_conditions="none"),
+        training_maps=code_maps,
+        code_vectors=keras.ops.convert_to_numpy(vqvae.quantizer.codebook),
+    )
     prior_epochs = epochs_for(prior_steps, len(train), batch)
     prior.compile(optimizer=keras.optimizers.Adam(hyperparameters.learning_rate_pixelcnn))
     batches = code_map_batches(code_maps, batch, shuffle=True, seed=hyperparameters.seed)

@@ -50,7 +50,13 @@ from brain_vqvae.metrics import (
 )
 from brain_vqvae.model import decode_code_maps, encode_code_maps, posterior_kl, sample_code_maps
 from brain_vqvae.runs import Run, RunError, load_run, load_run_data, save_model_atomically
-from hyperparameters import Hyperparameters, check_temperature, check_top_k, check_top_p
+from hyperparameters import (
+    COARSE_FACTOR,
+    Hyperparameters,
+    check_temperature,
+    check_top_k,
+    check_top_p,
+)
 
 FEATURE_TRAINING_SLICES = 4000  # the feature network trains on at most this many slices
 REFERENCE_TRAINING_SLICES = 2000  # training slices the implausibility rule and neighbours see
@@ -114,9 +120,10 @@ def prior_bits_per_code(
 ) -> float:
     """The prior's mean negative log2-likelihood of real code maps (N, h, w), in bits per code:
     -(1 / N h w) sum log2 p(k(i, j) | codes before (i, j)), for a conditional prior given the
-    maps' `conditions` ({"values", "known", "previous"}, N rows each: `slice_conditions`).
-    Computed `batch_size` maps at a time, so the (N, h, w, K) logits of a large codebook never
-    sit in memory at once."""
+    maps' `conditions` ({"values", "known", "previous"}, N rows each: `slice_conditions`). For
+    a two-level prior, -(1 / N h w) sum (log2 p(u) + log2 p(z | u)) with u the maps' coarse
+    maps: an upper bound, as its training loss (`PixelCNN`). Computed `batch_size` maps at a
+    time, so the (N, h, w, K) logits of a large codebook never sit in memory at once."""
     total = 0.0
     for start in range(0, len(code_maps), batch_size):
         rows = slice(start, start + batch_size)
@@ -125,7 +132,15 @@ def prior_bits_per_code(
         if conditions is not None:
             inputs = {"codes": batch, **{name: value[rows] for name, value in conditions.items()}}
         logits = np.asarray(pixelcnn.predict(inputs, batch_size=batch_size, verbose=0))
-        total += bits_per_code(logits, batch) * len(batch)
+        bits = bits_per_code(logits, batch)
+        if pixelcnn.coarse_prior is not None:
+            levels = pixelcnn.with_coarse_map(inputs)
+            coarse_logits = pixelcnn.coarse_prior.predict(
+                pixelcnn.coarse_inputs(levels), batch_size=batch_size, verbose=0
+            )
+            coarse_bits = bits_per_code(np.asarray(coarse_logits), np.asarray(levels["coarse"]))
+            bits += coarse_bits / COARSE_FACTOR**2
+        total += bits * len(batch)
     return total / len(code_maps)
 
 

@@ -411,11 +411,14 @@ def train_pixelcnn(
     verbose: int | str = "auto",
     conditions: tuple[dict, dict] | None = None,
     condition_ranges: dict | None = None,
+    code_vectors: np.ndarray | None = None,
 ):
     """Stage 2: fit the PixelCNN to the training code maps (for a conditional prior with the
     training and validation maps' `conditions`, `slice_conditions`, and the training data's
-    `condition_ranges`); returns the best model."""
+    `condition_ranges`; a two-level prior's coarse map is fitted to the training maps and the
+    VQ-VAE's `code_vectors`); returns the best model."""
     batch_size = hyperparameters.batch_size
+    training_maps = train_codes
     if conditions is not None:
         train_codes, validate_codes = (
             pack_prior_inputs(codes, maps_conditions)
@@ -425,7 +428,7 @@ def train_pixelcnn(
         )
     return train_stage(
         "pixelcnn",
-        lambda: build_pixelcnn(hyperparameters, condition_ranges),
+        lambda: build_pixelcnn(hyperparameters, condition_ranges, training_maps, code_vectors),
         hyperparameters,
         run,
         code_map_batches(train_codes, batch_size, shuffle=True, seed=hyperparameters.seed),
@@ -665,6 +668,7 @@ def _train_in_folder(
                 if names
                 else None,
                 condition_ranges=condition_ranges(names, splits["train"], data.demographics),
+                code_vectors=keras.ops.convert_to_numpy(vqvae.quantizer.codebook),
             )
     elif run.model("pixelcnn").exists():
         pixelcnn = keras.saving.load_model(run.model("pixelcnn"))

@@ -23,9 +23,9 @@ WORK_DIR/loaded.npz, and fits each loaded model for one more epoch with its save
 (WORK_DIR/resumed.json: the loss of that epoch, per model). It also samples code maps from
 the loaded masked and conditional priors (`sampler_checks`) into WORK_DIR/loaded_samples.json.
 
-"sample" draws code maps from a tiny masked, a gated and a conditional gated prior (plain and
-guided) and from a gated prior trained on constant maps (its sampler compiled before it was
-trained), and writes WORK_DIR/sample.json:
+"sample" draws code maps from a tiny masked, a gated, a conditional gated and a conditional
+two-level prior (plain and guided) and from a gated prior trained on constant maps (its sampler
+compiled before it was trained), and writes WORK_DIR/sample.json:
 {prior: `sampler_checks`} and "constant_majority_share" (the mean share of each of 8 samples'
 most common code, which is "constant_majority_codes").
 
@@ -118,9 +118,17 @@ def fitted(model, data, epochs: int, learning_rate: float = 3e-3):
     return {name: [float(value) for value in values] for name, values in history.items()}
 
 
-def prior(architecture: str, conditions: str = "none"):
-    settings = TINY.replace(pixelcnn_architecture=architecture, prior_conditions=conditions)
-    return modules.build_pixelcnn(settings, RANGES if conditions != "none" else None)
+def prior(architecture: str, conditions: str = "none", coarse_codes: int = 0):
+    """A tiny untrained prior; a two-level one (`coarse_codes`) has its coarse map fitted to
+    `code_maps` and random code vectors."""
+    settings = TINY.replace(
+        pixelcnn_architecture=architecture,
+        prior_conditions=conditions,
+        pixelcnn_coarse_codes=coarse_codes,
+    )
+    ranges = RANGES if conditions != "none" else None
+    vectors = np.random.default_rng(2).normal(size=(TINY.num_embeddings, TINY.latent_dim))
+    return modules.build_pixelcnn(settings, ranges, code_maps(16), vectors)
 
 
 def train(work: Path) -> None:
@@ -259,6 +267,8 @@ def sampler_checks(pixelcnn, conditional: bool) -> dict:
     if conditional:
         asked = {"slice_position": 0.3, "previous_slice": code_maps(4, seed=10)}
         conditions = condition_batch(("slice_position", "previous_slice"), RANGES, 4, asked, 8)
+        if pixelcnn.coarse_map is not None:
+            conditions["coarse"] = ops.convert_to_numpy(pixelcnn.coarse_map(maps))
         options = {"conditions": asked, "guidance": 2.0}
         whole_inputs = {"codes": maps, **conditions}
         features = pixelcnn.condition_features(conditions)
@@ -290,6 +300,7 @@ def sample(work: Path) -> None:
         "masked": sampler_checks(prior("masked"), False),
         "gated": sampler_checks(prior("gated"), False),
         "conditional": sampler_checks(prior("gated", CONDITIONS), True),
+        "two_level": sampler_checks(prior("gated", CONDITIONS, coarse_codes=4), True),
     }
     constants = np.broadcast_to(np.array([2, 6] * 32)[:, None, None], (64, 8, 8)).copy()
     gated = prior("gated")

@@ -16,7 +16,7 @@ from conftest import tiny_arguments
 import modules
 import train
 from brain_vqvae import devices as devices_module
-from brain_vqvae import training
+from brain_vqvae import generation, training
 from brain_vqvae.runs import load_run
 from hyperparameters import Hyperparameters
 
@@ -212,6 +212,34 @@ def test_retraining_the_prior_may_change_the_prior_and_keeps_the_vqvae(
     with pytest.raises(training.RunError, match=r"num_embeddings.*only pixelcnn_"):
         changed = masked.replace(num_embeddings=4)
         train.run_training(tiny_arguments(changed, tiny_png_tree, out, *argv), verbose=0)
+
+
+def test_a_prior_retrained_as_two_levels_draws_slices_and_volumes(
+    tiny_run, tiny_hyperparameters, tiny_png_tree, tmp_path
+):
+    """`--pixelcnn-coarse-codes` on an existing run: the coarse map reads the run's VQ-VAE
+    codebook, the coarse prior takes the run's conditions, and the run draws from both."""
+    out = shutil.copytree(tiny_run[0], tmp_path / "run")
+    two_level = tiny_hyperparameters.replace(pixelcnn_coarse_codes=4, epochs_pixelcnn=2)
+    argv = ("--stage", "pixelcnn", "--overwrite")
+    metrics = train.run_training(tiny_arguments(two_level, tiny_png_tree, out, *argv), verbose=0)
+    run = load_run(out)
+    prior = run.pixelcnn
+    np.testing.assert_array_equal(
+        prior.coarse_map.code_vectors.numpy(), run.vqvae.quantizer.codebook.numpy()
+    )
+    assert prior.coarse_prior.condition_names == prior.condition_names
+    assert "previous_slice" in prior.condition_names
+    history = read_history(out / "history_pixelcnn.csv")
+    assert float(history[-1]["coarse_loss"]) < float(history[0]["coarse_loss"])
+    assert 0 < metrics["prior_bits_per_code"] < metrics["uniform_bits_per_code"] + 1
+
+    codes, slices = generation.sample_slices(run, 3, seed=2, conditions={"slice_position": 0.5})
+    assert codes.shape == (3, 8, 8) and slices.shape == (3, 32, 32)
+    volume_codes, volumes = generation.sample_volumes(run, 1, depth=4, seed=2)
+    assert volume_codes.shape == (1, 4, 8, 8) and volumes.shape == (1, 4, 32, 32)
+    again, _ = generation.sample_volumes(run, 1, depth=4, seed=2)
+    np.testing.assert_array_equal(again, volume_codes)
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,14 @@
 """The two-stage model: the VQ-VAE (`vqvae`, with its `quantizer`), the PixelCNN prior
-(`prior`), sampling and coding (`sampler`), and the multi-device helpers they share
-(`distribute`); and the classical baseline, a Gaussian VAE with the same encoder and decoder
-(`vae`). The top-level `modules` gives the maths of both stages.
+(`prior`, with the coarse level of a two-level prior in `coarse`), sampling and coding
+(`sampler`), and the multi-device helpers they share (`distribute`); and the classical
+baseline, a Gaussian VAE with the same encoder and decoder (`vae`). The top-level `modules`
+gives the maths of both stages.
 
 Every class here is registered with Keras under the package "brain_vqvae"
 (`SERIALIZATION_PACKAGE`), so importing this package is enough for `keras.saving.load_model`.
 """
 
+from brain_vqvae.model.coarse import CoarseMap
 from brain_vqvae.model.conditions import ConditionEncoder
 from brain_vqvae.model.gated_prior import GatedLayer
 from brain_vqvae.model.prior import (
@@ -41,6 +43,7 @@ __all__ = [
     "VAE_METRICS",
     "VQVAE",
     "VQVAE_METRICS",
+    "CoarseMap",
     "ConditionEncoder",
     "GatedLayer",
     "GaussianVAE",

@@ -17,6 +17,10 @@ one more channel, enter two 3x3 convolutions (the whole map below is known: no m
 
     c = MLP([x * m, m]) [N, 1, 1, W]  +  Conv(Conv([e(k_prev) m_prev, m_prev])) [N, h, w, W]
 
+The fine level of a two-level prior (`coarse`) also reads its whole coarse map u [N, h/f, w/f]
+(always known): learned embeddings of its codes, each repeated over its f x f block, through
+two 3x3 convolutions, added to c as Conv(Conv(repeat_f(a(u)))) [N, h, w, W].
+
 An unknown condition reads as zeros and a zero flag, so the network's biases are its learned
 "unknown" (training hides conditions at random, `PixelCNN._hide_conditions`). Every
 gated layer adds 1x1 projections of c to both stacks' pre-activations (`GatedLayer`), as the
@@ -31,7 +35,7 @@ import numpy as np
 from keras import ops
 
 from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
-from hyperparameters import PRIOR_CONDITIONS
+from hyperparameters import COARSE_FACTOR, PRIOR_CONDITIONS
 
 SCALAR_CONDITIONS = tuple(name for name in PRIOR_CONDITIONS if name != "previous_slice")
 SEXES = ("M", "F")  # encoded as their index: M = 0, F = 1
@@ -55,16 +59,37 @@ class ConditionEncoder(keras.layers.Layer):
     previous codes [N, h, w] or None) for the C = len(`names`) conditions in `names`' order
     (the previous slice's value column is unused) -> c [N, 1, 1, W] without "previous_slice",
     [N, h, w, W] with it. With `embedding_dim` E > 0 the previous slice's codes are embedded
-    (E learned dimensions per code), else one-hot (K = `num_embeddings` channels)."""
+    (E learned dimensions per code), else one-hot (K = `num_embeddings` channels). With
+    `coarse_codes` C > 0 it also takes the coarse map [N, h / f, w / f] (f = `coarse_factor`;
+    `names` may then be empty) and c is [N, h, w, W]."""
 
-    def __init__(self, names, num_embeddings: int, width: int, embedding_dim: int = 0, **kwargs):
+    def __init__(
+        self,
+        names,
+        num_embeddings: int,
+        width: int,
+        embedding_dim: int = 0,
+        coarse_codes: int = 0,
+        coarse_factor: int = COARSE_FACTOR,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.names = tuple(names)
         unknown = [name for name in self.names if name not in PRIOR_CONDITIONS]
-        if not self.names or unknown:
+        if unknown or not (self.names or coarse_codes):
             raise ValueError(f"names must be some of {PRIOR_CONDITIONS}, got {self.names}")
         self.num_embeddings, self.width = int(num_embeddings), int(width)
         self.embedding_dim = int(embedding_dim)
+        self.coarse_codes, self.coarse_factor = int(coarse_codes), int(coarse_factor)
+        self.coarse_embedding = self.coarse_hidden = self.coarse_out = None
+        if self.coarse_codes:
+            self.coarse_embedding = keras.layers.Embedding(
+                self.coarse_codes, width, name="coarse_embedding"
+            )
+            self.coarse_hidden = keras.layers.Conv2D(
+                width, 3, padding="same", activation="swish", name="coarse_hidden"
+            )
+            self.coarse_out = keras.layers.Conv2D(width, 3, padding="same", name="coarse_out")
         self.scalar_columns = [i for i, name in enumerate(self.names) if name in SCALAR_CONDITIONS]
         self.previous_column = (
             self.names.index("previous_slice") if "previous_slice" in self.names else None
@@ -94,9 +119,13 @@ class ConditionEncoder(keras.layers.Layer):
             channels = self.embedding_dim or self.num_embeddings
             self.previous_hidden.build((None, None, None, channels + 1))
             self.previous_out.build((None, None, None, self.width))
+        if self.coarse_codes:
+            self.coarse_embedding.build()
+            self.coarse_hidden.build((None, None, None, self.width))
+            self.coarse_out.build((None, None, None, self.width))
         self.built = True
 
-    def call(self, values, known, previous=None):
+    def call(self, values, known, previous=None, coarse=None):
         known = ops.cast(known, "float32")
         features = 0.0
         if self.scalar_columns:
@@ -115,6 +144,11 @@ class ConditionEncoder(keras.layers.Layer):
             flags = ops.ones_like(codes[..., :1]) * flag
             hidden = self.previous_hidden(ops.concatenate([codes, flags], axis=-1))
             features = features + self.previous_out(hidden)
+        if self.coarse_codes:
+            blocks = self.coarse_embedding(ops.cast(coarse, "int32"))
+            factor = self.coarse_factor
+            blocks = ops.repeat(ops.repeat(blocks, factor, axis=1), factor, axis=2)
+            features = features + self.coarse_out(self.coarse_hidden(blocks))
         return features
 
     def get_config(self) -> dict:
@@ -124,6 +158,8 @@ class ConditionEncoder(keras.layers.Layer):
             "num_embeddings": self.num_embeddings,
             "width": self.width,
             "embedding_dim": self.embedding_dim,
+            "coarse_codes": self.coarse_codes,
+            "coarse_factor": self.coarse_factor,
         }
 
 

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from brain_vqvae.model.coarse import CoarseMap
 from brain_vqvae.model.conditions import ConditionEncoder
 from brain_vqvae.model.distribute import (
     apply_to_rows,
@@ -20,9 +21,15 @@ from brain_vqvae.model.distribute import (
 from brain_vqvae.model.gated_prior import build_gated_network
 from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
 from brain_vqvae.model.steps import TrainingStepModel
-from hyperparameters import Hyperparameters, check_odd_kernel
+from hyperparameters import (
+    COARSE_FACTOR,
+    Hyperparameters,
+    check_odd_kernel,
+    coarse_prior_hyperparameters,
+)
 
 PIXELCNN_METRICS = ("loss", "accuracy")
+COARSE_METRICS = ("coarse_loss", "coarse_accuracy")  # a two-level prior's coarse prior
 BLOCK_PARTS = ("reduce", "masked", "expand")  # the layers of `pixelcnn_residual_block`, in order
 
 
@@ -148,6 +155,16 @@ class PixelCNN(TrainingStepModel):
     `tf.distribute` strategy both are weighted by each replica's share of the global batch, as
     in `VQVAE`. (A batch of maps alone, not (maps, maps), is also what Keras 3 can hand to
     several workers of a `MultiWorkerMirroredStrategy`: it fails to reduce (x, y) batches.)
+
+    A two-level prior (`pixelcnn_coarse_codes` C > 0, `coarse`) holds its coarse level:
+    `coarse_map` (a `CoarseMap`) summarises a map as a coarse map u = coarse(z), `coarse_prior`
+    (a `PixelCNN` of `coarse_prior_hyperparameters`, with the same conditions, the slice below
+    coarsened too) models p(u | conditions), and this prior models p(z | u, conditions): u is
+    one more input of its condition features, "coarse" in the dict (computed from the codes
+    when absent, as in training). Both are trained together on the sum of their cross-entropies
+    per fine code, -log p(u) / f^2 - log p(z | u) averaged over the h h codes of a map, an upper
+    bound of -log p(z) per code since u is a function of z ("loss"); "accuracy" is the fine
+    level's, "coarse_loss" and "coarse_accuracy" the coarse prior's own (per coarse code).
     """
 
     def __init__(self, hyperparameters: dict, condition_ranges: dict | None = None, **kwargs):
@@ -166,8 +183,18 @@ class PixelCNN(TrainingStepModel):
                 self.num_embeddings, embedding_dim, name="code_embedding"
             )
             self.code_embedding.build()
-        self.condition_encoder = None
-        if self.condition_names:
+        coarse_codes = self.hyperparameters.pixelcnn_coarse_codes
+        self.coarse_map = self.coarse_prior = self.condition_encoder = None
+        if coarse_codes:
+            latent_dim = self.hyperparameters.latent_dim
+            self.coarse_map = CoarseMap(
+                self.num_embeddings, latent_dim, coarse_codes, name="coarse_map"
+            )
+            self.coarse_map.build()
+            coarse = coarse_prior_hyperparameters(self.hyperparameters)
+            self.coarse_prior = PixelCNN(coarse.to_dict(), condition_ranges, name="coarse_prior")
+            self.coarse_prior(np.zeros((1, coarse.code_map_size, coarse.code_map_size), "int32"))
+        if self.condition_names or coarse_codes:
             self.condition_encoder = ConditionEncoder(
                 self.condition_names,
                 self.num_embeddings,
@@ -175,11 +202,13 @@ class PixelCNN(TrainingStepModel):
                 embedding_dim=(
                     embedding_dim if self.hyperparameters.pixelcnn_embed_previous_slice else 0
                 ),
+                coarse_codes=coarse_codes,
                 name="condition_encoder",
             )
             self.condition_encoder.build()
             self.condition_dropout_seed = keras.random.SeedGenerator(self.hyperparameters.seed)
-        self.trackers = [keras.metrics.Mean(name=name) for name in PIXELCNN_METRICS]
+        metrics = PIXELCNN_METRICS + (COARSE_METRICS if coarse_codes else ())
+        self.trackers = [keras.metrics.Mean(name=name) for name in metrics]
         self.built = True  # every weight exists once the network is made
 
     @property
@@ -208,14 +237,41 @@ class PixelCNN(TrainingStepModel):
 
     def condition_features(self, inputs):
         """The condition features c [N, 1 or h, 1 or w, F] of a conditional prior's dict
-        `inputs` (`ConditionEncoder`)."""
-        return self.condition_encoder(inputs["values"], inputs["known"], inputs.get("previous"))
+        `inputs` (`ConditionEncoder`); a two-level prior's are [N, h, w, F] and read the
+        coarse map `inputs["coarse"]`."""
+        return self.condition_encoder(
+            inputs["values"], inputs["known"], inputs.get("previous"), inputs.get("coarse")
+        )
+
+    def with_coarse_map(self, inputs) -> dict:
+        """A conditional or two-level prior's dict of `inputs` (code maps alone: every
+        condition unknown), with a two-level prior's coarse map of its codes ("coarse",
+        unless given) and of the slice below ("coarse_previous")."""
+        if not isinstance(inputs, dict):
+            inputs = unknown_conditions(inputs, len(self.condition_names))
+        if self.coarse_map is None:
+            return inputs
+        inputs = dict(inputs)
+        if "coarse" not in inputs:
+            inputs["coarse"] = self.coarse_map(inputs["codes"])
+        if "previous_slice" in self.condition_names and "coarse_previous" not in inputs:
+            inputs["coarse_previous"] = self.coarse_map(inputs["previous"])
+        return inputs
+
+    def coarse_inputs(self, inputs: dict):
+        """The coarse prior's inputs for a two-level prior's (`with_coarse_map`): the coarse
+        maps, with the same conditions and the slice below coarsened when it has any."""
+        if self.coarse_prior.condition_encoder is None:
+            return inputs["coarse"]
+        coarse = {"codes": inputs["coarse"], "values": inputs["values"], "known": inputs["known"]}
+        if "coarse_previous" in inputs:
+            coarse["previous"] = inputs["coarse_previous"]
+        return coarse
 
     def call(self, inputs):
         if self.condition_encoder is None:
             return apply_to_rows(self.network, self.code_features(inputs))
-        if not isinstance(inputs, dict):
-            inputs = unknown_conditions(inputs, len(self.condition_names))
+        inputs = self.with_coarse_map(inputs)
         code_features = self.code_features(inputs["codes"])
         return apply_to_rows(self.network, [code_features, self.condition_features(inputs)])
 
@@ -242,15 +298,26 @@ class PixelCNN(TrainingStepModel):
         return inputs
 
     def _loss_and_accuracy(self, inputs, training: bool) -> dict:
-        if training and self.condition_encoder is not None:
-            inputs = self._hide_conditions(inputs)
+        if self.condition_encoder is not None:
+            if not isinstance(inputs, dict):
+                inputs = unknown_conditions(inputs, len(self.condition_names))
+            if training:
+                inputs = self._hide_conditions(inputs)
+            inputs = self.with_coarse_map(inputs)  # the slice below coarsened once blurred
         code_maps = ops.cast(inputs["codes"] if isinstance(inputs, dict) else inputs, "int32")
-        logits = self(inputs, training=training)
-        cross_entropy = keras.losses.sparse_categorical_crossentropy(
-            code_maps, logits, from_logits=True
-        )
-        hits = ops.cast(ops.argmax(logits, axis=-1) == code_maps, "float32")
-        return {"loss": ops.mean(cross_entropy), "accuracy": ops.mean(hits)}
+        values = cross_entropy_and_accuracy(code_maps, self(inputs, training=training))
+        if self.coarse_prior is not None:
+            coarse = cross_entropy_and_accuracy(
+                ops.cast(inputs["coarse"], "int32"),
+                self.coarse_prior(self.coarse_inputs(inputs), training=training),
+            )
+            values = {
+                "loss": values["loss"] + coarse["loss"] / COARSE_FACTOR**2,
+                "accuracy": values["accuracy"],
+                "coarse_loss": coarse["loss"],
+                "coarse_accuracy": coarse["accuracy"],
+            }
+        return values
 
     def unpack(self, inputs):
         """A training batch as the model reads it: code maps as they are; a conditional
@@ -290,6 +357,17 @@ class PixelCNN(TrainingStepModel):
         if self.condition_ranges:
             config["condition_ranges"] = self.condition_ranges
         return config
+
+
+def cross_entropy_and_accuracy(code_maps, logits) -> dict:
+    """{"loss": the mean over every position of -log softmax(logits)[k] (nats per code),
+    "accuracy": the share of positions whose most likely code is k} for int code maps k
+    [N, h, w] and logits [N, h, w, K]."""
+    cross_entropy = keras.losses.sparse_categorical_crossentropy(
+        code_maps, logits, from_logits=True
+    )
+    hits = ops.cast(ops.argmax(logits, axis=-1) == code_maps, "float32")
+    return {"loss": ops.mean(cross_entropy), "accuracy": ops.mean(hits)}
 
 
 def pack_prior_inputs(code_maps: np.ndarray, conditions: dict[str, np.ndarray]) -> np.ndarray:
@@ -338,11 +416,19 @@ def unknown_conditions(code_maps, conditions: int) -> dict:
 
 
 def build_pixelcnn(
-    hyperparameters: Hyperparameters, condition_ranges: dict | None = None
+    hyperparameters: Hyperparameters,
+    condition_ranges: dict | None = None,
+    training_maps: np.ndarray | None = None,
+    code_vectors: np.ndarray | None = None,
 ) -> PixelCNN:
     """A `PixelCNN` for `hyperparameters` (and the training data's `condition_ranges`), its
-    weights built by a call on a dummy batch."""
+    weights built by a call on a dummy batch. A two-level prior fits its `CoarseMap` to the
+    `training_maps` [N, h, h] and the VQ-VAE's `code_vectors` [K, D] when both are given (as
+    training does); without them every block reads as coarse code 0 (an untrained prior's
+    speed is the same)."""
     model = PixelCNN(hyperparameters.to_dict(), condition_ranges, name="pixelcnn")
     size = hyperparameters.code_map_size
     model(np.zeros((1, size, size), dtype="int32"))
+    if model.coarse_map is not None and training_maps is not None and code_vectors is not None:
+        model.coarse_map.fit(training_maps, code_vectors, seed=hyperparameters.seed)
     return model

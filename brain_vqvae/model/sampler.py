@@ -440,6 +440,11 @@ def _compiled_sampler(sample: Callable, pixelcnn: PixelCNN, rows: int) -> Callab
                     "values": tf.TensorSpec((rows, None), tf.float32),
                     "known": tf.TensorSpec((rows, None), tf.float32),
                     "previous": tf.TensorSpec((rows, None, None), tf.int32),
+                    **(
+                        {"coarse": tf.TensorSpec((rows, None, None), tf.int32)}
+                        if pixelcnn.coarse_map is not None
+                        else {}
+                    ),
                 },
             ),
             jit_compile=pixelcnn.code_map_size <= XLA_MAX_MAP_SIZE,
@@ -536,6 +541,10 @@ def sample_code_maps(
     (`filter_logits`); None turns either off. The same `seed` gives the same maps;
     `seed=None` draws one from Python's `random` (seeded by `keras.utils.set_random_seed`).
     The compiled sampler is cached per model.
+
+    A two-level prior (`PixelCNN.coarse_prior`) first draws the coarse maps u from its coarse
+    prior with the same conditions (the slice below coarsened), temperature, nucleus, guidance
+    and seed (top-k at most its number of codes), then the maps from p(z | u, conditions).
     """
     check_sample_count(count)
     check_temperature(temperature)
@@ -552,6 +561,10 @@ def sample_code_maps(
         pixelcnn.code_map_size,
         pixelcnn.num_embeddings,
     )
+    if pixelcnn.coarse_prior is not None:
+        batch["coarse"] = _coarse_maps(
+            pixelcnn, count, temperature, seed, top_k, top_p, conditions, guidance
+        )
     if guidance != 1.0:
         reference = reference_conditions(batch, pixelcnn.condition_names)
         if not np.array_equal(reference["known"], batch["known"]):  # some value was asked
@@ -568,6 +581,27 @@ def sample_code_maps(
         {name: ops.convert_to_tensor(value) for name, value in batch.items()},
     )
     return ops.convert_to_numpy(code_maps)
+
+
+def _coarse_maps(pixelcnn: PixelCNN, count, temperature, seed, top_k, top_p, conditions, guidance):
+    """The coarse maps [count, h / f, h / f] a two-level prior draws its maps on: drawn from its
+    coarse prior with the same `conditions`, the slice below (when given) coarsened."""
+    coarse = pixelcnn.coarse_prior
+    conditions = dict(conditions or {})
+    if conditions.get("previous_slice") is not None:
+        below = np.asarray(conditions["previous_slice"])
+        below = np.broadcast_to(below, (count, *below.shape[-2:])) if below.ndim == 2 else below
+        conditions["previous_slice"] = ops.convert_to_numpy(pixelcnn.coarse_map(below))
+    return sample_code_maps(
+        coarse,
+        count,
+        temperature,
+        seed,
+        None if top_k is None else min(top_k, coarse.num_embeddings),
+        top_p,
+        conditions,
+        guidance,
+    )
 
 
 def _in_batches(function: Callable, inputs: np.ndarray, batch_size: int, empty_shape) -> np.ndarray:

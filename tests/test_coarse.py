@@ -1,0 +1,193 @@
+"""The two-level prior (`pixelcnn_coarse_codes`): the coarse map, causality given it, the
+loss of both levels, what sampling draws, saved models and the settings it refuses."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from brain_vqvae.model import build_pixelcnn, sample_code_maps
+from brain_vqvae.model.coarse import CoarseMap
+from brain_vqvae.model.conditions import condition_batch
+from brain_vqvae.model.prior import pack_prior_inputs
+from hyperparameters import Hyperparameters, coarse_prior_hyperparameters
+
+CODES, MAP_SIZE, COARSE_CODES, LATENT = 8, 8, 3, 4
+TWO_LEVEL = Hyperparameters(
+    image_size=32,
+    downsample_stages=2,
+    encoder_filters=(8, 8),
+    num_embeddings=CODES,
+    latent_dim=LATENT,
+    pixelcnn_filters=16,
+    pixelcnn_gated_layers=3,
+    pixelcnn_coarse_codes=COARSE_CODES,
+    prior_conditions="none",
+    batch_size=8,
+)
+# Code vectors: codes 0-3 near the origin, 4-7 far out along the first axis.
+CODE_VECTORS = np.zeros((CODES, LATENT), "float32")
+CODE_VECTORS[4:, 0] = 10.0
+CODE_VECTORS[:, 1] = np.arange(CODES) * 0.01
+
+
+def layouts(count: int) -> np.ndarray:
+    """Maps [count, 8, 8] of two layouts, alternating: far codes (5) in the top half and near
+    ones (1) below, or the other way round; every block of 4x4 codes is all near or all far."""
+    maps = np.ones((count, MAP_SIZE, MAP_SIZE), "int32")
+    maps[0::2, :4] = 5
+    maps[1::2, 4:] = 5
+    return maps
+
+
+def two_level_prior(**changes):
+    keras.utils.set_random_seed(0)
+    settings = TWO_LEVEL.replace(**changes)
+    ranges = {"slice_position": [0.0, 1.0]} if settings.prior_conditions != "none" else None
+    return build_pixelcnn(settings, ranges, layouts(16), CODE_VECTORS)
+
+
+def test_coarse_codes_are_the_nearest_centroid_of_each_blocks_mean_code_vector():
+    coarse = CoarseMap(CODES, LATENT, 2, factor=2)
+    coarse.build()
+    coarse.code_vectors.assign(CODE_VECTORS)
+    coarse.centroids.assign(np.array([[0.0, 0.0, 0, 0], [6.0, 0.0, 0, 0]], "float32"))
+    code_map = np.zeros((1, 4, 4), "int32")
+    code_map[0, :2, :2] = [[4, 4], [4, 0]]  # block mean 7.5 along the first axis: centroid 1
+    code_map[0, :2, 2:] = [[4, 0], [0, 0]]  # block mean 2.5: nearer 0 than 6, centroid 0
+    code_map[0, 2:, :2] = 7  # 10: centroid 1
+    assert keras.ops.convert_to_numpy(coarse(code_map)).tolist() == [[[1, 0], [1, 0]]]
+
+
+def test_fitted_coarse_map_gives_each_layout_its_own_codes():
+    prior = two_level_prior()
+    coarse = keras.ops.convert_to_numpy(prior.coarse_map(layouts(4)))
+    assert coarse.shape == (4, 2, 2)
+    near, far = coarse[0, 1, 0], coarse[0, 0, 0]
+    assert near != far
+    np.testing.assert_array_equal(coarse[0], [[far, far], [near, near]])
+    np.testing.assert_array_equal(coarse[1], [[near, near], [far, far]])
+    np.testing.assert_array_equal(prior.coarse_map.code_vectors.numpy(), CODE_VECTORS)
+
+
+def test_coarse_map_refuses_code_vectors_of_the_wrong_shape():
+    coarse = CoarseMap(CODES, LATENT, 2)
+    coarse.build()
+    with pytest.raises(ValueError, match=r"code_vectors must be \[8, 4\]"):
+        coarse.fit(layouts(2), np.zeros((CODES, LATENT + 1)))
+
+
+def test_fine_logits_see_only_earlier_codes_and_the_whole_coarse_map():
+    prior = two_level_prior()
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, CODES, (MAP_SIZE, MAP_SIZE)).astype("int32")
+    coarse = rng.integers(0, COARSE_CODES, (1, 2, 2)).astype("int32")
+    positions = MAP_SIZE * MAP_SIZE
+    perturbed = np.repeat(base[None], positions, axis=0)
+    rows, columns = np.divmod(np.arange(positions), MAP_SIZE)
+    perturbed[np.arange(positions), rows, columns] = (base[rows, columns] + 1) % CODES
+    maps = np.concatenate([base[None], perturbed])
+
+    def logits(code_maps, coarse_maps):
+        unknown = np.zeros((len(code_maps), 0), "float32")
+        inputs = {"codes": code_maps, "values": unknown, "known": unknown}
+        inputs["coarse"] = np.repeat(coarse_maps, len(code_maps), axis=0)
+        return np.asarray(prior(inputs)).reshape(len(code_maps), positions, CODES)
+
+    given = logits(maps, coarse)
+    change = np.abs(given[1:] - given[:1]).max(axis=-1)  # [changed position, position]
+    assert change[np.triu(np.ones((positions, positions), bool)).T].max() < 1e-5
+    other_coarse = (coarse + 1) % COARSE_CODES
+    moved = np.abs(logits(base[None], other_coarse) - given[:1]).max(axis=-1)
+    assert moved.min() > 1e-4  # every position, the first included, reads the coarse map
+
+
+def test_loss_is_fine_plus_coarse_cross_entropy_per_fine_code():
+    prior = two_level_prior()
+    prior.compile(optimizer=keras.optimizers.Adam(1e-3))
+    maps = np.random.default_rng(5).integers(0, CODES, (6, MAP_SIZE, MAP_SIZE)).astype("int32")
+    coarse = keras.ops.convert_to_numpy(prior.coarse_map(maps))
+
+    def mean_cross_entropy(logits, codes):
+        logits = np.asarray(logits, np.float64)
+        log_softmax = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        return -np.take_along_axis(log_softmax, codes[..., None], axis=-1).mean()
+
+    fine = mean_cross_entropy(prior(maps), maps)
+    coarse_loss = mean_cross_entropy(prior.coarse_prior(coarse), coarse)
+    report = prior.evaluate(maps, batch_size=6, verbose=0, return_dict=True)
+    assert set(report) == {"loss", "accuracy", "coarse_loss", "coarse_accuracy"}
+    np.testing.assert_allclose(report["coarse_loss"], coarse_loss, rtol=1e-5)
+    np.testing.assert_allclose(report["loss"], fine + coarse_loss / 16, rtol=1e-5)
+
+
+def test_trained_two_level_prior_draws_whole_training_layouts_and_reloads(tmp_path):
+    """Trained on two layouts, each sample is one of them entirely: its coarse map is drawn
+    first, and the fine codes follow it; the saved prior draws the same maps."""
+    prior = two_level_prior()
+    prior.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = prior.fit(layouts(64), batch_size=8, epochs=12, verbose=0).history
+    assert history["loss"][-1] < 0.2 * history["loss"][0]
+    assert history["coarse_loss"][-1] < history["coarse_loss"][0]
+
+    samples = sample_code_maps(prior, 16, seed=4)
+    top_far = np.all(samples == layouts(2)[0], axis=(1, 2))
+    bottom_far = np.all(samples == layouts(2)[1], axis=(1, 2))
+    assert np.mean(top_far | bottom_far) >= 0.9
+    assert top_far.any() and bottom_far.any()
+
+    prior.save(tmp_path / "prior.keras")
+    loaded = keras.saving.load_model(tmp_path / "prior.keras")
+    np.testing.assert_array_equal(sample_code_maps(loaded, 16, seed=4), samples)
+    np.testing.assert_array_equal(loaded.coarse_map.centroids, prior.coarse_map.centroids)
+
+
+def test_both_levels_follow_the_asked_level_and_the_slice_below():
+    """Level 0 maps have the far codes on top, level 1 maps below; the slice below is the map
+    itself. Asked for a level, both levels draw its layout, guided or not, given a slice below
+    or not."""
+    prior = two_level_prior(prior_conditions="slice_position,previous_slice")
+    maps = layouts(64)
+    levels = np.arange(64) % 2
+    conditions = condition_batch(
+        ("slice_position", "previous_slice"),
+        {"slice_position": [0.0, 1.0]},
+        64,
+        {"slice_position": levels.astype("float32"), "previous_slice": maps},
+        MAP_SIZE,
+    )
+    prior.compile(optimizer=keras.optimizers.Adam(1e-2))
+    prior.fit(pack_prior_inputs(maps, conditions), batch_size=8, epochs=15, verbose=0)
+    for level in (0, 1):
+        for guidance in (1.0, 2.0):
+            drawn = sample_code_maps(
+                prior, 8, seed=1, conditions={"slice_position": level}, guidance=guidance
+            )
+            assert np.mean(np.all(drawn == maps[level], axis=(1, 2))) >= 0.75, (level, guidance)
+        below = sample_code_maps(prior, 8, seed=2, conditions={"previous_slice": maps[level]})
+        assert np.mean(np.all(below == maps[level], axis=(1, 2))) >= 0.75, level
+
+
+def test_coarse_prior_is_the_card_prior_over_smaller_maps_of_the_coarse_codes():
+    hifi_like = TWO_LEVEL.replace(
+        image_size=128, pixelcnn_filters=64, pixelcnn_gated_layers=5, pixelcnn_embedding_dim=16
+    )
+    coarse = coarse_prior_hyperparameters(hifi_like.replace(prior_conditions="slice_position"))
+    assert (coarse.code_map_size, coarse.num_embeddings) == (8, COARSE_CODES)
+    assert (coarse.pixelcnn_filters, coarse.pixelcnn_gated_layers) == (128, 6)
+    assert (coarse.pixelcnn_embedding_dim, coarse.pixelcnn_coarse_codes) == (0, 0)
+    assert coarse.condition_names == ("slice_position",)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"pixelcnn_coarse_codes": 1}, "pixelcnn_coarse_codes must be at least 2"),
+        ({"pixelcnn_architecture": "masked"}, "needs pixelcnn_architecture 'gated'"),
+        ({"image_size": 16}, "a multiple of 8"),
+    ],
+)
+def test_settings_a_two_level_prior_cannot_take_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TWO_LEVEL.replace(**changes)
