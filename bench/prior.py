@@ -4,7 +4,8 @@
         [--repeats 5] [--quick] [--json PATH]
 
 For each codebook size K, priors over the hifi preset's 32x32 code maps,
-`modules.build_pixelcnn(preset("hifi").replace(num_embeddings=K, pixelcnn_embedding_dim=E))`:
+`modules.build_pixelcnn(preset("hifi").replace(num_embeddings=K, pixelcnn_embedding_dim=E))`
+with one flat level (the preset's coarse level, an 8x8 prior, is left out):
   one-hot   E = 0: the codes enter as K-channel one-hot vectors, so the first layer reads K
             channels at each of its taps;
   embedded  E = `--embedding-dim`: learned E-dimensional embeddings instead.
@@ -80,6 +81,7 @@ def fitted_prior(
         pixelcnn_embedding_dim=embedding_dim,
         prior_conditions=CONDITIONS if conditional else "none",
         pixelcnn_embed_previous_slice=embed_previous_slice,
+        pixelcnn_coarse_codes=0,  # the 32x32 level alone, whose input layer these arms change
     )
     prior = modules.build_pixelcnn(hyperparameters, CONDITION_RANGES if conditional else None)
     prior.compile(optimizer=keras.optimizers.Adam(1e-3))

@@ -6,9 +6,9 @@ epoch, and sampling time for both presets' map shapes.
 
 RUN is a run folder with a trained VQ-VAE (`vqvae.keras` and `hyperparameters.json`), DATA the
 slices it was trained on. Every split of DATA is encoded by the VQ-VAE (`encode_split`), then
-each prior, `build_pixelcnn(run's hyperparameters.replace(pixelcnn_architecture=A))`, is fitted
-for `--epochs` epochs on the training maps with the run's batch size and the training stage's
-optimizer (Adam, cosine decay); the table gives the validation and test bits per code
+each prior, the run's hyperparameters with `pixelcnn_architecture` A and one flat level (`flat`),
+is fitted for `--epochs` epochs on the training maps with the run's batch size and the training
+stage's optimizer (Adam, cosine decay); the table gives the validation and test bits per code
 (`prior_bits_per_code`) of the epoch with the lowest validation loss, and the median seconds of
 an epoch after the first (which traces). Sampling: `sample_code_maps` of `--sampling-count`
 maps from untrained priors of each architecture at the card's shape (8x8, K = 16) and the
@@ -34,6 +34,12 @@ from bench.common import (
 from hyperparameters import Hyperparameters, preset
 
 ARCHITECTURES = ("masked", "gated")
+
+
+def flat(hyperparameters: Hyperparameters, architecture: str) -> Hyperparameters:
+    """`hyperparameters` with a flat prior of `architecture`: the masked PixelCNN has no coarse
+    level (`pixelcnn_coarse_codes`), so both architectures are compared flat."""
+    return hyperparameters.replace(pixelcnn_architecture=architecture, pixelcnn_coarse_codes=0)
 
 
 def quality_rows(run: Path, data: Path, epochs: int) -> list[dict]:
@@ -69,7 +75,7 @@ def quality_rows(run: Path, data: Path, epochs: int) -> list[dict]:
     rows = []
     for architecture in ARCHITECTURES:
         keras.utils.set_random_seed(hyperparameters.seed)
-        prior = modules.build_pixelcnn(hyperparameters.replace(pixelcnn_architecture=architecture))
+        prior = modules.build_pixelcnn(flat(hyperparameters, architecture))
         steps = epochs * int(np.ceil(len(codes["train"]) / hyperparameters.batch_size))
         schedule = keras.optimizers.schedules.CosineDecay(
             hyperparameters.learning_rate_pixelcnn, steps, alpha=0.05
@@ -110,9 +116,7 @@ def sampling_rows(count: int) -> list[dict]:
     for shape, hyperparameters in shapes.items():
         for architecture in ARCHITECTURES:
             keras.utils.set_random_seed(0)
-            prior = modules.build_pixelcnn(
-                hyperparameters.replace(pixelcnn_architecture=architecture)
-            )
+            prior = modules.build_pixelcnn(flat(hyperparameters, architecture))
             seconds = []
             for seed in (0, 1):
                 start = time.perf_counter()

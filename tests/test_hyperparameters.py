@@ -53,6 +53,7 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
     assert hifi.reconstruction_loss == "ssim_l1"
     assert (hifi.batch_size, hifi.inference_batch_size) == (2, 64)
     assert hifi.pixelcnn_embedding_dim == 64
+    assert hifi.pixelcnn_coarse_codes == 64  # a two-level prior, its coarse maps 8x8
 
 
 @pytest.mark.parametrize(
