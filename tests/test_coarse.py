@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from brain_vqvae.model import build_pixelcnn, sample_code_maps
+from brain_vqvae.model import build_pixelcnn, sample_code_maps, sampler
 from brain_vqvae.model.coarse import CoarseMap
 from brain_vqvae.model.conditions import condition_batch
 from brain_vqvae.model.prior import pack_prior_inputs
@@ -143,10 +143,24 @@ def test_trained_two_level_prior_draws_whole_training_layouts_and_reloads(tmp_pa
     np.testing.assert_array_equal(loaded.coarse_map.centroids, prior.coarse_map.centroids)
 
 
-def test_both_levels_follow_the_asked_level_and_the_slice_below():
+def test_the_coarse_level_is_drawn_without_the_slice_below():
+    """Only the fine level reads the slice below: the coarse maps a draw starts from are the
+    same whatever slice below is given, and the same as with none."""
+    prior = two_level_prior(prior_conditions="slice_position,previous_slice")
+
+    def coarse_maps(**conditions):
+        return sampler._coarse_maps(prior, 4, 1.0, 3, None, None, conditions, 1.0)
+
+    alone = coarse_maps(slice_position=0.5)
+    for below in layouts(2):
+        np.testing.assert_array_equal(coarse_maps(slice_position=0.5, previous_slice=below), alone)
+    assert alone.shape == (4, 2, 2) and alone.max() < COARSE_CODES
+
+
+def test_both_levels_follow_the_asked_level_with_or_without_the_slice_below():
     """Level 0 maps have the far codes on top, level 1 maps below; the slice below is the map
-    itself. Asked for a level, both levels draw its layout, guided or not, given a slice below
-    or not."""
+    itself. Asked for a level, both levels draw its layout, guided or not, given the slice below
+    (which only the fine level reads) or not."""
     prior = two_level_prior(prior_conditions="slice_position,previous_slice")
     maps = layouts(64)
     levels = np.arange(64) % 2
@@ -165,7 +179,8 @@ def test_both_levels_follow_the_asked_level_and_the_slice_below():
                 prior, 8, seed=1, conditions={"slice_position": level}, guidance=guidance
             )
             assert np.mean(np.all(drawn == maps[level], axis=(1, 2))) >= 0.75, (level, guidance)
-        below = sample_code_maps(prior, 8, seed=2, conditions={"previous_slice": maps[level]})
+        asked = {"slice_position": level, "previous_slice": maps[level]}
+        below = sample_code_maps(prior, 8, seed=2, conditions=asked)
         assert np.mean(np.all(below == maps[level], axis=(1, 2))) >= 0.75, level
 
 

@@ -543,8 +543,9 @@ def sample_code_maps(
     The compiled sampler is cached per model.
 
     A two-level prior (`PixelCNN.coarse_prior`) first draws the coarse maps u from its coarse
-    prior with the same conditions (the slice below coarsened), temperature, nucleus, guidance
-    and seed (top-k at most its number of codes), then the maps from p(z | u, conditions).
+    prior with the same conditions except the slice below (`_coarse_maps`), temperature,
+    nucleus, guidance and seed (top-k at most its number of codes), then the maps from
+    p(z | u, conditions).
     """
     check_sample_count(count)
     check_temperature(temperature)
@@ -585,13 +586,14 @@ def sample_code_maps(
 
 def _coarse_maps(pixelcnn: PixelCNN, count, temperature, seed, top_k, top_p, conditions, guidance):
     """The coarse maps [count, h / f, h / f] a two-level prior draws its maps on: drawn from its
-    coarse prior with the same `conditions`, the slice below (when given) coarsened."""
+    coarse prior with the same `conditions` but the slice below, which only the fine level
+    reads. Given the slice below too, the coarse level of the demo's hifi volumes kept copying
+    its layout up the stack and the volumes drifted (BENCHMARKS.md, "The hifi prior in two
+    levels"); the coarse prior, trained with it hidden at random, draws the level's layout."""
+    conditions = {
+        name: value for name, value in (conditions or {}).items() if name != "previous_slice"
+    }
     coarse = pixelcnn.coarse_prior
-    conditions = dict(conditions or {})
-    if conditions.get("previous_slice") is not None:
-        below = np.asarray(conditions["previous_slice"])
-        below = np.broadcast_to(below, (count, *below.shape[-2:])) if below.ndim == 2 else below
-        conditions["previous_slice"] = ops.convert_to_numpy(pixelcnn.coarse_map(below))
     return sample_code_maps(
         coarse,
         count,
