@@ -2,7 +2,7 @@
 
     python -m bench.real_fidelity --data DIR --preset card
         [--slices-per-volume 96] [--held-out 2] [--folds 3] [--fold F] [--epochs 25]
-        [--json out.json] [--cache-dir DIR] [--FIELD VALUE ...]
+        [--generation [--figures DIR]] [--json out.json] [--cache-dir DIR] [--FIELD VALUE ...]
 
 Protocol. Every slice of the data set is loaded with `load_training_data` (all three of its
 splits pooled; the loader's own split is ignored) and the subjects are taken in sorted order.
@@ -12,10 +12,10 @@ once when folds * H equals the number of subjects; the default 3 x 2 for six vol
 `--fold F` runs fold F alone (1-based), so that folds can run in separate processes.
 
 In each fold the preset's VQ-VAE (with any `--FIELD VALUE` overrides, as in train.py) is trained
-from scratch by the project's own `training.train_autoencoder`, with all its callbacks, into a
-temporary run folder. It sees the slices of the remaining subjects except every tenth slice of
-each of them (slice positions 5, 15, 25, ...), which is the validation set driving early stopping
-and the choice of the best epoch. The validation set is taken from the training people rather than
+from scratch by the project's own `training.train_run`, with all its callbacks, into a
+temporary run folder, on the fold's splits instead of the loader's. It sees the slices of the
+remaining subjects except every tenth slice of each of them (slice positions 5, 15, 25, ...),
+which is the validation set driving early stopping and the choice of the best epoch. The validation set is taken from the training people rather than
 being one whole training person because a fold has very few people (four of six by default):
 giving one up would cost a quarter of the anatomical variety the model learns from, while the
 question of generalising to new people is answered by the held-out subjects anyway. The price
@@ -28,8 +28,20 @@ mean PSNR, and "seen": the subject's mean SSIM on its own training slices in the
 was trained on (the generalisation gap is seen minus held-out). Per fold: the training and
 validation SSIM, the epochs run, the best epoch and the wall time. Overall: the mean of each
 held-out number over every (fold, held-out subject) pair. `--json` writes all of it plus the
-hyperparameters used. The bench's defaults of 96 slices per volume and 25 epochs replace the
-preset's values unless `--slices-per-volume` or `--epochs` (alias of `--epochs-vqvae`) is given.
+hyperparameters used.
+
+With `--generation` the fold trains the run's prior too (on the training slices' code maps,
+validated on the validation slices', with the conditions the data gives) and judges it as
+`python similarity.py` judges a run, with the held-out subjects as the test split
+(`evaluation.evaluate_run`): samples against the held-out slices in a feature network trained on
+the fold's training slices, each measure beside its real-vs-real floor (the held-out subjects
+against each other: with two held out, one person against another, and the two-sample tests
+grouped by slabs of neighbouring slices, `evaluation.two_sample_groups`), the prior's obedience
+to the slice level, and whole volumes. The table then adds the generation targets per fold.
+`--figures DIR` keeps each fold's figures in DIR/fold<F>.
+
+The bench's defaults of 96 slices per volume and 25 epochs replace the preset's values unless
+`--slices-per-volume` or `--epochs` (alias of `--epochs-vqvae`) is given.
 """
 
 from __future__ import annotations
@@ -41,13 +53,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 
-from brain_vqvae.data import DataError, SliceSet
-from brain_vqvae.evaluation import SliceScores, score_model
-from brain_vqvae.runs import RunError, load_training_data
-from brain_vqvae.training import prepare_run_folder, train_autoencoder
+from brain_vqvae.data import BrainSlices, DataError, SliceSet
+from brain_vqvae.evaluation import SliceScores, evaluate_run, format_report, score_model
+from brain_vqvae.runs import RunError, RunFolder, load_run, load_training_data
+from brain_vqvae.training import train_run
 from hyperparameters import (
     Hyperparameters,
     add_hyperparameter_arguments,
@@ -58,13 +69,16 @@ BENCH_DEFAULTS = {"slices_per_volume": 96, "epochs_vqvae": 25}
 VALIDATION_EVERY = 10  # every 10th slice of each training subject (offset 5) validates
 
 
-def pooled_slices(path: Path, hyperparameters: Hyperparameters, cache_dir: str | None):
-    """All slices of the data set at `path`, the loader's splits pooled into one `SliceSet`."""
+def pooled_slices(
+    path: Path, hyperparameters: Hyperparameters, cache_dir: str | None
+) -> tuple[BrainSlices, SliceSet]:
+    """The data set at `path` as loaded, and all its slices, the loader's splits pooled into one
+    `SliceSet`."""
     data = load_training_data(path, hyperparameters, cache_dir=cache_dir)
     for problem in data.problems:
         print(f"warning: {problem}", file=sys.stderr)
     parts = list(data.splits.values())
-    return SliceSet(
+    return data, SliceSet(
         images=np.concatenate([part.images for part in parts]),
         subject_ids=np.concatenate([part.subject_ids for part in parts]),
         slice_indices=np.concatenate([part.slice_indices for part in parts]),
@@ -90,21 +104,34 @@ def history_summary(history_csv: Path) -> dict:
     return {"epochs_run": len(table), "best_epoch": int(np.argmin(table["val_loss"])) + 1}
 
 
-def run_fold(
-    hyperparameters: Hyperparameters, slices: SliceSet, held_out: list[str], work: Path
-) -> dict:
-    """Train on every subject but `held_out` (less the validation slices) and score the model."""
-    started = time.perf_counter()
+def fold_masks(slices: SliceSet, held_out: list[str]) -> dict[str, np.ndarray]:
+    """Boolean masks over `slices` of one fold's splits: the `held_out` subjects are its test
+    split; every `VALIDATION_EVERY`-th slice of the others validates and the rest train."""
     outside = ~np.isin(slices.subject_ids, held_out)
     validating = outside & (slices.slice_indices % VALIDATION_EVERY == VALIDATION_EVERY // 2)
-    training = outside & ~validating
-    run = prepare_run_folder(work, ("vqvae",), resume=False, overwrite=False)
-    hyperparameters.save(run.hyperparameters)
-    keras.utils.set_random_seed(hyperparameters.seed)
-    vqvae = train_autoencoder(
-        hyperparameters, run, subset(slices, training), subset(slices, validating), False, verbose=2
-    )
+    return {"train": outside & ~validating, "validate": validating, "test": ~outside}
+
+
+def run_fold(
+    hyperparameters: Hyperparameters,
+    data: BrainSlices,
+    slices: SliceSet,
+    held_out: list[str],
+    work: Path,
+    generation: bool = False,
+    figures: Path | None = None,
+) -> dict:
+    """Train on every subject but `held_out` (less the validation slices) and score the model;
+    with `generation`, train the prior too and judge its samples against the held-out subjects
+    (`evaluate_run`, figures into `figures` or the fold's temporary folder)."""
+    started = time.perf_counter()
+    masks = fold_masks(slices, held_out)
+    splits = {name: subset(slices, mask) for name, mask in masks.items()}
+    fold = BrainSlices(data.source, data.format, splits, data.demographics, [])
+    stages = ("vqvae", "pixelcnn") if generation else ("vqvae",)
+    train_run(data.source, work, hyperparameters, stages, verbose=2, data=fold)
     trained_at = time.perf_counter()
+    vqvae = load_run(work, prior="skip").autoencoder
     scores = score_model(
         vqvae, slices.float_images(), batch_size=hyperparameters.inference_batch_size
     )
@@ -112,8 +139,9 @@ def run_fold(
     def among(chosen: np.ndarray) -> SliceScores:
         return SliceScores(scores.ssim[chosen], scores.psnr[chosen], scores.mae[chosen])
 
+    training, validating = masks["train"], masks["validate"]
     target = hyperparameters.ssim_target
-    return {
+    report = {
         "held_out": {
             subject: among(slices.subject_ids == subject).summary(target) for subject in held_out
         },
@@ -125,10 +153,15 @@ def run_fold(
         "validate_slices": int(validating.sum()),
         "train_ssim_mean": float(scores.ssim[training].mean()),
         "validate_ssim_mean": float(scores.ssim[validating].mean()),
-        **history_summary(run.history("vqvae")),
+        **history_summary(RunFolder(work).history("vqvae")),
         "train_seconds": trained_at - started,
-        "wall_seconds": time.perf_counter() - started,
     }
+    if generation:
+        report["generation"] = evaluate_run(
+            work, split="test", seed=hyperparameters.seed, out=figures, slices=fold
+        )
+    report["wall_seconds"] = time.perf_counter() - started
+    return report
 
 
 def summarise(folds: list[dict]) -> dict:
@@ -149,6 +182,63 @@ def summarise(folds: list[dict]) -> dict:
         "seen_ssim_mean": {subject: float(np.mean(values)) for subject, values in seen.items()},
         "overall": overall,
     }
+
+
+def generation_row(report: dict) -> dict[str, float]:
+    """The generation targets' numbers from one fold's `evaluate_run` report: the samples'
+    Fréchet distance over its real-vs-real floor, the two-sample accuracy of reconstructions vs
+    samples, the samples' pairwise MS-SSIM minus the real one, precision, the implausible
+    share, and where the prior is conditional the level's r (and ceiling) and the volumes'
+    adjacent-slice SSIM (coherent and real)."""
+    realism = report["realism"]
+    row = {
+        "fd_ratio": realism["fd_samples"] / realism["fd_real_floor"],
+        "c2st_reconstructions_vs_samples": realism["c2st_reconstructions_vs_samples"],
+        "ms_ssim_minus_real": realism["ms_ssim_samples"] - realism["ms_ssim_real"],
+        "precision": realism["precision_samples"],
+        "implausible_share": realism["implausible_samples_share"],
+    }
+    conditions = report.get("conditions", {})
+    if "slice_position" in conditions:
+        row["level_r"] = conditions["slice_position"]["generated"]["r"]
+        row["level_r_ceiling"] = conditions["slice_position"]["real"]["r"]
+    if "volumes" in conditions:
+        row["adjacent_ssim"] = conditions["volumes"]["coherent_adjacent_ssim"]
+        row["adjacent_ssim_real"] = conditions["volumes"]["real_adjacent_ssim"]
+    return row
+
+
+def format_generation(folds: list[dict]) -> list[str]:
+    """The printed lines of the generation table: one row per fold and their mean."""
+    lines = [""]
+    rows = {}
+    for fold in folds:
+        if "realism" in fold["generation"]:
+            rows[fold["fold"]] = generation_row(fold["generation"])
+        else:
+            skipped = fold["generation"].get("realism_skipped", "no samples")
+            lines.append(f"fold {fold['fold']}: generation not judged: {skipped}")
+    if not rows:
+        return lines
+    keys = list(next(iter(rows.values())))
+    rows["mean"] = {key: float(np.mean([row[key] for row in rows.values()])) for key in keys}
+    labels = {
+        "fd_ratio": "FD/floor",
+        "c2st_reconstructions_vs_samples": "C2ST r/s",
+        "ms_ssim_minus_real": "dMS-SSIM",
+        "precision": "precision",
+        "implausible_share": "implaus.",
+        "level_r": "level r",
+        "level_r_ceiling": "ceiling",
+        "adjacent_ssim": "adjacent",
+        "adjacent_ssim_real": "real adj.",
+    }
+    header = f"{'fold':>4}  " + "  ".join(f"{labels[key]:>9}" for key in keys)
+    lines.append("generation (targets: FD/floor <= 3, C2ST r/s <= 0.60, |dMS-SSIM| <= 0.03)")
+    lines += [header, "-" * len(header)]
+    for name, row in rows.items():
+        lines.append(f"{name:>4}  " + "  ".join(f"{row[key]:9.3f}" for key in keys))
+    return lines
 
 
 def format_table(report: dict) -> str:
@@ -185,6 +275,8 @@ def format_table(report: dict) -> str:
             f"validation {fold['validate_ssim_mean']:.3f}; "
             f"{fold['train_seconds']:.0f} s training, {fold['wall_seconds']:.0f} s in all"
         )
+    if all("generation" in fold for fold in report["folds"]):
+        lines += format_generation(report["folds"])
     lines.append(f"total wall time {report['wall_seconds']:.0f} s")
     return "\n".join(lines)
 
@@ -203,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--fold", type=int, help="run only this fold (1-based) of the rotation, e.g. in parallel"
     )
     parser.add_argument("--epochs", type=int, help="VQ-VAE epochs per fold (= --epochs-vqvae)")
+    parser.add_argument(
+        "--generation",
+        action="store_true",
+        help="train the prior too and judge its samples against the held-out subjects",
+    )
+    parser.add_argument(
+        "--figures", help="with --generation, write each fold's figures into DIR/fold<F>"
+    )
     parser.add_argument("--json", help="write the full report to this file")
     parser.add_argument("--cache-dir", help="where decoded slices are cached")
     add_hyperparameter_arguments(parser)
@@ -229,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         hyperparameters = resolve_hyperparameters(parser, arguments)
-        slices = pooled_slices(Path(arguments.data), hyperparameters, arguments.cache_dir)
+        data, slices = pooled_slices(Path(arguments.data), hyperparameters, arguments.cache_dir)
     except (DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -256,12 +356,23 @@ def main(argv: list[str] | None = None) -> int:
         if arguments.fold not in (None, number):
             continue
         print(f"fold {number}/{arguments.folds}: holding out {', '.join(held_out)}", flush=True)
+        figures = Path(arguments.figures) / f"fold{number}" if arguments.figures else None
         with tempfile.TemporaryDirectory(prefix="real_fidelity_") as work:
             try:
-                fold = run_fold(hyperparameters, slices, held_out, Path(work))
+                fold = run_fold(
+                    hyperparameters,
+                    data,
+                    slices,
+                    held_out,
+                    Path(work),
+                    arguments.generation,
+                    figures,
+                )
             except (RunError, ValueError) as error:
                 print(f"error in fold {number}: {error}", file=sys.stderr)
                 return 2
+        if arguments.generation:
+            print(format_report(fold["generation"]), flush=True)
         folds.append({"fold": number, **fold})
 
     report = {

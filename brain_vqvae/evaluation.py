@@ -25,7 +25,7 @@ import numpy as np
 from brain_vqvae import obedience, plotting, realism
 from brain_vqvae.age_reader import READ_LEVELS, AgeReader, readable_levels
 from brain_vqvae.conditioning import raw_condition_values, slice_conditions
-from brain_vqvae.data import SliceSet
+from brain_vqvae.data import BrainSlices, SliceSet
 from brain_vqvae.data.slices import capped_indices
 from brain_vqvae.feature_network import (
     FeatureNetwork,
@@ -62,6 +62,7 @@ FEATURE_TRAINING_SLICES = 4000  # the feature network trains on at most this man
 REFERENCE_TRAINING_SLICES = 2000  # training slices the implausibility rule and neighbours see
 MIN_SAMPLES = 64
 MIN_REALISM_SLICES = 8  # held-out slices per half, at the least, for the realism measures
+SLAB_SLICES = 8  # a lone person's neighbouring slices that the two-sample tests keep together
 OBEDIENCE_SAMPLES = 128  # generated slices per condition whose obedience is measured
 MIN_CHECKED_SLICES = 8  # held-out (or generated) slices the age reader must read, at the least
 MEASURED_VOLUMES = 8  # generated (and real) volumes whose coherence is measured
@@ -258,6 +259,19 @@ def subject_halves(slice_set: SliceSet) -> tuple[np.ndarray, np.ndarray]:
         return indices[0::2], indices[1::2]
     first = np.isin(slice_set.subject_ids, subjects[0::2])
     return np.flatnonzero(first), np.flatnonzero(~first)
+
+
+def two_sample_groups(slice_set: SliceSet, indices: np.ndarray) -> np.ndarray:
+    """(len(indices),) str: the group of each chosen slice for the classifier two-sample tests,
+    whose folds never split a group: its subject; or, where the chosen slices are all one
+    person's (a half of a split of two people, or of one), "subject:slab", slabs of
+    `SLAB_SLICES` neighbouring levels, so that no slice is judged by a classifier trained on its
+    neighbours (which look almost the same)."""
+    subjects = slice_set.subject_ids[indices]
+    if len(np.unique(subjects)) > 1:
+        return subjects
+    slabs = slice_set.slice_indices[indices] // SLAB_SLICES
+    return np.array([f"{subject}:{slab}" for subject, slab in zip(subjects, slabs, strict=True)])
 
 
 def judge_conditions(
@@ -560,9 +574,9 @@ def judge_realism(
 ) -> tuple[dict, list[Path]]:
     """`realism.realism_report` of `samples` (M, S, S, 1) against the `held_out` slices, in two
     `halves` (index arrays, `subject_halves`), and the `reconstructions` of all of them (those
-    of the second half are compared), in the run's feature network, with figures written into
-    `out`: the measures beside their floors and the samples
-    beside their nearest training slices."""
+    of the second half are compared), in the run's feature network, the two-sample tests grouped
+    by `two_sample_groups`, with figures written into `out`: the measures beside their floors and
+    the samples beside their nearest training slices."""
     network = run_feature_network(run, training)
     seed = run.hyperparameters.seed
     reference = capped_indices(len(training), REFERENCE_TRAINING_SLICES, seed)
@@ -579,8 +593,8 @@ def judge_realism(
         samples,
         reference_images,
         levels,
-        groups_a=held_out.subject_ids[first],
-        groups_b=held_out.subject_ids[second],
+        groups_a=two_sample_groups(held_out, first),
+        groups_b=two_sample_groups(held_out, second),
         seed=seed,
     )
     figures = [
@@ -611,6 +625,7 @@ def evaluate_run(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    slices: BrainSlices | None = None,
 ) -> dict:
     """Score a trained run's reconstructions of `split` and its samples (`samples` of them,
     from its prior, or from N(0, I) for a VAE run; default as many as the split has slices, at
@@ -618,7 +633,9 @@ def evaluate_run(
     figures into `out` (default `run_dir/similarity_<split>`) and return the numbers. The
     samples are drawn with `temperature`, `top_k` and `top_p` as `predict.py` draws them
     (`sample_code_maps`; a VAE run takes the temperature only). A conditional prior's obedience
-    is judged on draws with `guidance` (`judge_conditions`)."""
+    is judged on draws with `guidance` (`judge_conditions`). `slices`, when given, is the data
+    already loaded with the splits the run was trained on (as `training.train_run` took them);
+    by default the run's data (or `data`) is loaded and split as the run saw it."""
     run = load_run(run_dir, prior="optional")
     hyperparameters, autoencoder, pixelcnn = run.hyperparameters, run.autoencoder, run.pixelcnn
     check_temperature(temperature)
@@ -626,7 +643,8 @@ def evaluate_run(
     check_top_p(top_p)
     if run.kind == "vae" and (top_k is not None or top_p is not None):
         raise RunError("top_k and top_p belong to a PixelCNN prior; a VAE run samples N(0, I)")
-    slices = load_run_data(run, data, cache_dir=cache_dir)
+    if slices is None:
+        slices = load_run_data(run, data, cache_dir=cache_dir)
     chosen = slices.splits.get(split)
     if chosen is None or len(chosen) == 0:
         raise RunError(f"{slices.source} has no slices in the {split!r} split")

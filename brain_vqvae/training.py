@@ -35,7 +35,7 @@ from keras.distribution import list_devices
 
 from brain_vqvae import evaluation, plotting
 from brain_vqvae.conditioning import condition_ranges, resolve_prior_conditions, slice_conditions
-from brain_vqvae.data import SliceSet, code_map_batches, slice_batches
+from brain_vqvae.data import BrainSlices, SliceSet, code_map_batches, slice_batches
 from brain_vqvae.model import build_pixelcnn, build_vae, build_vqvae, encode_code_maps
 from brain_vqvae.model.distribute import TENSORFLOW
 from brain_vqvae.model.prior import pack_prior_inputs
@@ -549,11 +549,14 @@ def train_run(
     cache_dir: Path | None = None,
     skip_bad: bool = False,
     verbose: int | str = "auto",
+    data: BrainSlices | None = None,
 ) -> dict:
     """Train `stages` of a run (default: every stage of `hyperparameters.model`, see
     `MODEL_STAGES`) on the data at `source` into the folder `out`, score the test split and
     return the metrics written to metrics.json. A stage the model does not have, such as
-    "pixelcnn" for a VAE run, raises `RunError`.
+    "pixelcnn" for a VAE run, raises `RunError`. `data`, when given, is `source` already loaded
+    with its splits chosen by the caller (a benchmark's folds); by default `source` is loaded and
+    split by person (`load_training_data`).
 
     Models are built, loaded and trained in the scope of the strategy `strategy_name`
     (`make_strategy`), with the global batch of `batch_size` images split over its replicas.
@@ -575,6 +578,7 @@ def train_run(
             cache_dir,
             skip_bad,
             verbose,
+            data,
         )
 
 
@@ -591,6 +595,7 @@ def _train_in_folder(
     cache_dir: Path | None,
     skip_bad: bool,
     verbose: int | str,
+    data: BrainSlices | None,
 ) -> dict:
     """`train_run` inside its strategy's scope (of `replicas` replicas), writing to `out`."""
     if hyperparameters.batch_size < replicas:
@@ -609,7 +614,10 @@ def _train_in_folder(
 
     seconds = {}  # wall seconds of each phase, for metrics.json
     with timed(seconds, "load data"):
-        data = load_training_data(source, hyperparameters, cache_dir=cache_dir, skip_bad=skip_bad)
+        if data is None:
+            data = load_training_data(
+                source, hyperparameters, cache_dir=cache_dir, skip_bad=skip_bad
+            )
     for problem in data.problems:
         print(f"warning: {problem}", file=sys.stderr)
     splits = {name: data.splits.get(name) for name in ("train", "validate", "test")}

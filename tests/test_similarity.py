@@ -63,6 +63,21 @@ def test_a_volume_is_read_as_the_mean_of_its_readable_slices():
         evaluation.read_volume_ages(_BrightnessReader(), volumes[:, :2])
 
 
+def test_two_sample_groups_are_people_or_a_lone_persons_slabs():
+    slices = evaluation.SliceSet(
+        images=np.zeros((6, 4, 4), dtype=np.uint8),
+        subject_ids=np.array(["a", "a", "a", "b", "b", "b"]),
+        slice_indices=np.array([0, 7, 8, 0, 9, 17], dtype=np.int32),
+    )
+    first, second = evaluation.subject_halves(slices)
+    assert first.tolist() == [0, 1, 2] and second.tolist() == [3, 4, 5]
+    # Each half is one person: slabs of 8 neighbouring levels.
+    assert evaluation.two_sample_groups(slices, first).tolist() == ["a:0", "a:0", "a:1"]
+    assert evaluation.two_sample_groups(slices, second).tolist() == ["b:0", "b:1", "b:2"]
+    both = np.arange(6)
+    assert evaluation.two_sample_groups(slices, both).tolist() == ["a"] * 3 + ["b"] * 3
+
+
 def test_command_reports_json_and_writes_the_figures(tiny_run, tmp_path, capsys):
     run, _ = tiny_run
     out = tmp_path / "figures"
