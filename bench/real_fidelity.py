@@ -2,7 +2,7 @@
 
     python -m bench.real_fidelity --data DIR --preset card
         [--slices-per-volume 96] [--held-out 2] [--folds 3] [--fold F] [--epochs 25]
-        [--generation [--figures DIR]] [--json out.json] [--cache-dir DIR] [--FIELD VALUE ...]
+        [--generation] [--keep DIR] [--json out.json] [--cache-dir DIR] [--FIELD VALUE ...]
 
 Protocol. Every slice of the data set is loaded with `load_training_data` (all three of its
 splits pooled; the loader's own split is ignored) and the subjects are taken in sorted order.
@@ -12,15 +12,15 @@ once when folds * H equals the number of subjects; the default 3 x 2 for six vol
 `--fold F` runs fold F alone (1-based), so that folds can run in separate processes.
 
 In each fold the preset's VQ-VAE (with any `--FIELD VALUE` overrides, as in train.py) is trained
-from scratch by the project's own `training.train_run`, with all its callbacks, into a
-temporary run folder, on the fold's splits instead of the loader's. It sees the slices of the
-remaining subjects except every tenth slice of each of them (slice positions 5, 15, 25, ...),
-which is the validation set driving early stopping and the choice of the best epoch. The validation set is taken from the training people rather than
-being one whole training person because a fold has very few people (four of six by default):
-giving one up would cost a quarter of the anatomical variety the model learns from, while the
-question of generalising to new people is answered by the held-out subjects anyway. The price
-is that validation slices lie between training slices of the same brains, so the validation
-SSIM is an in-distribution number and early stopping seldom fires.
+from scratch by the project's own `training.train_run`, with all its callbacks, into a temporary
+run folder, on the fold's splits instead of the loader's. It sees the slices of the remaining
+subjects except every tenth slice of each of them (slice positions 5, 15, 25, ...), which is the
+validation set driving early stopping and the choice of the best epoch. The validation set is taken
+from the training people rather than being one whole training person because a fold has very few
+people (four of six by default): giving one up would cost a quarter of the anatomical variety the
+model learns from, while the question of generalising to new people is answered by the held-out
+subjects anyway. The price is that validation slices lie between training slices of the same
+brains, so the validation SSIM is an in-distribution number and early stopping seldom fires.
 
 Reported per held-out subject (all its slices, scored by `evaluation.score_model` with the best
 weights): mean SSIM, its 5th percentile, the fraction of slices with SSIM >= ssim_target (0.6),
@@ -38,7 +38,10 @@ the fold's training slices, each measure beside its real-vs-real floor (the held
 against each other: with two held out, one person against another, and the two-sample tests
 grouped by slabs of neighbouring slices, `evaluation.two_sample_groups`), the prior's obedience
 to the slice level, and whole volumes. The table then adds the generation targets per fold.
-`--figures DIR` keeps each fold's figures in DIR/fold<F>.
+`--keep DIR` keeps each fold's run folder (its models, training curves and, with
+`--generation`, the figures in similarity_test/) as DIR/fold<F> instead of a temporary folder;
+`predict.py` samples from it, while `similarity.py` on it would judge it on the loader's own
+split of the data, not on the fold's.
 
 The bench's defaults of 96 slices per volume and 25 epochs replace the preset's values unless
 `--slices-per-volume` or `--epochs` (alias of `--epochs-vqvae`) is given.
@@ -47,6 +50,7 @@ The bench's defaults of 96 slices per volume and 25 epochs replace the preset's 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -119,11 +123,10 @@ def run_fold(
     held_out: list[str],
     work: Path,
     generation: bool = False,
-    figures: Path | None = None,
 ) -> dict:
     """Train on every subject but `held_out` (less the validation slices) and score the model;
     with `generation`, train the prior too and judge its samples against the held-out subjects
-    (`evaluate_run`, figures into `figures` or the fold's temporary folder)."""
+    (`evaluate_run`, its figures in the run folder `work`)."""
     started = time.perf_counter()
     masks = fold_masks(slices, held_out)
     splits = {name: subset(slices, mask) for name, mask in masks.items()}
@@ -158,7 +161,7 @@ def run_fold(
     }
     if generation:
         report["generation"] = evaluate_run(
-            work, split="test", seed=hyperparameters.seed, out=figures, slices=fold
+            work, split="test", seed=hyperparameters.seed, slices=fold
         )
     report["wall_seconds"] = time.perf_counter() - started
     return report
@@ -301,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the prior too and judge its samples against the held-out subjects",
     )
     parser.add_argument(
-        "--figures", help="with --generation, write each fold's figures into DIR/fold<F>"
+        "--keep", help="keep each fold's run folder (models, figures) as DIR/fold<F>"
     )
     parser.add_argument("--json", help="write the full report to this file")
     parser.add_argument("--cache-dir", help="where decoded slices are cached")
@@ -356,17 +359,14 @@ def main(argv: list[str] | None = None) -> int:
         if arguments.fold not in (None, number):
             continue
         print(f"fold {number}/{arguments.folds}: holding out {', '.join(held_out)}", flush=True)
-        figures = Path(arguments.figures) / f"fold{number}" if arguments.figures else None
-        with tempfile.TemporaryDirectory(prefix="real_fidelity_") as work:
+        if arguments.keep:
+            folder = contextlib.nullcontext(Path(arguments.keep) / f"fold{number}")
+        else:
+            folder = tempfile.TemporaryDirectory(prefix="real_fidelity_")
+        with folder as work:
             try:
                 fold = run_fold(
-                    hyperparameters,
-                    data,
-                    slices,
-                    held_out,
-                    Path(work),
-                    arguments.generation,
-                    figures,
+                    hyperparameters, data, slices, held_out, Path(work), arguments.generation
                 )
             except (RunError, ValueError) as error:
                 print(f"error in fold {number}: {error}", file=sys.stderr)

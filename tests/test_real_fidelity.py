@@ -54,9 +54,9 @@ def test_generation_is_judged_against_the_held_out_subjects(
         epochs_vqvae=2,
         epochs_pixelcnn=1,
     )
-    report_file, figures = tmp_path / "report.json", tmp_path / "figures"
+    report_file, kept = tmp_path / "report.json", tmp_path / "kept"
     argv = bench_argv(hyperparameters, volume_folder, "--folds", "1", "--held-out", "2")
-    argv += ["--generation", "--figures", str(figures), "--json", str(report_file)]
+    argv += ["--generation", "--keep", str(kept), "--json", str(report_file)]
     assert real_fidelity.main(argv) == 0
     printed = capsys.readouterr().out
     report = json.loads(report_file.read_text())
@@ -71,7 +71,8 @@ def test_generation_is_judged_against_the_held_out_subjects(
     assert realism["n_real_a"] == SLICES_PER_VOLUME  # one held-out person per half
     assert realism["fd_real_floor"] > 0
     assert "slice_position" in generation["conditions"]
-    assert (figures / "fold1" / "realism.png").stat().st_size > 0
+    assert (kept / "fold1" / "similarity_test" / "realism.png").stat().st_size > 0
+    assert (kept / "fold1" / "pixelcnn.keras").exists()
     row = real_fidelity.generation_row(generation)
     assert row["fd_ratio"] == pytest.approx(realism["fd_samples"] / realism["fd_real_floor"])
     assert "FD/floor" in printed and "mean" in printed
