@@ -202,7 +202,7 @@ def generation_row(report: dict) -> dict[str, float]:
         "implausible_share": realism["implausible_samples_share"],
     }
     conditions = report.get("conditions", {})
-    if "slice_position" in conditions:
+    if "generated" in conditions.get("slice_position", {}):
         row["level_r"] = conditions["slice_position"]["generated"]["r"]
         row["level_r_ceiling"] = conditions["slice_position"]["real"]["r"]
     if "volumes" in conditions:
