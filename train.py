@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     latent = (
-        f"KL {metrics['kl_loss']:.4f} nats per latent element"
+        f"KL {metrics['kl_loss']:.4f} nats per latent element, SSIM from a posterior draw "
+        f"{metrics['ssim_mean_posterior_draw']:.3f}"
         if "kl_loss" in metrics
         else f"codes used {metrics['codes_used']:.0%}"
     )

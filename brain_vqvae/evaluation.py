@@ -48,7 +48,13 @@ from brain_vqvae.metrics import (
     ssim_per_slice,
     usage_statistics,
 )
-from brain_vqvae.model import decode_code_maps, encode_code_maps, posterior_kl, sample_code_maps
+from brain_vqvae.model import (
+    decode_code_maps,
+    encode_code_maps,
+    posterior_draw_reconstructions,
+    posterior_kl,
+    sample_code_maps,
+)
 from brain_vqvae.runs import Run, RunError, load_run, load_run_data, save_model_atomically
 from hyperparameters import (
     COARSE_FACTOR,
@@ -165,17 +171,15 @@ def run_test_metrics(
     `images` (N, S, S, 1) by the `autoencoder`; for a VQ-VAE the codebook use of their
     `code_maps` (N, h, w) and, with a prior, its bits per code against the uniform prior's
     log2 K (a conditional prior: given the slices' `conditions`, and with every condition
-    unknown, "prior_bits_per_code_unconditioned"); for a VAE (no codes, no `pixelcnn`)
-    "kl_loss", the mean KL divergence of their posteriors to N(0, I) in nats per latent element
-    (`kl_divergence`)."""
+    unknown, "prior_bits_per_code_unconditioned"); for a VAE (no codes, no `pixelcnn`) its
+    `vae_scores`."""
     batch_size = hyperparameters.inference_batch_size
     metrics = {
         "split": "test",
         **score_model(autoencoder, images, batch_size).summary(hyperparameters.ssim_target),
     }
     if hyperparameters.model == "vae":
-        metrics["kl_loss"] = float(np.mean(posterior_kl(autoencoder, images, batch_size)))
-        return metrics
+        return metrics | vae_scores(autoencoder, images, batch_size, hyperparameters.seed)
     metrics |= codebook_use(code_maps, hyperparameters.num_embeddings)
     if pixelcnn is not None:
         metrics["prior_bits_per_code"] = prior_bits_per_code(
@@ -188,6 +192,20 @@ def run_test_metrics(
             )
         metrics["uniform_bits_per_code"] = float(np.log2(hyperparameters.num_embeddings))
     return metrics
+
+
+def vae_scores(vae, images: np.ndarray, batch_size: int, seed: int) -> dict[str, float]:
+    """A VAE's own numbers on `images` (N, S, S, 1): "kl_loss", the mean KL divergence of their
+    posteriors to N(0, I) in nats per latent element (`kl_divergence`), and
+    "ssim_mean_posterior_draw", the mean SSIM of reconstructions decoded from one posterior draw
+    each (`posterior_draw_reconstructions`, `seed`): what its training and validation report,
+    beside "ssim_mean" of the reconstructions from mu. The two part when the decoder has learned
+    to expect the posterior's noise (BENCHMARKS.md, "Generation")."""
+    drawn = posterior_draw_reconstructions(vae, images, batch_size, seed)
+    return {
+        "kl_loss": float(np.mean(posterior_kl(vae, images, batch_size))),
+        "ssim_mean_posterior_draw": float(score_reconstructions(images, drawn).ssim.mean()),
+    }
 
 
 # Generation ---------------------------------------------------------------------------------
@@ -676,7 +694,7 @@ def evaluate_run(
     generated = None
     samples = samples or max(MIN_SAMPLES, len(chosen))
     if run.kind == "vae":
-        report["kl_loss"] = float(np.mean(posterior_kl(autoencoder, images, batch_size)))
+        report |= vae_scores(autoencoder, images, batch_size, hyperparameters.seed)
         generated = autoencoder.sample(samples, seed=seed, temperature=temperature)
     elif pixelcnn is not None:
         real_codes = encode_code_maps(autoencoder, images, batch_size=batch_size)
@@ -754,6 +772,9 @@ def format_report(report: dict) -> str:
     ]
     if "kl_loss" in report:
         rows.append(("KL to N(0, I) (nats/element)", f"{report['kl_loss']:.4f}"))
+        rows.append(
+            ("SSIM mean, from a posterior draw", f"{report['ssim_mean_posterior_draw']:.4f}")
+        )
     if "prior_bits_per_code" in report:
         rows.append(
             (

@@ -16,7 +16,13 @@ import predict
 import similarity
 import train
 from brain_vqvae import generation
-from brain_vqvae.model import build_vae, build_vqvae, kl_divergence, posterior_kl
+from brain_vqvae.model import (
+    build_vae,
+    build_vqvae,
+    kl_divergence,
+    posterior_draw_reconstructions,
+    posterior_kl,
+)
 from brain_vqvae.runs import RunError, load_run
 from hyperparameters import Hyperparameters
 
@@ -67,6 +73,30 @@ def test_the_latent_is_one_vector_per_image(vae_hyperparameters):
     np.testing.assert_allclose(first, np.asarray(vae.decode(mean)), atol=1e-6)
 
 
+def with_log_variance(vae, value: float):
+    """`vae` with its posterior's log sigma^2 set to `value` for every image (mu unchanged)."""
+    kernel, bias = vae.posterior_dense.get_weights()
+    size = vae.latent_shape[0]
+    kernel[:, size:], bias[size:] = 0.0, value
+    vae.posterior_dense.set_weights([kernel, bias])
+    return vae
+
+
+def test_a_posterior_draw_decodes_mu_plus_sigma_times_noise(vae_hyperparameters):
+    images = np.random.default_rng(1).random((5, 32, 32, 1)).astype(np.float32)
+    vae = with_log_variance(build_vae(vae_hyperparameters, data_variance=0.05), -30.0)
+    # sigma = exp(-15): the draw is mu, so it decodes as the model's own reconstruction.
+    drawn = posterior_draw_reconstructions(vae, images, batch_size=2, seed=0)
+    np.testing.assert_allclose(drawn, np.asarray(vae(images)), atol=1e-5)
+    vae = with_log_variance(vae, 0.0)  # sigma = 1
+    mean = np.asarray(vae.posterior(images)[0])
+    noise = np.random.default_rng(3).standard_normal(mean.shape)  # one batch: one draw in order
+    expected = np.asarray(vae.decode((mean + noise).astype(np.float32)))
+    drawn = posterior_draw_reconstructions(vae, images, batch_size=8, seed=3)
+    np.testing.assert_allclose(drawn, expected, atol=1e-5)
+    assert not np.allclose(drawn, np.asarray(vae(images)), atol=1e-3)
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
@@ -90,6 +120,7 @@ def test_training_lowers_the_loss_and_writes_the_run(vae_run):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == metrics
     assert np.isfinite(saved["ssim_mean"]) and np.isfinite(saved["kl_loss"])
+    assert -1.0 <= saved["ssim_mean_posterior_draw"] <= 1.0
     assert not {"perplexity", "codes_used", "prior_bits_per_code"} & set(saved)
 
 
@@ -151,7 +182,8 @@ def test_similarity_reports_the_measures_that_apply(vae_run, tmp_path, capsys):
     argv = ["--run", str(out), "--samples", "4", "--out", str(tmp_path), "--json"]
     assert similarity.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
-    for key in ("ssim_mean", "kl_loss", "novelty_ssim_max", "novelty_ssim_mean"):
+    keys = ("ssim_mean", "ssim_mean_posterior_draw", "kl_loss", "novelty_ssim_max")
+    for key in (*keys, "novelty_ssim_mean"):
         assert np.isfinite(report[key]), key
     assert report["samples"] == 4 and "smaller half has 3" in report["realism_skipped"]
     assert not {"prior_bits_per_code", "code_usage_total_variation"} & set(report)

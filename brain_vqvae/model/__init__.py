@@ -27,6 +27,7 @@ from brain_vqvae.model.vae import (
     build_vae,
     decode_latents,
     kl_divergence,
+    posterior_draw_reconstructions,
     posterior_kl,
 )
 from brain_vqvae.model.vqvae import (
@@ -61,6 +62,7 @@ __all__ = [
     "encode_code_maps",
     "kl_divergence",
     "kmeans",
+    "posterior_draw_reconstructions",
     "posterior_kl",
     "sample_code_maps",
 ]

@@ -189,6 +189,25 @@ def decode_latents(vae: GaussianVAE, latents: np.ndarray, batch_size: int) -> np
     return np.concatenate(chunks).astype(np.float32)
 
 
+def posterior_draw_reconstructions(
+    vae: GaussianVAE, images: np.ndarray, batch_size: int, seed: int
+) -> np.ndarray:
+    """Reconstructions decoded from one draw of each image's posterior, as the training and
+    validation steps score them (`call` decodes mu instead): z = mu + sigma * eps, eps ~ N(0, I)
+    from NumPy's generator of `seed`, `batch_size` images at a time: [N, S, S, 1] in [0, 1] ->
+    [N, S, S, 1] float32 clipped to [0, 1]."""
+    rng = np.random.default_rng(seed)
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        mean, log_variance = (
+            ops.convert_to_numpy(value)
+            for value in vae.posterior(images[start : start + batch_size])
+        )
+        latents = mean + np.exp(0.5 * log_variance) * rng.standard_normal(mean.shape)
+        chunks.append(ops.convert_to_numpy(vae.decode(latents.astype(np.float32))))
+    return np.concatenate(chunks).astype(np.float32)
+
+
 def posterior_kl(vae: GaussianVAE, images: np.ndarray, batch_size: int) -> np.ndarray:
     """`kl_divergence` of each image's posterior, `batch_size` images at a time: [N, S, S, 1]
     in [0, 1] -> [N] nats per latent element."""
