@@ -143,24 +143,31 @@ def test_trained_two_level_prior_draws_whole_training_layouts_and_reloads(tmp_pa
     np.testing.assert_array_equal(loaded.coarse_map.centroids, prior.coarse_map.centroids)
 
 
-def test_the_coarse_level_is_drawn_without_the_slice_below():
-    """Only the fine level reads the slice below: the coarse maps a draw starts from are the
-    same whatever slice below is given, and the same as with none."""
-    prior = two_level_prior(prior_conditions="slice_position,previous_slice")
-
-    def coarse_maps(**conditions):
-        return sampler._coarse_maps(prior, 4, 1.0, 3, None, None, conditions, 1.0)
-
-    alone = coarse_maps(slice_position=0.5)
-    for below in layouts(2):
-        np.testing.assert_array_equal(coarse_maps(slice_position=0.5, previous_slice=below), alone)
-    assert alone.shape == (4, 2, 2) and alone.max() < COARSE_CODES
+def test_both_levels_follow_the_slice_below_when_nothing_else_is_asked():
+    """Trained on maps whose slice below is the map itself (a volume of one layout), a prior
+    given only the slice below draws that layout at both levels: the coarse level reads the
+    slice below coarsened, as in training. A coarse level drawn without it picks either layout,
+    and the fine level cannot fit both its coarse map and the slice below."""
+    prior = two_level_prior(prior_conditions="previous_slice")
+    maps = layouts(64)
+    conditions = condition_batch(("previous_slice",), {}, 64, {"previous_slice": maps}, MAP_SIZE)
+    prior.compile(optimizer=keras.optimizers.Adam(1e-2))
+    prior.fit(pack_prior_inputs(maps, conditions), batch_size=8, epochs=15, verbose=0)
+    for layout in (0, 1):
+        below = np.repeat(maps[layout : layout + 1], 8, axis=0)
+        coarse = sampler._coarse_maps(
+            prior, 8, 1.0, 3, None, None, {"previous_slice": below}, 1.0, {"previous": below}
+        )
+        expected = keras.ops.convert_to_numpy(prior.coarse_map(maps[layout : layout + 1]))
+        assert np.mean(np.all(coarse == expected, axis=(1, 2))) >= 0.75, layout
+        drawn = sample_code_maps(prior, 8, seed=3, conditions={"previous_slice": maps[layout]})
+        assert np.mean(np.all(drawn == maps[layout], axis=(1, 2))) >= 0.75, layout
 
 
 def test_both_levels_follow_the_asked_level_with_or_without_the_slice_below():
     """Level 0 maps have the far codes on top, level 1 maps below; the slice below is the map
     itself. Asked for a level, both levels draw its layout, guided or not, given the slice below
-    (which only the fine level reads) or not."""
+    or not."""
     prior = two_level_prior(prior_conditions="slice_position,previous_slice")
     maps = layouts(64)
     levels = np.arange(64) % 2

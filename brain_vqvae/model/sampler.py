@@ -543,7 +543,7 @@ def sample_code_maps(
     The compiled sampler is cached per model.
 
     A two-level prior (`PixelCNN.coarse_prior`) first draws the coarse maps u from its coarse
-    prior with the same conditions except the slice below (`_coarse_maps`), temperature,
+    prior with the same conditions, the slice below coarsened (`_coarse_maps`), temperature,
     nucleus, guidance and seed (top-k at most its number of codes), then the maps from
     p(z | u, conditions).
     """
@@ -564,7 +564,7 @@ def sample_code_maps(
     )
     if pixelcnn.coarse_prior is not None:
         batch["coarse"] = _coarse_maps(
-            pixelcnn, count, temperature, seed, top_k, top_p, conditions, guidance
+            pixelcnn, count, temperature, seed, top_k, top_p, conditions, guidance, batch
         )
     if guidance != 1.0:
         reference = reference_conditions(batch, pixelcnn.condition_names)
@@ -584,15 +584,19 @@ def sample_code_maps(
     return ops.convert_to_numpy(code_maps)
 
 
-def _coarse_maps(pixelcnn: PixelCNN, count, temperature, seed, top_k, top_p, conditions, guidance):
+def _coarse_maps(
+    pixelcnn: PixelCNN, count, temperature, seed, top_k, top_p, conditions, guidance, batch
+):
     """The coarse maps [count, h / f, h / f] a two-level prior draws its maps on: drawn from its
-    coarse prior with the same `conditions` but the slice below, which only the fine level
-    reads. Given the slice below too, the coarse level of the demo's hifi volumes kept copying
-    its layout up the stack and the volumes drifted (BENCHMARKS.md, "The hifi prior in two
-    levels"); the coarse prior, trained with it hidden at random, draws the level's layout."""
-    conditions = {
-        name: value for name, value in (conditions or {}).items() if name != "previous_slice"
-    }
+    coarse prior with the same `conditions`, the slice below (when given: `batch["previous"]`,
+    the checked maps of `condition_batch`) coarsened by the prior's `coarse_map`, as the coarse
+    prior saw it in training (`PixelCNN.with_coarse_map`). In a volume each slice's layout thus
+    follows the one below: drawn on their own, the coarse maps of neighbouring slices put the
+    outline of the brain in different places, and the volume's coronal and sagittal cuts came
+    out striped (BENCHMARKS.md, "hifi volumes: the coarse level on the slice below")."""
+    conditions = dict(conditions or {})
+    if "previous_slice" in conditions:
+        conditions["previous_slice"] = ops.convert_to_numpy(pixelcnn.coarse_map(batch["previous"]))
     coarse = pixelcnn.coarse_prior
     return sample_code_maps(
         coarse,
