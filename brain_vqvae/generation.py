@@ -153,8 +153,9 @@ def sample_volumes(
 
     where b blurs the slice below as training did: each code replaced by a random one with
     probability `previous_slice_noise` (`prior.randomize_codes`). Given it clean, the prior
-    copied it too faithfully and volumes lingered at one level (BENCHMARKS.md).
-    (`coherent=False` draws each slice on its own, for comparison.) `guidance` steers each
+    copied it too faithfully and volumes lingered at one level (BENCHMARKS.md). A two-level
+    prior draws the slice's coarse map on the coarse map of b(z_(d-1)), then z_d on both
+    (`sample_code_maps`). (`coherent=False` draws each slice on its own, for comparison.) `guidance` steers each
     slice towards its level and the demographics, not towards the slice below
     (`sample_code_maps`). The prior must have been trained with slice_position (and
     previous_slice to be coherent); `ValueError` says which is missing. Slice d uses seed + d,
