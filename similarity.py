@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_progress(message: str) -> None:
+    """What the judging starts next, on stderr (stdout holds the report)."""
+    print(f"similarity: {message} ...", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     arguments = parser.parse_args(argv)
@@ -87,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             arguments.temperature,
             arguments.top_k,
             arguments.top_p,
+            progress=print_progress,
         )
     except (RunError, DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

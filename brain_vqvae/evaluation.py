@@ -17,6 +17,7 @@ KL divergence to N(0, I). `run_test_metrics` is what training writes to metrics.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -644,6 +645,7 @@ def evaluate_run(
     top_k: int | None = None,
     top_p: float | None = None,
     slices: BrainSlices | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Score a trained run's reconstructions of `split` and its samples (`samples` of them,
     from its prior, or from N(0, I) for a VAE run; default as many as the split has slices, at
@@ -653,7 +655,10 @@ def evaluate_run(
     (`sample_code_maps`; a VAE run takes the temperature only). A conditional prior's obedience
     is judged on draws with `guidance` (`judge_conditions`). `slices`, when given, is the data
     already loaded with the splits the run was trained on (as `training.train_run` took them);
-    by default the run's data (or `data`) is loaded and split as the run saw it."""
+    by default the run's data (or `data`) is loaded and split as the run saw it. `progress`,
+    when given, is called with a line saying what starts next (the judging of a hifi run takes
+    minutes on a CPU; `similarity.py` prints them)."""
+    announce = progress or (lambda message: None)
     run = load_run(run_dir, prior="optional")
     hyperparameters, autoencoder, pixelcnn = run.hyperparameters, run.autoencoder, run.pixelcnn
     check_temperature(temperature)
@@ -670,6 +675,7 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
 
     batch_size = hyperparameters.inference_batch_size
+    announce(f"reconstructing the {len(chosen)} slices of the {split} split")
     images = chosen.float_images()
     reconstructions = reconstruct_images(autoencoder, images, batch_size)
     scores = score_reconstructions(images, reconstructions)
@@ -693,6 +699,8 @@ def evaluate_run(
 
     generated = None
     samples = samples or max(MIN_SAMPLES, len(chosen))
+    if run.kind == "vae" or pixelcnn is not None:
+        announce(f"drawing {samples} samples")
     if run.kind == "vae":
         report |= vae_scores(autoencoder, images, batch_size, hyperparameters.seed)
         generated = autoencoder.sample(samples, seed=seed, temperature=temperature)
@@ -738,6 +746,7 @@ def evaluate_run(
                 f"least {MIN_REALISM_SLICES} slices each; the smaller half has {smallest}"
             )
         else:
+            announce("judging how real and varied the samples are")
             realism_numbers, realism_figures = judge_realism(
                 run,
                 slices.splits["train"],
@@ -750,6 +759,7 @@ def evaluate_run(
             report["realism"] = realism_numbers
             figures += realism_figures
     if pixelcnn is not None and pixelcnn.condition_names and "realism" in report:
+        announce("judging the conditions: slices asked for levels and ages, whole volumes")
         network = run_feature_network(run, slices.splits["train"])
         report["conditions"], condition_figures = judge_conditions(
             run, network, slices.splits["train"], chosen, slices.demographics, seed, out, guidance

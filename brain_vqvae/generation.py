@@ -155,11 +155,11 @@ def sample_volumes(
     probability `previous_slice_noise` (`prior.randomize_codes`). Given it clean, the prior
     copied it too faithfully and volumes lingered at one level (BENCHMARKS.md). A two-level
     prior draws the slice's coarse map on the coarse map of b(z_(d-1)), then z_d on both
-    (`sample_code_maps`). (`coherent=False` draws each slice on its own, for comparison.) `guidance` steers each
-    slice towards its level and the demographics, not towards the slice below
-    (`sample_code_maps`). The prior must have been trained with slice_position (and
-    previous_slice to be coherent); `ValueError` says which is missing. Slice d uses seed + d,
-    so the same `seed` gives the same volumes."""
+    (`sample_code_maps`). (`coherent=False` draws each slice on its own, for comparison.)
+    `guidance` steers each slice towards its level and the demographics, not towards the slice
+    below. The prior must have been trained with slice_position (and previous_slice to be
+    coherent); `ValueError` says which is missing. Slice d uses seed + d, so the same `seed`
+    gives the same volumes."""
     if run.kind == "vae":
         raise ValueError("a VAE run has no conditional prior to draw volumes from")
     needed = ("slice_position", "previous_slice") if coherent else ("slice_position",)

@@ -82,7 +82,9 @@ def test_command_reports_json_and_writes_the_figures(tiny_run, tmp_path, capsys)
     run, _ = tiny_run
     out = tmp_path / "figures"
     assert similarity.main(["--run", str(run), "--json", "--samples", "6", "--out", str(out)]) == 0
-    report = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    report = json.loads(printed.out)
+    assert "similarity: drawing 6 samples" in printed.err  # progress on stderr, JSON on stdout
     # The prior's bits per code on the test split: training wrote them to metrics.json by the
     # same definition; both score the same code maps of the same split.
     metrics = json.loads((run / "metrics.json").read_text())
