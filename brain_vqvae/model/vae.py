@@ -189,6 +189,16 @@ def decode_latents(vae: GaussianVAE, latents: np.ndarray, batch_size: int) -> np
     return np.concatenate(chunks).astype(np.float32)
 
 
+def posteriors(vae: GaussianVAE, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:
+    """q(z | x) of each image, `batch_size` images at a time: [N, S, S, 1] in [0, 1] -> mu and
+    log sigma^2, each [N, d] float32."""
+    chunks = [
+        [ops.convert_to_numpy(value) for value in vae.posterior(images[start : start + batch_size])]
+        for start in range(0, len(images), batch_size)
+    ]
+    return tuple(np.concatenate(parts).astype(np.float32) for parts in zip(*chunks, strict=True))
+
+
 def posterior_draw_reconstructions(
     vae: GaussianVAE, images: np.ndarray, batch_size: int, seed: int
 ) -> np.ndarray:
@@ -196,26 +206,16 @@ def posterior_draw_reconstructions(
     validation steps score them (`call` decodes mu instead): z = mu + sigma * eps, eps ~ N(0, I)
     from NumPy's generator of `seed`, `batch_size` images at a time: [N, S, S, 1] in [0, 1] ->
     [N, S, S, 1] float32 clipped to [0, 1]."""
-    rng = np.random.default_rng(seed)
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        mean, log_variance = (
-            ops.convert_to_numpy(value)
-            for value in vae.posterior(images[start : start + batch_size])
-        )
-        latents = mean + np.exp(0.5 * log_variance) * rng.standard_normal(mean.shape)
-        chunks.append(ops.convert_to_numpy(vae.decode(latents.astype(np.float32))))
-    return np.concatenate(chunks).astype(np.float32)
+    mean, log_variance = posteriors(vae, images, batch_size)
+    noise = np.random.default_rng(seed).standard_normal(mean.shape)
+    latents = (mean + np.exp(0.5 * log_variance) * noise).astype(np.float32)
+    return decode_latents(vae, latents, batch_size)
 
 
 def posterior_kl(vae: GaussianVAE, images: np.ndarray, batch_size: int) -> np.ndarray:
     """`kl_divergence` of each image's posterior, `batch_size` images at a time: [N, S, S, 1]
     in [0, 1] -> [N] nats per latent element."""
-    chunks = [
-        ops.convert_to_numpy(kl_divergence(*vae.posterior(images[start : start + batch_size])))
-        for start in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(chunks)
+    return ops.convert_to_numpy(kl_divergence(*posteriors(vae, images, batch_size)))
 
 
 def build_vae(hyperparameters: Hyperparameters, data_variance: float) -> GaussianVAE:
