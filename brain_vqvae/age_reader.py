@@ -134,9 +134,13 @@ def tissue_features(images, positions) -> np.ndarray:
 
 @dataclass(frozen=True)
 class AgeReader:
-    """A person's age in years read from one slice at a known level (module docstring)."""
+    """A person's age in years read from one slice at a known level (module docstring), within
+    the ages it was trained on (`ages_seen`, youngest and oldest): a linear read of a slice
+    unlike every training slice (a generator's can be) extrapolates to ages no one has, which
+    would make the mean absolute error of a set of such slices meaningless."""
 
     regression: Pipeline
+    ages_seen: tuple[float, float]
 
     @classmethod
     def fit(cls, images, positions, ages) -> AgeReader:
@@ -159,11 +163,12 @@ class AgeReader:
             raise ValueError("the age reader needs people of different ages, all are equal")
         regression = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_PENALTIES))
         regression.fit(tissue_features(images[used], positions[used]), ages[used])
-        return cls(regression)
+        return cls(regression, (float(ages[used].min()), float(ages[used].max())))
 
     def predict(self, images, positions) -> np.ndarray:
-        """(N,) float64 ages in years read from slices (N, S, S[, 1]) in [0, 1] at relative
-        levels `positions` (N,), all within `READ_LEVELS` (ValueError otherwise)."""
+        """(N,) float64 ages in years, clipped to `ages_seen`, read from slices (N, S, S[, 1])
+        in [0, 1] at relative levels `positions` (N,), all within `READ_LEVELS` (ValueError
+        otherwise)."""
         images = _as_slices(images)
         positions = _as_levels(positions, len(images))
         if not np.all(readable_levels(positions)):
@@ -172,4 +177,5 @@ class AgeReader:
             )
         if len(images) == 0:
             return np.zeros(0)
-        return self.regression.predict(tissue_features(images, positions)).astype(np.float64)
+        ages = self.regression.predict(tissue_features(images, positions))
+        return np.clip(ages, *self.ages_seen).astype(np.float64)

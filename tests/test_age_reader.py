@@ -99,3 +99,15 @@ def test_bad_input_is_refused_with_what_is_wrong():
         True,
         False,
     ]
+
+
+def test_a_slice_unlike_any_it_trained_on_reads_within_the_ages_it_saw():
+    ages, positions = people(60, seed=11)
+    reader = AgeReader.fit(ageing_slices(ages, positions, seed=12), positions, ages)
+    # Anatomy past the oldest (ventricles wider, brains smaller than any seen) and before the
+    # youngest (no ventricle at all): read at the oldest and the youngest age seen, not beyond.
+    strange_ages, strange_positions = np.array([110.0, 120.0, -20.0]), np.full(3, 0.5)
+    read = reader.predict(
+        ageing_slices(strange_ages, strange_positions, seed=13), strange_positions
+    )
+    np.testing.assert_allclose(read, [ages.max(), ages.max(), ages.min()])
