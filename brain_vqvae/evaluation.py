@@ -336,16 +336,23 @@ def judge_levels(
 ) -> tuple[dict, Path]:
     """Obedience to the slice level: `OBEDIENCE_SAMPLES` slices asked for levels spread evenly
     over the training range (the other conditions unknown), read back by the feature network's
-    position head, which reads the real `held_out` slices as its ceiling."""
+    position head, which reads the real `held_out` slices as its ceiling, and their
+    reconstructions as the ceiling of any slice drawn through this decoder."""
     low, high = run.pixelcnn.condition_ranges.get("slice_position", (0.0, 1.0))
     requested = np.linspace(low, high, OBEDIENCE_SAMPLES)
     generated = predict_positions(
         network, generate_slices(run, {"slice_position": requested}, seed, guidance)
     )
-    real = held_out.relative_positions()
-    read = predict_positions(network, held_out.float_images())
+    real, images = held_out.relative_positions(), held_out.float_images()
+    read = predict_positions(network, images)
+    reconstructions = reconstruct_images(
+        run.autoencoder, images, run.hyperparameters.inference_batch_size
+    )
     report = {
         "generated": obedience.condition_obedience(requested, generated),
+        "reconstructed": obedience.condition_obedience(
+            real, predict_positions(network, reconstructions)
+        ),
         "real": obedience.condition_obedience(real, read),
         "reader": "the feature network's position head",
     }
@@ -833,7 +840,7 @@ def format_conditions(conditions: dict) -> list[str]:
             lines.append(f"  {name}: {scores['skipped']}")
             continue
         generated = scores["generated"]
-        # The age's ceiling is the held-out slices as the decoder gives them back.
+        # The ceiling is the held-out slices as the decoder gives them back.
         ceiling = scores.get("reconstructed", scores["real"])
         line = (
             f"  {name}: r {generated['r']:.3f}, MAE {generated['mae']:.3g} "

@@ -161,10 +161,11 @@ def test_realism_is_measured_beside_its_floor_with_a_feature_network_saved_in_th
     conditions = report["conditions"]
     assert conditions["guidance"] == generation.DEFAULT_GUIDANCE
     assert report["sampling"]["slice_position"] == "drawn uniformly over the trained levels"
-    for side in ("generated", "real"):
+    for side in ("generated", "reconstructed", "real"):
         assert -1.0 <= conditions["slice_position"][side]["r"] <= 1.0
     assert conditions["slice_position"]["generated"]["count"] == 128
     assert conditions["slice_position"]["real"]["count"] == 24
+    assert conditions["slice_position"]["reconstructed"]["count"] == 24
     volumes = conditions["volumes"]
     assert (volumes["volumes"], volumes["depth"]) == (4, 6)  # four people of six slices
     for key in ("real", "coherent", "independent"):
