@@ -106,9 +106,10 @@ def prepare_run_folder(
                 file.unlink(missing_ok=True)
             if autoencoders:
                 shutil.rmtree(run.checkpoints, ignore_errors=True)
-            else:  # the prior's best loss and epoch count go with its files
-                for stage in stages:
-                    run.forget_stage(stage)
+        # Not resumed, each stage starts at its first epoch: forget a best loss and epoch count
+        # left without the stage's files (a prior deleted by hand), or they would be taken up.
+        for stage in stages:
+            run.forget_stage(stage)
     if resume and not run.hyperparameters.exists():
         raise RunError(f"{path}: nothing to resume (no hyperparameters.json)")
     try:

@@ -17,7 +17,7 @@ import modules
 import train
 from brain_vqvae import devices as devices_module
 from brain_vqvae import generation, training
-from brain_vqvae.runs import load_run
+from brain_vqvae.runs import RunFolder, load_run
 from hyperparameters import Hyperparameters
 
 
@@ -212,6 +212,23 @@ def test_retraining_the_prior_may_change_the_prior_and_keeps_the_vqvae(
     with pytest.raises(training.RunError, match=r"num_embeddings.*only pixelcnn_"):
         changed = masked.replace(num_embeddings=4)
         train.run_training(tiny_arguments(changed, tiny_png_tree, out, *argv), verbose=0)
+
+
+def test_a_prior_deleted_by_hand_is_retrained_from_its_first_epoch(
+    tiny_run, tiny_hyperparameters, tiny_png_tree, tmp_path
+):
+    """The state still records the deleted prior's finished epochs; a new training of the
+    stage must not take them up (it would train nothing and save nothing)."""
+    out = shutil.copytree(tiny_run[0], tmp_path / "run")
+    folder = RunFolder(out)
+    assert folder.read_state()["pixelcnn"]["finished"]
+    for file in [folder.metrics, *folder.stage_files("pixelcnn")]:
+        file.unlink(missing_ok=True)
+    prior = tiny_hyperparameters.replace(epochs_pixelcnn=1)
+    argv = ("--stage", "pixelcnn")
+    train.run_training(tiny_arguments(prior, tiny_png_tree, out, *argv), verbose=0)
+    assert len(read_history(out / "history_pixelcnn.csv")) == 1
+    assert load_run(out).pixelcnn is not None
 
 
 def test_a_prior_retrained_as_two_levels_draws_slices_and_volumes(
