@@ -298,6 +298,7 @@ def judge_conditions(
     network: FeatureNetwork,
     training: SliceSet,
     held_out: SliceSet,
+    reconstructions: np.ndarray,
     demographics: dict[str, dict],
     seed: int,
     out: Path,
@@ -310,11 +311,14 @@ def judge_conditions(
     (drawn coherently and slice by slice on their own) against real held-out volumes, and the
     Fréchet distance of their coronal and sagittal cuts to the held-out volumes' cuts, beside
     the floor of as many `training` volumes' cuts. Slices and volumes are drawn with
-    `guidance` (`sample_code_maps`). Writes obedience_<condition>.png into `out`."""
+    `guidance` (`sample_code_maps`). `reconstructions` are the run's of the `held_out` slices
+    [N, S, S, 1]. Writes obedience_<condition>.png into `out`."""
     names = run.pixelcnn.condition_names
     report, figures = {"guidance": guidance}, []
     if "slice_position" in names and held_out.relative_positions() is not None:
-        report["slice_position"], figure = judge_levels(run, network, held_out, seed, guidance, out)
+        report["slice_position"], figure = judge_levels(
+            run, network, held_out, reconstructions, seed, guidance, out
+        )
         figures.append(figure)
     if "age" in names:
         report["age"], age_figures = judge_ages(
@@ -330,6 +334,7 @@ def judge_levels(
     run: Run,
     network: FeatureNetwork,
     held_out: SliceSet,
+    reconstructions: np.ndarray,
     seed: int,
     guidance: float,
     out: Path,
@@ -337,17 +342,14 @@ def judge_levels(
     """Obedience to the slice level: `OBEDIENCE_SAMPLES` slices asked for levels spread evenly
     over the training range (the other conditions unknown), read back by the feature network's
     position head, which reads the real `held_out` slices as its ceiling, and their
-    reconstructions as the ceiling of any slice drawn through this decoder."""
+    `reconstructions` as the ceiling of any slice drawn through this decoder."""
     low, high = run.pixelcnn.condition_ranges.get("slice_position", (0.0, 1.0))
     requested = np.linspace(low, high, OBEDIENCE_SAMPLES)
     generated = predict_positions(
         network, generate_slices(run, {"slice_position": requested}, seed, guidance)
     )
-    real, images = held_out.relative_positions(), held_out.float_images()
-    read = predict_positions(network, images)
-    reconstructions = reconstruct_images(
-        run.autoencoder, images, run.hyperparameters.inference_batch_size
-    )
+    real = held_out.relative_positions()
+    read = predict_positions(network, held_out.float_images())
     report = {
         "generated": obedience.condition_obedience(requested, generated),
         "reconstructed": obedience.condition_obedience(
@@ -769,7 +771,15 @@ def evaluate_run(
         announce("judging the conditions: slices asked for levels and ages, whole volumes")
         network = run_feature_network(run, slices.splits["train"])
         report["conditions"], condition_figures = judge_conditions(
-            run, network, slices.splits["train"], chosen, slices.demographics, seed, out, guidance
+            run,
+            network,
+            slices.splits["train"],
+            chosen,
+            reconstructions,
+            slices.demographics,
+            seed,
+            out,
+            guidance,
         )
         figures += condition_figures
     report["figures"] = [str(path) for path in figures]
