@@ -189,6 +189,7 @@ PRIOR_FIELDS = (
     "prior_conditions",
     "condition_dropout",
     "previous_slice_noise",
+    "fine_previous_slice_noise",
     "learning_rate_pixelcnn",
     "epochs_pixelcnn",
 )
@@ -278,6 +279,13 @@ class Hyperparameters:
     # In training each code of the previous slice's map is replaced by a random code with this
     # probability, so that the prior does not learn to copy the slice below.
     previous_slice_noise: float = 0.25
+    # A two-level prior's fine level reads the slice below blurred with this probability
+    # instead, in training and when a volume is drawn (its coarse level keeps
+    # `previous_slice_noise`): the coarse layout already follows the asked level, and a fine
+    # level that sees the slice below clean draws texture that continues it (BENCHMARKS.md,
+    # "hifi volumes: the fine level reads the slice below clean"). A saved configuration
+    # without this key predates it and blurs both levels alike (`from_dict`).
+    fine_previous_slice_noise: float = 0.0
 
     # Training. `augment` adds random flips, small rotations and scalings and intensity jitter.
     # "cosine" decays each stage's learning rate to 5 % of its start over the stage's epochs.
@@ -372,7 +380,7 @@ class Hyperparameters:
                 f"prior_conditions {self.prior_conditions!r} need pixelcnn_architecture 'gated' "
                 f"(the masked PixelCNN takes no conditions), got {self.pixelcnn_architecture!r}"
             )
-        for name in ("condition_dropout", "previous_slice_noise"):
+        for name in ("condition_dropout", "previous_slice_noise", "fine_previous_slice_noise"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         check_quantizer_settings(
@@ -468,10 +476,11 @@ class Hyperparameters:
     def from_dict(cls, values: dict[str, Any]) -> Hyperparameters:
         """Inverse of `to_dict`; an unknown key is an error, a missing one takes its default,
         except `pixelcnn_architecture`, which is "masked" when missing, `prior_conditions`,
-        "none", and `pixelcnn_embed_previous_slice`, False: every configuration saved before
-        those fields existed (a run's hyperparameters.json, a `.keras` PixelCNN's config)
-        describes an unconditional masked PixelCNN, or a conditional one reading the slice
-        below as one-hot codes, and must keep loading as one."""
+        "none", `pixelcnn_embed_previous_slice`, False, and `fine_previous_slice_noise`, the
+        configuration's `previous_slice_noise`: every configuration saved before those fields
+        existed (a run's hyperparameters.json, a `.keras` PixelCNN's config) describes an
+        unconditional masked PixelCNN, or a conditional one reading the slice below as one-hot
+        codes, blurred alike for both levels, and must keep loading as one."""
         known = {field.name for field in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -480,6 +489,9 @@ class Hyperparameters:
             "pixelcnn_architecture": "masked",
             "prior_conditions": "none",
             "pixelcnn_embed_previous_slice": False,
+            "fine_previous_slice_noise": values.get(
+                "previous_slice_noise", cls.previous_slice_noise
+            ),
             **values,
         }
         return cls(

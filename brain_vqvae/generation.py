@@ -155,7 +155,9 @@ def sample_volumes(
     probability `previous_slice_noise` (`prior.randomize_codes`). Given it clean, the prior
     copied it too faithfully and volumes lingered at one level (BENCHMARKS.md). A two-level
     prior draws the slice's coarse map on the coarse map of b(z_(d-1)), then z_d on both
-    (`sample_code_maps`). (`coherent=False` draws each slice on its own, for comparison.)
+    (`sample_code_maps`), its fine level reading z_(d-1) blurred with
+    `fine_previous_slice_noise` instead, as it was trained. (`coherent=False` draws each slice
+    on its own, for comparison.)
     `guidance` steers each slice towards its level and the demographics, not towards the slice
     below. The prior must have been trained with slice_position (and previous_slice to be
     coherent); `ValueError` says which is missing. Slice d uses seed + d, so the same `seed`
@@ -179,13 +181,22 @@ def sample_volumes(
         seed = int(np.random.default_rng().integers(2**31 - depth))
     size, codes = run.hyperparameters.code_map_size, run.hyperparameters.num_embeddings
     noise = run.hyperparameters.previous_slice_noise
+    fine_noise = run.hyperparameters.fine_previous_slice_noise
+    two_levels = run.pixelcnn.coarse_prior is not None and fine_noise != noise
     code_maps = np.zeros((count, depth, size, size), dtype="int32")
     for level in range(depth):
         slice_conditions = {**conditions, "slice_position": level / (depth - 1)}
+        coarse_slice_below = None
         if coherent and level > 0:
+            below, blur = code_maps[:, level - 1], SeedGenerator(seed + level)
             slice_conditions["previous_slice"] = np.asarray(
-                randomize_codes(code_maps[:, level - 1], noise, codes, SeedGenerator(seed + level))
+                randomize_codes(below, noise, codes, blur)
             )
+            if two_levels:
+                coarse_slice_below = slice_conditions["previous_slice"]
+                slice_conditions["previous_slice"] = np.asarray(
+                    randomize_codes(below, fine_noise, codes, blur)
+                )
         code_maps[:, level] = sample_code_maps(
             run.pixelcnn,
             count,
@@ -195,6 +206,7 @@ def sample_volumes(
             top_p=top_p,
             conditions=slice_conditions,
             guidance=guidance,
+            coarse_slice_below=coarse_slice_below,
         )
     decoded = decode_code_maps(
         run.vqvae, code_maps.reshape(-1, size, size), run.hyperparameters.inference_batch_size

@@ -146,8 +146,9 @@ def test_trained_two_level_prior_draws_whole_training_layouts_and_reloads(tmp_pa
 def test_both_levels_follow_the_slice_below_when_nothing_else_is_asked():
     """Trained on maps whose slice below is the map itself (a volume of one layout), a prior
     given only the slice below draws that layout at both levels: the coarse level reads the
-    slice below coarsened, as in training. A coarse level drawn without it picks either layout,
-    and the fine level cannot fit both its coarse map and the slice below."""
+    slice below coarsened, as in training, or the coarse level's own slice below when one is
+    given (`coarse_slice_below`). A coarse level drawn without it picks either layout, and the
+    fine level cannot fit both its coarse map and the slice below."""
     prior = two_level_prior(prior_conditions="previous_slice")
     maps = layouts(64)
     conditions = condition_batch(("previous_slice",), {}, 64, {"previous_slice": maps}, MAP_SIZE)
@@ -156,12 +157,52 @@ def test_both_levels_follow_the_slice_below_when_nothing_else_is_asked():
     for layout in (0, 1):
         below = np.repeat(maps[layout : layout + 1], 8, axis=0)
         coarse = sampler._coarse_maps(
-            prior, 8, 1.0, 3, None, None, {"previous_slice": below}, 1.0, {"previous": below}
+            prior, 8, 1.0, 3, None, None, {"previous_slice": below}, 1.0, below
         )
         expected = keras.ops.convert_to_numpy(prior.coarse_map(maps[layout : layout + 1]))
         assert np.mean(np.all(coarse == expected, axis=(1, 2))) >= 0.75, layout
         drawn = sample_code_maps(prior, 8, seed=3, conditions={"previous_slice": maps[layout]})
         assert np.mean(np.all(drawn == maps[layout], axis=(1, 2))) >= 0.75, layout
+        given = {"previous_slice": maps[layout]}
+        alike = sample_code_maps(prior, 8, seed=3, conditions=given, coarse_slice_below=below)
+        np.testing.assert_array_equal(alike, drawn)
+        # the coarse level given the other layout's slice below lays that layout out
+        other = np.repeat(maps[1 - layout : 2 - layout], 8, axis=0)
+        moved = sample_code_maps(prior, 8, seed=3, conditions=given, coarse_slice_below=other)
+        assert np.mean(moved[:, :4, :] == maps[1 - layout, 0, 0]) >= 0.75, layout
+    with pytest.raises(ValueError, match="needs a two-level prior and a previous_slice"):
+        sample_code_maps(prior, 8, seed=3, coarse_slice_below=maps[:8])
+
+
+def test_the_fine_level_reads_the_slice_below_blurred_with_its_own_noise(monkeypatch):
+    """In training the coarse level reads the coarse map of the slice below with a quarter of
+    its codes random (`previous_slice_noise`), the fine level the slice below as blurred by
+    `fine_previous_slice_noise`: clean at 0. A prior configured alike for both levels (as
+    every run saved before the field) blurs one map for both, coarsened afterwards."""
+    maps = np.random.default_rng(0).integers(0, CODES, (500, MAP_SIZE, MAP_SIZE), dtype="int32")
+    batch = condition_batch(("previous_slice",), {}, 500, {"previous_slice": maps}, MAP_SIZE)
+    inputs = {"codes": maps, **batch}
+    replaced = pytest.approx(0.25 * (CODES - 1) / CODES, abs=0.02)
+    for fine_noise in (0.0, 0.25):
+        prior = two_level_prior(
+            prior_conditions="previous_slice", fine_previous_slice_noise=fine_noise
+        )
+        coarse_map, coarsened = prior.coarse_map, []
+
+        def recording(code_maps, coarse_map=coarse_map, coarsened=coarsened):
+            coarsened.append(np.asarray(code_maps))
+            return coarse_map(code_maps)
+
+        monkeypatch.setattr(prior, "coarse_map", recording)
+        hidden = prior._hide_conditions(inputs)
+        fine_below = np.asarray(hidden["previous"])
+        if fine_noise == 0.0:
+            np.testing.assert_array_equal(fine_below, maps)
+            assert (coarsened[0] != maps).mean() == replaced
+            np.testing.assert_array_equal(hidden["coarse_previous"], coarse_map(coarsened[0]))
+        else:
+            assert (fine_below != maps).mean() == replaced
+            assert "coarse_previous" not in hidden and not coarsened
 
 
 def test_both_levels_follow_the_asked_level_with_or_without_the_slice_below():

@@ -80,6 +80,7 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
         ({"pixelcnn_gated_layers": 0}, "pixelcnn_gated_layers"),
         ({"pixelcnn_gated_layers": 2}, "pixelcnn_gated_layers"),  # 8x8 maps need 3
         ({"pixelcnn_gated_layers": 4, "downsample_stages": 2}, "pixelcnn_gated_layers"),
+        ({"fine_previous_slice_noise": 1.0}, "fine_previous_slice_noise"),
     ],
 )
 def test_bad_values_raise_a_value_error_naming_the_field(changes, field):
@@ -95,15 +96,20 @@ def test_inference_batch_size_is_not_an_architecture_field_and_has_a_flag():
 
 
 def test_a_configuration_saved_before_the_architecture_field_is_masked():
-    """Runs and `.keras` priors saved before `pixelcnn_architecture` existed were masked."""
+    """Runs and `.keras` priors saved before `pixelcnn_architecture` existed were masked;
+    before `fine_previous_slice_noise`, both levels read the slice below blurred alike."""
     assert Hyperparameters().pixelcnn_architecture == "gated"
     assert Hyperparameters.from_dict({}).pixelcnn_architecture == "masked"
     assert Hyperparameters.from_dict({}) == Hyperparameters(
         pixelcnn_architecture="masked",
         prior_conditions="none",
         pixelcnn_embed_previous_slice=False,
+        fine_previous_slice_noise=0.25,
     )
     assert Hyperparameters().pixelcnn_embed_previous_slice
+    assert Hyperparameters().fine_previous_slice_noise == 0.0
+    saved_before = Hyperparameters.from_dict({"previous_slice_noise": 0.1})
+    assert saved_before.fine_previous_slice_noise == 0.1
     for name in ("card", "hifi"):
         assert Hyperparameters.from_dict(preset(name).to_dict()) == preset(name)
     assert {"pixelcnn_architecture", "pixelcnn_gated_layers", "pixelcnn_gated_kernel"} <= set(

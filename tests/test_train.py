@@ -232,10 +232,12 @@ def test_a_prior_deleted_by_hand_is_retrained_from_its_first_epoch(
 
 
 def test_a_prior_retrained_as_two_levels_draws_slices_and_volumes(
-    tiny_run, tiny_hyperparameters, tiny_png_tree, tmp_path
+    tiny_run, tiny_hyperparameters, tiny_png_tree, tmp_path, monkeypatch
 ):
     """`--pixelcnn-coarse-codes` on an existing run: the coarse map reads the run's VQ-VAE
-    codebook, the coarse prior takes the run's conditions, and the run draws from both."""
+    codebook, the coarse prior takes the run's conditions, and the run draws from both. In a
+    volume the fine level reads the slice below clean (`fine_previous_slice_noise` 0), the
+    coarse level with a quarter of its codes random (`previous_slice_noise`), as trained."""
     out = shutil.copytree(tiny_run[0], tmp_path / "run")
     two_level = tiny_hyperparameters.replace(pixelcnn_coarse_codes=4, epochs_pixelcnn=2)
     argv = ("--stage", "pixelcnn", "--overwrite")
@@ -257,6 +259,22 @@ def test_a_prior_retrained_as_two_levels_draws_slices_and_volumes(
     assert volume_codes.shape == (1, 4, 8, 8) and volumes.shape == (1, 4, 32, 32)
     again, _ = generation.sample_volumes(run, 1, depth=4, seed=2)
     np.testing.assert_array_equal(again, volume_codes)
+
+    asked, draw = [], generation.sample_code_maps
+
+    def recording(pixelcnn, count, **options):
+        asked.append((options["conditions"].get("previous_slice"), options["coarse_slice_below"]))
+        return draw(pixelcnn, count, **options)
+
+    monkeypatch.setattr(generation, "sample_code_maps", recording)
+    volume_codes, _ = generation.sample_volumes(run, 16, depth=3, seed=2)
+    assert asked[0] == (None, None)
+    codes = run.hyperparameters.num_embeddings
+    for level in (1, 2):
+        fine_below, coarse_below = asked[level]
+        np.testing.assert_array_equal(fine_below, volume_codes[:, level - 1])
+        changed = (coarse_below != volume_codes[:, level - 1]).mean()
+        assert changed == pytest.approx(0.25 * (codes - 1) / codes, abs=0.05)
 
 
 @pytest.mark.parametrize(

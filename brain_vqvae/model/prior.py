@@ -282,19 +282,26 @@ class PixelCNN(TrainingStepModel):
         and each code of a known previous slice replaced by a random code with probability
         `previous_slice_noise`, so that the prior learns to draw a slice that fits the one
         below without copying it (a volume drawn slice by slice would otherwise repeat its
-        own small errors up the stack)."""
-        rate = self.hyperparameters.condition_dropout
+        own small errors up the stack). A two-level prior whose `fine_previous_slice_noise`
+        differs gives its coarse level the coarse map of the slice below so blurred
+        ("coarse_previous") and its fine level the slice below blurred with that probability
+        instead."""
+        hyperparameters = self.hyperparameters
+        rate = hyperparameters.condition_dropout
         known = inputs["known"]
         rows = ops.shape(known)[0]
         seed = self.condition_dropout_seed
         keep_map = keras.random.uniform((rows, 1), seed=seed) >= rate
         keep_each = keras.random.uniform(ops.shape(known), seed=seed) >= rate
         inputs = {**inputs, "known": known * ops.cast(keep_map & keep_each, "float32")}
-        noise = self.hyperparameters.previous_slice_noise
-        if "previous_slice" in self.condition_names and noise > 0:
-            inputs["previous"] = randomize_codes(
-                inputs["previous"], noise, self.num_embeddings, seed
-            )
+        if "previous_slice" not in self.condition_names:
+            return inputs
+        below, noise = inputs["previous"], hyperparameters.previous_slice_noise
+        inputs["previous"] = randomize_codes(below, noise, self.num_embeddings, seed)
+        fine_noise = hyperparameters.fine_previous_slice_noise
+        if self.coarse_map is not None and fine_noise != noise:
+            inputs["coarse_previous"] = self.coarse_map(inputs["previous"])
+            inputs["previous"] = randomize_codes(below, fine_noise, self.num_embeddings, seed)
         return inputs
 
     def _loss_and_accuracy(self, inputs, training: bool) -> dict:

@@ -524,6 +524,7 @@ def sample_code_maps(
     top_p: float | None = None,
     conditions: dict | None = None,
     guidance: float = 1.0,
+    coarse_slice_below: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw `count` code maps [count, h, h] int32 from the prior, in raster order.
 
@@ -545,13 +546,22 @@ def sample_code_maps(
     A two-level prior (`PixelCNN.coarse_prior`) first draws the coarse maps u from its coarse
     prior with the same conditions, the slice below coarsened (`_coarse_maps`), temperature,
     nucleus, guidance and seed (top-k at most its number of codes), then the maps from
-    p(z | u, conditions).
+    p(z | u, conditions). Its coarse level reads the slice below from `coarse_slice_below`
+    (maps [count, h, h]) when given, not from `conditions["previous_slice"]`: a volume blurs
+    the slice below differently for each level (`generation.sample_volumes`).
     """
     check_sample_count(count)
     check_temperature(temperature)
     check_top_k(top_k, pixelcnn.num_embeddings)
     check_top_p(top_p)
     check_guidance(guidance)
+    if coarse_slice_below is not None and (
+        pixelcnn.coarse_prior is None or "previous_slice" not in (conditions or {})
+    ):
+        raise ValueError(
+            "coarse_slice_below is what a two-level prior's coarse level reads as the slice "
+            "below: it needs a two-level prior and a previous_slice condition"
+        )
     if seed is None:
         seed = random.randrange(2**31)
     batch = condition_batch(
@@ -563,8 +573,18 @@ def sample_code_maps(
         pixelcnn.num_embeddings,
     )
     if pixelcnn.coarse_prior is not None:
+        below = batch["previous"]
+        if coarse_slice_below is not None:
+            below = condition_batch(
+                ("previous_slice",),
+                {},
+                count,
+                {"previous_slice": coarse_slice_below},
+                pixelcnn.code_map_size,
+                pixelcnn.num_embeddings,
+            )["previous"]
         batch["coarse"] = _coarse_maps(
-            pixelcnn, count, temperature, seed, top_k, top_p, conditions, guidance, batch
+            pixelcnn, count, temperature, seed, top_k, top_p, conditions, guidance, below
         )
     if guidance != 1.0:
         reference = reference_conditions(batch, pixelcnn.condition_names)
@@ -585,18 +605,18 @@ def sample_code_maps(
 
 
 def _coarse_maps(
-    pixelcnn: PixelCNN, count, temperature, seed, top_k, top_p, conditions, guidance, batch
+    pixelcnn: PixelCNN, count, temperature, seed, top_k, top_p, conditions, guidance, below
 ):
     """The coarse maps [count, h / f, h / f] a two-level prior draws its maps on: drawn from its
-    coarse prior with the same `conditions`, the slice below (when given: `batch["previous"]`,
-    the checked maps of `condition_batch`) coarsened by the prior's `coarse_map`, as the coarse
+    coarse prior with the same `conditions`, the slice below (when `conditions` give one:
+    `below`, checked maps [count, h, h]) coarsened by the prior's `coarse_map`, as the coarse
     prior saw it in training (`PixelCNN.with_coarse_map`). In a volume each slice's layout thus
     follows the one below: drawn on their own, the coarse maps of neighbouring slices put the
     outline of the brain in different places, and the volume's coronal and sagittal cuts came
     out striped (BENCHMARKS.md, "hifi volumes: the coarse level on the slice below")."""
     conditions = dict(conditions or {})
     if "previous_slice" in conditions:
-        conditions["previous_slice"] = ops.convert_to_numpy(pixelcnn.coarse_map(batch["previous"]))
+        conditions["previous_slice"] = ops.convert_to_numpy(pixelcnn.coarse_map(below))
     coarse = pixelcnn.coarse_prior
     return sample_code_maps(
         coarse,
