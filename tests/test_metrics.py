@@ -108,7 +108,10 @@ def test_bits_per_code_is_the_mean_negative_log2_likelihood():
     chosen = np.take_along_axis(
         log_softmax(logits.astype(np.float64), axis=-1), code_maps[..., None], -1
     )
-    assert metrics.bits_per_code(logits, code_maps) == pytest.approx(-chosen.mean() / np.log(2))
+    expected = -chosen.mean() / np.log(2)
+    assert metrics.bits_per_code(logits, code_maps) == pytest.approx(expected)
+    for chunk in (1, 6, 7 * 6):  # a row, or several, of logits at a time: the same mean
+        assert metrics.bits_per_code(logits, code_maps, chunk) == pytest.approx(expected)
     uniform = np.zeros((2, 4, 4, 8), "float32")
     assert metrics.bits_per_code(uniform, code_maps[:2] % 8) == pytest.approx(3.0)
     huge = np.where(np.arange(6) == 2, 1000.0, 0.0) * np.ones((1, 2, 2, 1))  # no overflow
