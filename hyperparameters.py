@@ -282,9 +282,10 @@ class Hyperparameters:
     # A two-level prior's fine level reads the slice below blurred with this probability
     # instead, in training and when a volume is drawn (its coarse level keeps
     # `previous_slice_noise`): the coarse layout already follows the asked level, and a fine
-    # level that sees the slice below clean draws texture that continues it (BENCHMARKS.md,
-    # "hifi volumes: the fine level reads the slice below clean"). A saved configuration
-    # without this key predates it and blurs both levels alike (`from_dict`).
+    # level that sees the slice below clean draws neighbours more alike, at some cost to the
+    # slices it draws with no slice below (BENCHMARKS.md, "hifi volumes: the fine level reads
+    # the slice below clean"). A saved configuration without this key predates it and blurs
+    # both levels alike (`from_dict`).
     fine_previous_slice_noise: float = 0.0
 
     # Training. `augment` adds random flips, small rotations and scalings and intensity jitter.

@@ -182,7 +182,7 @@ def sample_volumes(
     size, codes = run.hyperparameters.code_map_size, run.hyperparameters.num_embeddings
     noise = run.hyperparameters.previous_slice_noise
     fine_noise = run.hyperparameters.fine_previous_slice_noise
-    two_levels = run.pixelcnn.coarse_prior is not None and fine_noise != noise
+    levels_apart = run.pixelcnn.coarse_prior is not None and fine_noise != noise
     code_maps = np.zeros((count, depth, size, size), dtype="int32")
     for level in range(depth):
         slice_conditions = {**conditions, "slice_position": level / (depth - 1)}
@@ -192,7 +192,7 @@ def sample_volumes(
             slice_conditions["previous_slice"] = np.asarray(
                 randomize_codes(below, noise, codes, blur)
             )
-            if two_levels:
+            if levels_apart:
                 coarse_slice_below = slice_conditions["previous_slice"]
                 slice_conditions["previous_slice"] = np.asarray(
                     randomize_codes(below, fine_noise, codes, blur)
