@@ -281,12 +281,12 @@ class Hyperparameters:
     previous_slice_noise: float = 0.25
     # A two-level prior's fine level reads the slice below blurred with this probability
     # instead, in training and when a volume is drawn (its coarse level keeps
-    # `previous_slice_noise`): the coarse layout already follows the asked level, and a fine
-    # level that sees the slice below clean draws neighbours more alike, at some cost to the
-    # slices it draws with no slice below (BENCHMARKS.md, "hifi volumes: the fine level reads
-    # the slice below clean"). A saved configuration without this key predates it and blurs
-    # both levels alike (`from_dict`).
-    fine_previous_slice_noise: float = 0.0
+    # `previous_slice_noise`); by default both levels alike. On the demo, 0 (clean) drew
+    # neighbours more alike after 5 prior epochs, at a cost to the slices drawn with no slice
+    # below, and no more alike after 3 more (BENCHMARKS.md, "hifi volumes: the fine level
+    # reads the slice below clean"). A saved configuration without this key predates it and
+    # blurs both levels alike (`from_dict`).
+    fine_previous_slice_noise: float = 0.25
 
     # Training. `augment` adds random flips, small rotations and scalings and intensity jitter.
     # "cosine" decays each stage's learning rate to 5 % of its start over the stage's epochs.

@@ -107,7 +107,7 @@ def test_a_configuration_saved_before_the_architecture_field_is_masked():
         fine_previous_slice_noise=0.25,
     )
     assert Hyperparameters().pixelcnn_embed_previous_slice
-    assert Hyperparameters().fine_previous_slice_noise == 0.0
+    assert Hyperparameters().fine_previous_slice_noise == Hyperparameters().previous_slice_noise
     saved_before = Hyperparameters.from_dict({"previous_slice_noise": 0.1})
     assert saved_before.fine_previous_slice_noise == 0.1
     for name in ("card", "hifi"):

@@ -236,10 +236,13 @@ def test_a_prior_retrained_as_two_levels_draws_slices_and_volumes(
 ):
     """`--pixelcnn-coarse-codes` on an existing run: the coarse map reads the run's VQ-VAE
     codebook, the coarse prior takes the run's conditions, and the run draws from both. In a
-    volume the fine level reads the slice below clean (`fine_previous_slice_noise` 0), the
-    coarse level with a quarter of its codes random (`previous_slice_noise`), as trained."""
+    volume the fine level reads the slice below as trained, here clean
+    (`fine_previous_slice_noise` 0), the coarse level with a quarter of its codes random
+    (`previous_slice_noise`)."""
     out = shutil.copytree(tiny_run[0], tmp_path / "run")
-    two_level = tiny_hyperparameters.replace(pixelcnn_coarse_codes=4, epochs_pixelcnn=2)
+    two_level = tiny_hyperparameters.replace(
+        pixelcnn_coarse_codes=4, epochs_pixelcnn=2, fine_previous_slice_noise=0.0
+    )
     argv = ("--stage", "pixelcnn", "--overwrite")
     metrics = train.run_training(tiny_arguments(two_level, tiny_png_tree, out, *argv), verbose=0)
     run = load_run(out)
