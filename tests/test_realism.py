@@ -100,6 +100,43 @@ def test_classifier_two_sample_test_tells_clearly_different_sets_apart():
     assert realism.classifier_two_sample_accuracy(intact, noise) > 0.9
 
 
+def test_texture_statistics_of_known_images():
+    """A flat square of 0.5 on background: all its intensity in bin 8 of 16, no gradient and no
+    Laplacian inside it (bin 0); a checkerboard of 0.3 and 0.7 in the same square: intensity
+    split between bins 4 and 11, every inner pixel's |Laplacian| 4 x 0.4 = 1.6 (beyond the
+    range: the last bin); an empty slice: no brain, all zeros."""
+    flat = np.zeros((SIZE, SIZE), np.float32)
+    flat[8:24, 8:24] = 0.5
+    checker = flat.copy()
+    checker[8:24, 8:24] = np.where(np.indices((16, 16)).sum(axis=0) % 2 == 0, 0.3, 0.7)
+    empty = np.zeros_like(flat)
+    stats = realism.texture_statistics(np.stack([flat, checker, empty])[..., None])
+    bins = realism.TEXTURE_BINS
+    intensity, gradient, laplacian = (stats[:, i * bins : (i + 1) * bins] for i in range(3))
+    assert intensity[0, 8] == pytest.approx(1.0)
+    assert gradient[0, 0] == pytest.approx(1.0) and laplacian[0, 0] == pytest.approx(1.0)
+    assert intensity[1, 4] == pytest.approx(0.5, abs=0.03)
+    assert intensity[1, 4] + intensity[1, 11] == pytest.approx(1.0)
+    assert laplacian[1, -1] > 0.8
+    np.testing.assert_array_equal(stats[2], 0.0)
+    np.testing.assert_allclose(stats[:2].reshape(2, 3, bins).sum(axis=2), 1.0)
+
+
+def test_classifier_two_sample_test_sees_fine_texture_that_block_means_hide():
+    """The same kind of brain-like slices, half of them with a +-0.1 checkerboard of 1-pixel
+    squares on the 2x2 blocks inside the brain: every block keeps its mean, so the 16x16 block
+    means alone cannot tell the sets apart; the texture can."""
+    images = brain_like_set(120, seed=4) * 0.8
+    checker = np.where(np.indices((SIZE, SIZE)).sum(axis=0) % 2 == 0, 0.1, -0.1)[..., None]
+    block_minima = images[60:, ..., 0].reshape(60, SIZE // 2, 2, SIZE // 2, 2).min(axis=(2, 4))
+    inside = np.kron(block_minima >= 0.1, np.ones((2, 2)))
+    mottled = images[60:] + checker * inside[..., None]
+    assert mottled.min() >= 0.0 and mottled.max() <= 1.0
+    blocks = [realism._downsample(x, realism.C2ST_PIXELS) for x in (images[60:], mottled)]
+    np.testing.assert_allclose(blocks[0], blocks[1], atol=1e-6)
+    assert realism.classifier_two_sample_accuracy(images[:60], mottled) > 0.9
+
+
 def test_classifier_two_sample_p_value():
     assert realism.two_sample_p_value(0.5, 100) > 0.4
     assert realism.two_sample_p_value(1.0, 20) == pytest.approx(0.5**20)
