@@ -303,6 +303,7 @@ def judge_conditions(
     seed: int,
     out: Path,
     guidance: float = DEFAULT_GUIDANCE,
+    sampling: dict | None = None,
 ) -> tuple[dict, list[Path]]:
     """How well a conditional prior obeys (`obedience`): for slice_position (`judge_levels`)
     and age (`judge_ages`), the correlation between the values asked for and those a regressor
@@ -311,22 +312,24 @@ def judge_conditions(
     (drawn coherently and slice by slice on their own) against real held-out volumes, and the
     Fréchet distance of their coronal and sagittal cuts to the held-out volumes' cuts, beside
     the floor of as many `training` volumes' cuts. Slices and volumes are drawn with
-    `guidance` (`sample_code_maps`). `reconstructions` are the run's of the `held_out` slices
-    [N, S, S, 1]. Writes obedience_<condition>.png into `out`."""
+    `guidance` and `sampling` (keyword arguments of `sample_code_maps`: temperature, top_k,
+    top_p; None: plain), as `predict.py` would draw them. `reconstructions` are the run's of
+    the `held_out` slices [N, S, S, 1]. Writes obedience_<condition>.png into `out`."""
     names = run.pixelcnn.condition_names
+    draw = {"guidance": guidance, **(sampling or {})}
     report, figures = {"guidance": guidance}, []
     if "slice_position" in names and held_out.relative_positions() is not None:
         report["slice_position"], figure = judge_levels(
-            run, network, held_out, reconstructions, seed, guidance, out
+            run, network, held_out, reconstructions, seed, draw, out
         )
         figures.append(figure)
     if "age" in names:
         report["age"], age_figures = judge_ages(
-            run, network, training, held_out, demographics, seed, guidance, out
+            run, network, training, held_out, demographics, seed, draw, out
         )
         figures += age_figures
     if {"slice_position", "previous_slice"} <= set(names):
-        report["volumes"] = judge_volumes(run, network, training, held_out, seed, guidance)
+        report["volumes"] = judge_volumes(run, network, training, held_out, seed, draw)
     return report, figures
 
 
@@ -336,17 +339,18 @@ def judge_levels(
     held_out: SliceSet,
     reconstructions: np.ndarray,
     seed: int,
-    guidance: float,
+    draw: dict,
     out: Path,
 ) -> tuple[dict, Path]:
     """Obedience to the slice level: `OBEDIENCE_SAMPLES` slices asked for levels spread evenly
     over the training range (the other conditions unknown), read back by the feature network's
     position head, which reads the real `held_out` slices as its ceiling, and their
-    `reconstructions` as the ceiling of any slice drawn through this decoder."""
+    `reconstructions` as the ceiling of any slice drawn through this decoder. `draw`: the
+    keyword arguments of `sample_code_maps` (guidance, temperature, top_k, top_p)."""
     low, high = run.pixelcnn.condition_ranges.get("slice_position", (0.0, 1.0))
     requested = np.linspace(low, high, OBEDIENCE_SAMPLES)
     generated = predict_positions(
-        network, generate_slices(run, {"slice_position": requested}, seed, guidance)
+        network, generate_slices(run, {"slice_position": requested}, seed, draw)
     )
     real = held_out.relative_positions()
     read = predict_positions(network, held_out.float_images())
@@ -377,13 +381,14 @@ def judge_ages(
     held_out: SliceSet,
     demographics: dict[str, dict],
     seed: int,
-    guidance: float,
+    draw: dict,
     out: Path,
 ) -> tuple[dict, list[Path]]:
     """Obedience to age: `OBEDIENCE_SAMPLES` slices asked for ages spread evenly over the
     training range, at levels spread evenly over the reader's `READ_LEVELS` (asked too, when
     the prior takes the level; read by the feature network otherwise), the other conditions
-    unknown, read back by an `AgeReader` trained on the reconstructions of the training slices.
+    unknown, drawn with `draw` (keyword arguments of `sample_code_maps`), read back by an
+    `AgeReader` trained on the reconstructions of the training slices.
     Its ceiling is the reconstructions of the `held_out` slices (what a perfect prior's slices
     could show through this decoder); its reading of the real held-out slices is reported too.
     When the prior takes the level, whole volumes are judged as well (`judge_volume_ages`).
@@ -422,7 +427,7 @@ def judge_ages(
     asked = {"age": requested}
     if "slice_position" in run.pixelcnn.condition_names:
         asked["slice_position"] = levels
-    generated = generate_slices(run, asked, seed, guidance)
+    generated = generate_slices(run, asked, seed, draw)
     if "slice_position" not in asked:
         levels = predict_positions(network, generated)
         readable = np.flatnonzero(readable_levels(levels)) if levels is not None else []
@@ -463,7 +468,7 @@ def judge_ages(
             for side, reads in (("reconstructed", reconstructed), ("real", real_read))
         }
         report["volumes"], figure = judge_volume_ages(
-            run, reader, (low, high), ceilings, seed, guidance, out
+            run, reader, (low, high), ceilings, seed, draw, out
         )
         figures += [figure] if figure else []
     return report, figures
@@ -498,12 +503,13 @@ def judge_volume_ages(
     age_range: tuple[float, float],
     ceilings: dict[str, tuple[np.ndarray, np.ndarray]],
     seed: int,
-    guidance: float,
+    draw: dict,
     out: Path,
 ) -> tuple[dict, Path | None]:
     """Obedience to age of whole brains, as a brain-age regressor judges a scan: `AGE_VOLUMES`
-    volumes of `VOLUME_DEPTH` slices (coherent when the prior takes the slice below) asked for
-    ages spread evenly over `age_range`, each read as the mean of its slices' reads
+    volumes of `VOLUME_DEPTH` slices (coherent when the prior takes the slice below; drawn with
+    `draw`, keyword arguments of `sample_code_maps`) asked for ages spread evenly over
+    `age_range`, each read as the mean of its slices' reads
     (`read_volume_ages`). The ceilings are the held-out people, each their age against the
     mean read of their slices (`ceilings`: side -> `per_person_means`, "reconstructed" and
     "real"). Returns ({"skipped": why}, None) with fewer than 3 held-out people or all of one
@@ -523,7 +529,7 @@ def judge_volume_ages(
         conditions={"age": requested},
         seed=seed,
         coherent=coherent,
-        guidance=guidance,
+        **draw,
     )
     read = read_volume_ages(reader, volumes.astype(np.float32) / np.float32(255.0))
     report = {
@@ -546,13 +552,12 @@ def judge_volume_ages(
     return report, figure
 
 
-def generate_slices(run: Run, conditions: dict, seed: int, guidance: float) -> np.ndarray:
+def generate_slices(run: Run, conditions: dict, seed: int, draw: dict) -> np.ndarray:
     """Slices (N, S, S, 1) in [0, 1] drawn from the run's prior with `conditions` (each a
-    sequence of N values) and `guidance`, decoded by its VQ-VAE."""
+    sequence of N values) and `draw` (keyword arguments of `sample_code_maps`: guidance,
+    temperature, top_k, top_p), decoded by its VQ-VAE."""
     count = len(next(iter(conditions.values())))
-    codes = sample_code_maps(
-        run.pixelcnn, count, seed=seed, conditions=conditions, guidance=guidance
-    )
+    codes = sample_code_maps(run.pixelcnn, count, seed=seed, conditions=conditions, **draw)
     return decode_code_maps(run.vqvae, codes, run.hyperparameters.inference_batch_size)
 
 
@@ -562,9 +567,10 @@ def judge_volumes(
     training: SliceSet,
     held_out: SliceSet,
     seed: int,
-    guidance: float = DEFAULT_GUIDANCE,
+    draw: dict,
 ) -> dict:
-    """The volume measures of `judge_conditions` (its docstring)."""
+    """The volume measures of `judge_conditions` (its docstring), the volumes drawn with
+    `draw` (keyword arguments of `sample_code_maps`)."""
     real, _ = obedience.real_volumes(held_out)
     training_volumes, _ = obedience.real_volumes(training)
     count = min(MEASURED_VOLUMES, len(real), len(training_volumes))
@@ -582,9 +588,7 @@ def judge_volumes(
         cut_features(training_volumes[:count]), real_cuts
     )
     for coherent, kind in ((True, "coherent"), (False, "independent")):
-        _, volumes = sample_volumes(
-            run, count, depth, seed=seed, coherent=coherent, guidance=guidance
-        )
+        _, volumes = sample_volumes(run, count, depth, seed=seed, coherent=coherent, **draw)
         volumes = volumes.astype(np.float32) / np.float32(255.0)
         report[f"{kind}_adjacent_ssim"] = obedience.adjacent_slice_ssim(volumes)["mean"]
         report[f"{kind}_cut_frechet"] = realism.frechet_distance(cut_features(volumes), real_cuts)
@@ -780,6 +784,7 @@ def evaluate_run(
             seed,
             out,
             guidance,
+            {"temperature": temperature, "top_k": top_k, "top_p": top_p},
         )
         figures += condition_figures
     report["figures"] = [str(path) for path in figures]

@@ -130,6 +130,25 @@ def test_samples_are_drawn_with_the_sampling_controls_asked_for(tiny_run, tmp_pa
     assert "temperature must be" in capsys.readouterr().err
 
 
+def test_the_conditions_are_judged_on_draws_with_the_sampling_controls_asked_for(
+    tiny_run, tmp_path, capsys
+):
+    """--top-k 1 draws every code as the most likely one, so the slices asked for levels are the
+    same whatever the seed, and so is how their levels read back; plain draws, which the
+    obedience measures once took whatever was asked, differ from seed to seed."""
+    run = shutil.copytree(tiny_run[0], tmp_path / "run")
+    argv = ["--run", str(run), "--split", "train", "--samples", "24", "--json"]
+    levels = {}
+    for controls in ([], ["--top-k", "1"]):
+        for seed in ("0", "1"):
+            out = tmp_path / f"figures{len(controls)}{seed}"
+            assert similarity.main([*argv, *controls, "--seed", seed, "--out", str(out)]) == 0
+            report = json.loads(capsys.readouterr().out)["conditions"]
+            levels[len(controls), seed] = report["slice_position"]["generated"]
+    assert levels[2, "0"] == levels[2, "1"]
+    assert levels[0, "0"] != levels[0, "1"]
+
+
 def test_command_names_a_missing_run(tmp_path, capsys):
     assert similarity.main(["--run", str(tmp_path / "nowhere")]) == 2
     assert "no such run folder" in capsys.readouterr().err
