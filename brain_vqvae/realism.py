@@ -273,13 +273,12 @@ def classifier_two_sample_accuracy(
     which a generator gets wrong first), its `texture_statistics` at full resolution (the
     tissue mix and the fine texture, which the block means and the features average away),
     and its domain features (N, F) if given (anatomy, in the space the network was trained to
-    make anatomy-sensitive). A
-    linear classifier on these is cheap (a fraction of a second for hundreds of slices) and,
-    being low in capacity, stays at 0.5 on identical distributions rather than overfitting
-    noise, while the features carry what a deep classifier would have to learn. Accuracy is
-    the share of slices classified correctly when held out, over a stratified `folds`-fold
-    cross-validation grouped by person: every slice is judged once by a classifier that never
-    saw it nor its person. See `two_sample_p_value` for its significance.
+    make anatomy-sensitive). A linear classifier on these is cheap (a fraction of a second for
+    hundreds of slices) and, being low in capacity, stays at 0.5 on identical distributions
+    rather than overfitting noise, while the features carry what a deep classifier would have
+    to learn. Accuracy is the share of slices classified correctly when held out, over a
+    stratified `folds`-fold cross-validation grouped by person: every slice is judged once by
+    a classifier that never saw it nor its person. See `two_sample_p_value` for its significance.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
