@@ -38,6 +38,7 @@ from brain_vqvae.feature_network import (
 from brain_vqvae.generation import (
     DEFAULT_GUIDANCE,
     VOLUME_DEPTH,
+    effective_top_p,
     sample_volumes,
     with_drawn_levels,
 )
@@ -665,7 +666,8 @@ def evaluate_run(
     least `MIN_SAMPLES`, so that the realism measures compare sets of the same size); write the
     figures into `out` (default `run_dir/similarity_<split>`) and return the numbers. The
     samples are drawn with `temperature`, `top_k` and `top_p` as `predict.py` draws them
-    (`sample_code_maps`; a VAE run takes the temperature only). A conditional prior's obedience
+    (`sample_code_maps`; `top_p` None: the run's own, `effective_top_p`; a VAE run takes the
+    temperature only). A conditional prior's obedience
     is judged on draws with `guidance` (`judge_conditions`). `slices`, when given, is the data
     already loaded with the splits the run was trained on (as `training.train_run` took them);
     by default the run's data (or `data`) is loaded and split as the run saw it. `progress`,
@@ -679,6 +681,7 @@ def evaluate_run(
     check_top_p(top_p)
     if run.kind == "vae" and (top_k is not None or top_p is not None):
         raise RunError("top_k and top_p belong to a PixelCNN prior; a VAE run samples N(0, I)")
+    top_p = effective_top_p(run, top_p)
     if slices is None:
         slices = load_run_data(run, data, cache_dir=cache_dir)
     chosen = slices.splits.get(split)

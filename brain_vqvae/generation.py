@@ -63,8 +63,20 @@ def add_sampling_arguments(parser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     parser.add_argument("--top-k", type=int, help="draw only among the K most likely codes")
     parser.add_argument(
-        "--top-p", type=float, help="draw only among the most likely codes of probability P"
+        "--top-p",
+        type=float,
+        help="draw only among the most likely codes of probability P (default: the run's "
+        "sampling_top_p, 0.9 for the hifi preset; 1: all codes)",
     )
+
+
+def effective_top_p(run: Run, top_p: float | None) -> float | None:
+    """The nucleus `run`'s codes are drawn from: `top_p` when given, else the run's own
+    `sampling_top_p` (1 = every code). A VAE run has no codes: `top_p` is returned as given
+    (and refused where it is drawn from)."""
+    if top_p is not None or run.kind == "vae":
+        return top_p
+    return run.hyperparameters.sampling_top_p
 
 
 def with_drawn_levels(pixelcnn, count: int, conditions: dict | None, seed: int | None) -> dict:
@@ -106,7 +118,8 @@ def sample_slices(
     towards them by `guidance` (`sample_code_maps`); a level not asked is drawn
     (`with_drawn_levels`), and with nothing asked the draw is not guided (guidance towards
     drawn levels made the demo's samples less real: BENCHMARKS.md, "Nothing asked: levels
-    drawn"). The same `seed` gives the same slices."""
+    drawn"). `top_p` None draws from the run's own nucleus (`effective_top_p`). The same
+    `seed` gives the same slices."""
     batch_size = run.hyperparameters.inference_batch_size
     if run.kind == "vae":
         if top_k is not None or top_p is not None or conditions:
@@ -122,7 +135,7 @@ def sample_slices(
         temperature=temperature,
         seed=seed,
         top_k=top_k,
-        top_p=top_p,
+        top_p=effective_top_p(run, top_p),
         conditions=with_drawn_levels(run.pixelcnn, count, conditions, seed),
         guidance=guidance if conditions else 1.0,
     )
@@ -157,7 +170,8 @@ def sample_volumes(
     prior draws the slice's coarse map on the coarse map of b(z_(d-1)), then z_d on both
     (`sample_code_maps`), its fine level reading z_(d-1) blurred with
     `fine_previous_slice_noise` instead, as it was trained. (`coherent=False` draws each slice
-    on its own, for comparison.)
+    on its own, for comparison.) `top_p` None draws from the run's own nucleus
+    (`effective_top_p`).
     `guidance` steers each slice towards its level and the demographics, not towards the slice
     below. The prior must have been trained with slice_position (and previous_slice to be
     coherent); `ValueError` says which is missing. Slice d uses seed + d, so the same `seed`
@@ -174,6 +188,7 @@ def sample_volumes(
         )
     if depth < 2:
         raise ValueError(f"a volume needs at least 2 slices, got depth {depth}")
+    top_p = effective_top_p(run, top_p)
     conditions = dict(conditions or {})
     if {"slice_position", "previous_slice"} & set(conditions):
         raise ValueError("a volume sets slice_position and previous_slice itself")
@@ -254,6 +269,7 @@ def write_samples(
 ) -> list[Path]:
     """Sample (`sample_slices`, given `conditions` and `guidance`), then write sample_NNN.png,
     samples.png and samples.nii.gz into `out` (which must exist); returns the paths written."""
+    top_p = effective_top_p(run, top_p)
     _, slices = sample_slices(run, count, temperature, seed, top_k, top_p, conditions, guidance)
     for stale in out.glob("sample_*.png"):
         stale.unlink()
@@ -264,7 +280,9 @@ def write_samples(
         written.append(path)
     prior = "N(0, I)" if run.kind == "vae" else "PixelCNN"
     controls = "".join(
-        f", {name} {value:g}" for name, value in (("top-k", top_k), ("top-p", top_p)) if value
+        f", {name} {value:g}"
+        for name, value in (("top-k", top_k), ("top-p", top_p))
+        if value not in (None, 1.0)
     )
     guided = f", guidance {guidance:g}" if conditions else ""
     title = (

@@ -54,6 +54,9 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
     assert (hifi.batch_size, hifi.inference_batch_size) == (2, 64)
     assert hifi.pixelcnn_embedding_dim == 64
     assert hifi.pixelcnn_coarse_codes == 64  # a two-level prior, its coarse maps 8x8
+    assert hifi.sampling_top_p == 0.9 and preset("card").sampling_top_p == 1.0
+    # A configuration saved before the field existed draws from every code, as it did.
+    assert Hyperparameters.from_dict({"num_embeddings": 4096}).sampling_top_p == 1.0
 
 
 @pytest.mark.parametrize(
@@ -70,6 +73,8 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
         ({"learning_rate_vqvae": 0.0}, "learning_rate_vqvae"),
         ({"learning_rate_schedule": "step"}, "learning_rate_schedule"),
         ({"ssim_target": 1.5}, "ssim_target"),
+        ({"sampling_top_p": 0.0}, "sampling_top_p"),
+        ({"sampling_top_p": 1.5}, "sampling_top_p"),
         ({"batch_size": 0}, "batch_size"),
         ({"inference_batch_size": 0}, "inference_batch_size"),
         ({"latent_dim": 0}, "latent_dim"),

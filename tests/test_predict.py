@@ -3,6 +3,7 @@ and the refusals (bad run folders, bad inputs, an output folder that already hol
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -78,6 +79,24 @@ def test_the_seed_fixes_the_samples(tiny_run):
     assert not np.array_equal(codes, other_codes)
     with pytest.raises(ValueError, match="temperature"):
         generation.sample_slices(run, 2, temperature=0.0)
+
+
+def test_a_run_draws_from_its_own_nucleus_unless_told_otherwise(tiny_run):
+    """A run whose sampling_top_p keeps only the most likely code draws the same slice at a
+    level whatever the seed, as if --top-p said so; --top-p 1 draws from every code again."""
+    run = load_run(tiny_run[0])
+    greedy = dataclasses.replace(
+        run, hyperparameters=run.hyperparameters.replace(sampling_top_p=1e-6)
+    )
+    level = {"slice_position": 0.5}
+    codes = [generation.sample_slices(greedy, 3, seed=s, conditions=level)[0] for s in (1, 2)]
+    np.testing.assert_array_equal(codes[0], codes[1])
+    told = generation.sample_slices(run, 3, seed=3, top_p=1e-6, conditions=level)[0]
+    np.testing.assert_array_equal(codes[0], told)
+    every = [
+        generation.sample_slices(greedy, 3, seed=s, top_p=1.0, conditions=level)[0] for s in (1, 2)
+    ]
+    assert not np.array_equal(every[0], every[1])
 
 
 def test_nifti_stack_puts_each_slice_upright_in_an_axial_plane():
