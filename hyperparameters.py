@@ -282,11 +282,12 @@ class Hyperparameters:
     previous_slice_noise: float = 0.25
     # A two-level prior's fine level reads the slice below blurred with this probability
     # instead, in training and when a volume is drawn (its coarse level keeps
-    # `previous_slice_noise`); by default both levels alike. On the demo, 0 (clean) drew
-    # neighbours more alike after 5 prior epochs, at a cost to the slices drawn with no slice
-    # below, and no more alike after 3 more (BENCHMARKS.md, "hifi volumes: the fine level
-    # reads the slice below clean"). A saved configuration without this key predates it and
-    # blurs both levels alike (`from_dict`).
+    # `previous_slice_noise`); by default both levels alike, and clean (0) in the hifi preset:
+    # on the demo, trained so for 8 epochs and drawn from the nucleus of 0.9, neighbouring
+    # slices of its volumes were 0.77 alike against 0.73 (real 0.78), its single slices as
+    # real (BENCHMARKS.md, "hifi: the fine level trained on the slice below clean for 8
+    # epochs from the start"). A saved configuration without this key predates it and blurs
+    # both levels alike (`from_dict`).
     fine_previous_slice_noise: float = 0.25
     # The nucleus (top-p, Holtzman et al. 2019) the run's codes are drawn from when
     # `predict.py` or `similarity.py` is not given --top-p: only the most likely codes of this
@@ -545,8 +546,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # last code of a 32x32 map sees the first, and 64 filters wide, so that drawing 64 maps
     # stays within the sampling budget on a CPU. It is a two-level prior over 64 coarse codes:
     # trained for fewer epochs, its samples took the brain's layout, which the flat prior's did
-    # not (BENCHMARKS.md, "The hifi prior in two levels"). Its codes are drawn from the nucleus
-    # of probability 0.9 (`sampling_top_p`; BENCHMARKS.md, "hifi: drawn from the nucleus").
+    # not (BENCHMARKS.md, "The hifi prior in two levels"). Its fine level reads the slice below
+    # clean (`fine_previous_slice_noise`), and its codes are drawn from the nucleus of
+    # probability 0.9 (`sampling_top_p`; BENCHMARKS.md, "hifi: drawn from the nucleus").
     "hifi": {
         "encoder_filters": (32, 64),
         "downsample_stages": 2,
@@ -562,6 +564,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pixelcnn_filters": 64,
         "pixelcnn_gated_layers": 5,
         "pixelcnn_coarse_codes": 64,
+        "fine_previous_slice_noise": 0.0,
         "sampling_top_p": 0.9,
     },
 }

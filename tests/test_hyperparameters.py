@@ -55,6 +55,8 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
     assert hifi.pixelcnn_embedding_dim == 64
     assert hifi.pixelcnn_coarse_codes == 64  # a two-level prior, its coarse maps 8x8
     assert hifi.sampling_top_p == 0.9 and preset("card").sampling_top_p == 1.0
+    # Its fine level reads the slice below clean, its coarse level a quarter blurred.
+    assert (hifi.fine_previous_slice_noise, hifi.previous_slice_noise) == (0.0, 0.25)
     # A configuration saved before the field existed draws from every code, as it did.
     assert Hyperparameters.from_dict({"num_embeddings": 4096}).sampling_top_p == 1.0
 
