@@ -667,8 +667,8 @@ def evaluate_run(
     figures into `out` (default `run_dir/similarity_<split>`) and return the numbers. The
     samples are drawn with `temperature`, `top_k` and `top_p` as `predict.py` draws them
     (`sample_code_maps`; `top_p` None: the run's own, `effective_top_p`; a VAE run takes the
-    temperature only). A conditional prior's obedience
-    is judged on draws with `guidance` (`judge_conditions`). `slices`, when given, is the data
+    temperature only). A conditional prior's obedience is judged on draws with `guidance` and
+    the same sampling (`judge_conditions`). `slices`, when given, is the data
     already loaded with the splits the run was trained on (as `training.train_run` took them);
     by default the run's data (or `data`) is loaded and split as the run saw it. `progress`,
     when given, is called with a line saying what starts next (the judging of a hifi run takes
