@@ -37,7 +37,7 @@ something only beside it.
 
 The features come from `feature_network`. Public API: `frechet_distance`, `precision_recall`,
 `texture_statistics`, `classifier_two_sample_accuracy`, `two_sample_p_value`,
-`pairwise_ms_ssim`, `pairwise_ssim`, `brain_mask_topology`, `implausible`,
+`pairwise_ms_ssim`, `pairwise_ssim`, `brain_masks`, `brain_mask_topology`, `implausible`,
 `nearest_training_levels`, `realism_report`, `format_realism`, `plot_nearest_training`,
 `plot_realism`.
 """
@@ -197,6 +197,15 @@ def _downsample(images: np.ndarray, size: int) -> np.ndarray:
     return resized.reshape(count, -1)
 
 
+def brain_masks(images: np.ndarray, threshold: float = MASK_THRESHOLD) -> np.ndarray:
+    """(N, S, S) images -> (N, S, S) bool brain masks: each image smoothed by a Gaussian of
+    sigma `MASK_SMOOTHING_SIGMA` (1 pixel, so that single noisy pixels neither make islands
+    nor break them) and thresholded at `threshold`."""
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(images, (0, MASK_SMOOTHING_SIGMA, MASK_SMOOTHING_SIGMA)) > threshold
+
+
 def _masked_histograms(values: np.ndarray, masks: np.ndarray, top: float, bins: int):
     """(N, S, S) values and bool masks -> (N, bins): each image's histogram of its masked
     values over [0, top] in `bins` equal bins (values outside go to the end bins), as shares
@@ -212,9 +221,8 @@ def texture_statistics(
 ) -> np.ndarray:
     """The texture of each slice's brain at full resolution: (N, S, S, 1) -> (N, 3 bins).
 
-    Inside the brain, away from its outline (the mask of `brain_mask_topology`: the slice
-    smoothed by a Gaussian of sigma 1 pixel and thresholded at `threshold`, then eroded by 2
-    pixels, so that neither the outline nor the background beside it counts as texture),
+    Inside the brain, away from its outline (its `brain_masks` eroded by 2 pixels, so that
+    neither the outline nor the background beside it counts as texture),
     three histograms of `bins` bins, each as shares of the mask's pixels:
 
     - the intensity I over [0, 1] (the tissue mix: CSF, grey and white matter);
@@ -226,12 +234,11 @@ def texture_statistics(
     average away what a reader sees first in generated slices: mottled white matter, speckle,
     edges too sharp or too soft. These statistics keep it.
     """
-    from scipy.ndimage import binary_erosion, gaussian_filter
+    from scipy.ndimage import binary_erosion
 
     images = as_image_batch(images)[..., 0].astype(np.float64)
-    smoothed = gaussian_filter(images, (0, MASK_SMOOTHING_SIGMA, MASK_SMOOTHING_SIGMA))
     cross = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)[None]
-    inner = binary_erosion(smoothed > threshold, structure=cross, iterations=2)
+    inner = binary_erosion(brain_masks(images, threshold), structure=cross, iterations=2)
     rows, columns = np.gradient(images, axis=(1, 2))
     padded = np.pad(images, ((0, 0), (1, 1), (1, 1)), mode="edge")
     laplacian = (
@@ -429,22 +436,19 @@ def brain_mask_topology(
     """Islands and holes of each slice's brain mask: (N, S, S, 1) -> (components, holes), both
     (N,) int.
 
-    The mask is the slice smoothed by a Gaussian of sigma 1 pixel (so that single noisy pixels
-    neither make islands nor break them) and thresholded at `threshold`. `components` counts
+    The mask is the slice's `brain_masks` at `threshold`. `components` counts
     its 8-connected pieces of at least `min_area_fraction` S^2 pixels (33 at 128x128);
     `holes` counts the 4-connected background pieces of that size that do not touch the
     image border (8/4 connectivity, so that a diagonal gap neither joins two islands nor
     opens a hole).
     """
-    from scipy.ndimage import gaussian_filter
     from skimage.measure import label
 
     images = as_image_batch(images)
     min_area = max(1, round(min_area_fraction * images.shape[1] * images.shape[2]))
     components = np.zeros(len(images), dtype=np.int64)
     holes = np.zeros(len(images), dtype=np.int64)
-    for index, image in enumerate(images[..., 0]):
-        mask = gaussian_filter(image, MASK_SMOOTHING_SIGMA) > threshold
+    for index, mask in enumerate(brain_masks(images[..., 0], threshold)):
         areas = np.bincount(label(mask, connectivity=2).ravel())[1:]
         components[index] = np.count_nonzero(areas >= min_area)
         # Padding joins all background touching the border into the one outside piece.
