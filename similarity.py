@@ -2,6 +2,7 @@
 
     python similarity.py --run DIR [--data PATH] [--split test] [--samples N] [--json]
                          [--temperature T] [--top-k K] [--top-p P] [--guidance W]
+                         [--convolutional-c2st]
 
 All three compare images on the [0, 1] scale, shaped (N, S, S, 1) (brain_vqvae/metrics.py):
 
@@ -23,7 +24,8 @@ measure beside its real-vs-real floor, two halves of the split's people scored a
 other: a Fréchet distance and k-NN precision/recall in the features of a domain network trained
 on the run's training split (saved in the run folder as realism_features.keras the first time),
 classifier two-sample tests (0.5 = indistinguishable) for real vs reconstructions,
-reconstructions vs samples (the prior alone) and real vs samples, diversity as pairwise MS-SSIM
+reconstructions vs samples (the prior alone) and real vs samples (with --convolutional-c2st,
+also by a convolutional network trained on the pixels), diversity as pairwise MS-SSIM
 and SSIM, and the share of implausible samples (a brain broken into more islands, or with more
 holes, than any training slice at its level has). The figures go to RUN/similarity_<split> (or
 --out): realism.png draws the measures beside their floors, nearest_training.png the samples
@@ -65,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"guidance of the conditional draws judged (default {DEFAULT_GUIDANCE:g})",
     )
     add_sampling_arguments(parser)
+    parser.add_argument(
+        "--convolutional-c2st",
+        action="store_true",
+        help="also run the two-sample tests with a convolutional classifier trained on the "
+        "pixels (about a minute per test on a CPU)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -92,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             arguments.temperature,
             arguments.top_k,
             arguments.top_p,
+            convolutional_c2st=arguments.convolutional_c2st,
             progress=print_progress,
         )
     except (RunError, DataError, ValueError) as error:

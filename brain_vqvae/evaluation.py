@@ -604,12 +604,14 @@ def judge_realism(
     reconstructions: np.ndarray,
     samples: np.ndarray,
     out: Path,
+    convolutional_c2st: bool = False,
 ) -> tuple[dict, list[Path]]:
     """`realism.realism_report` of `samples` (M, S, S, 1) against the `held_out` slices, in two
     `halves` (index arrays, `subject_halves`), and the `reconstructions` of all of them (those
     of the second half are compared), in the run's feature network, the two-sample tests grouped
-    by `two_sample_groups`, with figures written into `out`: the measures beside their floors and
-    the samples beside their nearest training slices."""
+    by `two_sample_groups` (also by a convolutional classifier with `convolutional_c2st`), with
+    figures written into `out`: the measures beside their floors and the samples beside their
+    nearest training slices."""
     network = run_feature_network(run, training)
     seed = run.hyperparameters.seed
     reference = capped_indices(len(training), REFERENCE_TRAINING_SLICES, seed)
@@ -629,6 +631,7 @@ def judge_realism(
         groups_a=two_sample_groups(held_out, first),
         groups_b=two_sample_groups(held_out, second),
         seed=seed,
+        convolutional=convolutional_c2st,
     )
     figures = [
         realism.plot_realism(report, out / "realism.png"),
@@ -660,6 +663,7 @@ def evaluate_run(
     top_p: float | None = None,
     slices: BrainSlices | None = None,
     progress: Callable[[str], None] | None = None,
+    convolutional_c2st: bool = False,
 ) -> dict:
     """Score a trained run's reconstructions of `split` and its samples (`samples` of them,
     from its prior, or from N(0, I) for a VAE run; default as many as the split has slices, at
@@ -668,7 +672,9 @@ def evaluate_run(
     samples are drawn with `temperature`, `top_k` and `top_p` as `predict.py` draws them
     (`sample_code_maps`; `top_p` None: the run's own, `effective_top_p`; a VAE run takes the
     temperature only). A conditional prior's obedience is judged on draws with `guidance` and
-    the same sampling (`judge_conditions`). `slices`, when given, is the data
+    the same sampling (`judge_conditions`). `convolutional_c2st` adds the two-sample tests by
+    a convolutional classifier (`realism.convolutional_two_sample_accuracy`, minutes on a
+    CPU). `slices`, when given, is the data
     already loaded with the splits the run was trained on (as `training.train_run` took them);
     by default the run's data (or `data`) is loaded and split as the run saw it. `progress`,
     when given, is called with a line saying what starts next (the judging of a hifi run takes
@@ -762,7 +768,10 @@ def evaluate_run(
                 f"least {MIN_REALISM_SLICES} slices each; the smaller half has {smallest}"
             )
         else:
-            announce("judging how real and varied the samples are")
+            announce(
+                "judging how real and varied the samples are"
+                + (" (with convolutional two-sample tests: minutes)" if convolutional_c2st else "")
+            )
             realism_numbers, realism_figures = judge_realism(
                 run,
                 slices.splits["train"],
@@ -771,6 +780,7 @@ def evaluate_run(
                 reconstructions,
                 generated,
                 out,
+                convolutional_c2st,
             )
             report["realism"] = realism_numbers
             figures += realism_figures

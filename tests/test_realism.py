@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -98,6 +99,27 @@ def test_classifier_two_sample_test_tells_clearly_different_sets_apart():
     assert realism.classifier_two_sample_accuracy(intact, holed) > 0.9
     noise = np.random.default_rng(3).random((40, SIZE, SIZE, 1), dtype=np.float32)
     assert realism.classifier_two_sample_accuracy(intact, noise) > 0.9
+
+
+def test_convolutional_two_sample_test_is_at_chance_on_one_distribution():
+    images = brain_like_set(120, seed=0)
+    accuracy = realism.convolutional_two_sample_accuracy(images[:60], images[60:], folds=3)
+    assert 0.3 <= accuracy <= 0.7
+
+
+def test_convolutional_two_sample_test_tells_clearly_different_sets_apart():
+    intact, holed = brain_like_set(60, seed=1), brain_like_set(60, seed=2, hole=True)
+    assert realism.convolutional_two_sample_accuracy(intact, holed, folds=3) > 0.8
+
+
+def test_convolutional_two_sample_test_refuses_bad_input():
+    images = brain_like_set(12, seed=5)
+    with pytest.raises(ValueError, match="epochs"):
+        realism.convolutional_two_sample_accuracy(images, images, epochs=0)
+    with pytest.raises(ValueError, match="differ in size"):
+        realism.convolutional_two_sample_accuracy(images, images[:, :16, :16])
+    with pytest.raises(ValueError, match="groups_b has 3 values for 12 images"):
+        realism.convolutional_two_sample_accuracy(images, images, groups_b=["x", "y", "z"])
 
 
 def test_texture_statistics_of_known_images():
@@ -220,8 +242,16 @@ def test_feature_network_without_positions_predicts_none():
         feature_network.train_feature_network(images, np.arange(3.0), epochs=1)
 
 
-def test_realism_report_has_every_documented_key_and_its_figures(network_and_data, tmp_path):
+def test_realism_report_has_every_documented_key_and_its_figures(
+    network_and_data, tmp_path, monkeypatch
+):
     network, training, levels = network_and_data
+    # The convolutional tests as they are, trained for fewer epochs to keep the suite fast.
+    monkeypatch.setattr(
+        realism,
+        "convolutional_two_sample_accuracy",
+        functools.partial(realism.convolutional_two_sample_accuracy, epochs=3),
+    )
     real = brain_like_set(64, seed=20)
     samples = brain_like_set(32, seed=21, hole=True)
     reconstructions = brain_like_set(32, seed=22)
@@ -236,6 +266,8 @@ def test_realism_report_has_every_documented_key_and_its_figures(network_and_dat
         groups_a=np.repeat(np.arange(4), 8).astype(str),
         groups_b=np.repeat(np.arange(4, 8), 8).astype(str),
         max_pairs=20,
+        folds=2,
+        convolutional=True,
     )
     for row in realism.REPORT_ROWS:
         assert row[1] in report and row[2] in report

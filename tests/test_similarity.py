@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -13,7 +14,7 @@ from fixtures import OASIS1_COLUMNS, write_csv
 from PIL import Image
 
 import similarity
-from brain_vqvae import evaluation, generation
+from brain_vqvae import evaluation, generation, realism
 
 
 def test_summary_counts_slices_at_or_above_the_target():
@@ -155,7 +156,7 @@ def test_command_names_a_missing_run(tmp_path, capsys):
 
 
 def test_realism_is_measured_beside_its_floor_with_a_feature_network_saved_in_the_run(
-    tiny_run, tmp_path, capsys
+    tiny_run, tmp_path, capsys, monkeypatch
 ):
     run = shutil.copytree(tiny_run[0], tmp_path / "run")
     argv = ["--run", str(run), "--split", "train", "--samples", "24", "--json"]
@@ -171,6 +172,7 @@ def test_realism_is_measured_beside_its_floor_with_a_feature_network_saved_in_th
     ):
         assert math.isfinite(numbers[key]), key
     assert 0.0 <= numbers["c2st_real_floor"] <= 1.0
+    assert "cnn_c2st_real_floor" not in numbers  # only when asked for
     assert 0.0 <= numbers["implausible_samples_share"] <= 1.0
     assert (run / "realism_features.keras").is_file()
     for name in ("realism.png", "nearest_training.png"):
@@ -193,10 +195,22 @@ def test_realism_is_measured_beside_its_floor_with_a_feature_network_saved_in_th
     assert (tmp_path / "first" / "obedience_slice_position.png").is_file()
     # The saved network is reused: the same features, so the same floor.
     trained_at = (run / "realism_features.keras").stat().st_mtime_ns
-    assert similarity.main([*argv, "--out", str(tmp_path / "second")]) == 0
+    # ... and asked for, the convolutional two-sample tests join the linear ones (trained for
+    # fewer epochs here, to keep the suite fast).
+    monkeypatch.setattr(
+        realism,
+        "convolutional_two_sample_accuracy",
+        functools.partial(realism.convolutional_two_sample_accuracy, epochs=2),
+    )
+    second = [*argv, "--out", str(tmp_path / "second"), "--convolutional-c2st"]
+    assert similarity.main(second) == 0
     again = json.loads(capsys.readouterr().out)["realism"]
     assert (run / "realism_features.keras").stat().st_mtime_ns == trained_at
     assert again["fd_real_floor"] == pytest.approx(numbers["fd_real_floor"], rel=1e-6)
+    assert again["c2st_real_floor"] == numbers["c2st_real_floor"]
+    for pair in ("real_vs_reconstructions", "reconstructions_vs_samples", "real_floor"):
+        assert 0.0 <= again[f"cnn_c2st_{pair}"] <= 1.0
+        assert 0.0 <= again[f"cnn_c2st_{pair}_p_value"] <= 1.0
 
 
 def test_a_split_too_small_for_two_halves_is_reported_not_measured(tiny_run, tmp_path, capsys):
