@@ -889,8 +889,9 @@ def plot_nearest_training(
 
 
 def plot_realism(report: dict, path: str | Path) -> Path:
-    """PNG bar chart of `realism_report`: for each measure, samples beside the real-vs-real
-    floor, one small panel per measure (their scales differ)."""
+    """PNG bar chart of `realism_report`: for each measure, samples (or reconstructions, for
+    their rows) beside the real-vs-real floor, one small panel per measure (their scales
+    differ)."""
     from matplotlib.figure import Figure
 
     rows = [row for row in REPORT_ROWS if row[1] in report]
@@ -900,7 +901,8 @@ def plot_realism(report: dict, path: str | Path) -> Path:
     axes = figure.subplots(lines, columns, squeeze=False).ravel()
     for axis, (label, key, floor, _) in zip(axes, rows, strict=False):
         values = [report[key], report[floor]]
-        axis.bar(["samples", "real floor"], values, color=["tab:orange", "tab:blue"])
+        measured = "reconstructions" if key.endswith("reconstructions") else "samples"
+        axis.bar([measured, "real floor"], values, color=["tab:orange", "tab:blue"])
         axis.set_title(label, fontsize=8)
         axis.tick_params(labelsize=7)
     for axis in axes[len(rows) :]:
