@@ -365,19 +365,21 @@ def test_guidance_sharpens_a_weak_condition():
 
 
 def test_training_hides_whole_maps_and_single_conditions_and_blurs_the_slice_below():
-    """With p = condition_dropout = 0.25: about p of the maps lose every condition, and of the
-    others each condition is hidden with p; about `previous_slice_noise` of the slice-below
-    codes are replaced (by a random code, itself equal to the old one 1 time in 8)."""
-    prior = tiny_conditional_prior()
+    """With p = condition_dropout = 0.25 and q = previous_slice_dropout = 0.5: about p of the
+    maps lose every condition, and of the others each scalar condition is hidden with p and
+    the slice below with q; about `previous_slice_noise` of the slice-below codes are replaced
+    (by a random code, itself equal to the old one 1 time in 8)."""
+    prior = tiny_conditional_prior(previous_slice_dropout=0.5)
     count = 4000
     inputs = {name: np.asarray(value) for name, value in some_conditions(count).items()}
     hidden = prior._hide_conditions(inputs)
-    known = np.asarray(hidden["known"])
+    known = np.asarray(hidden["known"])  # columns: level, age, sex, CDR, the slice below
     nothing_known = (known == 0).all(axis=1).mean()
-    # all hidden: p + (1 - p) p^5
-    assert nothing_known == pytest.approx(0.25 + 0.75 * 0.25**5, abs=0.03)
-    some_known = known[(known > 0).any(axis=1)]
-    assert (some_known == 0).mean() == pytest.approx(0.25 / (1 - 0.25**5) * (1 - 0.25**4), abs=0.03)
+    # all hidden: p + (1 - p) p^4 q
+    assert nothing_known == pytest.approx(0.25 + 0.75 * 0.25**4 * 0.5, abs=0.03)
+    # a scalar hidden: p + (1 - p) p; the slice below: p + (1 - p) q
+    assert (known[:, :4] == 0).mean() == pytest.approx(0.25 + 0.75 * 0.25, abs=0.02)
+    assert (known[:, 4] == 0).mean() == pytest.approx(0.25 + 0.75 * 0.5, abs=0.03)
     changed = (np.asarray(hidden["previous"]) != inputs["previous"]).mean()
     assert changed == pytest.approx(0.25 * 7 / 8, abs=0.02)
     np.testing.assert_array_equal(hidden["values"], inputs["values"])

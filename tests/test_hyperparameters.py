@@ -88,6 +88,7 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
         ({"pixelcnn_gated_layers": 2}, "pixelcnn_gated_layers"),  # 8x8 maps need 3
         ({"pixelcnn_gated_layers": 4, "downsample_stages": 2}, "pixelcnn_gated_layers"),
         ({"fine_previous_slice_noise": 1.0}, "fine_previous_slice_noise"),
+        ({"previous_slice_dropout": -0.1}, "previous_slice_dropout"),
     ],
 )
 def test_bad_values_raise_a_value_error_naming_the_field(changes, field):
@@ -112,11 +113,15 @@ def test_a_configuration_saved_before_the_architecture_field_is_masked():
         prior_conditions="none",
         pixelcnn_embed_previous_slice=False,
         fine_previous_slice_noise=0.25,
+        previous_slice_dropout=0.25,
     )
     assert Hyperparameters().pixelcnn_embed_previous_slice
     assert Hyperparameters().fine_previous_slice_noise == Hyperparameters().previous_slice_noise
     saved_before = Hyperparameters.from_dict({"previous_slice_noise": 0.1})
     assert saved_before.fine_previous_slice_noise == 0.1
+    # Before `previous_slice_dropout`, the slice below was hidden as the other conditions.
+    assert Hyperparameters.from_dict({"condition_dropout": 0.3}).previous_slice_dropout == 0.3
+    assert Hyperparameters.from_dict({}).previous_slice_dropout == 0.25
     for name in ("card", "hifi"):
         assert Hyperparameters.from_dict(preset(name).to_dict()) == preset(name)
     assert {"pixelcnn_architecture", "pixelcnn_gated_layers", "pixelcnn_gated_kernel"} <= set(

@@ -277,8 +277,11 @@ class PixelCNN(TrainingStepModel):
 
     def _hide_conditions(self, inputs):
         """`inputs` with conditions hidden (known = 0): with probability p =
-        `condition_dropout` all of a map's, otherwise each one with probability p, so that the
-        prior learns p(z) with nothing known (on about p of the maps) as well as any subset;
+        `condition_dropout` all of a map's, otherwise each scalar one with probability p and
+        the slice below with q = `previous_slice_dropout`, so that the prior learns p(z) with
+        nothing known (on about p of the maps) as well as any subset, among them the level
+        without the slice below (as a slice asked for at a level is drawn: (1 - p)^2 q of the
+        maps);
         and each code of a known previous slice replaced by a random code with probability
         `previous_slice_noise`, so that the prior learns to draw a slice that fits the one
         below without copying it (a volume drawn slice by slice would otherwise repeat its
@@ -292,7 +295,13 @@ class PixelCNN(TrainingStepModel):
         rows = ops.shape(known)[0]
         seed = self.condition_dropout_seed
         keep_map = keras.random.uniform((rows, 1), seed=seed) >= rate
-        keep_each = keras.random.uniform(ops.shape(known), seed=seed) >= rate
+        rates = [
+            hyperparameters.previous_slice_dropout if name == "previous_slice" else rate
+            for name in self.condition_names
+        ]
+        keep_each = keras.random.uniform(ops.shape(known), seed=seed) >= np.array(
+            rates, dtype="float32"
+        )
         inputs = {**inputs, "known": known * ops.cast(keep_map & keep_each, "float32")}
         if "previous_slice" not in self.condition_names:
             return inputs
