@@ -281,10 +281,10 @@ class Hyperparameters:
     # ... except the slice below, which (when the map's conditions are not all hidden) is hidden
     # on its own with this probability: the prior then often learns the level without the slice
     # below, as a slice asked for at a level is drawn. At 0.5 rather than 0.25 the card's
-    # slices asked for a level followed it at r 0.946 against 0.899 over three draws, their
-    # samples with nothing asked a little less varied (BENCHMARKS.md, "Slices asked for a level:
-    # the prior taught the level without the slice below"). A saved configuration without this
-    # key hid it as the others (`condition_dropout`; `from_dict`).
+    # slices asked for a level follow it more closely, and its samples with nothing asked are a
+    # little less varied (BENCHMARKS.md, "Slices asked for a level: the prior taught the level
+    # without the slice below"). A saved configuration without this key hid it as the others
+    # (`condition_dropout`; `from_dict`).
     previous_slice_dropout: float = 0.5
     # In training each code of the previous slice's map is replaced by a random code with this
     # probability, so that the prior does not learn to copy the slice below.

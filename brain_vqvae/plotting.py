@@ -8,6 +8,7 @@ others return the `Figure` for the caller to save.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,22 @@ from matplotlib.figure import Figure
 from brain_vqvae.runs import AUTOENCODER_STAGES, STAGES, RunFolder
 
 DPI = 100
+TITLE_CHARACTERS_PER_INCH = 9  # of a 12 pt figure title
+MIN_TITLED_WIDTH = 4.8  # inches: room for a title of a run name and its settings
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
     """Write `figure` as a PNG at `path`."""
     figure.savefig(path, dpi=DPI)
     return path
+
+
+def set_title(figure: Figure, title: str) -> None:
+    """`title` above the whole `figure`, wrapped at about `TITLE_CHARACTERS_PER_INCH` of the
+    figure's width so that a long title (a run name, the conditions, the sampling) is not cut
+    at the figure's edges (lines break between words only)."""
+    width = int(figure.get_figwidth() * TITLE_CHARACTERS_PER_INCH)
+    figure.suptitle(textwrap.fill(title, width, break_long_words=False, break_on_hyphens=False))
 
 
 def code_colormap(num_embeddings: int) -> Colormap:
@@ -90,18 +101,20 @@ def plot_histories(run: RunFolder, ssim_target: float) -> list[Path]:
 
 def plot_sample_grid(slices: np.ndarray, title: str, labels: list[str] | None = None) -> Figure:
     """All (N, S, S) uint8 slices in a near-square grid, each titled with its label (default:
-    its file number)."""
+    its file number), under `title` (the figure at least `MIN_TITLED_WIDTH` wide for it)."""
     columns = math.ceil(math.sqrt(len(slices)))
     rows = math.ceil(len(slices) / columns)
     labels = labels or [f"sample {index:03d}" for index in range(len(slices))]
-    figure = Figure(figsize=(1.8 * columns, 1.8 * rows + 0.6), layout="constrained")
+    figure = Figure(
+        figsize=(max(1.8 * columns, MIN_TITLED_WIDTH), 1.8 * rows + 0.6), layout="constrained"
+    )
     axes = figure.subplots(rows, columns, squeeze=False)
     for index, axis in enumerate(axes.ravel()):
         axis.set_axis_off()
         if index < len(slices):
             axis.imshow(slices[index], cmap="gray", vmin=0, vmax=255)
             axis.set_title(labels[index], fontsize=8)
-    figure.suptitle(title)
+    set_title(figure, title)
     return figure
 
 
@@ -130,7 +143,7 @@ def plot_volume(volume: np.ndarray, spacing_mm: tuple[float, float], title: str)
         axis.imshow(cut, cmap="gray", vmin=0, vmax=255, aspect=gap / pixel)
         axis.set_title(f"{name} cut through the middle", fontsize=9)
         axis.set_axis_off()
-    figure.suptitle(title)
+    set_title(figure, title)
     return figure
 
 
@@ -174,7 +187,7 @@ def plot_reconstructions(
         code_bar = figure.colorbar(codes, ax=axes[:, 2], label="code", shrink=0.8)
         code_bar.set_ticks(code_ticks(num_embeddings))
     figure.colorbar(error, ax=axes[:, -1], label="absolute error", shrink=0.8)
-    figure.suptitle(title)
+    set_title(figure, title)
     return figure
 
 

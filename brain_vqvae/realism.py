@@ -400,8 +400,9 @@ def convolutional_two_sample_accuracy(
     batches of `CNN_C2ST_BATCH`) and judged on its held-out ones, the folds and the
     subsampling as in `classifier_two_sample_accuracy` (grouped by person). It learns its own
     features, so it checks that the linear test's block means, texture statistics and domain
-    features do not hide a difference a network can see; it costs about a minute for two sets
-    of 128 slices of 128x128 on two CPU cores. 0.5 = the sets cannot be told apart."""
+    features do not hide a difference a network can see; training a network per fold makes it
+    far slower than the linear test (BENCHMARKS.md, "A convolutional two-sample test"). 0.5 =
+    the sets cannot be told apart."""
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     drawn, _, labels, splits = _two_sample_design(
@@ -698,7 +699,7 @@ def realism_report(
       judged on people it did not see (`classifier_two_sample_accuracy`), each with a
       `_p_value` key (`two_sample_p_value`);
     - with `convolutional`, the same four tests by a convolutional classifier
-      (`convolutional_two_sample_accuracy`, a minute each on a CPU):
+      (`convolutional_two_sample_accuracy`, a network trained per fold: slow on a CPU):
       cnn_c2st_real_vs_reconstructions, cnn_c2st_reconstructions_vs_samples,
       cnn_c2st_real_vs_samples and cnn_c2st_real_floor, each with its `_p_value`;
     - ms_ssim_samples, ms_ssim_real, ssim_samples, ssim_real: mean pairwise MS-SSIM and SSIM
