@@ -338,21 +338,18 @@ def classifier_two_sample_accuracy(
 
     if (features_a is None) != (features_b is None):
         raise ValueError("features_a and features_b must be given together")
+    for features, images, name in ((features_a, images_a, "a"), (features_b, images_b, "b")):
+        if features is not None and len(features) != len(images):
+            raise ValueError(f"features_{name} has {len(features)} rows for {len(images)} images")
     drawn, chosen, labels, splits = _two_sample_design(
         images_a, images_b, groups_a, groups_b, seed, folds
     )
     inputs = []
-    for images, features, rows, name in zip(
-        drawn, (features_a, features_b), chosen, "ab", strict=True
-    ):
+    for images, features, rows in zip(drawn, (features_a, features_b), chosen, strict=True):
         columns = [_downsample(images, min(C2ST_PIXELS, images.shape[1]))]
         columns.append(texture_statistics(images))
         if features is not None:
-            features = np.asarray(features, dtype=np.float64)
-            count = len(images_a if name == "a" else images_b)
-            if len(features) != count:
-                raise ValueError(f"features_{name} has {len(features)} rows for {count} images")
-            columns.append(features[rows])
+            columns.append(np.asarray(features, dtype=np.float64)[rows])
         inputs.append(np.concatenate(columns, axis=1))
     classifier = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
     predicted = cross_val_predict(classifier, np.concatenate(inputs), labels, cv=splits)
@@ -775,14 +772,15 @@ def realism_report(
             groups_a=people_a,
             groups_b=people_b,
         )
+        judged = 2 * min(len(images_a), n)
         report[key] = accuracy
-        report[f"{key}_p_value"] = two_sample_p_value(accuracy, 2 * min(len(images_a), n))
+        report[f"{key}_p_value"] = two_sample_p_value(accuracy, judged)
         if convolutional:
             accuracy = convolutional_two_sample_accuracy(
                 images_a, images_b, seed=seed, folds=folds, groups_a=people_a, groups_b=people_b
             )
             report[f"cnn_{key}"] = accuracy
-            report[f"cnn_{key}_p_value"] = two_sample_p_value(accuracy, 2 * min(len(images_a), n))
+            report[f"cnn_{key}_p_value"] = two_sample_p_value(accuracy, judged)
 
     held_out = np.concatenate([real_a, real_b])
     real_n = held_out[np.sort(rng.choice(len(held_out), n, replace=False))]
