@@ -595,7 +595,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # 1024 codes, batches of 4" and "hifi: 4096 codes, batches of 2"). A GPU sits
 # idle between such small steps, so there each preset takes `GPU_BATCH_SIZES`, with its
 # learning rates scaled by the square-root rule for Adam (`scaled_to_batch`). These GPU batches
-# are a starting point chosen by that rule, not yet measured on a GPU (`bench/gpu.py`).
+# are a starting point chosen by that rule; `bench/gpu.py` has measured them on one GPU but no
+# larger batch yet (BENCHMARKS.md, "On one H200 with JAX").
 DEVICES = ("cpu", "gpu")
 GPU_BATCH_SIZES = {"card": 256, "hifi": 32}
 

@@ -14,11 +14,15 @@ each of `--batch-factors` (learning rates by the square-root rule, `scaled_to_ba
 1. the VQ-VAE trains for about `--steps` steps (whole epochs over the training split, at least
    two) by `fit`; images/s = the images of the epochs after the first / their wall time, so the
    first epoch's compilation is left out and reported on its own;
-2. its test SSIM: the mean SSIM of the test split's reconstructions (`metrics.ssim_per_slice`);
-3. the preset's (unconditional) PixelCNN trains for about `--prior-steps` steps on the training
+2. what bounds that speed: the input pipeline's own images/s (one epoch of batches made and
+   put on the device, no training), and on JAX the work of one compiled training step as XLA
+   counts it (`cost_analysis`: GFLOP and MB of memory traffic per image), which at the measured
+   images/s gives the arithmetic (TFLOP/s) and memory bandwidth (TB/s) the step reaches;
+3. its test SSIM: the mean SSIM of the test split's reconstructions (`metrics.ssim_per_slice`);
+4. the preset's (unconditional) PixelCNN trains for about `--prior-steps` steps on the training
    split's code maps, images/s likewise;
-4. 64 code maps are drawn (`sample_code_maps`): the first call, which compiles, and the second;
-5. the peak device memory of the process so far (JAX: the device's `peak_bytes_in_use`;
+5. 64 code maps are drawn (`sample_code_maps`): the first call, which compiles, and the second;
+6. the peak device memory of the process so far (JAX: the device's `peak_bytes_in_use`;
    TensorFlow: `get_memory_info`'s peak), None on a CPU.
 
 It prints a table and writes everything to one JSON (`--json`), rewritten after each preset
@@ -102,11 +106,47 @@ def peak_device_memory() -> int | None:
     return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
 
 
+def pipeline_images_per_second(batches, images: int) -> float:
+    """Images/s of one epoch of `batches` (a `slice_batches` result) made and put on Keras'
+    device with nothing trained: the most the input can feed a training step."""
+    import keras
+
+    start = time.perf_counter()
+    for batch in batches:
+        keras.ops.convert_to_numpy(keras.ops.sum(keras.ops.convert_to_tensor(batch)))
+    return images / (time.perf_counter() - start)
+
+
+def train_step_cost(model, batch) -> dict:
+    """XLA's count of the work of one compiled training step of `model` on a batch like
+    `batch` (N images), per image: GFLOP and MB of memory traffic (`cost_analysis`). JAX only
+    (empty on another backend); the step's state comes from Keras' `_get_jax_state`, as its
+    own JAX trainer builds it."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return {}
+    import jax
+
+    state = model._get_jax_state(
+        trainable_variables=True,
+        non_trainable_variables=True,
+        optimizer_variables=True,
+        metrics_variables=True,
+    )
+    cost = jax.jit(model.train_step).lower(state, (batch,)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return {
+        "step_gflop_per_image": float(cost["flops"]) / len(batch) / 1e9,
+        "step_mb_per_image": float(cost["bytes accessed"]) / len(batch) / 1e6,
+    }
+
+
 def check_preset(
     name: str, device: str, batch_factor: int, data: Path, steps: int, prior_steps: int
 ) -> dict:
     """Train, score and sample one preset at its device's batch times `batch_factor` (the module
-    docstring's steps 1-5)."""
+    docstring's steps 1-6)."""
     import keras
 
     from brain_vqvae.data import code_map_batches, slice_batches
@@ -133,8 +173,13 @@ def check_preset(
     vqvae.compile(optimizer=keras.optimizers.Adam(hyperparameters.learning_rate_vqvae))
     batches = slice_batches(train, batch, shuffle=True, seed=hyperparameters.seed)
     fitted = timed_fit(vqvae, batches, len(train), epochs)
+    fitted |= train_step_cost(vqvae, images[:batch])
+    if "step_gflop_per_image" in fitted:
+        fitted["tflop_per_s"] = fitted["step_gflop_per_image"] * fitted["images_per_s"] / 1e3
+        fitted["tb_per_s"] = fitted["step_mb_per_image"] * fitted["images_per_s"] / 1e6
     row |= {f"vqvae_{key}": value for key, value in fitted.items()}
     row["vqvae_steps"] = epochs * math.ceil(len(train) / batch)
+    row["pipeline_images_per_s"] = pipeline_images_per_second(batches, len(train))
     inference = hyperparameters.inference_batch_size
     test_images = test.float_images()
     test_codes = encode_code_maps(vqvae, test_images, inference)
@@ -170,6 +215,9 @@ COLUMNS = (
     ("batch", "batch", ""),
     ("vqvae_images_per_s", "VQ-VAE img/s", ".0f"),
     ("vqvae_first_epoch_s", "1st epoch s", ".1f"),
+    ("vqvae_tflop_per_s", "TFLOP/s", ".3g"),
+    ("vqvae_tb_per_s", "TB/s", ".3g"),
+    ("pipeline_images_per_s", "input img/s", ".0f"),
     ("test_ssim", "test SSIM", ".3f"),
     ("prior_images_per_s", "prior img/s", ".0f"),
     ("sample_first_s", f"{SAMPLED_MAPS} maps 1st s", ".1f"),

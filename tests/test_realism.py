@@ -101,6 +101,17 @@ def test_classifier_two_sample_test_tells_clearly_different_sets_apart():
     assert realism.classifier_two_sample_accuracy(intact, noise) > 0.9
 
 
+def test_classifier_two_sample_test_refuses_bad_features():
+    images = brain_like_set(12, seed=5)
+    features = np.zeros((12, 4))
+    with pytest.raises(ValueError, match="given together"):
+        realism.classifier_two_sample_accuracy(images, images, features_a=features)
+    with pytest.raises(ValueError, match="features_b has 11 rows for 12 images"):
+        realism.classifier_two_sample_accuracy(
+            images, images, features_a=features, features_b=features[:11]
+        )
+
+
 def test_convolutional_two_sample_test_is_at_chance_on_one_distribution():
     images = brain_like_set(120, seed=0)
     accuracy = realism.convolutional_two_sample_accuracy(images[:60], images[60:], folds=3)
