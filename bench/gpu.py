@@ -4,7 +4,8 @@ GPU machine has JAX but no TensorFlow), it runs on any backend and device:
 
     KERAS_BACKEND=jax python -m bench.gpu [--data DIR] [--presets card hifi] [--steps 300]
                                           [--prior-steps 100] [--device auto|cpu|gpu]
-                                          [--batch-factors 1 4] [--json PATH] [--quick]
+                                          [--batch-factors 1 4] [--profile] [--json PATH]
+                                          [--quick]
 
 Without --data it builds the synthetic demo set (`python dataset.py demo`, 80 subjects, one
 process per core) into a temporary folder first. Then, for each preset at the batch size and
@@ -17,7 +18,9 @@ each of `--batch-factors` (learning rates by the square-root rule, `scaled_to_ba
 2. what bounds that speed: the input pipeline's own images/s (one epoch of batches made and
    put on the device, no training), and on JAX the work of one compiled training step as XLA
    counts it (`cost_analysis`: GFLOP and MB of memory traffic per image), which at the measured
-   images/s gives the arithmetic (TFLOP/s) and memory bandwidth (TB/s) the step reaches;
+   images/s gives the arithmetic (TFLOP/s) and memory bandwidth (TB/s) the step reaches; with
+   `--profile` (JAX), one more epoch traced by JAX's profiler and the device time per step of
+   its busiest operations (`device_time_by_operation`);
 3. its test SSIM: the mean SSIM of the test split's reconstructions (`metrics.ssim_per_slice`);
 4. the preset's (unconditional) PixelCNN trains for about `--prior-steps` steps on the training
    split's code maps, images/s likewise;
@@ -36,6 +39,7 @@ JAX is the only backend installed.
 from __future__ import annotations
 
 import argparse
+import collections
 import math
 import os
 import sys
@@ -48,6 +52,7 @@ from hyperparameters import DEVICES, preset, scaled_to_batch
 
 TARGET_IMAGES_PER_SECOND = {"card": 10_000, "hifi": 2_000}  # on one H200 with JAX
 SAMPLED_MAPS = 64
+PROFILED_OPERATIONS = 12  # --profile: the busiest operations reported
 QUICK_STEPS = 4  # --quick: a smoke run of a few steps per stage, on a small demo set
 
 
@@ -142,8 +147,64 @@ def train_step_cost(model, batch) -> dict:
     }
 
 
+def device_time_by_operation(profile, steps: int) -> dict:
+    """Where the device time of `steps` traced training steps went, from a JAX profile
+    (`jax.profiler.ProfileData`): the kernels on the accelerator's streams (planes "/device:...",
+    lines "Stream ..."), each labelled by the XLA operation it ran and the framework operation
+    behind it (the "hlo_op" and "tf_op" stats, e.g. a Keras layer's convolution) where the trace
+    names them, else by its own name; on a CPU, XLA's operations on its host threads (lines
+    "tf_XLA...", without the runtime's spans around them). Returns {"ms_per_step": the time
+    counted, ms per step, "lines": {line: ms per step} for every line of the planes read, counted
+    or not (to see what a trace holds), "operations": [{"operation", "ms_per_step", "share"}]
+    for the PROFILED_OPERATIONS busiest, share = of the time counted}."""
+    by_operation, by_line = collections.Counter(), collections.Counter()
+    devices = [plane for plane in profile.planes if plane.name.startswith("/device:")]
+    prefix = "Stream" if devices else "tf_XLA"
+    for plane in devices or [plane for plane in profile.planes if plane.name == "/host:CPU"]:
+        for line in plane.lines:
+            by_line[f"{plane.name} {line.name}"] += sum(event.duration_ns for event in line.events)
+            if not line.name.startswith(prefix):
+                continue
+            for event in line.events:
+                if not devices and "::" in event.name:
+                    continue  # the runtime's own spans on the host, around XLA's operations
+                stats = dict(event.stats)
+                names = [str(stats[key]) for key in ("hlo_op", "tf_op") if stats.get(key)]
+                by_operation[" ".join(names) or event.name] += event.duration_ns
+    total = sum(by_operation.values())
+    milliseconds = 1e6 * steps
+    return {
+        "ms_per_step": total / milliseconds,
+        "lines": {line: time / milliseconds for line, time in by_line.items()},
+        "operations": [
+            {"operation": name, "ms_per_step": time / milliseconds, "share": time / max(total, 1)}
+            for name, time in by_operation.most_common(PROFILED_OPERATIONS)
+        ],
+    }
+
+
+def profiled_epoch(model, batches) -> dict:
+    """One more epoch of `model.fit(batches)` traced by JAX's profiler, summarised by
+    `device_time_by_operation`."""
+    import jax
+    from jax.profiler import ProfileData
+
+    with tempfile.TemporaryDirectory() as folder:
+        with jax.profiler.trace(folder):
+            model.fit(batches, epochs=1, shuffle=False, verbose=0)
+        (path,) = Path(folder).rglob("*.xplane.pb")
+        profile = ProfileData.from_file(str(path))
+    return device_time_by_operation(profile, len(batches))
+
+
 def check_preset(
-    name: str, device: str, batch_factor: int, data: Path, steps: int, prior_steps: int
+    name: str,
+    device: str,
+    batch_factor: int,
+    data: Path,
+    steps: int,
+    prior_steps: int,
+    profile: bool = False,
 ) -> dict:
     """Train, score and sample one preset at its device's batch times `batch_factor` (the module
     docstring's steps 1-6)."""
@@ -180,6 +241,8 @@ def check_preset(
     row |= {f"vqvae_{key}": value for key, value in fitted.items()}
     row["vqvae_steps"] = epochs * math.ceil(len(train) / batch)
     row["pipeline_images_per_s"] = pipeline_images_per_second(batches, len(train))
+    if profile:
+        row["vqvae_profile"] = profiled_epoch(vqvae, batches)
     inference = hyperparameters.inference_batch_size
     test_images = test.float_images()
     test_codes = encode_code_maps(vqvae, test_images, inference)
@@ -243,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[1],
         help="check each preset at its device's batch times each of these",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="trace one more VQ-VAE epoch (JAX) and report its busiest operations",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -252,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from brain_vqvae.devices import found_device
 
-    arguments = build_parser().parse_args(argv)
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    if arguments.profile and keras.backend.backend() != "jax":
+        parser.error("--profile reads JAX's profiler: run with KERAS_BACKEND=jax")
     started = time.perf_counter()
     machine = announce_machine()
     device = found_device() if arguments.device == "auto" else arguments.device
@@ -272,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for factor in arguments.batch_factors:
             for name in arguments.presets:
-                rows.append(check_preset(name, device, factor, data, steps, prior_steps))
+                rows.append(
+                    check_preset(name, device, factor, data, steps, prior_steps, arguments.profile)
+                )
                 total = time.perf_counter() - started
                 write_json(
                     arguments.json,
@@ -280,7 +353,22 @@ def main(argv: list[str] | None = None) -> int:
                 )
     print(f"\neach preset on the {device.upper()} ({total:.0f} s in all)")
     print_table(rows, COLUMNS)
+    for row in rows:
+        if "vqvae_profile" in row:
+            print_profile(row)
     return 0
+
+
+def print_profile(row: dict) -> None:
+    """The busiest operations of a row's traced VQ-VAE epoch (`device_time_by_operation`)."""
+    profile = row["vqvae_profile"]
+    print(
+        f"\n{row['preset']} at batch {row['batch']}: "
+        f"{profile['ms_per_step']:.2f} ms of device time per step, busiest operations:"
+    )
+    for operation in profile["operations"]:
+        share, milliseconds = operation["share"], operation["ms_per_step"]
+        print(f"  {share:6.1%}  {milliseconds:8.3f} ms  {operation['operation']}")
 
 
 if __name__ == "__main__":

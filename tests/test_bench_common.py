@@ -104,3 +104,73 @@ def test_the_whole_run_summary_takes_medians_ratios_by_round_and_the_rest_of_the
     ]
     ours[1]["phases"] = None  # a metrics.json without "seconds"
     assert summarise({"ours": ours, "reference": reference})["phases"] == []
+
+
+def _profile(*planes):
+    """A stand-in for `jax.profiler.ProfileData`: planes of (name, {line: [(event, ns, stats)]})."""
+    from types import SimpleNamespace
+
+    def event(name, nanoseconds, stats):
+        return SimpleNamespace(name=name, duration_ns=nanoseconds, stats=list(stats.items()))
+
+    return SimpleNamespace(
+        planes=[
+            SimpleNamespace(
+                name=plane,
+                lines=[
+                    SimpleNamespace(name=line, events=[event(*item) for item in events])
+                    for line, events in lines.items()
+                ],
+            )
+            for plane, lines in planes
+        ]
+    )
+
+
+def test_the_device_check_sums_the_device_time_of_each_operation_over_the_streams():
+    from bench.gpu import device_time_by_operation
+
+    conv = {"hlo_op": "convolution.3", "tf_op": "encoder/conv"}
+    profile = _profile(
+        ("/host:CPU", {"tf_XLAEigen": [("fusion.1", 9_000_000, {})]}),
+        (
+            "/device:GPU:0",
+            {
+                "Stream #13": [("wgrad_kernel", 3_000_000, conv), ("gemm", 1_000_000, {})],
+                "Stream #14": [("wgrad_kernel", 2_000_000, conv)],
+                "XLA Ops": [("convolution.3", 5_000_000, {})],  # derived: not counted again
+            },
+        ),
+    )
+    summary = device_time_by_operation(profile, steps=2)
+    assert summary["ms_per_step"] == 3.0  # 6 ms of kernels over 2 steps; the host not counted
+    assert summary["lines"] == {
+        "/device:GPU:0 Stream #13": 2.0,
+        "/device:GPU:0 Stream #14": 1.0,
+        "/device:GPU:0 XLA Ops": 2.5,
+    }
+    assert summary["operations"] == [
+        {"operation": "convolution.3 encoder/conv", "ms_per_step": 2.5, "share": 5 / 6},
+        {"operation": "gemm", "ms_per_step": 0.5, "share": 1 / 6},
+    ]
+
+
+def test_the_device_check_reads_xla_operations_on_the_host_without_a_device():
+    from bench.gpu import device_time_by_operation
+
+    profile = _profile(
+        (
+            "/host:CPU",
+            {
+                "python": [("train_step", 9_000_000, {})],
+                "tf_XLAPjRtCpuClient/1": [
+                    ("ThunkExecutor::Execute", 4_000_000, {}),
+                    ("convolution.6", 3_000_000, {}),
+                    ("fusion.2", 1_000_000, {}),
+                ],
+            },
+        )
+    )
+    operations = device_time_by_operation(profile, steps=1)["operations"]
+    assert [operation["operation"] for operation in operations] == ["convolution.6", "fusion.2"]
+    assert operations[0]["share"] == 0.75
