@@ -20,7 +20,7 @@ each of `--batch-factors` (learning rates by the square-root rule, `scaled_to_ba
    counts it (`cost_analysis`: GFLOP and MB of memory traffic per image), which at the measured
    images/s gives the arithmetic (TFLOP/s) and memory bandwidth (TB/s) the step reaches; with
    `--profile` (JAX), one more epoch traced by JAX's profiler and the device time per step of
-   its busiest operations (`device_time_by_operation`);
+   its busiest operations (`device_time_by_operation`; the test SSIM then follows that epoch);
 3. its test SSIM: the mean SSIM of the test split's reconstructions (`metrics.ssim_per_slice`);
 4. the preset's (unconditional) PixelCNN trains for about `--prior-steps` steps on the training
    split's code maps, images/s likewise;
