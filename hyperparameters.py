@@ -177,6 +177,7 @@ PRIOR_ARCHITECTURE_FIELDS = (
     "pixelcnn_gated_layers",
     "pixelcnn_gated_kernel",
     "pixelcnn_coarse_codes",
+    "pixelcnn_position_features",
     "prior_conditions",
 )
 ARCHITECTURE_FIELDS = tuple(
@@ -269,6 +270,12 @@ class Hyperparameters:
     # prior over those coarse maps (`coarse_prior_hyperparameters`) draws the layout first,
     # and the fine prior draws the codes given the whole coarse map (`brain_vqvae.model.coarse`).
     pixelcnn_coarse_codes: int = 0
+    # Whether the (gated) prior is told where in the map each code is: the code's row and column
+    # enter the conditions' MLP beside the scalar conditions, so that their features vary over
+    # the map (`conditions.ConditionEncoder`) and the level can say where the brain ends. A
+    # masked convolution otherwise learns a position only from the zero padding in its reach.
+    # A saved configuration without this key predates it and has none (`from_dict`).
+    pixelcnn_position_features: bool = False
     # Conditions of the (gated) prior, comma-separated names of `PRIOR_CONDITIONS`; "auto":
     # every one the training data provides (resolved when the prior is trained, and saved so),
     # "none": an unconditional prior. A saved configuration without this key predates it and
@@ -393,6 +400,11 @@ class Hyperparameters:
         if self.pixelcnn_coarse_codes:
             self._check_coarse_prior()
         parse_prior_conditions(self.prior_conditions)
+        if self.pixelcnn_position_features and self.pixelcnn_architecture != "gated":
+            raise ValueError(
+                "pixelcnn_position_features needs pixelcnn_architecture 'gated' (the masked "
+                f"PixelCNN takes no conditions), got {self.pixelcnn_architecture!r}"
+            )
         if self.prior_conditions not in ("auto", "none") and self.pixelcnn_architecture != "gated":
             raise ValueError(
                 f"prior_conditions {self.prior_conditions!r} need pixelcnn_architecture 'gated' "

@@ -23,9 +23,10 @@ WORK_DIR/loaded.npz, and fits each loaded model for one more epoch with its save
 (WORK_DIR/resumed.json: the loss of that epoch, per model). It also samples code maps from
 the loaded masked and conditional priors (`sampler_checks`) into WORK_DIR/loaded_samples.json.
 
-"sample" draws code maps from a tiny masked, a gated, a conditional gated and a conditional
-two-level prior (plain and guided) and from a gated prior trained on constant maps (its sampler
-compiled before it was trained), and writes WORK_DIR/sample.json:
+"sample" draws code maps from a tiny masked, a gated, a conditional gated, a conditional
+two-level prior and a conditional prior told the positions (plain and guided) and from a gated
+prior trained on constant maps (its sampler compiled before it was trained), and writes
+WORK_DIR/sample.json:
 {prior: `sampler_checks`} and "constant_majority_share" (the mean share of each of 8 samples'
 most common code, which is "constant_majority_codes").
 
@@ -118,13 +119,14 @@ def fitted(model, data, epochs: int, learning_rate: float = 3e-3):
     return {name: [float(value) for value in values] for name, values in history.items()}
 
 
-def prior(architecture: str, conditions: str = "none", coarse_codes: int = 0):
+def prior(architecture: str, conditions: str = "none", coarse_codes: int = 0, places: bool = False):
     """A tiny untrained prior; a two-level one (`coarse_codes`) has its coarse map fitted to
-    `code_maps` and random code vectors."""
+    `code_maps` and random code vectors; `places`: told the positions."""
     settings = TINY.replace(
         pixelcnn_architecture=architecture,
         prior_conditions=conditions,
         pixelcnn_coarse_codes=coarse_codes,
+        pixelcnn_position_features=places,
     )
     ranges = RANGES if conditions != "none" else None
     vectors = np.random.default_rng(2).normal(size=(TINY.num_embeddings, TINY.latent_dim))
@@ -301,6 +303,7 @@ def sample(work: Path) -> None:
         "gated": sampler_checks(prior("gated"), False),
         "conditional": sampler_checks(prior("gated", CONDITIONS), True),
         "two_level": sampler_checks(prior("gated", CONDITIONS, coarse_codes=4), True),
+        "places": sampler_checks(prior("gated", CONDITIONS, places=True), True),
     }
     constants = np.broadcast_to(np.array([2, 6] * 32)[:, None, None], (64, 8, 8)).copy()
     gated = prior("gated")

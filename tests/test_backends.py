@@ -91,14 +91,15 @@ def assert_samples_follow_the_model(name: str, checks: dict) -> None:
 
 def test_the_sampler_draws_on_jax(tmp_path):
     """`sample_code_maps` on JAX (`jax.jit` over the cached raster scans): a masked, a gated, a
-    conditional and a conditional two-level prior with guidance draw maps in range, the same for
-    the same seed, their cached scans replay a map with the whole-map logits, and a prior
-    trained on constant maps draws (nearly) constant maps of the trained codes."""
+    conditional, a conditional two-level prior and one told the positions, with guidance, draw
+    maps in range, the same for the same seed, their cached scans replay a map with the
+    whole-map logits, and a prior trained on constant maps draws (nearly) constant maps of the
+    trained codes."""
     on_backend("jax", "sample", tmp_path)
     result = json.loads((tmp_path / "sample.json").read_text())
 
     assert result["backend"] == "jax"
-    for name in ("masked", "gated", "conditional", "two_level"):
+    for name in ("masked", "gated", "conditional", "two_level", "places"):
         assert_samples_follow_the_model(name, result[name])
     assert set(result["constant_majority_codes"]) <= {2, 6}
     assert result["constant_majority_share"] > 0.9

@@ -54,21 +54,19 @@ def tiny_conditional_prior(conditions: str = ALL_CONDITIONS, **changes) -> Pixel
     return prior
 
 
-def some_conditions(count: int, seed: int = 2) -> dict:
+def some_conditions(
+    count: int, seed: int = 2, names=("slice_position", "age", "sex", "cdr", "previous_slice")
+) -> dict:
     rng = np.random.default_rng(seed)
-    return condition_batch(
-        ("slice_position", "age", "sex", "cdr", "previous_slice"),
-        {},
-        count,
-        {
-            "slice_position": rng.uniform(0, 1, count),
-            "age": rng.uniform(20, 90, count),
-            "sex": "F",
-            "cdr": 0.5,
-            "previous_slice": rng.integers(0, CODES, (count, MAP_SIZE, MAP_SIZE)),
-        },
-        MAP_SIZE,
-    )
+    values = {
+        "slice_position": rng.uniform(0, 1, count),
+        "age": rng.uniform(20, 90, count),
+        "sex": "F",
+        "cdr": 0.5,
+        "previous_slice": rng.integers(0, CODES, (count, MAP_SIZE, MAP_SIZE)),
+    }
+    asked = {name: value for name, value in values.items() if name in names}
+    return condition_batch(tuple(names), {}, count, asked, MAP_SIZE)
 
 
 # Conditions from the data ---------------------------------------------------------------------
@@ -137,8 +135,9 @@ def test_a_configuration_without_conditions_is_an_unconditional_prior():
 # The model ------------------------------------------------------------------------------------
 
 
-def test_conditioned_logits_depend_only_on_earlier_codes_and_everywhere_on_the_conditions():
-    prior = tiny_conditional_prior()
+@pytest.mark.parametrize("places", [False, True], ids=["", "places"])
+def test_conditioned_logits_depend_only_on_earlier_codes_and_everywhere_on_the_conditions(places):
+    prior = tiny_conditional_prior(pixelcnn_position_features=places)
     positions = MAP_SIZE * MAP_SIZE
     conditions = some_conditions(1)
     base = np.random.default_rng(9).integers(0, CODES, (MAP_SIZE, MAP_SIZE))
@@ -166,8 +165,9 @@ def test_code_maps_alone_read_as_every_condition_unknown():
     np.testing.assert_allclose(prior(maps), prior({"codes": maps, **unknown}), atol=1e-6)
 
 
-def test_conditioned_raster_scan_replays_the_whole_map_logits():
-    prior = tiny_conditional_prior()
+@pytest.mark.parametrize("places", [False, True], ids=["", "places"])
+def test_conditioned_raster_scan_replays_the_whole_map_logits(places):
+    prior = tiny_conditional_prior(pixelcnn_position_features=places)
     conditions = some_conditions(3)
     code_maps = np.random.default_rng(11).integers(0, CODES, (3, MAP_SIZE, MAP_SIZE))
     code_maps = code_maps.astype("int32")
@@ -184,8 +184,9 @@ def test_conditioned_raster_scan_replays_the_whole_map_logits():
         np.testing.assert_allclose(logits, whole[:, position], atol=1e-5)
 
 
-def test_saved_conditional_prior_reloads_with_its_ranges_and_samples_identically(tmp_path):
-    prior = tiny_conditional_prior()
+@pytest.mark.parametrize("places", [False, True], ids=["", "places"])
+def test_saved_conditional_prior_reloads_with_its_ranges_and_samples_identically(tmp_path, places):
+    prior = tiny_conditional_prior(pixelcnn_position_features=places)
     prior.save(tmp_path / "prior.keras")
     loaded = keras.saving.load_model(tmp_path / "prior.keras")
     assert loaded.condition_names == prior.condition_names
@@ -195,6 +196,41 @@ def test_saved_conditional_prior_reloads_with_its_ranges_and_samples_identically
         sample_code_maps(prior, 4, seed=5, conditions=asked),
         sample_code_maps(loaded, 4, seed=5, conditions=asked),
     )
+
+
+def test_position_features_are_the_mlp_of_the_conditions_and_the_place():
+    """With `pixelcnn_position_features` the condition features at (i, j) are the scalar MLP
+    of [x * m, m, (i + 1/2) / h, (j + 1/2) / h], written out here in NumPy; without any
+    condition the MLP reads the place alone, and the features differ from place to place."""
+
+    def swish(x):
+        return x / (1.0 + np.exp(-x))
+
+    for conditions in ("slice_position,age", "none"):
+        prior = tiny_conditional_prior(conditions, pixelcnn_position_features=True)
+        encoder = prior.condition_encoder
+        names = prior.condition_names
+        asked = {"slice_position": [0.2, 0.9], "age": [30.0, 80.0]} if names else {}
+        batch = condition_batch(names, {}, 2, asked, MAP_SIZE)
+        features = np.asarray(prior.condition_features(batch))
+        assert features.shape == (2, MAP_SIZE, MAP_SIZE, 16)
+        hidden_kernel, hidden_bias = (np.asarray(w) for w in encoder.scalar_hidden.weights)
+        out_kernel, out_bias = (np.asarray(w) for w in encoder.scalar_out.weights)
+        scalars = np.array([[0.2, 0.3], [0.9, 0.8]])[:, : len(names)]  # age / 100
+        known = np.ones_like(scalars)
+        for n in range(2):
+            for i, j in ((0, 0), (3, 5), (7, 7)):
+                place = [(i + 0.5) / MAP_SIZE, (j + 0.5) / MAP_SIZE]
+                x = np.concatenate([scalars[n] * known[n], known[n], place])
+                expected = swish(x @ hidden_kernel + hidden_bias) @ out_kernel + out_bias
+                np.testing.assert_allclose(features[n, i, j], expected, rtol=1e-4, atol=1e-5)
+        assert np.abs(features[:, 0, 0] - features[:, 7, 7]).max() > 1e-2
+
+
+def test_a_prior_without_position_features_has_features_that_do_not_vary_over_the_map():
+    prior = tiny_conditional_prior("slice_position")
+    features = prior.condition_features(some_conditions(2, names=("slice_position",)))
+    assert tuple(features.shape) == (2, 1, 1, 16)
 
 
 def previous_slice_channels(prior: PixelCNN) -> int:

@@ -89,6 +89,10 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
         ({"pixelcnn_gated_layers": 4, "downsample_stages": 2}, "pixelcnn_gated_layers"),
         ({"fine_previous_slice_noise": 1.0}, "fine_previous_slice_noise"),
         ({"previous_slice_dropout": -0.1}, "previous_slice_dropout"),
+        (
+            {"pixelcnn_position_features": True, "pixelcnn_architecture": "masked"},
+            "pixelcnn_position_features",
+        ),
     ],
 )
 def test_bad_values_raise_a_value_error_naming_the_field(changes, field):

@@ -17,6 +17,13 @@ one more channel, enter two 3x3 convolutions (the whole map below is known: no m
 
     c = MLP([x * m, m]) [N, 1, 1, W]  +  Conv(Conv([e(k_prev) m_prev, m_prev])) [N, h, w, W]
 
+A prior told the positions (`pixelcnn_position_features`) gives the MLP each code's place too,
+its row and column scaled to (i + 1/2) / h and (j + 1/2) / w, so that the MLP's features vary
+over the map and can depend on the level and the place together (where the brain ends at a
+level); with no scalar condition it reads the place alone:
+
+    c = MLP([x * m, m, (i + 1/2) / h, (j + 1/2) / w]) [N, h, w, W]  +  ...
+
 The fine level of a two-level prior (`coarse`) also reads its whole coarse map u [N, h/f, w/f]
 (always known): learned embeddings of its codes, each repeated over its f x f block, through
 two 3x3 convolutions, added to c as Conv(Conv(repeat_f(a(u)))) [N, h, w, W].
@@ -61,7 +68,9 @@ class ConditionEncoder(keras.layers.Layer):
     [N, h, w, W] with it. With `embedding_dim` E > 0 the previous slice's codes are embedded
     (E learned dimensions per code), else one-hot (K = `num_embeddings` channels). With
     `coarse_codes` C > 0 it also takes the coarse map [N, h / f, w / f] (f = `coarse_factor`;
-    `names` may then be empty) and c is [N, h, w, W]."""
+    `names` may then be empty) and c is [N, h, w, W]. With `map_size` h > 0 the MLP also
+    reads each position's place in an h x h map (`names` may then be empty) and c is
+    [N, h, h, W]."""
 
     def __init__(
         self,
@@ -71,16 +80,18 @@ class ConditionEncoder(keras.layers.Layer):
         embedding_dim: int = 0,
         coarse_codes: int = 0,
         coarse_factor: int = COARSE_FACTOR,
+        map_size: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.names = tuple(names)
         unknown = [name for name in self.names if name not in PRIOR_CONDITIONS]
-        if unknown or not (self.names or coarse_codes):
+        if unknown or not (self.names or coarse_codes or map_size):
             raise ValueError(f"names must be some of {PRIOR_CONDITIONS}, got {self.names}")
         self.num_embeddings, self.width = int(num_embeddings), int(width)
         self.embedding_dim = int(embedding_dim)
         self.coarse_codes, self.coarse_factor = int(coarse_codes), int(coarse_factor)
+        self.map_size = int(map_size)
         self.coarse_embedding = self.coarse_hidden = self.coarse_out = None
         if self.coarse_codes:
             self.coarse_embedding = keras.layers.Embedding(
@@ -96,7 +107,7 @@ class ConditionEncoder(keras.layers.Layer):
         )
         self.scalar_hidden = self.scalar_out = self.previous_hidden = self.previous_out = None
         self.previous_embedding = None
-        if self.scalar_columns:
+        if self.scalar_columns or self.map_size:
             self.scalar_hidden = keras.layers.Dense(width, activation="swish", name="scalar_hidden")
             self.scalar_out = keras.layers.Dense(width, name="scalar_out")
         if self.previous_column is not None:
@@ -110,8 +121,9 @@ class ConditionEncoder(keras.layers.Layer):
             self.previous_out = keras.layers.Conv2D(width, 3, padding="same", name="previous_out")
 
     def build(self, input_shape=None) -> None:
-        if self.scalar_columns:
-            self.scalar_hidden.build((None, 2 * len(self.scalar_columns)))
+        if self.scalar_hidden is not None:
+            places = 2 if self.map_size else 0
+            self.scalar_hidden.build((None, 2 * len(self.scalar_columns) + places))
             self.scalar_out.build((None, self.width))
         if self.previous_column is not None:
             if self.previous_embedding is not None:
@@ -128,12 +140,14 @@ class ConditionEncoder(keras.layers.Layer):
     def call(self, values, known, previous=None, coarse=None):
         known = ops.cast(known, "float32")
         features = 0.0
-        if self.scalar_columns:
-            columns = np.array(self.scalar_columns)
+        if self.scalar_hidden is not None:
+            columns = np.array(self.scalar_columns, dtype="int32")
             scalar_known = ops.take(known, columns, axis=1)
             scalars = ops.take(ops.cast(values, "float32"), columns, axis=1) * scalar_known
-            hidden = self.scalar_hidden(ops.concatenate([scalars, scalar_known], axis=-1))
-            features = self.scalar_out(hidden)[:, None, None, :]
+            inputs = ops.concatenate([scalars, scalar_known], axis=-1)[:, None, None, :]
+            if self.map_size:
+                inputs = self.with_places(inputs)
+            features = self.scalar_out(self.scalar_hidden(inputs))
         if self.previous_column is not None:
             flag = known[:, self.previous_column][:, None, None, None]
             previous = ops.cast(previous, "int32")
@@ -160,7 +174,19 @@ class ConditionEncoder(keras.layers.Layer):
             "embedding_dim": self.embedding_dim,
             "coarse_codes": self.coarse_codes,
             "coarse_factor": self.coarse_factor,
+            "map_size": self.map_size,
         }
+
+    def with_places(self, inputs):
+        """Scalar inputs [N, 1, 1, S] (S may be 0) -> [N, h, h, S + 2]: each position's
+        (row, column) as ((i + 1/2) / h, (j + 1/2) / h) after its S inputs."""
+        size = self.map_size
+        centres = (np.arange(size, dtype="float32") + 0.5) / size
+        rows, columns = np.meshgrid(centres, centres, indexing="ij")
+        places = np.stack([rows, columns], axis=-1)[None]  # [1, h, h, 2]
+        batch = ops.shape(inputs)[0]
+        inputs = ops.broadcast_to(inputs, (batch, size, size, inputs.shape[-1]))
+        return ops.concatenate([inputs, ops.broadcast_to(places, (batch, size, size, 2))], -1)
 
 
 def condition_batch(

@@ -146,14 +146,18 @@ def build_gated_network(hyperparameters: Hyperparameters) -> keras.Model:
     channels and dilations `pixelcnn_dilations`, both stacks starting from the features; ReLU
     ("relu") and a 1x1 convolution ("logits") of the horizontal stack to K logits.
 
-    With `prior_conditions` or a coarse map (`pixelcnn_coarse_codes`), the network takes [code
-    features, condition features c [N, 1 or h, 1 or w, `pixelcnn_filters`]] and every layer is
-    conditioned on c."""
+    With `prior_conditions`, a coarse map (`pixelcnn_coarse_codes`) or the positions
+    (`pixelcnn_position_features`), the network takes [code features, condition features c
+    [N, 1 or h, 1 or w, `pixelcnn_filters`]] and every layer is conditioned on c."""
     codes, filters = hyperparameters.num_embeddings, hyperparameters.pixelcnn_filters
     code_features = keras.Input(
         (None, None, hyperparameters.pixelcnn_embedding_dim or codes), name="code_features"
     )
-    conditioned = bool(hyperparameters.condition_names or hyperparameters.pixelcnn_coarse_codes)
+    conditioned = bool(
+        hyperparameters.condition_names
+        or hyperparameters.pixelcnn_coarse_codes
+        or hyperparameters.pixelcnn_position_features
+    )
     inputs = [code_features]
     if conditioned:
         inputs.append(keras.Input((None, None, filters), name="condition_features"))

@@ -194,7 +194,8 @@ class PixelCNN(TrainingStepModel):
             coarse = coarse_prior_hyperparameters(self.hyperparameters)
             self.coarse_prior = PixelCNN(coarse.to_dict(), condition_ranges, name="coarse_prior")
             self.coarse_prior(np.zeros((1, coarse.code_map_size, coarse.code_map_size), "int32"))
-        if self.condition_names or coarse_codes:
+        positions = self.hyperparameters.pixelcnn_position_features
+        if self.condition_names or coarse_codes or positions:
             self.condition_encoder = ConditionEncoder(
                 self.condition_names,
                 self.num_embeddings,
@@ -203,6 +204,7 @@ class PixelCNN(TrainingStepModel):
                     embedding_dim if self.hyperparameters.pixelcnn_embed_previous_slice else 0
                 ),
                 coarse_codes=coarse_codes,
+                map_size=self.code_map_size if positions else 0,
                 name="condition_encoder",
             )
             self.condition_encoder.build()
