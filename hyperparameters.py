@@ -192,6 +192,7 @@ PRIOR_FIELDS = (
     "previous_slice_dropout",
     "previous_slice_noise",
     "fine_previous_slice_noise",
+    "prior_mirror_images",
     "sampling_top_p",
     "learning_rate_pixelcnn",
     "epochs_pixelcnn",
@@ -270,12 +271,15 @@ class Hyperparameters:
     # prior over those coarse maps (`coarse_prior_hyperparameters`) draws the layout first,
     # and the fine prior draws the codes given the whole coarse map (`brain_vqvae.model.coarse`).
     pixelcnn_coarse_codes: int = 0
-    # Whether the (gated) prior is told where in the map each code is: the code's row and column
+    # Whether the gated prior is told where in the map each code is: the code's row and column
     # enter the conditions' MLP beside the scalar conditions, so that their features vary over
     # the map (`conditions.ConditionEncoder`) and the level can say where the brain ends. A
     # masked convolution otherwise learns a position only from the zero padding in its reach.
-    # A saved configuration without this key predates it and has none (`from_dict`).
-    pixelcnn_position_features: bool = False
+    # On the demo the card's priors so told, over two trainings, drew half as many implausible
+    # samples, told from reconstructions less often, and followed the asked level at least as
+    # well (BENCHMARKS.md, "The prior told where each code is"). A saved configuration without
+    # this key predates it and has none (`from_dict`).
+    pixelcnn_position_features: bool = True
     # Conditions of the (gated) prior, comma-separated names of `PRIOR_CONDITIONS`; "auto":
     # every one the training data provides (resolved when the prior is trained, and saved so),
     # "none": an unconditional prior. A saved configuration without this key predates it and
@@ -316,6 +320,10 @@ class Hyperparameters:
     # "cosine" decays each stage's learning rate to 5 % of its start over the stage's epochs.
     batch_size: int = 32
     augment: bool = False
+    # Whether the prior also trains on the code maps of the training slices' mirror images
+    # (flipped left to right: the same people at the same levels), twice the maps to learn
+    # from, as the prior otherwise overfits its training maps within a few epochs.
+    prior_mirror_images: bool = False
     learning_rate_vqvae: float = 1e-3
     learning_rate_pixelcnn: float = 1e-3
     learning_rate_schedule: str = "cosine"
@@ -400,11 +408,6 @@ class Hyperparameters:
         if self.pixelcnn_coarse_codes:
             self._check_coarse_prior()
         parse_prior_conditions(self.prior_conditions)
-        if self.pixelcnn_position_features and self.pixelcnn_architecture != "gated":
-            raise ValueError(
-                "pixelcnn_position_features needs pixelcnn_architecture 'gated' (the masked "
-                f"PixelCNN takes no conditions), got {self.pixelcnn_architecture!r}"
-            )
         if self.prior_conditions not in ("auto", "none") and self.pixelcnn_architecture != "gated":
             raise ValueError(
                 f"prior_conditions {self.prior_conditions!r} need pixelcnn_architecture 'gated' "
@@ -472,6 +475,12 @@ class Hyperparameters:
             )
 
     @property
+    def prior_told_positions(self) -> bool:
+        """Whether the prior is told where each code is: `pixelcnn_position_features` of a gated
+        prior (the masked PixelCNN takes no conditions)."""
+        return self.pixelcnn_position_features and self.pixelcnn_architecture == "gated"
+
+    @property
     def condition_names(self) -> tuple[str, ...]:
         """The prior's conditions in the order of `PRIOR_CONDITIONS` (() for "none"). "auto" is
         resolved from the data when the prior is trained (`brain_vqvae.training`): asking a
@@ -513,7 +522,8 @@ class Hyperparameters:
     def from_dict(cls, values: dict[str, Any]) -> Hyperparameters:
         """Inverse of `to_dict`; an unknown key is an error, a missing one takes its default,
         except `pixelcnn_architecture`, which is "masked" when missing, `prior_conditions`,
-        "none", `pixelcnn_embed_previous_slice`, False, and `fine_previous_slice_noise`, the
+        "none", `pixelcnn_embed_previous_slice` and `pixelcnn_position_features`, False, and
+        `fine_previous_slice_noise`, the
         configuration's `previous_slice_noise`: every configuration saved before those fields
         existed (a run's hyperparameters.json, a `.keras` PixelCNN's config) describes an
         unconditional masked PixelCNN, or a conditional one reading the slice below as one-hot
@@ -526,6 +536,7 @@ class Hyperparameters:
             "pixelcnn_architecture": "masked",
             "prior_conditions": "none",
             "pixelcnn_embed_previous_slice": False,
+            "pixelcnn_position_features": False,
             "fine_previous_slice_noise": values.get(
                 "previous_slice_noise", cls.previous_slice_noise
             ),
@@ -577,7 +588,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # clean (`fine_previous_slice_noise`), and its codes are drawn from the nucleus of
     # probability 0.9 (`sampling_top_p`; BENCHMARKS.md, "hifi: drawn from the nucleus"). It
     # hides the slice below as the other conditions (`previous_slice_dropout` 0.25), as it was
-    # measured; the card's 0.5 has not been measured on it.
+    # measured; the card's 0.5 has not been measured on it, nor the position features.
     "hifi": {
         "encoder_filters": (32, 64),
         "downsample_stages": 2,
@@ -595,6 +606,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pixelcnn_coarse_codes": 64,
         "fine_previous_slice_noise": 0.0,
         "previous_slice_dropout": 0.25,
+        "pixelcnn_position_features": False,
         "sampling_top_p": 0.9,
     },
 }

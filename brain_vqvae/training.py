@@ -402,6 +402,32 @@ def encode_split(vqvae, slice_set: SliceSet, batch_size: int) -> np.ndarray:
     return np.concatenate(chunks)
 
 
+def with_mirror_images(
+    vqvae,
+    slice_set: SliceSet,
+    code_maps: np.ndarray,
+    conditions: dict | None,
+    names: tuple[str, ...],
+    demographics: dict[str, dict],
+    batch_size: int,
+) -> tuple[np.ndarray, dict | None]:
+    """The prior's training maps [N, h, w] of `slice_set` and their `conditions`
+    (`slice_conditions` of `names`, or None), each followed by those of the slices' mirror
+    images, flipped left to right: [2N, h, w], the same people at the same levels, and a
+    mirrored slice's slice below is the mirror image of the real one's."""
+    mirrored = SliceSet(
+        slice_set.images[:, :, ::-1], slice_set.subject_ids, slice_set.slice_indices
+    )
+    mirrored_maps = encode_split(vqvae, mirrored, batch_size)
+    maps = np.concatenate([code_maps, mirrored_maps])
+    if conditions is None:
+        return maps, None
+    mirrored_conditions = slice_conditions(names, mirrored, demographics, mirrored_maps)
+    return maps, {
+        key: np.concatenate([conditions[key], mirrored_conditions[key]]) for key in conditions
+    }
+
+
 def train_pixelcnn(
     hyperparameters: Hyperparameters,
     run: RunFolder,
@@ -661,21 +687,34 @@ def _train_in_folder(
         )
         names = hyperparameters.condition_names
         print(f"prior conditions: {', '.join(names) or 'none'}")
+        conditions = {
+            name: slice_conditions(names, splits[name], data.demographics, codes[name])
+            if names
+            else None
+            for name in ("train", "validate")
+        }
+        train_maps = codes["train"]
+        if hyperparameters.prior_mirror_images:
+            with timed(seconds, "encode mirrored"):
+                train_maps, conditions["train"] = with_mirror_images(
+                    vqvae,
+                    splits["train"],
+                    train_maps,
+                    conditions["train"],
+                    names,
+                    data.demographics,
+                    encode_batch,
+                )
         with timed(seconds, "pixelcnn"):
             pixelcnn = train_pixelcnn(
                 hyperparameters,
                 run,
-                codes["train"],
+                train_maps,
                 codes["validate"],
                 resume,
                 tensorboard,
                 verbose,
-                conditions=tuple(
-                    slice_conditions(names, splits[name], data.demographics, codes[name])
-                    for name in ("train", "validate")
-                )
-                if names
-                else None,
+                conditions=(conditions["train"], conditions["validate"]) if names else None,
                 condition_ranges=condition_ranges(names, splits["train"], data.demographics),
                 code_vectors=keras.ops.convert_to_numpy(vqvae.quantizer.codebook),
             )

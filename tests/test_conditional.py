@@ -18,10 +18,17 @@ from brain_vqvae.conditioning import (
 from brain_vqvae.data import code_map_dataset
 from brain_vqvae.data.slices import make_slice_set
 from brain_vqvae.generation import with_drawn_levels
-from brain_vqvae.model import PixelCNN, build_pixelcnn, sample_code_maps
+from brain_vqvae.model import (
+    PixelCNN,
+    build_pixelcnn,
+    build_vqvae,
+    encode_code_maps,
+    sample_code_maps,
+)
 from brain_vqvae.model.conditions import condition_batch
 from brain_vqvae.model.prior import pack_prior_inputs
 from brain_vqvae.model.sampler import guided_logits, raster_scan
+from brain_vqvae.training import with_mirror_images
 from hyperparameters import Hyperparameters
 
 CODES, MAP_SIZE = 8, 8
@@ -108,6 +115,37 @@ def test_conditions_from_levels_and_a_demographics_table():
         "age": [70.0, 70.0],
         "sex": ["F", "M"],
     }
+
+
+def test_mirror_images_double_the_prior_maps_with_their_own_slice_below():
+    """`prior_mirror_images`: after the N training maps come the code maps of the slices
+    flipped left to right, with the same people's values, and each mirrored slice's slice below
+    is the mirrored map of the real one's."""
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    images = rng.integers(0, 256, (4, 32, 32)).astype(np.uint8)
+    slice_set = make_slice_set(list(images), ["a", "a", "b", "b"], [0, 2, 0, 1], 32)
+    vqvae = build_vqvae(tiny_conditional_hyperparameters("none"), data_variance=0.05)
+    maps = encode_code_maps(vqvae, images[..., None] / np.float32(255.0))
+    flipped = encode_code_maps(vqvae, np.flip(images, axis=2)[..., None] / np.float32(255.0))
+    assert not np.array_equal(maps, flipped)
+    demographics = {"a": {"age": 70.0}, "b": {"age": 30.0}}
+    names = ("slice_position", "age", "previous_slice")
+    conditions = slice_conditions(names, slice_set, demographics, maps)
+
+    both, both_conditions = with_mirror_images(
+        vqvae, slice_set, maps, conditions, names, demographics, batch_size=2
+    )
+    np.testing.assert_array_equal(both, np.concatenate([maps, flipped]))
+    np.testing.assert_allclose(
+        both_conditions["values"][:, :2], [[0, 0.7], [1, 0.7], [0, 0.3], [1, 0.3]] * 2
+    )
+    np.testing.assert_array_equal(both_conditions["known"][:, 2], [0, 1, 0, 1] * 2)
+    np.testing.assert_array_equal(both_conditions["previous"][5], flipped[0])
+    np.testing.assert_array_equal(both_conditions["previous"][7], flipped[2])
+    alone, none = with_mirror_images(vqvae, slice_set, maps, None, (), {}, batch_size=2)
+    np.testing.assert_array_equal(alone, both)
+    assert none is None
 
 
 def test_auto_conditions_resolve_to_what_the_data_provides():
@@ -228,7 +266,7 @@ def test_position_features_are_the_mlp_of_the_conditions_and_the_place():
 
 
 def test_a_prior_without_position_features_has_features_that_do_not_vary_over_the_map():
-    prior = tiny_conditional_prior("slice_position")
+    prior = tiny_conditional_prior("slice_position", pixelcnn_position_features=False)
     features = prior.condition_features(some_conditions(2, names=("slice_position",)))
     assert tuple(features.shape) == (2, 1, 1, 16)
 

@@ -89,10 +89,6 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
         ({"pixelcnn_gated_layers": 4, "downsample_stages": 2}, "pixelcnn_gated_layers"),
         ({"fine_previous_slice_noise": 1.0}, "fine_previous_slice_noise"),
         ({"previous_slice_dropout": -0.1}, "previous_slice_dropout"),
-        (
-            {"pixelcnn_position_features": True, "pixelcnn_architecture": "masked"},
-            "pixelcnn_position_features",
-        ),
     ],
 )
 def test_bad_values_raise_a_value_error_naming_the_field(changes, field):
@@ -116,10 +112,14 @@ def test_a_configuration_saved_before_the_architecture_field_is_masked():
         pixelcnn_architecture="masked",
         prior_conditions="none",
         pixelcnn_embed_previous_slice=False,
+        pixelcnn_position_features=False,
         fine_previous_slice_noise=0.25,
         previous_slice_dropout=0.25,
     )
     assert Hyperparameters().pixelcnn_embed_previous_slice
+    assert Hyperparameters().prior_told_positions  # the card's gated prior is told them
+    assert not Hyperparameters(pixelcnn_architecture="masked").prior_told_positions
+    assert not preset("hifi").prior_told_positions  # not measured on its two-level prior
     assert Hyperparameters().fine_previous_slice_noise == Hyperparameters().previous_slice_noise
     saved_before = Hyperparameters.from_dict({"previous_slice_noise": 0.1})
     assert saved_before.fine_previous_slice_noise == 0.1

@@ -627,6 +627,15 @@ def test_pixelcnn_logits_depend_only_on_earlier_codes(pixelcnn):
     assert all(change[:target, target].max() > 1e-3 for target in range(1, positions))
 
 
+def unknown_condition_features(prior: PixelCNN, count: int):
+    """The condition features of `count` maps with every condition unknown, what the sampler
+    gives a gated prior told only the positions (the default); None for a masked prior."""
+    if prior.condition_encoder is None:
+        return None
+    size = prior.code_map_size
+    return prior.condition_features(prior.with_coarse_map(np.zeros((count, size, size), "int32")))
+
+
 @pytest.mark.parametrize(("architecture", "embedding_dim"), PRIOR_DESIGNS, ids=PRIOR_IDS)
 def test_raster_scan_replaying_a_map_gives_the_whole_map_logits(architecture, embedding_dim):
     """The sampler's cached position-by-position pass computes what one call on the whole map
@@ -642,7 +651,7 @@ def test_raster_scan_replaying_a_map_gives_the_whole_map_logits(architecture, em
         logits_seen[int(position)] = np.asarray(logits)
         return code_maps.reshape(3, -1)[:, int(position)]
 
-    replayed = raster_scan(prior)(3, replay)
+    replayed = raster_scan(prior)(3, replay, unknown_condition_features(prior, 3))
     np.testing.assert_array_equal(replayed, code_maps)
     assert sorted(logits_seen) == list(range(16 * 16))
     for position, logits in logits_seen.items():
@@ -664,7 +673,11 @@ def input_gradients(network, features, target):
 def test_gated_receptive_field_is_every_earlier_position_and_nothing_else(image_size):
     """d logits[t] / d one-hot input[p] is nonzero for every p before t and zero for p >= t:
     for every t of an 8x8 map, and for the last position and a few others of a 32x32 one."""
-    prior = tiny_prior("gated", 0, image_size=image_size, pixelcnn_filters=8)
+    # The network's own causality: the positions enter through the condition features,
+    # which do not depend on the codes (test_conditional).
+    prior = tiny_prior(
+        "gated", 0, image_size=image_size, pixelcnn_filters=8, pixelcnn_position_features=False
+    )
     size = prior.code_map_size
     positions = size * size
     codes = np.random.default_rng(4).integers(0, CODES, (1, size, size))
@@ -787,12 +800,16 @@ def test_cached_draws_equal_a_full_network_reference(architecture):
     def draw(position, logits):  # eager: tf.while_loop runs as a Python loop
         return inverse_cdf(noise[int(position)], logits)
 
-    np.testing.assert_array_equal(raster_scan(prior)(count, draw), reference)
+    features = unknown_condition_features(prior, count)
+    np.testing.assert_array_equal(raster_scan(prior)(count, draw, features), reference)
     assert len(np.unique(reference)) > 1
 
 
 def greedy_maps(prior: PixelCNN, count: int) -> np.ndarray:
-    return raster_scan(prior)(count, lambda position, logits: np.argmax(logits, -1).astype("int32"))
+    features = unknown_condition_features(prior, count)
+    return raster_scan(prior)(
+        count, lambda position, logits: np.argmax(logits, -1).astype("int32"), features
+    )
 
 
 @pytest.mark.parametrize("architecture", ["masked", "gated"])

@@ -212,6 +212,10 @@ def test_retraining_the_prior_may_change_the_prior_and_keeps_the_vqvae(
     with pytest.raises(training.RunError, match=r"num_embeddings.*only pixelcnn_"):
         changed = masked.replace(num_embeddings=4)
         train.run_training(tiny_arguments(changed, tiny_png_tree, out, *argv), verbose=0)
+    mirrored = tiny_hyperparameters.replace(prior_mirror_images=True, epochs_pixelcnn=1)
+    train.run_training(tiny_arguments(mirrored, tiny_png_tree, out, *argv), verbose=0)
+    assert load_run(out).hyperparameters.prior_mirror_images
+    assert "encode mirrored" in json.loads((out / "metrics.json").read_text())["seconds"]
 
 
 def test_a_prior_deleted_by_hand_is_retrained_from_its_first_epoch(

@@ -156,7 +156,7 @@ def build_gated_network(hyperparameters: Hyperparameters) -> keras.Model:
     conditioned = bool(
         hyperparameters.condition_names
         or hyperparameters.pixelcnn_coarse_codes
-        or hyperparameters.pixelcnn_position_features
+        or hyperparameters.prior_told_positions
     )
     inputs = [code_features]
     if conditioned:

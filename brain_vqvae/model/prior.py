@@ -194,7 +194,7 @@ class PixelCNN(TrainingStepModel):
             coarse = coarse_prior_hyperparameters(self.hyperparameters)
             self.coarse_prior = PixelCNN(coarse.to_dict(), condition_ranges, name="coarse_prior")
             self.coarse_prior(np.zeros((1, coarse.code_map_size, coarse.code_map_size), "int32"))
-        positions = self.hyperparameters.pixelcnn_position_features
+        positions = self.hyperparameters.prior_told_positions
         if self.condition_names or coarse_codes or positions:
             self.condition_encoder = ConditionEncoder(
                 self.condition_names,
