@@ -275,9 +275,10 @@ class Hyperparameters:
     # enter the conditions' MLP beside the scalar conditions, so that their features vary over
     # the map (`conditions.ConditionEncoder`) and the level can say where the brain ends. A
     # masked convolution otherwise learns a position only from the zero padding in its reach.
-    # On the demo the card's priors so told, over two trainings, drew half as many implausible
-    # samples, told from reconstructions less often, and followed the asked level at least as
-    # well (BENCHMARKS.md, "The prior told where each code is"). A saved configuration without
+    # On the demo, over two trainings, the card's priors so told drew fewer implausible samples,
+    # were told from reconstructions less often, and followed the asked level at least as well;
+    # with `prior_mirror_images` too, better by every measure (BENCHMARKS.md, "The prior told
+    # where each code is, and trained on mirror images too"). A saved configuration without
     # this key predates it and has none (`from_dict`).
     pixelcnn_position_features: bool = True
     # Conditions of the (gated) prior, comma-separated names of `PRIOR_CONDITIONS`; "auto":
@@ -322,8 +323,14 @@ class Hyperparameters:
     augment: bool = False
     # Whether the prior also trains on the code maps of the training slices' mirror images
     # (flipped left to right: the same people at the same levels), twice the maps to learn
-    # from, as the prior otherwise overfits its training maps within a few epochs.
-    prior_mirror_images: bool = False
+    # from: without them the card's prior learned its training maps by heart within 10-13
+    # epochs. On the demo, over two trainings, the card's prior so trained gave held-out maps
+    # 7 % fewer bits, and its samples, slices asked for an age or a level, and volumes were
+    # more real or more obedient by every measure (BENCHMARKS.md, "The prior told where each
+    # code is, and trained on mirror images too"). It doubles the prior's time per epoch.
+    # Turn it off for images whose left and right differ in ways a model must keep. A saved
+    # configuration without this key trained its prior without them (`from_dict`).
+    prior_mirror_images: bool = True
     learning_rate_vqvae: float = 1e-3
     learning_rate_pixelcnn: float = 1e-3
     learning_rate_schedule: str = "cosine"
@@ -522,8 +529,8 @@ class Hyperparameters:
     def from_dict(cls, values: dict[str, Any]) -> Hyperparameters:
         """Inverse of `to_dict`; an unknown key is an error, a missing one takes its default,
         except `pixelcnn_architecture`, which is "masked" when missing, `prior_conditions`,
-        "none", `pixelcnn_embed_previous_slice` and `pixelcnn_position_features`, False, and
-        `fine_previous_slice_noise`, the
+        "none", `pixelcnn_embed_previous_slice`, `pixelcnn_position_features` and
+        `prior_mirror_images`, False, and `fine_previous_slice_noise`, the
         configuration's `previous_slice_noise`: every configuration saved before those fields
         existed (a run's hyperparameters.json, a `.keras` PixelCNN's config) describes an
         unconditional masked PixelCNN, or a conditional one reading the slice below as one-hot
@@ -537,6 +544,7 @@ class Hyperparameters:
             "prior_conditions": "none",
             "pixelcnn_embed_previous_slice": False,
             "pixelcnn_position_features": False,
+            "prior_mirror_images": False,
             "fine_previous_slice_noise": values.get(
                 "previous_slice_noise", cls.previous_slice_noise
             ),
@@ -588,7 +596,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # clean (`fine_previous_slice_noise`), and its codes are drawn from the nucleus of
     # probability 0.9 (`sampling_top_p`; BENCHMARKS.md, "hifi: drawn from the nucleus"). It
     # hides the slice below as the other conditions (`previous_slice_dropout` 0.25), as it was
-    # measured; the card's 0.5 has not been measured on it, nor the position features.
+    # measured; the card's 0.5 has not been measured on it, nor the position features and the
+    # mirror images (which would double its prior's 74 minutes here).
     "hifi": {
         "encoder_filters": (32, 64),
         "downsample_stages": 2,
@@ -607,6 +616,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fine_previous_slice_noise": 0.0,
         "previous_slice_dropout": 0.25,
         "pixelcnn_position_features": False,
+        "prior_mirror_images": False,
         "sampling_top_p": 0.9,
     },
 }
