@@ -277,7 +277,7 @@ class Hyperparameters:
     # masked convolution otherwise learns a position only from the zero padding in its reach.
     # On the demo, over two trainings, the card's priors so told drew fewer implausible samples,
     # were told from reconstructions less often, and followed the asked level at least as well;
-    # with `prior_mirror_images` too, better by every measure (BENCHMARKS.md, "The prior told
+    # with `prior_mirror_images` too, better by most measures (BENCHMARKS.md, "The prior told
     # where each code is, and trained on mirror images too"). A saved configuration without
     # this key predates it and has none (`from_dict`).
     pixelcnn_position_features: bool = True
@@ -326,8 +326,9 @@ class Hyperparameters:
     # from: without them the card's prior learned its training maps by heart within 10-13
     # epochs. On the demo, over two trainings, the card's prior so trained gave held-out maps
     # 7 % fewer bits, and its samples, slices asked for an age or a level, and volumes were
-    # more real or more obedient by every measure (BENCHMARKS.md, "The prior told where each
-    # code is, and trained on mirror images too"). It doubles the prior's time per epoch.
+    # more real or more obedient by most measures and worse by none beyond the noise but the
+    # volumes' neighbours, a little too alike (BENCHMARKS.md, "The prior told where each code
+    # is, and trained on mirror images too"). It doubles the prior's time per epoch.
     # Turn it off for images whose left and right differ in ways a model must keep. A saved
     # configuration without this key trained its prior without them (`from_dict`).
     prior_mirror_images: bool = True
