@@ -173,7 +173,7 @@ def test_a_configuration_without_conditions_is_an_unconditional_prior():
 # The model ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("places", [False, True], ids=["", "places"])
+@pytest.mark.parametrize("places", [False, True], ids=["plain", "places"])
 def test_conditioned_logits_depend_only_on_earlier_codes_and_everywhere_on_the_conditions(places):
     prior = tiny_conditional_prior(pixelcnn_position_features=places)
     positions = MAP_SIZE * MAP_SIZE
@@ -203,7 +203,7 @@ def test_code_maps_alone_read_as_every_condition_unknown():
     np.testing.assert_allclose(prior(maps), prior({"codes": maps, **unknown}), atol=1e-6)
 
 
-@pytest.mark.parametrize("places", [False, True], ids=["", "places"])
+@pytest.mark.parametrize("places", [False, True], ids=["plain", "places"])
 def test_conditioned_raster_scan_replays_the_whole_map_logits(places):
     prior = tiny_conditional_prior(pixelcnn_position_features=places)
     conditions = some_conditions(3)
@@ -222,7 +222,7 @@ def test_conditioned_raster_scan_replays_the_whole_map_logits(places):
         np.testing.assert_allclose(logits, whole[:, position], atol=1e-5)
 
 
-@pytest.mark.parametrize("places", [False, True], ids=["", "places"])
+@pytest.mark.parametrize("places", [False, True], ids=["plain", "places"])
 def test_saved_conditional_prior_reloads_with_its_ranges_and_samples_identically(tmp_path, places):
     prior = tiny_conditional_prior(pixelcnn_position_features=places)
     prior.save(tmp_path / "prior.keras")
