@@ -8,8 +8,10 @@ SSIM (see `reconstruction_loss`) with a cosine learning-rate decay; a masked-con
 PixelCNN prior, by default the gated PixelCNN of 6 layers of 128 filters whose vertical and
 horizontal stacks see every earlier code (`pixelcnn_architecture` "masked" gives the plain
 stack: a 7x7 mask-A convolution, 4 residual blocks with a 1x1 mask-B convolution between each
-pair) and a 1x1 output to 16 logits; 30 epochs per stage; an SSIM target of 0.6. `model` "vae"
-trains the Gaussian VAE baseline instead of the VQ-VAE and its prior.
+pair) and a 1x1 output to 16 logits; 30 epochs per stage; a copy of the decoder fine-tuned
+against a discriminator for 12 epochs to decode sampled code maps (`epochs_adversarial`); an
+SSIM target of 0.6. `model` "vae" trains the Gaussian VAE baseline instead of the VQ-VAE and
+its prior.
 
 A `Hyperparameters` value is validated when made (a `ValueError` names the field), is saved as
 JSON beside every trained model, and every script builds it the same way from the command line:
@@ -197,6 +199,9 @@ PRIOR_FIELDS = (
     "learning_rate_pixelcnn",
     "epochs_pixelcnn",
 )
+# The fields of the adversarial stage alone: retraining a run's adversarial decoder
+# (`train.py --stage adversarial`) may change these and keep the rest of the run.
+ADVERSARIAL_FIELDS = ("epochs_adversarial", "learning_rate_adversarial", "adversarial_weight")
 
 
 @dataclass(frozen=True)
@@ -338,6 +343,19 @@ class Hyperparameters:
     epochs_vqvae: int = 30
     epochs_pixelcnn: int = 30
     early_stopping_patience: int = 10
+    # The adversarial stage (`brain_vqvae.model.adversarial`): after the VQ-VAE, a copy of its
+    # decoder is fine-tuned for `epochs_adversarial` epochs (0: no such stage) against a
+    # discriminator, its codes frozen, with Adam (beta_1 0.5) at a constant
+    # `learning_rate_adversarial`; `adversarial_weight` weighs the discriminator's judgement
+    # against the reconstruction loss. Sampled code maps are then decoded by it, and everything
+    # else (reconstructions, their scores) by the VQ-VAE. On the demo, over two trainings, the
+    # card's samples so decoded were as varied as real slices and closer to them in the
+    # feature network's Fréchet distance; a weight of 0.1 made speckled edges (BENCHMARKS.md,
+    # "A decoder fine-tuned against a discriminator"). A saved configuration without these
+    # keys has no such stage (`from_dict`).
+    epochs_adversarial: int = 12
+    learning_rate_adversarial: float = 1e-4
+    adversarial_weight: float = 0.03
 
     # Model. "vqvae": the VQ-VAE and its PixelCNN prior, in two stages. "vae": the classical
     # baseline, a Gaussian VAE with the same encoder and decoder and one latent vector of
@@ -381,6 +399,7 @@ class Hyperparameters:
             "pixelcnn_embedding_dim",
             "pixelcnn_coarse_codes",
             "mse_warmup_steps",
+            "epochs_adversarial",
             "seed",
         ):
             if getattr(self, name) < 0:
@@ -456,7 +475,12 @@ class Hyperparameters:
                 f"learning_rate_schedule must be one of {LEARNING_RATE_SCHEDULES}, "
                 f"got {self.learning_rate_schedule!r}"
             )
-        for name in ("learning_rate_vqvae", "learning_rate_pixelcnn"):
+        for name in (
+            "learning_rate_vqvae",
+            "learning_rate_pixelcnn",
+            "learning_rate_adversarial",
+            "adversarial_weight",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.model not in MODELS:
@@ -531,11 +555,12 @@ class Hyperparameters:
         """Inverse of `to_dict`; an unknown key is an error, a missing one takes its default,
         except `pixelcnn_architecture`, which is "masked" when missing, `prior_conditions`,
         "none", `pixelcnn_embed_previous_slice`, `pixelcnn_position_features` and
-        `prior_mirror_images`, False, and `fine_previous_slice_noise`, the
-        configuration's `previous_slice_noise`: every configuration saved before those fields
-        existed (a run's hyperparameters.json, a `.keras` PixelCNN's config) describes an
+        `prior_mirror_images`, False, `epochs_adversarial`, 0, and `fine_previous_slice_noise`,
+        the configuration's `previous_slice_noise`: every configuration saved before those
+        fields existed (a run's hyperparameters.json, a `.keras` PixelCNN's config) describes an
         unconditional masked PixelCNN, or a conditional one reading the slice below as one-hot
-        codes, blurred alike for both levels, and must keep loading as one."""
+        codes, blurred alike for both levels, and no adversarial stage, and must keep loading
+        as one."""
         known = {field.name for field in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -546,6 +571,7 @@ class Hyperparameters:
             "pixelcnn_embed_previous_slice": False,
             "pixelcnn_position_features": False,
             "prior_mirror_images": False,
+            "epochs_adversarial": 0,
             "fine_previous_slice_noise": values.get(
                 "previous_slice_noise", cls.previous_slice_noise
             ),
@@ -598,7 +624,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # probability 0.9 (`sampling_top_p`; BENCHMARKS.md, "hifi: drawn from the nucleus"). It
     # hides the slice below as the other conditions (`previous_slice_dropout` 0.25), as it was
     # measured; the card's 0.5 has not been measured on it, nor the position features and the
-    # mirror images (which would double its prior's 74 minutes here).
+    # mirror images (which would double its prior's 74 minutes here), nor the adversarial
+    # stage, which it goes without.
     "hifi": {
         "encoder_filters": (32, 64),
         "downsample_stages": 2,
@@ -619,6 +646,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pixelcnn_position_features": False,
         "prior_mirror_images": False,
         "sampling_top_p": 0.9,
+        "epochs_adversarial": 0,
     },
 }
 

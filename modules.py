@@ -71,6 +71,14 @@ position in one compiled loop that computes each position's features once and ca
 (`_RasterScan`, `_GatedRasterScan`), with temperature, top-k and nucleus (top-p) sampling;
 `decode_code_maps` turns them into slices.
 
+Between the two, the adversarial stage (`brain_vqvae.model.adversarial`, as in VQGAN, Esser et
+al. 2021): a decoder trained on L_rec alone draws each code map as the mean of the slices it
+stands for, smoother and more alike than real slices. A copy of it is fine-tuned, the encoder
+and codebook frozen (so the codes and the prior keep their meaning), on
+L_rec + lambda mean softplus(-D(x_hat)) against a PatchGAN discriminator D trained on the
+hinge loss mean relu(1 - D(x)) + mean relu(1 + D(x_hat)); the samples are decoded by it and
+real slices still reconstructed by the VQ-VAE.
+
 The baseline, a Gaussian VAE (Kingma and Welling 2014, `brain_vqvae.model.vae`), keeps the
 encoder and decoder and replaces the quantizer by one latent vector per image: the [8, 8, 16]
 encoder output is flattened and a dense layer gives a diagonal Gaussian posterior over
@@ -81,12 +89,12 @@ with no learned prior (`python train.py --model vae`).
 
 Where it lives (the package `brain_vqvae`): `brain_vqvae.metrics` (SSIM, PSNR and the code
 metrics), `brain_vqvae.model.quantizer` (`VectorQuantizer`, k-means), `.vqvae` (encoder,
-decoder, `VQVAE`), `.prior` (`MaskedConv2D`, `PixelCNN`), `.gated_prior` (`GatedLayer`),
-`.conditions` (`ConditionEncoder`, the checks of a request), `.coarse` (`CoarseMap`),
-`.sampler` (sampling, encoding and decoding code maps), `.vae` (the baseline's `GaussianVAE`)
-and `.distribute` (the tf.distribute helpers). This module re-exports the public API of
-`brain_vqvae.model` and `structural_similarity`, so `import modules` also registers every
-model class for `keras.saving.load_model`.
+decoder, `VQVAE`), `.adversarial` (`AdversarialDecoder`), `.prior` (`MaskedConv2D`,
+`PixelCNN`), `.gated_prior` (`GatedLayer`), `.conditions` (`ConditionEncoder`, the checks of a
+request), `.coarse` (`CoarseMap`), `.sampler` (sampling, encoding and decoding code maps),
+`.vae` (the baseline's `GaussianVAE`) and `.distribute` (the tf.distribute helpers). This
+module re-exports the public API of `brain_vqvae.model` and `structural_similarity`, so
+`import modules` also registers every model class for `keras.saving.load_model`.
 """
 
 from brain_vqvae import model

@@ -1,12 +1,15 @@
 """Train the two-stage model: a VQ-VAE on brain slices, then a PixelCNN prior on its code maps.
 
-    python train.py [--data PATH] [--out runs/NAME] [--stage all|vqvae|pixelcnn|vae]
+    python train.py [--data PATH] [--out runs/NAME]
+                    [--stage all|vqvae|adversarial|pixelcnn|vae]
                     [--resume] [--overwrite] [--tensorboard] [--preset card|hifi] [--FIELD VALUE]
                     [--strategy default|mirrored|multiworker] [--device auto|cpu|gpu]
 
 Without --data it trains on the synthetic demo dataset in data/demo, building it first if it is
-missing. Stage 1 fits the VQ-VAE to the training split, stage 2 the PixelCNN to the training
-split's code maps; the test split is then scored once (brain_vqvae/training.py). `--model vae`
+missing. Stage 1 fits the VQ-VAE to the training split, the adversarial stage a copy of its
+decoder against a discriminator (to decode sampled code maps; `--epochs-adversarial 0` skips
+it), stage 2 the PixelCNN to the training split's code maps; the test split is then scored once
+(brain_vqvae/training.py). `--model vae`
 trains the classical baseline instead, a Gaussian VAE with the same encoder and decoder, in one
 stage ("vae"): it samples N(0, I) and has no prior to train. Every file of
 the run folder is written atomically, so a run killed at any moment keeps its last good
@@ -27,6 +30,7 @@ from brain_vqvae.devices import describe_batch_choice, found_device
 from brain_vqvae.runs import STAGES, RunError
 from brain_vqvae.training import STRATEGIES, make_strategy, resolve_hyperparameters, train_run
 from hyperparameters import (
+    ADVERSARIAL_FIELDS,
     DEVICES,
     PRIOR_FIELDS,
     add_hyperparameter_arguments,
@@ -93,12 +97,13 @@ def run_training(arguments: argparse.Namespace, verbose: int | str = "auto") -> 
     reason = f"the {device.upper()} preset's"
     suffix = "-vae" if hyperparameters.model == "vae" else ""
     out = Path(arguments.out or PROJECT_DIR / "runs" / f"{source.name}-{arguments.preset}{suffix}")
-    if arguments.resume or arguments.stage == "pixelcnn":
-        # A resumed run keeps its configuration; retraining the prior of a run keeps its
-        # VQ-VAE's, and may change the prior's.
-        changeable = ("epochs_vqvae", "epochs_pixelcnn")
-        if arguments.stage == "pixelcnn" and not arguments.resume:
-            changeable = PRIOR_FIELDS
+    retrained = {"pixelcnn": PRIOR_FIELDS, "adversarial": ADVERSARIAL_FIELDS}
+    if arguments.resume or arguments.stage in retrained:
+        # A resumed run keeps its configuration; retraining the prior (or the adversarial
+        # decoder) of a run keeps its VQ-VAE's, and may change the stage's own.
+        changeable = ("epochs_vqvae", "epochs_adversarial", "epochs_pixelcnn")
+        if arguments.stage in retrained and not arguments.resume:
+            changeable = retrained[arguments.stage]
         hyperparameters = resolve_hyperparameters(
             hyperparameters, given & set(hyperparameters.to_dict()), out, changeable
         )

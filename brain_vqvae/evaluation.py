@@ -314,8 +314,9 @@ def judge_conditions(
     Fréchet distance of their coronal and sagittal cuts to the held-out volumes' cuts, beside
     the floor of as many `training` volumes' cuts. Slices and volumes are drawn with
     `guidance` and `sampling` (keyword arguments of `sample_code_maps`: temperature, top_k,
-    top_p; None: plain), as `predict.py` would draw them. `reconstructions` are the run's of
-    the `held_out` slices [N, S, S, 1]. Writes obedience_<condition>.png into `out`."""
+    top_p; None: plain), as `predict.py` would draw them. `reconstructions` are the `held_out`
+    slices [N, S, S, 1] as the run's generator gives them back (`Run.generator`). Writes
+    obedience_<condition>.png into `out`."""
     names = run.pixelcnn.condition_names
     draw = {"guidance": guidance, **(sampling or {})}
     report, figures = {"guidance": guidance}, []
@@ -389,9 +390,10 @@ def judge_ages(
     training range, at levels spread evenly over the reader's `READ_LEVELS` (asked too, when
     the prior takes the level; read by the feature network otherwise), the other conditions
     unknown, drawn with `draw` (keyword arguments of `sample_code_maps`), read back by an
-    `AgeReader` trained on the reconstructions of the training slices.
-    Its ceiling is the reconstructions of the `held_out` slices (what a perfect prior's slices
-    could show through this decoder); its reading of the real held-out slices is reported too.
+    `AgeReader` trained on the reconstructions of the training slices by the run's generator
+    (`Run.generator`). Its ceiling is the same reconstructions of the `held_out` slices (what
+    a perfect prior's slices could show through this decoder); its reading of the real
+    held-out slices is reported too.
     When the prior takes the level, whole volumes are judged as well (`judge_volume_ages`).
     Returns ({"skipped": why}, []) when the data cannot train or check the reader; otherwise
     the report and the figures obedience_age.png (and obedience_age_volumes.png)."""
@@ -415,7 +417,7 @@ def judge_ages(
     chosen = training.images[used, ..., None] / np.float32(255.0)
     try:
         reader = AgeReader.fit(
-            reconstruct_images(run.autoencoder, chosen, batch_size),
+            reconstruct_images(run.generator, chosen, batch_size),
             training_levels[used],
             training_ages[used],
         )
@@ -442,7 +444,7 @@ def judge_ages(
 
     images = held_out.images[checked, ..., None] / np.float32(255.0)
     truth, where = held_out_ages[checked], held_out_levels[checked]
-    reconstructed = reader.predict(reconstruct_images(run.autoencoder, images, batch_size), where)
+    reconstructed = reader.predict(reconstruct_images(run.generator, images, batch_size), where)
     real_read = reader.predict(images, where)
     people = held_out.subject_ids[checked]
     report = {
@@ -556,10 +558,10 @@ def judge_volume_ages(
 def generate_slices(run: Run, conditions: dict, seed: int, draw: dict) -> np.ndarray:
     """Slices (N, S, S, 1) in [0, 1] drawn from the run's prior with `conditions` (each a
     sequence of N values) and `draw` (keyword arguments of `sample_code_maps`: guidance,
-    temperature, top_k, top_p), decoded by its VQ-VAE."""
+    temperature, top_k, top_p), decoded by its generator (`Run.generator`)."""
     count = len(next(iter(conditions.values())))
     codes = sample_code_maps(run.pixelcnn, count, seed=seed, conditions=conditions, **draw)
-    return decode_code_maps(run.vqvae, codes, run.hyperparameters.inference_batch_size)
+    return decode_code_maps(run.generator, codes, run.hyperparameters.inference_batch_size)
 
 
 def judge_volumes(
@@ -607,8 +609,9 @@ def judge_realism(
     convolutional_c2st: bool = False,
 ) -> tuple[dict, list[Path]]:
     """`realism.realism_report` of `samples` (M, S, S, 1) against the `held_out` slices, in two
-    `halves` (index arrays, `subject_halves`), and the `reconstructions` of all of them (those
-    of the second half are compared), in the run's feature network, the two-sample tests grouped
+    `halves` (index arrays, `subject_halves`), and the `reconstructions` of all of them by the
+    run's generator (`Run.generator`; those of the second half are compared), in the run's
+    feature network, the two-sample tests grouped
     by `two_sample_groups` (also by a convolutional classifier with `convolutional_c2st`), with
     figures written into `out`: the measures beside their floors and the samples beside their
     nearest training slices."""
@@ -719,6 +722,11 @@ def evaluate_run(
     if history.exists():
         figures.append(plotting.plot_ssim_history(history, target, out / "ssim_per_epoch.png"))
 
+    # The slices as the decoder of the samples gives them back: what a perfect prior's samples
+    # would look like, the reference of the realism and obedience measures.
+    drawn_reconstructions = reconstructions
+    if run.adversarial is not None:
+        drawn_reconstructions = reconstruct_images(run.generator, images, batch_size)
     generated = None
     samples = samples or max(MIN_SAMPLES, len(chosen))
     if run.kind == "vae" or pixelcnn is not None:
@@ -748,7 +756,7 @@ def evaluate_run(
         )
         if "slice_position" in pixelcnn.condition_names:
             report["sampling"]["slice_position"] = "drawn uniformly over the trained levels"
-        generated = decode_code_maps(autoencoder, sampled_codes, batch_size=batch_size)
+        generated = decode_code_maps(run.generator, sampled_codes, batch_size=batch_size)
         real_usage = code_usage(real_codes, hyperparameters.num_embeddings)
         sampled_usage = code_usage(sampled_codes, hyperparameters.num_embeddings)
         report["code_usage_total_variation"] = float(0.5 * np.abs(real_usage - sampled_usage).sum())
@@ -777,7 +785,7 @@ def evaluate_run(
                 slices.splits["train"],
                 chosen,
                 halves,
-                reconstructions,
+                drawn_reconstructions,
                 generated,
                 out,
                 convolutional_c2st,
@@ -792,7 +800,7 @@ def evaluate_run(
             network,
             slices.splits["train"],
             chosen,
-            reconstructions,
+            drawn_reconstructions,
             slices.demographics,
             seed,
             out,

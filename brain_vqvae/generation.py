@@ -139,7 +139,7 @@ def sample_slices(
         conditions=with_drawn_levels(run.pixelcnn, count, conditions, seed),
         guidance=guidance if conditions else 1.0,
     )
-    decoded = decode_code_maps(run.vqvae, code_maps, batch_size=batch_size)
+    decoded = decode_code_maps(run.generator, code_maps, batch_size=batch_size)
     return code_maps, to_uint8(decoded)
 
 
@@ -224,7 +224,7 @@ def sample_volumes(
             coarse_slice_below=coarse_slice_below,
         )
     decoded = decode_code_maps(
-        run.vqvae, code_maps.reshape(-1, size, size), run.hyperparameters.inference_batch_size
+        run.generator, code_maps.reshape(-1, size, size), run.hyperparameters.inference_batch_size
     )
     image_size = run.hyperparameters.image_size
     return code_maps, to_uint8(decoded).reshape(count, depth, image_size, image_size)

@@ -3,7 +3,11 @@ loads a run, its configuration and the data it was trained on.
 
     hyperparameters.json                  the configuration (`Hyperparameters.load`)
     vqvae.keras, pixelcnn.keras           the best model of each stage (by validation loss)
-    history_vqvae.csv, history_pixelcnn.csv
+    adversarial.keras                     the VQ-VAE with its decoder fine-tuned against a
+                                          discriminator (its last epoch), which decodes the
+                                          sampled code maps; absent when the run has no
+                                          adversarial stage
+    history_vqvae.csv, history_pixelcnn.csv, history_adversarial.csv
     loss.png, ssim.png                    curves per epoch; the SSIM target is drawn
     metrics.json                          the training data's path, test SSIM/PSNR/MAE,
                                           codebook use, prior bits per code, and the
@@ -31,6 +35,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from brain_vqvae.data import BrainSlices, load_slices
 from hyperparameters import (
     PRIOR_ARCHITECTURE_FIELDS,
@@ -41,7 +47,7 @@ from hyperparameters import (
 
 # The stages of each model, in training order; the first trains the autoencoder, and a stage's
 # name is its file names' (vqvae.keras, history_vqvae.csv, checkpoints/vqvae_last.keras).
-MODEL_STAGES = {"vqvae": ("vqvae", "pixelcnn"), "vae": ("vae",)}
+MODEL_STAGES = {"vqvae": ("vqvae", "adversarial", "pixelcnn"), "vae": ("vae",)}
 STAGES = tuple(stage for stages in MODEL_STAGES.values() for stage in stages)
 AUTOENCODER_STAGES = tuple(stages[0] for stages in MODEL_STAGES.values())
 
@@ -143,12 +149,14 @@ def copy_run_files(source: RunFolder, target: RunFolder) -> None:
 class Run:
     """A trained run: its folder, configuration and models. `autoencoder` is the `VQVAE` or,
     for a VAE run, the `GaussianVAE`; `pixelcnn` is None when the run has no learned prior (a
-    VAE run samples N(0, I)) or it was not asked for."""
+    VAE run samples N(0, I)) or it was not asked for; `adversarial` is the `AdversarialDecoder`
+    of a run with an adversarial stage, else None."""
 
     folder: RunFolder
     hyperparameters: Hyperparameters
     autoencoder: object
     pixelcnn: object | None
+    adversarial: object | None = None
 
     @property
     def name(self) -> str:
@@ -169,15 +177,26 @@ class Run:
             )
         return self.autoencoder
 
+    @property
+    def generator(self):
+        """The autoencoder whose decoder draws what the prior draws: the adversarial stage's
+        VQ-VAE, its decoder fine-tuned against a discriminator, when the run has one; otherwise
+        the `autoencoder` itself. Reconstructions of real slices are the autoencoder's; the
+        generator's show what a perfect prior's samples would look like."""
+        if self.adversarial is not None:
+            return self.adversarial.vqvae
+        return self.autoencoder
+
 
 def load_run(path: str | Path, prior: str = "required") -> Run:
     """A trained run's configuration and models, checked against each other.
 
     `prior` is "required" (a missing pixelcnn.keras is an error), "optional" (loaded when
-    present) or "skip" (not loaded); a VAE run's prior is N(0, I), so there it is ignored. A
-    missing folder or file, or a model that does not fit the configuration, raises `RunError`
-    naming it. A hyperparameters.json without a `model` key (written before the VAE baseline)
-    is a VQ-VAE run.
+    present) or "skip" (not loaded); a VAE run's prior is N(0, I), so there it is ignored. The
+    adversarial decoder of a VQ-VAE run is loaded when adversarial.keras exists. A missing
+    folder or file, or a model that does not fit the configuration, raises `RunError` naming
+    it. A hyperparameters.json without a `model` key (written before the VAE baseline) is a
+    VQ-VAE run.
     """
     import keras
 
@@ -198,19 +217,30 @@ def load_run(path: str | Path, prior: str = "required") -> Run:
     wanted = prior == "required" or (prior == "optional" and folder.model("pixelcnn").exists())
     if hyperparameters.model == "vqvae" and wanted:
         stages.append("pixelcnn")
+    if hyperparameters.model == "vqvae" and folder.model("adversarial").exists():
+        stages.append("adversarial")
     models = {}
     for stage in stages:
         if not folder.model(stage).exists():
             raise RunError(f"{folder.path} has no {stage}.keras: train it with train.py first")
         models[stage] = keras.saving.load_model(folder.model(stage))
     _check_models_fit(folder, hyperparameters, models)
-    return Run(folder, hyperparameters, models[hyperparameters.model], models.get("pixelcnn"))
+    if "adversarial" in models:
+        _check_same_codes(folder, models["vqvae"], models["adversarial"])
+    return Run(
+        folder,
+        hyperparameters,
+        models[hyperparameters.model],
+        models.get("pixelcnn"),
+        models.get("adversarial"),
+    )
 
 
 STAGE_ARCHITECTURE_FIELDS = {
     "vqvae": VQVAE_ARCHITECTURE_FIELDS,
     "vae": VAE_ARCHITECTURE_FIELDS,  # the same encoder and decoder, and the latent vector
     "pixelcnn": PRIOR_ARCHITECTURE_FIELDS,
+    "adversarial": VQVAE_ARCHITECTURE_FIELDS,  # a VQ-VAE whose decoder was fine-tuned
 }
 
 
@@ -228,6 +258,22 @@ def _check_models_fit(folder: RunFolder, hyperparameters: Hyperparameters, model
                 f"{folder.model(stage)} was built with other values of {', '.join(differing)} "
                 f"than {folder.hyperparameters} says: the folder mixes files of different runs"
             )
+
+
+def _check_same_codes(folder: RunFolder, vqvae, adversarial) -> None:
+    """The adversarial decoder was fine-tuned from this run's VQ-VAE: the same codebook, so the
+    prior's codes mean to it what they mean to the VQ-VAE."""
+    import keras
+
+    codebooks = [
+        keras.ops.convert_to_numpy(model.quantizer.codebook) for model in (vqvae, adversarial.vqvae)
+    ]
+    if not np.array_equal(*codebooks):
+        raise RunError(
+            f"{folder.model('adversarial')} was fine-tuned from another VQ-VAE than "
+            f"{folder.model('vqvae')} (their codebooks differ): retrain it with "
+            "train.py --stage adversarial"
+        )
 
 
 def training_data_path(folder: RunFolder, data: str | Path | None = None) -> Path:

@@ -1,13 +1,18 @@
-"""Training the two stages into a run folder: the VQ-VAE on slices, then the PixelCNN prior on
-their code maps; or, for the baseline (`model` "vae"), the Gaussian VAE as the one stage.
+"""Training the stages into a run folder: the VQ-VAE on slices, a copy of its decoder against a
+discriminator, then the PixelCNN prior on their code maps; or, for the baseline (`model` "vae"),
+the Gaussian VAE as the one stage.
 
-Stage 1 fits the VQ-VAE to the training split, validating on the validation split. Stage 2
+Stage 1 fits the VQ-VAE to the training split, validating on the validation split. The
+adversarial stage (when `epochs_adversarial` > 0) fine-tunes a copy of its decoder against a
+discriminator on the same slices, the codes frozen (`brain_vqvae.model.adversarial`), to decode
+the prior's samples. Stage 2
 encodes every training slice to its code map (8x8 for the card) and fits the PixelCNN to them
 with sparse categorical cross-entropy, validating on the validation split's code maps. A VAE run
 fits the `GaussianVAE` as its stage 1, as the VQ-VAE is fitted, and has no stage 2: it samples
 N(0, I). The test split is then scored once (`evaluation.run_test_metrics`). Every stage is one
-`fit_stage`: `model.fit` with early stopping (restoring the best weights), a NaN guard, a CSV
-history and atomic checkpoints, so a run killed at any moment keeps its last good checkpoint and
+`fit_stage`: `model.fit` with early stopping (restoring the best weights; the adversarial stage,
+whose losses are a game, keeps its last epoch instead), a NaN guard, a CSV history and atomic
+checkpoints, so a run killed at any moment keeps its last good checkpoint and
 `resume=True` continues from it with the optimizer's state and epoch count.
 
 `train_run` is everything `python train.py` does. Training runs in the scope of a
@@ -36,7 +41,13 @@ from keras.distribution import list_devices
 from brain_vqvae import evaluation, plotting
 from brain_vqvae.conditioning import condition_ranges, resolve_prior_conditions, slice_conditions
 from brain_vqvae.data import BrainSlices, SliceSet, code_map_batches, slice_batches
-from brain_vqvae.model import build_pixelcnn, build_vae, build_vqvae, encode_code_maps
+from brain_vqvae.model import (
+    build_adversarial_decoder,
+    build_pixelcnn,
+    build_vae,
+    build_vqvae,
+    encode_code_maps,
+)
 from brain_vqvae.model.distribute import TENSORFLOW
 from brain_vqvae.model.prior import pack_prior_inputs
 from brain_vqvae.runs import (
@@ -63,6 +74,9 @@ AUTOENCODER_BUILDERS = {"vqvae": build_vqvae, "vae": build_vae}
 # A stage's epochs and learning rate are the fields epochs_<name> and learning_rate_<name> of
 # its own name, except the VAE's: it is stage 1, as the VQ-VAE is, and shares stage 1's fields.
 STAGE_SETTINGS = {"vae": "vqvae"}
+# The adversarial stage's Adam: beta_1 0.5, as GAN training commonly takes (Radford et al. 2016),
+# and a constant learning rate, as it was measured (BENCHMARKS.md).
+ADVERSARIAL_BETA_1 = 0.5
 
 
 # The run folder ----------------------------------------------------------------------------
@@ -76,7 +90,8 @@ def prepare_run_folder(
     A folder that already holds a run is never overwritten: `resume` continues it, `overwrite`
     replaces the files of the stages being trained (all of it when training both), and a new
     autoencoder also replaces the files of the other model's stages (a VAE over a VQ-VAE run or
-    the other way). The folder must be writable and its disk must have room for checkpoints.
+    the other way), and a new VQ-VAE its adversarial decoder, fine-tuned from the old one. The
+    folder must be writable and its disk must have room for checkpoints.
     """
     run = RunFolder(path)
     if resume and overwrite:
@@ -90,8 +105,11 @@ def prepare_run_folder(
             replaced += [
                 file for stage in STAGES if stage not in own for file in run.stage_files(stage)
             ]
-        if "pixelcnn" in stages and "vqvae" not in stages and not run.model("vqvae").exists():
-            raise RunError(f"{path}: --stage pixelcnn needs a trained vqvae.keras in the folder")
+        if "vqvae" in stages:
+            replaced += run.stage_files("adversarial")
+        for stage in ("adversarial", "pixelcnn"):
+            if stage in stages and "vqvae" not in stages and not run.model("vqvae").exists():
+                raise RunError(f"{path}: --stage {stage} needs a trained vqvae.keras in the folder")
         if any(file.exists() for file in replaced) or not run.hyperparameters.exists():
             if not overwrite:
                 raise RunError(
@@ -182,9 +200,10 @@ class StopOnNaN(keras.callbacks.Callback):
 
 class AtomicCheckpoint(keras.callbacks.Callback):
     """Each epoch with finite losses: save the model as the stage's last checkpoint (with its
-    optimizer) and, when `monitor` improves on the best so far, as the stage's model file."""
+    optimizer) and, when `monitor` improves on the best so far (always, for `monitor` None), as
+    the stage's model file."""
 
-    def __init__(self, run: RunFolder, stage: str, monitor: str = "val_loss"):
+    def __init__(self, run: RunFolder, stage: str, monitor: str | None = "val_loss"):
         super().__init__()
         self.run, self.stage, self.monitor = run, stage, monitor
         self.best = run.read_state().get(stage, {}).get("best", math.inf)
@@ -193,12 +212,16 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         logs = logs or {}
         if not all(math.isfinite(value) for value in logs.values()):
             return
-        current = logs.get(self.monitor, logs["loss"])
-        if current < self.best:
-            self.best = current
+        state = {"epochs_done": epoch + 1, "finished": False}
+        improved = self.monitor is None
+        if self.monitor is not None:
+            current = logs.get(self.monitor, logs["loss"])
+            improved = current < self.best
+            self.best = state["best"] = min(current, self.best)
+        if improved:
             save_model_atomically(self.model, self.run.model(self.stage))
         save_model_atomically(self.model, self.run.last_checkpoint(self.stage))
-        self.run.write_state(self.stage, epochs_done=epoch + 1, best=self.best, finished=False)
+        self.run.write_state(self.stage, **state)
 
 
 def trim_history(path: Path, epochs: int) -> None:
@@ -209,10 +232,16 @@ def trim_history(path: Path, epochs: int) -> None:
 
 
 def stage_callbacks(
-    run: RunFolder, stage: str, hyperparameters: Hyperparameters, resume: bool, tensorboard: bool
+    run: RunFolder,
+    stage: str,
+    hyperparameters: Hyperparameters,
+    resume: bool,
+    tensorboard: bool,
+    keep_last: bool = False,
 ) -> tuple[list[keras.callbacks.Callback], StopOnNaN]:
     """Early stopping (restoring the best weights), NaN guard, CSV history, checkpoints and,
-    optionally, TensorBoard logs under `run/tensorboard/<stage>`.
+    optionally, TensorBoard logs under `run/tensorboard/<stage>`. With `keep_last`, no early
+    stopping, and the stage's model file is its last epoch.
 
     Each epoch's history row is written before its checkpoint, and a resumed run first cuts the
     history back to the epochs of its checkpoint, so a run killed between the two writes
@@ -220,15 +249,16 @@ def stage_callbacks(
     nan_guard = StopOnNaN()
     if resume:
         trim_history(run.history(stage), run.read_state().get(stage, {}).get("epochs_done", 0))
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_loss",
+        patience=hyperparameters.early_stopping_patience,
+        restore_best_weights=True,
+    )
     callbacks = [
         nan_guard,
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss",
-            patience=hyperparameters.early_stopping_patience,
-            restore_best_weights=True,
-        ),
+        *([] if keep_last else [early_stopping]),
         keras.callbacks.CSVLogger(str(run.history(stage)), append=resume),
-        AtomicCheckpoint(run, stage),
+        AtomicCheckpoint(run, stage, monitor=None if keep_last else "val_loss"),
     ]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.path / "tensorboard" / stage)))
@@ -280,7 +310,9 @@ def steps_per_epoch(examples: int, hyperparameters: Hyperparameters) -> int:
     return -(-examples // hyperparameters.batch_size)
 
 
-def adam(learning_rate: float, schedule: str, total_steps: int) -> keras.optimizers.Adam:
+def adam(
+    learning_rate: float, schedule: str, total_steps: int, beta_1: float = 0.9
+) -> keras.optimizers.Adam:
     """Adam at a constant `learning_rate`, or with "cosine" decay over `total_steps` steps:
     lr(t) = lr (0.05 + 0.95 (1 + cos(pi min(t, T) / T)) / 2). The schedule is saved with the
     optimizer, so a resumed run continues it from its step count."""
@@ -288,7 +320,7 @@ def adam(learning_rate: float, schedule: str, total_steps: int) -> keras.optimiz
         learning_rate = keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps=max(total_steps, 1), alpha=COSINE_FINAL_FRACTION
         )
-    return keras.optimizers.Adam(learning_rate)
+    return keras.optimizers.Adam(learning_rate, beta_1=beta_1)
 
 
 def stage_is_done(run: RunFolder, stage: str, epochs: int) -> bool:
@@ -308,13 +340,16 @@ def train_stage(
     resume: bool,
     tensorboard: bool = False,
     verbose: int | str = "auto",
+    game: bool = False,
 ) -> keras.Model:
-    """Train one stage ("vqvae", "pixelcnn" or "vae") and return its best model.
+    """Train one stage ("vqvae", "adversarial", "pixelcnn" or "vae") and return its best model.
 
     A finished stage of a resumed run is loaded as it is; an unfinished one continues from its
     last checkpoint; otherwise `build_model()` makes a new model, compiled here with Adam at the
     stage's learning rate and schedule over its epochs of `examples` training examples (the
-    fields of `STAGE_SETTINGS`).
+    fields of `STAGE_SETTINGS`). A `game` (the adversarial stage, whose loss is two players')
+    takes Adam with beta_1 `ADVERSARIAL_BETA_1` at a constant learning rate, does not stop
+    early, and returns its last epoch.
     """
     settings = STAGE_SETTINGS.get(stage, stage)
     epochs = getattr(hyperparameters, f"epochs_{settings}")
@@ -326,10 +361,14 @@ def train_stage(
         model = build_model()
         total_steps = epochs * steps_per_epoch(examples, hyperparameters)
         learning_rate = getattr(hyperparameters, f"learning_rate_{settings}")
-        model.compile(
-            optimizer=adam(learning_rate, hyperparameters.learning_rate_schedule, total_steps)
-        )
-    callbacks, nan_guard = stage_callbacks(run, stage, hyperparameters, resume, tensorboard)
+        if game:
+            optimizer = adam(learning_rate, "constant", total_steps, ADVERSARIAL_BETA_1)
+        else:
+            optimizer = adam(learning_rate, hyperparameters.learning_rate_schedule, total_steps)
+        model.compile(optimizer=optimizer)
+    callbacks, nan_guard = stage_callbacks(
+        run, stage, hyperparameters, resume, tensorboard, keep_last=game
+    )
     return fit_stage(
         model, run, stage, train_data, validation_data, epochs, callbacks, nan_guard, verbose
     )
@@ -385,6 +424,41 @@ def train_autoencoder(
         resume,
         tensorboard,
         verbose,
+    )
+
+
+def train_adversarial_decoder(
+    hyperparameters: Hyperparameters,
+    run: RunFolder,
+    vqvae,
+    train: SliceSet,
+    validate: SliceSet,
+    resume: bool,
+    tensorboard: bool = False,
+    verbose: int | str = "auto",
+):
+    """The adversarial stage: fine-tune a copy of `vqvae`'s decoder against a discriminator on
+    `train` (validating on `validate`), its codes frozen (`AdversarialDecoder`), for
+    `epochs_adversarial` epochs; returns the model of its last epoch."""
+    batch_size = hyperparameters.batch_size
+    return train_stage(
+        "adversarial",
+        lambda: build_adversarial_decoder(vqvae, hyperparameters),
+        hyperparameters,
+        run,
+        slice_batches(
+            train,
+            batch_size,
+            shuffle=True,
+            seed=hyperparameters.seed,
+            augment=hyperparameters.augment,
+        ),
+        slice_batches(validate, batch_size),
+        len(train),
+        resume,
+        tensorboard,
+        verbose,
+        game=True,
     )
 
 
@@ -589,6 +663,11 @@ def train_run(
     (`make_strategy`), with the global batch of `batch_size` images split over its replicas.
     On a cluster every worker runs this in step; only the chief writes `out` (`worker_folder`).
     """
+    if stages is not None and "adversarial" in stages and not hyperparameters.epochs_adversarial:
+        raise RunError(
+            "--stage adversarial trains nothing with epochs_adversarial 0 (a run from before "
+            "the stage, or a preset without it): give --epochs-adversarial, e.g. 12 as the card"
+        )
     stages = check_stages(hyperparameters.model, stages)
     strategy = make_strategy(strategy_name)
     with strategy.scope(), worker_folder(out, strategy) as folder:
@@ -673,6 +752,18 @@ def _train_in_folder(
             metrics = evaluation.run_test_metrics(hyperparameters, autoencoder, None, test_images)
         return _write_metrics(run, source, metrics, seconds, hyperparameters)
     vqvae = autoencoder
+    if "adversarial" in stages and hyperparameters.epochs_adversarial:
+        with timed(seconds, "adversarial"):
+            train_adversarial_decoder(
+                hyperparameters,
+                run,
+                vqvae,
+                splits["train"],
+                splits["validate"],
+                resume,
+                tensorboard,
+                verbose,
+            )
     pixelcnn = None
     encode_batch = hyperparameters.inference_batch_size
     encoded = ("train", "validate", "test") if "pixelcnn" in stages else ("test",)

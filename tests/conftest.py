@@ -30,6 +30,7 @@ def tiny_hyperparameters() -> Hyperparameters:
         batch_size=8,
         epochs_vqvae=8,
         epochs_pixelcnn=2,
+        epochs_adversarial=1,
         learning_rate_vqvae=3e-3,
         mse_warmup_steps=8,  # of the 24 steps of the tiny run
     )

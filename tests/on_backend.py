@@ -8,12 +8,16 @@ process (run by test_backends.py: a process has one backend, chosen before Keras
     KERAS_BACKEND=jax python tests/on_backend.py sample WORK_DIR
 
 "train" fits a VQ-VAE (EMA codebook, dead-code restarts, k-means initialisation), a masked, a
-gated and a conditional gated PixelCNN, and a Gaussian VAE, and writes WORK_DIR/train.json:
+gated and a conditional gated PixelCNN, and a Gaussian VAE, then an adversarial decoder from
+the VQ-VAE, and writes WORK_DIR/train.json:
 
     "backend"    the backend the models ran on
     "history"    {model: {metric: [value of each epoch]}}
     "quantizer_state_changed"  {variable: whether training changed it}
     "evaluate_changed_state"   whether `evaluate` changed any quantizer variable
+    "adversarial_history"      {metric: [value of each epoch]} of the adversarial decoder
+    "adversarial_moved"        {"encoder", "codebook", "decoder": whether its training changed
+                               the part}
 
 "save" fits a VQ-VAE, a masked and a conditional gated PixelCNN for one epoch, saves them
 (with their optimizers) as WORK_DIR/{vqvae,masked,conditional}.keras and writes their outputs
@@ -30,7 +34,7 @@ WORK_DIR/sample.json:
 {prior: `sampler_checks`} and "constant_majority_share" (the mean share of each of 8 samples'
 most common code, which is "constant_majority_codes").
 
-"run" trains a whole run with `train.py --strategy mirrored` (both stages, augmented slices,
+"run" trains a whole run with `train.py --strategy mirrored` (every stage, augmented slices,
 a conditional prior) on a tiny PNG tree in WORK_DIR, after trying it with a batch of 7, and
 writes WORK_DIR/run.json: "devices" (the devices Keras sees), "refused" (the message that
 refused the batch of 7, or ""), "metrics" (the run's metrics.json) and "losses"
@@ -163,6 +167,21 @@ def train(work: Path) -> None:
         history[name] = fitted(model, data, epochs=4, learning_rate=1e-2)
     vae = modules.build_vae(TINY.replace(model="vae"), float(images.var()))
     history["vae"] = fitted(vae, images, epochs=4)
+    adversarial = modules.build_adversarial_decoder(vqvae, TINY)
+    parts = {
+        "encoder": lambda model: model.encoder.weights,
+        "codebook": lambda model: [model.quantizer.codebook],
+        "decoder": lambda model: model.decoder.weights,
+    }
+    start = {name: [np.array(w) for w in weights(vqvae)] for name, weights in parts.items()}
+    adversarial_history = fitted(adversarial, images, epochs=12)
+    moved = {
+        name: any(
+            not np.array_equal(np.array(after), before)
+            for after, before in zip(weights(adversarial.vqvae), start[name], strict=True)
+        )
+        for name, weights in parts.items()
+    }
     result = {
         "backend": keras.backend.backend(),
         "history": history,
@@ -172,6 +191,8 @@ def train(work: Path) -> None:
         "evaluate_changed_state": any(
             not np.array_equal(after[name], evaluated[name]) for name in state
         ),
+        "adversarial_history": adversarial_history,
+        "adversarial_moved": moved,
     }
     (work / "train.json").write_text(json.dumps(result))
 
@@ -324,7 +345,9 @@ def run(work: Path) -> None:
     import train as train_script
 
     data = write_tiny_png_tree(work / "data")
-    settings = TINY.replace(encoder_filters=(8, 16), epochs_vqvae=3, epochs_pixelcnn=2)
+    settings = TINY.replace(
+        encoder_filters=(8, 16), epochs_vqvae=3, epochs_adversarial=2, epochs_pixelcnn=2
+    )
     settings = settings.replace(augment=True)
 
     def mirrored(settings: Hyperparameters, out: str) -> dict:
@@ -338,7 +361,7 @@ def run(work: Path) -> None:
         refused = str(error)
     metrics = mirrored(settings, "run")
     losses = {}
-    for stage in ("vqvae", "pixelcnn"):
+    for stage in ("vqvae", "adversarial", "pixelcnn"):
         with open(work / "run" / f"history_{stage}.csv") as history:
             losses[stage] = [float(row["loss"]) for row in csv.DictReader(history)]
     result = {

@@ -55,6 +55,13 @@ def test_every_model_trains_on_jax(tmp_path):
     # and evaluation leaves it alone.
     assert all(result["quantizer_state_changed"].values()), result["quantizer_state_changed"]
     assert not result["evaluate_changed_state"]
+    # The adversarial decoder's one loss trains the decoder and the discriminator on JAX too,
+    # and leaves the codes alone.
+    adversarial = result["adversarial_history"]
+    assert all(np.isfinite(values).all() for values in adversarial.values())
+    losses = adversarial["discriminator_loss"]
+    assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3])
+    assert result["adversarial_moved"] == {"encoder": False, "codebook": False, "decoder": True}
 
 
 @pytest.mark.parametrize(("saved_on", "loaded_on"), [("tensorflow", "jax"), ("jax", "tensorflow")])
@@ -115,13 +122,15 @@ def test_a_run_trains_on_jax_over_two_devices(tmp_path):
 
     assert result["devices"] == 2
     assert "not multiples of 2: --batch-size (7)" in result["refused"]
-    assert [len(result["losses"][stage]) for stage in ("vqvae", "pixelcnn")] == [3, 2]
-    assert all(losses[-1] < losses[0] for losses in result["losses"].values())
+    losses = result["losses"]
+    assert [len(losses[stage]) for stage in ("vqvae", "adversarial", "pixelcnn")] == [3, 2, 2]
+    assert all(losses[stage][-1] < losses[stage][0] for stage in ("vqvae", "pixelcnn"))
+    assert np.isfinite(losses["adversarial"]).all()
     metrics = result["metrics"]
     assert 0.0 < metrics["ssim_mean"] < 1.0
     assert metrics["prior_bits_per_code"] < metrics["uniform_bits_per_code"]
-    assert (tmp_path / "run" / "vqvae.keras").exists()
-    assert (tmp_path / "run" / "pixelcnn.keras").exists()
+    for stage in ("vqvae", "adversarial", "pixelcnn"):
+        assert (tmp_path / "run" / f"{stage}.keras").exists()
 
     # predict.py on the same backend: a whole volume asked for, and reconstructions.
     for mode in (["--volume"], ["--reconstruct", "--num", "2"]):

@@ -31,8 +31,10 @@ def test_run_folder_holds_everything_it_promises(tiny_run, tiny_hyperparameters)
     for name in (
         "hyperparameters.json",
         "vqvae.keras",
+        "adversarial.keras",
         "pixelcnn.keras",
         "history_vqvae.csv",
+        "history_adversarial.csv",
         "history_pixelcnn.csv",
         "loss.png",
         "ssim.png",
@@ -49,7 +51,7 @@ def test_run_folder_holds_everything_it_promises(tiny_run, tiny_hyperparameters)
         {name: value for name, value in metrics.items() if name != "seconds"}
     )
     # Each phase of the run took some time, none of it absurd.
-    phases = {"load data", "vqvae", "encode", "encode mirrored", "pixelcnn", "test"}
+    phases = {"load data", "vqvae", "adversarial", "encode", "encode mirrored", "pixelcnn", "test"}
     assert set(seconds) == phases  # the prior trains on the mirror images too by default
     assert all(0.0 <= value < 600.0 for value in seconds.values())
     assert seconds["vqvae"] > 0.0 and seconds["pixelcnn"] > 0.0
@@ -144,12 +146,15 @@ def test_resume_refuses_a_changed_configuration(tiny_hyperparameters, tiny_png_t
         train.run_training(changed, verbose=0)
 
 
-def test_pixelcnn_stage_alone_needs_a_trained_vqvae(tiny_hyperparameters, tiny_png_tree, tmp_path):
+@pytest.mark.parametrize("stage", ["pixelcnn", "adversarial"])
+def test_a_later_stage_alone_needs_a_trained_vqvae(
+    tiny_hyperparameters, tiny_png_tree, tmp_path, stage
+):
     out = tmp_path / "run"
     (out).mkdir()
     (out / "notes.txt").write_text("mine")
-    arguments = tiny_arguments(tiny_hyperparameters, tiny_png_tree, out, "--stage", "pixelcnn")
-    with pytest.raises(training.RunError, match="vqvae.keras"):
+    arguments = tiny_arguments(tiny_hyperparameters, tiny_png_tree, out, "--stage", stage)
+    with pytest.raises(training.RunError, match=f"--stage {stage} needs a trained vqvae.keras"):
         train.run_training(arguments, verbose=0)
     assert (out / "notes.txt").read_text() == "mine"
 
@@ -217,6 +222,64 @@ def test_retraining_the_prior_may_change_the_prior_and_keeps_the_vqvae(
     train.run_training(tiny_arguments(unmirrored, tiny_png_tree, out, *argv), verbose=0)
     assert not load_run(out).hyperparameters.prior_mirror_images
     assert "encode mirrored" not in json.loads((out / "metrics.json").read_text())["seconds"]
+
+
+def test_the_adversarial_decoder_draws_the_samples_and_the_vqvae_reconstructs(
+    tiny_run, tiny_png_tree
+):
+    out, _ = tiny_run
+    run = load_run(out)
+    history = read_history(out / "history_adversarial.csv")
+    assert len(history) == 1
+    assert {"discriminator_loss", "generator_loss", "val_reconstruction_loss"} <= set(history[0])
+    assert run.generator is run.adversarial.vqvae
+    np.testing.assert_array_equal(run.generator.quantizer.codebook, run.vqvae.quantizer.codebook)
+    code_maps, slices = generation.sample_slices(run, 3, seed=4)
+    drawn = modules.decode_code_maps(run.generator, code_maps)
+    np.testing.assert_array_equal(slices, generation.to_uint8(drawn))
+    assert np.abs(drawn - modules.decode_code_maps(run.vqvae, code_maps)).max() > 1e-3
+    images = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+    reconstructed = generation.reconstruct(run, images, ["a", "b"]).reconstructions
+    np.testing.assert_array_equal(
+        reconstructed, modules.decode_code_maps(run.vqvae, run.vqvae.code_indices(images))
+    )
+
+
+def test_retraining_the_adversarial_decoder_keeps_the_rest_and_a_new_vqvae_drops_it(
+    tiny_run, tiny_hyperparameters, tiny_png_tree, tmp_path
+):
+    out = shutil.copytree(tiny_run[0], tmp_path / "run")
+    kept = {name: (out / name).read_bytes() for name in ("vqvae.keras", "pixelcnn.keras")}
+    saved = Hyperparameters.load(out / "hyperparameters.json")
+    stronger = saved.replace(adversarial_weight=0.1, epochs_adversarial=2)
+    argv = ("--stage", "adversarial", "--overwrite")
+    train.run_training(tiny_arguments(stronger, tiny_png_tree, out, *argv), verbose=0)
+    assert {name: (out / name).read_bytes() for name in kept} == kept
+    run = load_run(out)
+    assert run.hyperparameters.adversarial_weight == 0.1
+    assert run.adversarial.hyperparameters.adversarial_weight == 0.1
+    assert len(read_history(out / "history_adversarial.csv")) == 2
+    with pytest.raises(training.RunError, match=r"num_embeddings.*only epochs_adversarial"):
+        changed = stronger.replace(num_embeddings=4)
+        train.run_training(tiny_arguments(changed, tiny_png_tree, out, *argv), verbose=0)
+
+    # A new VQ-VAE has new codes: the adversarial decoder fine-tuned from the old one goes.
+    vqvae = saved.replace(epochs_vqvae=1)
+    argv = ("--stage", "vqvae", "--overwrite")
+    train.run_training(tiny_arguments(vqvae, tiny_png_tree, out, *argv), verbose=0)
+    assert not (out / "adversarial.keras").exists()
+    run = load_run(out)
+    assert run.adversarial is None and run.generator is run.vqvae
+
+
+def test_an_adversarial_decoder_of_another_vqvae_is_refused(
+    tiny_run, tiny_hyperparameters, tmp_path
+):
+    out = shutil.copytree(tiny_run[0], tmp_path / "run")
+    other = modules.build_vqvae(tiny_hyperparameters, 0.05)
+    modules.build_adversarial_decoder(other, tiny_hyperparameters).save(out / "adversarial.keras")
+    with pytest.raises(training.RunError, match="adversarial.keras was fine-tuned from another"):
+        load_run(out)
 
 
 def test_a_prior_deleted_by_hand_is_retrained_from_its_first_epoch(

@@ -1,4 +1,5 @@
-"""The two-stage model: the VQ-VAE (`vqvae`, with its `quantizer`), the PixelCNN prior
+"""The two-stage model: the VQ-VAE (`vqvae`, with its `quantizer`), its decoder fine-tuned
+against a discriminator to decode samples (`adversarial`), the PixelCNN prior
 (`prior`, with the coarse level of a two-level prior in `coarse`), sampling and coding
 (`sampler`), and the multi-device helpers they share (`distribute`); and the classical
 baseline, a Gaussian VAE with the same encoder and decoder (`vae`). The top-level `modules`
@@ -8,6 +9,7 @@ Every class here is registered with Keras under the package "brain_vqvae"
 (`SERIALIZATION_PACKAGE`), so importing this package is enough for `keras.saving.load_model`.
 """
 
+from brain_vqvae.model.adversarial import AdversarialDecoder, build_adversarial_decoder
 from brain_vqvae.model.coarse import CoarseMap
 from brain_vqvae.model.conditions import ConditionEncoder
 from brain_vqvae.model.gated_prior import GatedLayer
@@ -44,6 +46,7 @@ __all__ = [
     "VAE_METRICS",
     "VQVAE",
     "VQVAE_METRICS",
+    "AdversarialDecoder",
     "CoarseMap",
     "ConditionEncoder",
     "GatedLayer",
@@ -51,6 +54,7 @@ __all__ = [
     "MaskedConv2D",
     "PixelCNN",
     "VectorQuantizer",
+    "build_adversarial_decoder",
     "build_decoder",
     "build_encoder",
     "build_pixelcnn",
