@@ -1,8 +1,9 @@
 """New slices from a run's prior, and slices passed through its VQ-VAE (or its VAE).
 
 Sampling draws code maps z ~ p(z) = prod_i p(z_i | z_<i) from the PixelCNN in raster order
-(a conditional prior: p(z | c) for the conditions c asked for) and decodes each with the VQ-VAE
-decoder into a slice x = D(e_z); a volume is drawn slice by slice from the bottom up, each
+(a conditional prior: p(z | c) for the conditions c asked for) and decodes each with the run's
+generator (`Run.generator`: the adversarial stage's decoder, or the VQ-VAE's) into a slice
+x = D(e_z); a volume is drawn slice by slice from the bottom up, each
 slice conditioned on its level and on the code map below it (`sample_volumes`); a VAE run (the
 Gaussian baseline) draws latent vectors z ~ N(0, T^2 I) and decodes them, x = D(z).
 Reconstruction encodes slices to code maps (a VAE: to their posterior means) and decodes them
