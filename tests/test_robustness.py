@@ -63,16 +63,15 @@ def test_a_run_killed_mid_epoch_resumes_from_its_last_checkpoint(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["vqvae"]["epochs_done"] == epochs and state["vqvae"]["finished"]
-    assert state["pixelcnn"]["finished"]
+    assert state["adversarial"]["finished"] and state["pixelcnn"]["finished"]
     with open(out / "history_vqvae.csv") as file:
         assert [int(row["epoch"]) for row in csv.DictReader(file)] == list(range(epochs))
 
     models = sorted(out.rglob("*.keras"))
     assert {path.name for path in models} == {
-        "vqvae.keras",
-        "pixelcnn.keras",
-        "vqvae_last.keras",
-        "pixelcnn_last.keras",
+        f"{stage}{suffix}.keras"
+        for stage in ("vqvae", "adversarial", "pixelcnn")
+        for suffix in ("", "_last")
     }
     for path in models:
         assert keras.saving.load_model(path).built, path
