@@ -707,6 +707,8 @@ def evaluate_run(
     target = hyperparameters.ssim_target
     report = {"run": str(run.folder.path), "data": str(slices.source), "split": split}
     report["sampling"] = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    # Which decoder draws the samples: the adversarial stage's, or the autoencoder's own.
+    report["sampling"]["decoder"] = "adversarial" if run.adversarial is not None else run.kind
     report |= scores.summary(target)
     labels = [f"{s} #{i}" for s, i in zip(chosen.subject_ids, chosen.slice_indices, strict=True)]
     figures = [
@@ -842,7 +844,8 @@ def format_report(report: dict) -> str:
             (
                 "sampling",
                 f"temperature {sampling['temperature']:g}, top-k {sampling['top_k'] or 'all'}, "
-                f"top-p {sampling['top_p'] or 1:g}",
+                f"top-p {sampling['top_p'] or 1:g}, decoded by the "
+                f"{sampling.get('decoder', 'vqvae')} decoder",
             ),
             ("novelty (max SSIM to train), mean", f"{report['novelty_ssim_mean']:.4f}"),
         ]

@@ -125,6 +125,7 @@ def test_samples_are_drawn_with_the_sampling_controls_asked_for(tiny_run, tmp_pa
         "temperature": 0.7,
         "top_k": 3,
         "top_p": 1.0,  # the run's own sampling_top_p: every code
+        "decoder": "adversarial",  # the tiny run has an adversarial stage
         "slice_position": "drawn uniformly over the trained levels",
     }
     assert similarity.main([*argv, "--temperature", "0"]) == 2

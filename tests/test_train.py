@@ -272,6 +272,17 @@ def test_retraining_the_adversarial_decoder_keeps_the_rest_and_a_new_vqvae_drops
     assert run.adversarial is None and run.generator is run.vqvae
 
 
+def test_the_adversarial_stage_alone_without_epochs_says_so(
+    tiny_hyperparameters, tiny_png_tree, tmp_path
+):
+    """A run trained before the stage has `epochs_adversarial` 0: asking for the stage alone
+    must not silently train nothing."""
+    none = tiny_hyperparameters.replace(epochs_adversarial=0)
+    arguments = tiny_arguments(none, tiny_png_tree, tmp_path / "run", "--stage", "adversarial")
+    with pytest.raises(training.RunError, match="trains nothing.*--epochs-adversarial"):
+        train.run_training(arguments, verbose=0)
+
+
 def test_an_adversarial_decoder_of_another_vqvae_is_refused(
     tiny_run, tiny_hyperparameters, tmp_path
 ):
