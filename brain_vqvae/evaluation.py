@@ -611,10 +611,9 @@ def judge_realism(
     """`realism.realism_report` of `samples` (M, S, S, 1) against the `held_out` slices, in two
     `halves` (index arrays, `subject_halves`), and the `reconstructions` of all of them by the
     run's generator (`Run.generator`; those of the second half are compared), in the run's
-    feature network, the two-sample tests grouped
-    by `two_sample_groups` (also by a convolutional classifier with `convolutional_c2st`), with
-    figures written into `out`: the measures beside their floors and the samples beside their
-    nearest training slices."""
+    feature network, the two-sample tests grouped by `two_sample_groups` (also by a
+    convolutional classifier with `convolutional_c2st`), with figures written into `out`: the
+    measures beside their floors and the samples beside their nearest training slices."""
     network = run_feature_network(run, training)
     seed = run.hyperparameters.seed
     reference = capped_indices(len(training), REFERENCE_TRAINING_SLICES, seed)

@@ -3,9 +3,9 @@
 Sampling draws code maps z ~ p(z) = prod_i p(z_i | z_<i) from the PixelCNN in raster order
 (a conditional prior: p(z | c) for the conditions c asked for) and decodes each with the run's
 generator (`Run.generator`: the adversarial stage's decoder, or the VQ-VAE's) into a slice
-x = D(e_z); a volume is drawn slice by slice from the bottom up, each
-slice conditioned on its level and on the code map below it (`sample_volumes`); a VAE run (the
-Gaussian baseline) draws latent vectors z ~ N(0, T^2 I) and decodes them, x = D(z).
+x = D(e_z); a volume is drawn slice by slice from the bottom up, each slice conditioned on its
+level and on the code map below it (`sample_volumes`); a VAE run (the Gaussian baseline) draws
+latent vectors z ~ N(0, T^2 I) and decodes them, x = D(z).
 Reconstruction encodes slices to code maps (a VAE: to their posterior means) and decodes them
 again. Slices follow the project's convention (README, "Data"): anterior at the top and the
 subject's left on the image's left, so a stack of them is written as a NIfTI volume whose voxel

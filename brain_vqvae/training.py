@@ -5,15 +5,15 @@ the Gaussian VAE as the one stage.
 Stage 1 fits the VQ-VAE to the training split, validating on the validation split. The
 adversarial stage (when `epochs_adversarial` > 0) fine-tunes a copy of its decoder against a
 discriminator on the same slices, the codes frozen (`brain_vqvae.model.adversarial`), to decode
-the prior's samples. Stage 2
-encodes every training slice to its code map (8x8 for the card) and fits the PixelCNN to them
-with sparse categorical cross-entropy, validating on the validation split's code maps. A VAE run
-fits the `GaussianVAE` as its stage 1, as the VQ-VAE is fitted, and has no stage 2: it samples
-N(0, I). The test split is then scored once (`evaluation.run_test_metrics`). Every stage is one
-`fit_stage`: `model.fit` with early stopping (restoring the best weights; the adversarial stage,
-whose losses are a game, keeps its last epoch instead), a NaN guard, a CSV history and atomic
-checkpoints, so a run killed at any moment keeps its last good checkpoint and
-`resume=True` continues from it with the optimizer's state and epoch count.
+the prior's samples. Stage 2 encodes every training slice to its code map (8x8 for the card)
+and fits the PixelCNN to them with sparse categorical cross-entropy, validating on the
+validation split's code maps. A VAE run fits the `GaussianVAE` as its stage 1, as the VQ-VAE is
+fitted, and has no stage 2: it samples N(0, I). The test split is then scored once
+(`evaluation.run_test_metrics`). Every stage is one `fit_stage`: `model.fit` with early
+stopping (restoring the best weights; the adversarial stage, whose losses are a game, keeps its
+last epoch instead), a NaN guard, a CSV history and atomic checkpoints, so a run killed at any
+moment keeps its last good checkpoint and `resume=True` continues from it with the optimizer's
+state and epoch count.
 
 `train_run` is everything `python train.py` does. Training runs in the scope of a
 `tf.distribute` strategy (`make_strategy`): the global batch of `batch_size` images is split
@@ -405,26 +405,28 @@ def train_autoencoder(
     Gaussian VAE) to `train`, validating on `validate` each epoch (its logs include the
     validation slices' SSIM spread, `val_above_target` and `val_ssim_p05`); returns the best
     model."""
-    batch_size = hyperparameters.batch_size
     build = AUTOENCODER_BUILDERS[hyperparameters.model]
     return train_stage(
         hyperparameters.model,
         lambda: build(hyperparameters, data_variance=pixel_variance(train)),
         hyperparameters,
         run,
-        slice_batches(
-            train,
-            batch_size,
-            shuffle=True,
-            seed=hyperparameters.seed,
-            augment=hyperparameters.augment,
-        ),
-        slice_batches(validate, batch_size),
+        *slice_stage_batches(train, validate, hyperparameters),
         len(train),
         resume,
         tensorboard,
         verbose,
     )
+
+
+def slice_stage_batches(train: SliceSet, validate: SliceSet, hyperparameters: Hyperparameters):
+    """The training and validation batches of a stage fitted to slices: `train` shuffled by
+    the run's seed (and augmented, with `augment`), `validate` in order."""
+    batch_size = hyperparameters.batch_size
+    training = slice_batches(
+        train, batch_size, shuffle=True, seed=hyperparameters.seed, augment=hyperparameters.augment
+    )
+    return training, slice_batches(validate, batch_size)
 
 
 def train_adversarial_decoder(
@@ -440,20 +442,12 @@ def train_adversarial_decoder(
     """The adversarial stage: fine-tune a copy of `vqvae`'s decoder against a discriminator on
     `train` (validating on `validate`), its codes frozen (`AdversarialDecoder`), for
     `epochs_adversarial` epochs; returns the model of its last epoch."""
-    batch_size = hyperparameters.batch_size
     return train_stage(
         "adversarial",
         lambda: build_adversarial_decoder(vqvae, hyperparameters),
         hyperparameters,
         run,
-        slice_batches(
-            train,
-            batch_size,
-            shuffle=True,
-            seed=hyperparameters.seed,
-            augment=hyperparameters.augment,
-        ),
-        slice_batches(validate, batch_size),
+        *slice_stage_batches(train, validate, hyperparameters),
         len(train),
         resume,
         tensorboard,
