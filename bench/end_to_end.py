@@ -1,7 +1,7 @@
 """What a full default run costs: every stage of the card pipeline on the OASIS-sized set.
 
-    python -m bench.end_to_end [--tree DIR] [--epochs-vqvae 30] [--epochs-pixelcnn 30]
-        [--quick] [--json PATH]
+    python -m bench.end_to_end [--tree DIR] [--epochs-vqvae 30] [--epochs-adversarial 12]
+        [--epochs-pixelcnn 30] [--quick] [--json PATH]
 
 The stages are those of `python train.py` (`brain_vqvae.training.train_run`), each timed on its
 own with wall seconds, on the OASIS-sized tree (`common.build_oasis_tree`: 9,664 / 1,120 / 544
@@ -9,15 +9,17 @@ slices) and the card preset, in a temporary run folder:
   load          `load_slices` into an empty cache (a first run; later runs read the cache)
   VQ-VAE        `training.train_autoencoder` for ONE epoch: tf.data pipeline, training,
                 validation, checkpoints, reloading the best model
+  adversarial   `training.train_adversarial_decoder` for ONE epoch (the decoder against a
+                discriminator)
   encode        `training.encode_split` of the train and validate splits (code maps)
   PixelCNN      `training.train_pixelcnn` for ONE epoch
   test report   `evaluation.run_test_metrics` on the test split (SSIM/PSNR/MAE, codebook use,
                 bits)
   sample        `sample_code_maps`: 64 code maps drawn
-The two training stages are then extrapolated linearly to `--epochs-vqvae` and
-`--epochs-pixelcnn` epochs (the defaults' 30 + 30). The one measured epoch carries the one-time
-costs (graph tracing, model building), so the extrapolation errs slightly high; early stopping
-can end a real run sooner.
+The three training stages are then extrapolated linearly to `--epochs-vqvae`,
+`--epochs-adversarial` and `--epochs-pixelcnn` epochs (the defaults' 30, 12 and 30). The one
+measured epoch carries the one-time costs (graph tracing, model building), so the
+extrapolation errs slightly high; early stopping can end a real run sooner.
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ from brain_vqvae.data import load_slices
 from brain_vqvae.evaluation import run_test_metrics
 from brain_vqvae.model import sample_code_maps
 from brain_vqvae.runs import MODEL_STAGES
-from brain_vqvae.training import encode_split, prepare_run_folder, train_autoencoder, train_pixelcnn
+from brain_vqvae.training import (
+    encode_split,
+    prepare_run_folder,
+    train_adversarial_decoder,
+    train_autoencoder,
+    train_pixelcnn,
+)
 from hyperparameters import preset
 
 SAMPLES = 64
@@ -64,7 +72,9 @@ class StageClock:
 
 def run_pipeline(tree: Path, scratch: Path) -> dict[str, float]:
     """Every stage once, one epoch per training stage; {stage: seconds}."""
-    hyperparameters = preset("card").replace(epochs_vqvae=1, epochs_pixelcnn=1)
+    hyperparameters = preset("card").replace(
+        epochs_vqvae=1, epochs_adversarial=1, epochs_pixelcnn=1
+    )
     clock = StageClock()
     run = prepare_run_folder(scratch / "run", MODEL_STAGES["vqvae"], resume=False, overwrite=False)
     data = clock.run("load", load_slices, tree, image_size=128, cache_dir=scratch / "cache")
@@ -74,6 +84,17 @@ def run_pipeline(tree: Path, scratch: Path) -> dict[str, float]:
         train_autoencoder,
         hyperparameters,
         run,
+        splits["train"],
+        splits["validate"],
+        resume=False,
+        verbose=0,
+    )
+    clock.run(
+        "adversarial",
+        train_adversarial_decoder,
+        hyperparameters,
+        run,
+        vqvae,
         splits["train"],
         splits["validate"],
         resume=False,
@@ -124,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tree", type=Path, help="where the OASIS-sized tree is (or goes)")
     defaults = preset("card")
     parser.add_argument("--epochs-vqvae", type=int, default=defaults.epochs_vqvae)
+    parser.add_argument("--epochs-adversarial", type=int, default=defaults.epochs_adversarial)
     parser.add_argument("--epochs-pixelcnn", type=int, default=defaults.epochs_pixelcnn)
     add_common_arguments(parser)
     return parser
@@ -137,11 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tree {tree}: {split_sizes(scale)}")
     with tempfile.TemporaryDirectory(prefix="brain-vqvae-end-to-end-") as scratch:
         seconds = run_pipeline(tree, Path(scratch))
-    epochs = {"VQ-VAE": arguments.epochs_vqvae, "PixelCNN": arguments.epochs_pixelcnn}
+    epochs = {
+        "VQ-VAE": arguments.epochs_vqvae,
+        "adversarial": arguments.epochs_adversarial,
+        "PixelCNN": arguments.epochs_pixelcnn,
+    }
     rows = extrapolate(seconds, epochs)
     print(
         f"\ncard pipeline, one epoch per training stage measured, full run = "
-        f"{arguments.epochs_vqvae} + {arguments.epochs_pixelcnn} epochs"
+        f"{arguments.epochs_vqvae} + {arguments.epochs_adversarial} + "
+        f"{arguments.epochs_pixelcnn} epochs"
     )
     print_table(
         rows,
