@@ -687,16 +687,22 @@ def coarse_prior_hyperparameters(hyperparameters: Hyperparameters) -> Hyperparam
 
 
 def scaled_to_batch(hyperparameters: Hyperparameters, batch_size: int) -> Hyperparameters:
-    """`hyperparameters` at batch B = `batch_size` instead of b = their `batch_size`, both
-    learning rates scaled by the square-root rule for adaptive optimizers, lr_B = lr_b
+    """`hyperparameters` at batch B = `batch_size` instead of b = their `batch_size`, every
+    stage's learning rate scaled by the square-root rule for adaptive optimizers, lr_B = lr_b
     sqrt(B / b) (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient
     Algorithms", https://arxiv.org/abs/2205.10287), over the same epochs."""
     check_at_least("batch_size", batch_size, 1)
     factor = math.sqrt(batch_size / hyperparameters.batch_size)
     return hyperparameters.replace(
         batch_size=batch_size,
-        learning_rate_vqvae=hyperparameters.learning_rate_vqvae * factor,
-        learning_rate_pixelcnn=hyperparameters.learning_rate_pixelcnn * factor,
+        **{
+            name: getattr(hyperparameters, name) * factor
+            for name in (
+                "learning_rate_vqvae",
+                "learning_rate_adversarial",
+                "learning_rate_pixelcnn",
+            )
+        },
     )
 
 

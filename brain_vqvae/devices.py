@@ -22,9 +22,14 @@ def describe_batch_choice(hyperparameters: Hyperparameters, device: str, reason:
     """The line `train.py` prints first: the devices Keras sees, the device the batch was
     chosen for, and the batch and learning rates it trains with, with the `reason` for them
     (e.g. "the GPU preset's", "given", "the run's own")."""
+    adversarial = (
+        f"{hyperparameters.learning_rate_adversarial:.3g} (adversarial decoder), "
+        if hyperparameters.epochs_adversarial and hyperparameters.model == "vqvae"
+        else ""
+    )
     return (
         f"devices {', '.join(list_devices())}; for the {device.upper()}: "
         f"batch {hyperparameters.batch_size} and learning rates "
-        f"{hyperparameters.learning_rate_vqvae:.3g} (VQ-VAE), "
+        f"{hyperparameters.learning_rate_vqvae:.3g} (VQ-VAE), {adversarial}"
         f"{hyperparameters.learning_rate_pixelcnn:.3g} (prior), {reason}"
     )

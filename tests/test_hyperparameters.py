@@ -215,9 +215,10 @@ def test_a_gpu_takes_larger_batches_with_square_root_scaled_learning_rates():
     assert card.batch_size == 256  # 8 x the CPU's 32: learning rates x sqrt(8)
     assert card.learning_rate_vqvae == pytest.approx(2.8284271e-3)
     assert card.learning_rate_pixelcnn == pytest.approx(2.8284271e-3)
-    assert card.replace(batch_size=32, learning_rate_vqvae=1e-3, learning_rate_pixelcnn=1e-3) == (
-        preset("card")
-    )
+    assert card.learning_rate_adversarial == pytest.approx(2.8284271e-4)
+    cpu_rates = {"learning_rate_vqvae": 1e-3, "learning_rate_pixelcnn": 1e-3}
+    cpu_rates["learning_rate_adversarial"] = 1e-4
+    assert card.replace(batch_size=32, **cpu_rates) == preset("card")
     hifi = preset("hifi", "gpu")
     assert (hifi.batch_size, hifi.learning_rate_vqvae) == (32, pytest.approx(4e-3))  # 16 x 2
     assert preset("hifi", "cpu").batch_size == 2
