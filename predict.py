@@ -8,10 +8,12 @@
     python predict.py --run DIR --input FILE [--num 8]
 
 Sampling draws `num` code maps from the PixelCNN in raster order and decodes each with the
-VQ-VAE decoder (brain_vqvae/generation.py). At each position the logits are divided by
-`temperature` (below 1 sharper, above 1 more varied), then only the `top-k` most likely codes,
-or the smallest set of most likely codes whose probability reaches `top-p` (nucleus sampling),
-are kept; the same `--seed` draws the same slices. The output folder (default RUN/samples) holds
+run's adversarially fine-tuned decoder when it has one (the card's adversarial stage), else
+the VQ-VAE's (brain_vqvae/generation.py); reconstructions are always the VQ-VAE's. At each
+position the logits are divided by `temperature` (below 1 sharper, above 1 more varied), then
+only the `top-k` most likely codes, or the smallest set of most likely codes whose probability
+reaches `top-p` (nucleus sampling), are kept; the same `--seed` draws the same slices. The
+output folder (default RUN/samples) holds
 
     sample_000.png ...    each slice as an 8-bit greyscale PNG, S x S
     samples.png           all of them in one grid
