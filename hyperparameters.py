@@ -348,10 +348,11 @@ class Hyperparameters:
     # discriminator, its codes frozen, with Adam (beta_1 0.5) at a constant
     # `learning_rate_adversarial`; `adversarial_weight` weighs the discriminator's judgement
     # against the reconstruction loss. Sampled code maps are then decoded by it, and everything
-    # else (reconstructions, their scores) by the VQ-VAE. On the demo, over two trainings, the
-    # card's samples so decoded were more varied (pairwise MS-SSIM 0.016-0.023 lower, within
-    # 0.03 of real slices' in one training and 0.031 above in the other), showed sulcus-like
-    # texture where they were smooth blobs, and were as real or more by the Fréchet distance;
+    # else (reconstructions, their scores) by the VQ-VAE. On the demo, over three trainings,
+    # the card's samples so decoded were more varied (pairwise MS-SSIM 0.016-0.025 lower, within
+    # 0.03 of real slices' in one training and 0.031-0.032 above in the others), showed
+    # sulcus-like texture where they were smooth blobs, and were as real or more by the
+    # Fréchet distance;
     # the volumes' cuts moved away from real ones (within 3x the floor), and a weight of 0.1
     # made speckled edges (BENCHMARKS.md, "A decoder fine-tuned against a discriminator"). A
     # saved configuration without these keys has no such stage (`from_dict`).
