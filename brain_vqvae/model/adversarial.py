@@ -5,8 +5,8 @@ reconstruction scores of the run's own VQ-VAE (vqvae.keras, which this stage doe
 stay valid.
 
 Why: a decoder trained on SSIM + L1 alone draws each code map as the mean of the slices it
-stands for, so drawn slices are smoother and more alike than real ones (on the demo their
-pairwise MS-SSIM sat 0.04 above the real slices'). A discriminator D that tells real slices from
+stands for, so drawn slices are smoother and more alike than real ones (BENCHMARKS.md, "A
+decoder fine-tuned against a discriminator"). A discriminator D that tells real slices from
 decoded ones puts back what the mean averages away (Esser et al. 2021, VQGAN).
 
 `AdversarialDecoder(hyperparameters, data_variance)` holds a `VQVAE` (`vqvae`, its encoder and
