@@ -224,9 +224,7 @@ def test_retraining_the_prior_may_change_the_prior_and_keeps_the_vqvae(
     assert "encode mirrored" not in json.loads((out / "metrics.json").read_text())["seconds"]
 
 
-def test_the_adversarial_decoder_draws_the_samples_and_the_vqvae_reconstructs(
-    tiny_run, tiny_png_tree
-):
+def test_the_adversarial_decoder_draws_the_samples_and_the_vqvae_reconstructs(tiny_run):
     out, _ = tiny_run
     run = load_run(out)
     history = read_history(out / "history_adversarial.csv")
@@ -246,7 +244,7 @@ def test_the_adversarial_decoder_draws_the_samples_and_the_vqvae_reconstructs(
 
 
 def test_retraining_the_adversarial_decoder_keeps_the_rest_and_a_new_vqvae_drops_it(
-    tiny_run, tiny_hyperparameters, tiny_png_tree, tmp_path
+    tiny_run, tiny_png_tree, tmp_path
 ):
     out = shutil.copytree(tiny_run[0], tmp_path / "run")
     kept = {name: (out / name).read_bytes() for name in ("vqvae.keras", "pixelcnn.keras")}
