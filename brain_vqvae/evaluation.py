@@ -613,7 +613,8 @@ def judge_realism(
     run's generator (`Run.generator`; those of the second half are compared), in the run's
     feature network, the two-sample tests grouped by `two_sample_groups` (also by a
     convolutional classifier with `convolutional_c2st`), with figures written into `out`: the
-    measures beside their floors and the samples beside their nearest training slices."""
+    measures beside their floors, the three sets' power spectra and the samples beside their
+    nearest training slices."""
     network = run_feature_network(run, training)
     seed = run.hyperparameters.seed
     reference = capped_indices(len(training), REFERENCE_TRAINING_SLICES, seed)
@@ -637,6 +638,14 @@ def judge_realism(
     )
     figures = [
         realism.plot_realism(report, out / "realism.png"),
+        realism.plot_spectra(
+            {
+                "real": images,
+                "reconstructions": reconstructions,
+                "samples": samples,
+            },
+            out / "spectrum.png",
+        ),
         realism.plot_nearest_training(
             samples,
             reference_images,

@@ -31,6 +31,10 @@ something only beside it.
 - diversity: mean MS-SSIM (Wang, Simoncelli and Bovik 2003) and SSIM over random pairs of
   samples, beside the same for real slices (higher = less diverse; mode collapse shows as a
   sample value above the real one);
+- the power spectrum (`spectral_distance`): how far the sets' azimuthally averaged power
+  spectra lie apart, in decades, which shows blur (too little power at fine scales) and the
+  periodic patterns of up-convolutions (Durall et al. 2020) that a feature network may not
+  weigh; `plot_spectra` draws the spectra;
 - implausible samples: a brain mask broken into more islands, or with more holes, than any real
   training slice at the same level of the brain has (`implausible`);
 - a figure of samples beside their nearest training slices in feature space (memorisation), and
@@ -38,9 +42,10 @@ something only beside it.
 
 The features come from `feature_network`. Public API: `frechet_distance`, `precision_recall`,
 `texture_statistics`, `classifier_two_sample_accuracy`, `convolutional_two_sample_accuracy`,
-`two_sample_p_value`, `pairwise_ms_ssim`, `pairwise_ssim`, `brain_masks`, `brain_mask_topology`,
-`implausible`, `nearest_training_levels`, `realism_report`, `format_realism`,
-`plot_nearest_training`, `plot_realism`.
+`two_sample_p_value`, `pairwise_ms_ssim`, `pairwise_ssim`, `radial_power_spectrum`,
+`spectral_distance`, `brain_masks`, `brain_mask_topology`, `implausible`,
+`nearest_training_levels`, `realism_report`, `format_realism`, `plot_nearest_training`,
+`plot_realism`, `plot_spectra`.
 """
 
 from __future__ import annotations
@@ -515,6 +520,50 @@ def pairwise_ssim(images: np.ndarray, max_pairs: int = MAX_PAIRS, seed: int = 0)
 
 
 # ---------------------------------------------------------------------------------------------
+# Power spectrum
+# ---------------------------------------------------------------------------------------------
+
+
+def radial_power_spectrum(images: np.ndarray) -> np.ndarray:
+    """The mean azimuthally averaged power spectrum of images (N, S, S, 1): (R,) float64,
+    entry r - 1 for the spatial frequency of r cycles per image, r = 1 .. R = round(S / sqrt 2)
+    (period S / r pixels: r = S / 2 is the 2-pixel period along a row or column, and the
+    diagonal frequencies beyond it reach the checkerboard (-1)^(x + y) at r = S / sqrt 2).
+
+    Each image's mean is removed, P(u, v) = |F(x)(u, v)|^2 / S^4 its power at the frequency
+    (u, v) (F the 2D discrete Fourier transform, u and v in -S/2 .. S/2 - 1, so that the power
+    sums to the image's variance), and A(r) the mean of P over the N images and the
+    frequencies with round(sqrt(u^2 + v^2)) = r.
+    """
+    images = as_image_batch(images)[..., 0].astype(np.float64)
+    size = images.shape[1]
+    centred = images - images.mean(axis=(1, 2), keepdims=True)
+    power = (np.abs(np.fft.fft2(centred)) ** 2).mean(axis=0) / float(size) ** 4
+    frequencies = np.fft.fftfreq(size, d=1.0 / size)
+    radius = np.rint(np.hypot(*np.meshgrid(frequencies, frequencies, indexing="ij"))).astype(int)
+    totals = np.bincount(radius.ravel(), weights=power.ravel())
+    counts = np.bincount(radius.ravel())
+    return totals[1:] / counts[1:]
+
+
+def spectral_distance(images_a: np.ndarray, images_b: np.ndarray) -> float:
+    """Mean |log10 A_a(r) - log10 A_b(r)| over the frequencies r of the two sets'
+    `radial_power_spectrum`s: 0 for sets with the same spectrum, 1 for a tenfold excess or lack
+    of power at every frequency. Blur shows as a lack of power at high r; the periodic pattern
+    of an up-convolution (a checkerboard, Odena et al. 2016) as an excess at the periods of 2
+    and 4 pixels (Durall et al. 2020, "Watch your Up-Convolution")."""
+    if np.shape(images_a)[1:3] != np.shape(images_b)[1:3]:
+        raise ValueError(
+            f"the two sets' images differ in size: {np.shape(images_a)[1:3]} and "
+            f"{np.shape(images_b)[1:3]}"
+        )
+    spectrum_a = radial_power_spectrum(images_a)
+    spectrum_b = radial_power_spectrum(images_b)
+    tiny = np.finfo(np.float64).tiny
+    return float(np.mean(np.abs(np.log10(spectrum_a + tiny) - np.log10(spectrum_b + tiny))))
+
+
+# ---------------------------------------------------------------------------------------------
 # Implausible samples
 # ---------------------------------------------------------------------------------------------
 
@@ -650,6 +699,10 @@ REPORT_ROWS = (
     ("diversity: pairwise MS-SSIM", "ms_ssim_samples", "ms_ssim_real", ".4f"),
     ("diversity: pairwise SSIM", "ssim_samples", "ssim_real", ".4f"),
     ("diversity: MS-SSIM, reconstructions", "ms_ssim_reconstructions", "ms_ssim_real", ".4f"),
+    ("power spectrum distance", "spectrum_distance_samples", "spectrum_distance_real_floor",
+     ".3f"),
+    ("power spectrum distance, reconstructions", "spectrum_distance_reconstructions",
+     "spectrum_distance_real_floor", ".3f"),
     ("implausible share", "implausible_samples_share", "implausible_real_share", ".1%"),
     ("nearest-training distance (mean)", "nearest_training_distance_samples",
      "nearest_training_distance_real", ".4g"),
@@ -705,6 +758,9 @@ def realism_report(
       ssim_reconstructions the same of the n reconstructions of `real_b`: the diversity of a
       perfect prior's samples, which are decoder outputs too (a decoder's blur alone makes
       slices more alike than the real ones);
+    - spectrum_distance_samples, spectrum_distance_reconstructions,
+      spectrum_distance_real_floor: `spectral_distance` of n samples, n reconstructions of
+      `real_b` and the n `real_b` slices to all of `real_a`;
     - implausible_samples, implausible_samples_share, implausible_real,
       implausible_real_share: count and share of `implausible` samples, and of all real
       held-out slices, judged at two estimates of each slice's level, the nearest training
@@ -790,6 +846,13 @@ def realism_report(
     report["ssim_real"] = pairwise_ssim(real_n, max_pairs, seed)
     report["ms_ssim_reconstructions"] = pairwise_ms_ssim(reconstructions_n, max_pairs, seed)
     report["ssim_reconstructions"] = pairwise_ssim(reconstructions_n, max_pairs, seed)
+
+    for name, key in (
+        ("samples", "samples"),
+        ("reconstructions", "reconstructions"),
+        ("real_b", "real_floor"),
+    ):
+        report[f"spectrum_distance_{key}"] = spectral_distance(sets[name][0], real_a)
 
     # Levels by the nearest training slice in feature space and, if trained, the position
     # head: a sample is implausible only at both.
@@ -906,6 +969,29 @@ def plot_realism(report: dict, path: str | Path) -> Path:
         axis.tick_params(labelsize=7)
     for axis in axes[len(rows) :]:
         axis.set_visible(False)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return Path(path)
+
+
+def plot_spectra(sets: dict[str, np.ndarray], path: str | Path) -> Path:
+    """PNG of the `radial_power_spectrum` of each named image set ({"real": images, ...}, each
+    (N, S, S, 1)) on log axes, power against the period in pixels (S / r): a generator's curve
+    on the real one at every scale is what real images show; one below it at short periods is
+    blur, a bump at 2 or 4 pixels a periodic pattern."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.0, 4.0))
+    axis = figure.subplots()
+    for label, images in sets.items():
+        spectrum = radial_power_spectrum(images)
+        periods = images.shape[1] / np.arange(1, len(spectrum) + 1)
+        axis.loglog(periods, spectrum, label=label)
+    axis.invert_xaxis()
+    axis.set_xlabel("period (pixels)")
+    axis.set_ylabel("power (azimuthal mean)")
+    axis.set_title("power spectrum", fontsize=9)
+    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return Path(path)

@@ -191,6 +191,46 @@ def test_diversity_is_one_for_identical_images_and_lower_for_different(measure):
     assert measure(brain_like_set(8, seed=1), max_pairs=10) < 0.95
 
 
+# Power spectrum ------------------------------------------------------------------------------
+
+
+def test_radial_power_spectrum_of_a_cosine_is_at_its_frequency():
+    """cos(2 pi 8 x / 32): all its power (variance 1/2) at 8 cycles per image, split between
+    the two frequencies (0, +-8), so the mean over the ring's 48 frequencies (the integer
+    points at rounded radius 8) is 1/2 / 48 and every other ring is empty."""
+    columns = np.arange(SIZE)
+    cosine = 0.5 + 0.5 * np.cos(2 * np.pi * 8 * columns / SIZE)
+    images = np.broadcast_to(cosine, (2, SIZE, SIZE))[..., None]
+    spectrum = realism.radial_power_spectrum(images)
+    assert spectrum.shape == (round(SIZE / math.sqrt(2)),)
+    ring = sum(round(math.hypot(u, v)) == 8 for u in range(-16, 16) for v in range(-16, 16))
+    assert spectrum[8 - 1] == pytest.approx(0.125 / ring)
+    assert np.delete(spectrum, 8 - 1).max() < 1e-20
+
+
+def test_spectral_distance_is_near_zero_for_halves_and_sees_blur_and_a_checkerboard():
+    from scipy import ndimage
+
+    images = brain_like_set(64, seed=30)
+    rng = np.random.default_rng(30)
+    images = np.clip(images + 0.05 * rng.standard_normal(images.shape), 0, 1)
+    floor = realism.spectral_distance(images[:32], images[32:])
+    blurred = ndimage.gaussian_filter(images[32:], sigma=(0, 1.5, 1.5, 0))
+    checkered = images[32:].copy()
+    checkered[:, ::2, ::2] = np.clip(checkered[:, ::2, ::2] + 0.2, 0, 1)
+    assert floor < 0.05
+    assert realism.spectral_distance(images[:32], blurred) > floor + 0.5
+    assert realism.spectral_distance(images[:32], checkered) > floor + 0.1
+    with pytest.raises(ValueError, match="differ in size"):
+        realism.spectral_distance(images, images[:, :16, :16])
+
+
+def test_plot_spectra_writes_a_png(tmp_path):
+    images = brain_like_set(4, seed=31)
+    path = realism.plot_spectra({"real": images, "samples": images[::-1]}, tmp_path / "s.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
 # Implausible samples -------------------------------------------------------------------------
 
 
