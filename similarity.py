@@ -26,10 +26,12 @@ on the run's training split (saved in the run folder as realism_features.keras t
 classifier two-sample tests (0.5 = indistinguishable) for real vs reconstructions,
 reconstructions vs samples (the prior alone) and real vs samples (with --convolutional-c2st,
 also by a convolutional network trained on the pixels), diversity as pairwise MS-SSIM
-and SSIM, and the share of implausible samples (a brain broken into more islands, or with more
-holes, than any training slice at its level has). The figures go to RUN/similarity_<split> (or
---out): realism.png draws the measures beside their floors, nearest_training.png the samples
-beside their nearest training slices. The samples are drawn as `predict.py` draws them, with
+and SSIM, the distance between the power spectra of samples and real slices (blur, and the
+checkerboard of an up-convolution), and the share of implausible samples (a brain broken into
+more islands, or with more holes, than any training slice at its level has). The figures go to
+RUN/similarity_<split> (or --out): realism.png draws the measures beside their floors,
+spectrum.png the power spectra, nearest_training.png the samples beside their nearest training
+slices. The samples are drawn as `predict.py` draws them, with
 the same --temperature, --top-k and --top-p, so a sampling setting can be judged before it is
 used.
 """
