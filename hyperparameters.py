@@ -201,7 +201,12 @@ PRIOR_FIELDS = (
 )
 # The fields of the adversarial stage alone: retraining a run's adversarial decoder
 # (`train.py --stage adversarial`) may change these and keep the rest of the run.
-ADVERSARIAL_FIELDS = ("epochs_adversarial", "learning_rate_adversarial", "adversarial_weight")
+ADVERSARIAL_FIELDS = (
+    "epochs_adversarial",
+    "learning_rate_adversarial",
+    "adversarial_weight",
+    "spectral_weight",
+)
 
 
 @dataclass(frozen=True)
@@ -359,6 +364,7 @@ class Hyperparameters:
     epochs_adversarial: int = 12
     learning_rate_adversarial: float = 1e-4
     adversarial_weight: float = 0.03
+    spectral_weight: float = 0.1
 
     # Model. "vqvae": the VQ-VAE and its PixelCNN prior, in two stages. "vae": the classical
     # baseline, a Gaussian VAE with the same encoder and decoder and one latent vector of
@@ -403,6 +409,7 @@ class Hyperparameters:
             "pixelcnn_coarse_codes",
             "mse_warmup_steps",
             "epochs_adversarial",
+            "spectral_weight",
             "seed",
         ):
             if getattr(self, name) < 0:
@@ -558,11 +565,12 @@ class Hyperparameters:
         """Inverse of `to_dict`; an unknown key is an error, a missing one takes its default,
         except `pixelcnn_architecture`, which is "masked" when missing, `prior_conditions`,
         "none", `pixelcnn_embed_previous_slice`, `pixelcnn_position_features` and
-        `prior_mirror_images`, False, `epochs_adversarial`, 0, and `fine_previous_slice_noise`,
-        the configuration's `previous_slice_noise`: every configuration saved before those
-        fields existed (a run's hyperparameters.json, a `.keras` PixelCNN's config) describes an
-        unconditional masked PixelCNN, or a conditional one reading the slice below as one-hot
-        codes, blurred alike for both levels, and no adversarial stage, and must keep loading
+        `prior_mirror_images`, False, `epochs_adversarial` and `spectral_weight`, 0, and
+        `fine_previous_slice_noise`, the configuration's `previous_slice_noise`: every
+        configuration saved before those fields existed (a run's hyperparameters.json, a
+        `.keras` PixelCNN's config) describes an unconditional masked PixelCNN, or a
+        conditional one reading the slice below as one-hot codes, blurred alike for both
+        levels, and no adversarial stage or one without a spectral term, and must keep loading
         as one."""
         known = {field.name for field in fields(cls)}
         unknown = sorted(set(values) - known)
@@ -575,6 +583,7 @@ class Hyperparameters:
             "pixelcnn_position_features": False,
             "prior_mirror_images": False,
             "epochs_adversarial": 0,
+            "spectral_weight": 0.0,
             "fine_previous_slice_noise": values.get(
                 "previous_slice_noise", cls.previous_slice_noise
             ),

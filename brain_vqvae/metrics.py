@@ -11,7 +11,10 @@ Images are compared on the [0, 1] scale, shaped (N, S, S, 1):
   identical images score a finite 100 dB instead of infinity (which would turn every mean over
   slices into infinity): `peak_signal_noise_ratio` (in-graph, the VQ-VAE's training metric) and
   `psnr_per_slice` (numpy);
-- MAE = mean |x - y|: `mae_per_slice`.
+- MAE = mean |x - y|: `mae_per_slice`;
+- the radial power spectrum (`radial_power_spectra`) and the mean distance in decades between
+  two of them (`log_spectral_distance`): blur lacks power at short periods, the checkerboard
+  of an up-convolution has too much at 2 pixels (in-graph, differentiable).
 
 Code maps (N, h, w) of integer codes in [0, K):
 
@@ -24,12 +27,15 @@ Code maps (N, h, w) of integer codes in [0, K):
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from keras import ops
 
 SSIM_FILTER_SIZE = 11
 SSIM_FILTER_SIGMA = 1.5
 PSNR_MSE_FLOOR = 1e-10  # identical images: 10 log10(1 / 1e-10) = 100 dB
+SPECTRUM_FLOOR = 1e-12  # power per frequency; a real 128x128 slice has 1e-10 or more
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +97,48 @@ def peak_signal_noise_ratio(images, others):
     squared = ops.reshape(ops.square(images - others), (ops.shape(images)[0], -1))
     mse = ops.mean(squared, axis=1)
     return 10.0 * ops.log10(1.0 / ops.maximum(mse, PSNR_MSE_FLOOR))
+
+
+@functools.cache
+def _ring_means(size: int) -> np.ndarray:
+    """The [S * S, R] matrix whose column r - 1 averages a flattened S x S spectrum (in the
+    order of `fft2`) over the frequencies (u, v) with round(sqrt(u^2 + v^2)) = r, for
+    r = 1 .. R = round(S / sqrt 2); the constant term (r = 0) is left out."""
+    frequencies = np.fft.fftfreq(size, d=1.0 / size)
+    radius = np.rint(np.hypot(*np.meshgrid(frequencies, frequencies, indexing="ij")))
+    radius = radius.astype(int).ravel()
+    rings = (radius[:, None] == np.arange(1, radius.max() + 1)[None, :]).astype("float32")
+    return rings / rings.sum(axis=0)
+
+
+def radial_power_spectra(images):
+    """Each image's azimuthally averaged power spectrum: [N, S, S, 1] -> [N, R] float32, entry
+    r - 1 for the spatial frequency of r cycles per image, r = 1 .. R = round(S / sqrt 2)
+    (period S / r pixels: r = S / 2 is the 2-pixel period along a row or column, and the
+    diagonal frequencies beyond it reach the checkerboard (-1)^(x + y) at r = S / sqrt 2).
+
+    The image's mean is removed, P(u, v) = |F(x)(u, v)|^2 / S^4 is its power at the frequency
+    (u, v) (F the 2D discrete Fourier transform, u and v in -S/2 .. S/2 - 1, so that P sums to
+    the image's variance), and A(r) the mean of P over the frequencies with
+    round(sqrt(u^2 + v^2)) = r. In-graph (keras.ops) and differentiable.
+    """
+    images = ops.cast(images, "float32")[..., 0]
+    size = images.shape[1]
+    centred = images - ops.mean(images, axis=(1, 2), keepdims=True)
+    real, imaginary = ops.fft2((centred, ops.zeros_like(centred)))
+    power = (real * real + imaginary * imaginary) / float(size) ** 4
+    flat = ops.reshape(power, (-1, size * size))
+    return ops.matmul(flat, ops.convert_to_tensor(_ring_means(size)))
+
+
+def log_spectral_distance(spectra, others):
+    """Mean |log10 A(r) - log10 B(r)| over the last axis of two radial power spectra
+    (`radial_power_spectra`, [..., R] each) -> [...]: 0 for the same spectrum, 1 for a tenfold
+    excess or lack of power at every frequency. Power below `SPECTRUM_FLOOR` (far below any
+    ring of a real 8-bit image) counts as that floor, so empty rings stay finite."""
+    spectra = ops.maximum(ops.cast(spectra, "float32"), SPECTRUM_FLOOR)
+    others = ops.maximum(ops.cast(others, "float32"), SPECTRUM_FLOOR)
+    return ops.mean(ops.abs(ops.log10(spectra) - ops.log10(others)), axis=-1)
 
 
 def as_image_batch(images, name: str = "images") -> np.ndarray:

@@ -59,7 +59,13 @@ import scipy.linalg
 import tensorflow as tf
 
 from brain_vqvae.feature_network import FeatureNetwork, image_features, predict_positions
-from brain_vqvae.metrics import SSIM_FILTER_SIGMA, as_image_batch, ssim_per_slice
+from brain_vqvae.metrics import (
+    SSIM_FILTER_SIGMA,
+    as_image_batch,
+    log_spectral_distance,
+    radial_power_spectra,
+    ssim_per_slice,
+)
 
 FRECHET_EPS = 1e-6
 IMAGINARY_TOLERANCE = 1e-3
@@ -524,43 +530,33 @@ def pairwise_ssim(images: np.ndarray, max_pairs: int = MAX_PAIRS, seed: int = 0)
 # ---------------------------------------------------------------------------------------------
 
 
-def radial_power_spectrum(images: np.ndarray) -> np.ndarray:
-    """The mean azimuthally averaged power spectrum of images (N, S, S, 1): (R,) float64,
-    entry r - 1 for the spatial frequency of r cycles per image, r = 1 .. R = round(S / sqrt 2)
-    (period S / r pixels: r = S / 2 is the 2-pixel period along a row or column, and the
-    diagonal frequencies beyond it reach the checkerboard (-1)^(x + y) at r = S / sqrt 2).
-
-    Each image's mean is removed, P(u, v) = |F(x)(u, v)|^2 / S^4 its power at the frequency
-    (u, v) (F the 2D discrete Fourier transform, u and v in -S/2 .. S/2 - 1, so that the power
-    sums to the image's variance), and A(r) the mean of P over the N images and the
-    frequencies with round(sqrt(u^2 + v^2)) = r.
-    """
-    images = as_image_batch(images)[..., 0].astype(np.float64)
-    size = images.shape[1]
-    centred = images - images.mean(axis=(1, 2), keepdims=True)
-    power = (np.abs(np.fft.fft2(centred)) ** 2).mean(axis=0) / float(size) ** 4
-    frequencies = np.fft.fftfreq(size, d=1.0 / size)
-    radius = np.rint(np.hypot(*np.meshgrid(frequencies, frequencies, indexing="ij"))).astype(int)
-    totals = np.bincount(radius.ravel(), weights=power.ravel())
-    counts = np.bincount(radius.ravel())
-    return totals[1:] / counts[1:]
+def radial_power_spectrum(images: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """The mean of the images' radial power spectra (`metrics.radial_power_spectra`):
+    (N, S, S, 1) -> (R,) float64, entry r - 1 for r cycles per image (period S / r pixels),
+    r = 1 .. round(S / sqrt 2)."""
+    images = as_image_batch(images)
+    spectra = [
+        np.asarray(radial_power_spectra(images[start : start + chunk]), dtype=np.float64)
+        for start in range(0, len(images), chunk)
+    ]
+    return np.concatenate(spectra).mean(axis=0)
 
 
 def spectral_distance(images_a: np.ndarray, images_b: np.ndarray) -> float:
-    """Mean |log10 A_a(r) - log10 A_b(r)| over the frequencies r of the two sets'
-    `radial_power_spectrum`s: 0 for sets with the same spectrum, 1 for a tenfold excess or lack
-    of power at every frequency. Blur shows as a lack of power at high r; the periodic pattern
-    of an up-convolution (a checkerboard, Odena et al. 2016) as an excess at the periods of 2
-    and 4 pixels (Durall et al. 2020, "Watch your Up-Convolution")."""
+    """`metrics.log_spectral_distance` between the two sets' `radial_power_spectrum`s: the
+    mean distance in decades, 0 for sets with the same spectrum. Blur shows as a lack of power
+    at short periods; the periodic pattern of an up-convolution (a checkerboard, Odena et al.
+    2016) as an excess at the periods of 2 and 4 pixels (Durall et al. 2020, "Watch your
+    Up-Convolution")."""
     if np.shape(images_a)[1:3] != np.shape(images_b)[1:3]:
         raise ValueError(
             f"the two sets' images differ in size: {np.shape(images_a)[1:3]} and "
             f"{np.shape(images_b)[1:3]}"
         )
-    spectrum_a = radial_power_spectrum(images_a)
-    spectrum_b = radial_power_spectrum(images_b)
-    tiny = np.finfo(np.float64).tiny
-    return float(np.mean(np.abs(np.log10(spectrum_a + tiny) - np.log10(spectrum_b + tiny))))
+    distance = log_spectral_distance(
+        radial_power_spectrum(images_a), radial_power_spectrum(images_b)
+    )
+    return float(np.asarray(distance))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,10 +23,27 @@ def images():
     return (0.8 * discs + 0.05 * rng.random((16, 32, 32), dtype=np.float32))[..., None]
 
 
+def ring_mean_power(images: tf.Tensor) -> tf.Tensor:
+    """The radial power spectrum written out: [N, S, S, 1] -> [N, R], the mean of
+    |FFT(x - mean x)|^2 / S^4 over each ring of integer frequencies at rounded radius r, one
+    boolean mask per ring, r = 1 .. round(S / sqrt 2)."""
+    size = images.shape[1]
+    pixels = images[..., 0] - tf.reduce_mean(images, axis=(1, 2, 3))[:, None, None]
+    power = tf.abs(tf.signal.fft2d(tf.cast(pixels, tf.complex64))) ** 2 / size**4
+    index = np.arange(size)
+    signed = np.where(index < size // 2, index, index - size)
+    radius = np.rint(np.sqrt(signed[:, None] ** 2 + signed[None, :] ** 2))
+    rings = [
+        tf.reduce_mean(tf.boolean_mask(power, radius == r, axis=1), axis=1)
+        for r in range(1, round(size / np.sqrt(2)) + 1)
+    ]
+    return tf.stack(rings, axis=1)
+
+
 @pytest.fixture
 def adversarial(tiny_hyperparameters, images):
     keras.utils.set_random_seed(0)
-    settings = tiny_hyperparameters.replace(adversarial_weight=0.5)
+    settings = tiny_hyperparameters.replace(adversarial_weight=0.5, spectral_weight=0.2)
     vqvae = modules.build_vqvae(settings, float(images.var()))
     return build_adversarial_decoder(vqvae, settings), vqvae
 
@@ -47,8 +64,8 @@ def test_the_discriminator_learns_the_hinge_loss_and_the_decoder_the_weighted_ju
     adversarial, images
 ):
     """The one loss's gradient with respect to D's weights is that of the hinge loss alone,
-    and with respect to G's that of L_rec + lambda mean softplus(-D(G(z))), each computed
-    here from its definition."""
+    and with respect to G's that of L_rec + mu L_spec + lambda mean softplus(-D(G(z))), each
+    computed here from its definition."""
     model, _ = adversarial
     decoder = model.vqvae.decoder.trainable_variables
     discriminator = model.discriminator.trainable_variables
@@ -60,7 +77,14 @@ def test_the_discriminator_learns_the_hinge_loss_and_the_decoder_the_weighted_ju
             tf.nn.relu(1.0 + model.discriminator(decoded))
         )
         judged = tf.reduce_mean(tf.nn.softplus(-model.discriminator(decoded)))
-        generator = model.vqvae.reconstruction_loss(images, raw) + 0.5 * judged
+        floor = 1e-12
+        spectral = tf.reduce_mean(
+            tf.abs(
+                tf.math.log(tf.maximum(ring_mean_power(decoded), floor))
+                - tf.math.log(tf.maximum(ring_mean_power(tf.constant(images)), floor))
+            )
+        ) / np.log(10.0)
+        generator = model.vqvae.reconstruction_loss(images, raw) + 0.2 * spectral + 0.5 * judged
     for ours, expected in zip(
         tape.gradient(loss, discriminator), tape.gradient(hinge, discriminator), strict=True
     ):
@@ -70,7 +94,8 @@ def test_the_discriminator_learns_the_hinge_loss_and_the_decoder_the_weighted_ju
     ):
         np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6)
     assert float(loss) == pytest.approx(
-        float(model.vqvae.reconstruction_loss(images, raw)) + float(hinge), rel=1e-5
+        float(model.vqvae.reconstruction_loss(images, raw)) + 0.2 * float(spectral) + float(hinge),
+        rel=1e-5,
     )
 
 
@@ -83,12 +108,16 @@ def test_fitting_moves_the_decoder_keeps_the_codes_and_the_discriminator_learns(
     assert set(history) == {
         "loss",
         "reconstruction_loss",
+        "spectral_loss",
         "generator_loss",
         "discriminator_loss",
         "discriminator_accuracy",
         "ssim",
     }
-    # An untrained decoder's output is easy to tell from the discs: the discriminator learns.
+    # An untrained decoder's output is easy to tell from the discs: the discriminator learns,
+    # and the decoded discs' power spectrum moves towards the real ones'.
+    spectral = history["spectral_loss"]
+    assert np.mean(spectral[-3:]) < 0.7 * np.mean(spectral[:3]), spectral
     losses = history["discriminator_loss"]
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
     assert np.mean(history["discriminator_accuracy"][-3:]) > 0.75

@@ -91,6 +91,7 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
         ({"previous_slice_dropout": -0.1}, "previous_slice_dropout"),
         ({"epochs_adversarial": -1}, "epochs_adversarial"),
         ({"adversarial_weight": 0.0}, "adversarial_weight"),
+        ({"spectral_weight": -0.1}, "spectral_weight"),
         ({"learning_rate_adversarial": -1e-4}, "learning_rate_adversarial"),
     ],
 )
@@ -118,11 +119,15 @@ def test_a_configuration_saved_before_the_architecture_field_is_masked():
         pixelcnn_position_features=False,
         prior_mirror_images=False,
         epochs_adversarial=0,
+        spectral_weight=0.0,
         fine_previous_slice_noise=0.25,
         previous_slice_dropout=0.25,
     )
     # Runs saved before the adversarial stage have none; the card has one, hifi none yet.
     assert Hyperparameters().epochs_adversarial == 12 and preset("hifi").epochs_adversarial == 0
+    # One saved before its spectral term was trained without it.
+    assert Hyperparameters().spectral_weight > 0
+    assert Hyperparameters.from_dict({"epochs_adversarial": 12}).spectral_weight == 0.0
     assert Hyperparameters().pixelcnn_embed_previous_slice
     assert Hyperparameters().prior_told_positions  # the card's gated prior is told them
     assert not Hyperparameters(pixelcnn_architecture="masked").prior_told_positions

@@ -1,5 +1,6 @@
 """brain_vqvae.metrics against independent implementations: scikit-image's SSIM and PSNR, a
-hand-computed entropy, scipy's log-softmax and per-map bincounts."""
+hand-computed entropy, scipy's log-softmax and per-map bincounts, Parseval's theorem for the
+power spectrum."""
 
 from __future__ import annotations
 
@@ -49,6 +50,42 @@ def test_ssim_is_differentiable(image_pairs):
     with tf.GradientTape() as tape:
         score = tf.reduce_mean(metrics.structural_similarity(originals, guesses))
     gradient = tape.gradient(score, guesses)
+    assert gradient is not None and np.isfinite(gradient).all() and np.abs(gradient).max() > 0
+
+
+def test_radial_power_spectra_sum_to_the_variance_ring_by_ring():
+    """Parseval: the power over all frequencies is the image's variance. White noise spreads
+    it evenly, so every ring's mean power is variance / (S^2 - 1) up to the noise's own
+    scatter; a constant image has none."""
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.5, 0.1, size=(64, 32, 32, 1)).astype(np.float32)
+    spectra = np.asarray(metrics.radial_power_spectra(noise))
+    assert spectra.shape == (64, round(32 / np.sqrt(2)))
+    variance = noise.var(axis=(1, 2, 3)).mean()
+    np.testing.assert_allclose(spectra.mean(axis=0), variance / (32**2 - 1), rtol=0.2)
+    flat = np.full((1, 32, 32, 1), 0.3, np.float32)
+    assert np.abs(np.asarray(metrics.radial_power_spectra(flat))).max() < 1e-12
+
+
+def test_log_spectral_distance_counts_decades_and_floors_empty_rings():
+    spectra = np.array([[1e-4, 1e-6], [1e-4, 0.0]], np.float32)
+    others = np.array([[1e-5, 1e-6], [1e-4, 1e-11]], np.float32)
+    # (1 decade + 0) / 2, and (0 + log10(1e-11 / 1e-12)) / 2 with the empty ring at the floor.
+    np.testing.assert_allclose(
+        metrics.log_spectral_distance(spectra, others), [0.5, 0.5], rtol=1e-5
+    )
+
+
+def test_the_spectral_distance_is_differentiable(image_pairs):
+    originals, noisy = image_pairs
+    guesses = tf.Variable(noisy)
+    with tf.GradientTape() as tape:
+        distance = tf.reduce_mean(
+            metrics.log_spectral_distance(
+                metrics.radial_power_spectra(guesses), metrics.radial_power_spectra(originals)
+            )
+        )
+    gradient = tape.gradient(distance, guesses)
     assert gradient is not None and np.isfinite(gradient).all() and np.abs(gradient).max() > 0
 
 

@@ -204,8 +204,8 @@ def test_radial_power_spectrum_of_a_cosine_is_at_its_frequency():
     spectrum = realism.radial_power_spectrum(images)
     assert spectrum.shape == (round(SIZE / math.sqrt(2)),)
     ring = sum(round(math.hypot(u, v)) == 8 for u in range(-16, 16) for v in range(-16, 16))
-    assert spectrum[8 - 1] == pytest.approx(0.125 / ring)
-    assert np.delete(spectrum, 8 - 1).max() < 1e-20
+    assert spectrum[8 - 1] == pytest.approx(0.125 / ring, rel=1e-4)
+    assert np.delete(spectrum, 8 - 1).max() < 1e-8 * spectrum[8 - 1]
 
 
 def test_spectral_distance_is_near_zero_for_halves_and_sees_blur_and_a_checkerboard():

@@ -249,13 +249,14 @@ def test_retraining_the_adversarial_decoder_keeps_the_rest_and_a_new_vqvae_drops
     out = shutil.copytree(tiny_run[0], tmp_path / "run")
     kept = {name: (out / name).read_bytes() for name in ("vqvae.keras", "pixelcnn.keras")}
     saved = Hyperparameters.load(out / "hyperparameters.json")
-    stronger = saved.replace(adversarial_weight=0.1, epochs_adversarial=2)
+    stronger = saved.replace(adversarial_weight=0.1, spectral_weight=0.3, epochs_adversarial=2)
     argv = ("--stage", "adversarial", "--overwrite")
     train.run_training(tiny_arguments(stronger, tiny_png_tree, out, *argv), verbose=0)
     assert {name: (out / name).read_bytes() for name in kept} == kept
     run = load_run(out)
     assert run.hyperparameters.adversarial_weight == 0.1
     assert run.adversarial.hyperparameters.adversarial_weight == 0.1
+    assert run.adversarial.hyperparameters.spectral_weight == 0.3
     assert len(read_history(out / "history_adversarial.csv")) == 2
     with pytest.raises(training.RunError, match=r"num_embeddings.*only epochs_adversarial"):
         changed = stronger.replace(num_embeddings=4)

@@ -15,18 +15,28 @@ and `DISCRIMINATOR_FILTERS` filters with LeakyReLU 0.2, then a 3x3 convolution t
 patch: [N, S, S, 1] -> [N, S/8, S/8, 1]). For a batch x with code maps z = q(E(x)) and decoded
 slices y = clip(G(z), 0, 1), its one training loss is
 
-    L = L_rec(x, G(z)) + lambda [g(D(y)) - g(D(sg(y)))] + h(D(x), D(sg(y)))
+    L = L_rec(x, G(z)) + mu L_spec(x, y) + lambda [g(D(y)) - g(D(sg(y)))] + h(D(x), D(sg(y)))
 
-with L_rec the VQ-VAE's reconstruction loss (SSIM + L1 for the presets), g(l) = mean
+with L_rec the VQ-VAE's reconstruction loss (SSIM + L1 for the presets), L_spec the mean over
+the batch of `metrics.log_spectral_distance` between the radial power spectra of y and x (the
+distance in decades between how much power each holds at each spatial frequency) and
+mu = `spectral_weight`, g(l) = mean
 softplus(-l) the non-saturating generator loss (Goodfellow et al. 2014), h(r, f) = mean
 relu(1 - r) + mean relu(1 + f) the hinge loss of the discriminator (Lim and Ye 2017), sg the
-stop-gradient and lambda = `adversarial_weight`. The decoder G sees D's judgement only through
-g(D(y)), so its gradient is that of L_rec + lambda g(D(y)); the two terms in brackets have the
+stop-gradient and lambda = `adversarial_weight`. The spectral term is there because the
+discriminator alone teaches the decoder's stride-2 transposed convolutions to add power where
+real slices have none: a checkerboard of 2-pixel period, strongest along the brain's edge
+(Odena et al. 2016; Durall et al. 2020 match spectra for the same reason). Paired with the
+slice that was encoded, it asks each decoded slice for the real one's power at every scale, no
+more (no checkerboard) and no less (no blur). The decoder G sees D's judgement only through
+g(D(y)), so its gradient is that of L_rec + mu L_spec + lambda g(D(y)); the two terms in
+brackets have the
 same value and depend on D alike, so their gradients with respect to D cancel exactly, and D's
 is that of h alone. One loss and one optimizer (Adam, whose steps are per weight) thus train
 both players at once, with the same `steps.TrainingStepModel` step on TensorFlow and JAX: each
 step is a step of simultaneous gradient descent, as most GAN code takes with two optimizers.
-The value of L is L_rec + h; `fit` reports loss, reconstruction_loss, generator_loss (g(D(y))),
+The value of L is L_rec + mu L_spec + h; `fit` reports loss, reconstruction_loss,
+spectral_loss (L_spec), generator_loss (g(D(y))),
 discriminator_loss (h), discriminator_accuracy (the share of real patches scored above 0 and
 decoded ones below, averaged) and ssim (of y against x).
 """
@@ -36,7 +46,11 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from brain_vqvae.metrics import structural_similarity
+from brain_vqvae.metrics import (
+    log_spectral_distance,
+    radial_power_spectra,
+    structural_similarity,
+)
 from brain_vqvae.model.distribute import (
     apply_to_rows,
     batch_share,
@@ -52,6 +66,7 @@ from hyperparameters import ADVERSARIAL_FIELDS, Hyperparameters
 ADVERSARIAL_METRICS = (
     "loss",
     "reconstruction_loss",
+    "spectral_loss",
     "generator_loss",
     "discriminator_loss",
     "discriminator_accuracy",
@@ -111,6 +126,9 @@ class AdversarialDecoder(TrainingStepModel):
         decoded = ops.clip(raw, 0.0, 1.0)
         ssim = structural_similarity(images, decoded)
         reconstruction_loss = self.vqvae.reconstruction_loss(images, raw, ssim=ssim)
+        spectral_loss = ops.mean(
+            log_spectral_distance(radial_power_spectra(decoded), radial_power_spectra(images))
+        )
         generator_logits = apply_to_rows(self.discriminator, decoded)
         judged = apply_to_rows(
             self.discriminator, ops.concatenate([images, ops.stop_gradient(decoded)])
@@ -124,6 +142,7 @@ class AdversarialDecoder(TrainingStepModel):
         weight = self.hyperparameters.adversarial_weight
         loss = (
             reconstruction_loss
+            + self.hyperparameters.spectral_weight * spectral_loss
             + weight * (generator_loss - held_generator_loss)
             + discriminator_loss
         )
@@ -134,6 +153,7 @@ class AdversarialDecoder(TrainingStepModel):
         means = {
             "loss": loss,
             "reconstruction_loss": reconstruction_loss,
+            "spectral_loss": spectral_loss,
             "generator_loss": generator_loss,
             "discriminator_loss": discriminator_loss,
             "discriminator_accuracy": accuracy,
@@ -160,7 +180,8 @@ class AdversarialDecoder(TrainingStepModel):
 
 def build_adversarial_decoder(vqvae: VQVAE, hyperparameters: Hyperparameters) -> AdversarialDecoder:
     """An `AdversarialDecoder` starting from the trained `vqvae`, with its configuration and
-    the adversarial stage's fields (`ADVERSARIAL_FIELDS`: `adversarial_weight`) of the run's
+    the adversarial stage's fields (`ADVERSARIAL_FIELDS`: `adversarial_weight` and
+    `spectral_weight`) of the run's
     `hyperparameters`: the VQ-VAE's weights copied, the discriminator new."""
     settings = vqvae.hyperparameters.replace(
         **{name: getattr(hyperparameters, name) for name in ADVERSARIAL_FIELDS}
