@@ -984,6 +984,8 @@ def plot_spectra(sets: dict[str, np.ndarray], path: str | Path) -> Path:
         periods = images.shape[1] / np.arange(1, len(spectrum) + 1)
         axis.loglog(periods, spectrum, label=label)
     axis.invert_xaxis()
+    ticks = [period for period in (64, 32, 16, 8, 4, 2) if period <= images.shape[1]]
+    axis.set_xticks(ticks, [str(period) for period in ticks])
     axis.set_xlabel("period (pixels)")
     axis.set_ylabel("power (azimuthal mean)")
     axis.set_title("power spectrum", fontsize=9)
