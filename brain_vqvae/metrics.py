@@ -111,18 +111,7 @@ def _ring_means(size: int) -> np.ndarray:
     return rings / rings.sum(axis=0)
 
 
-@functools.cache
-def _edge_taper(size: int, width: int) -> np.ndarray:
-    """[S, S] separable window: 1 inside, rising as 1/2 (1 - cos(pi (i + 1/2) / width)) over
-    the `width` pixels at each edge (a Tukey window; all ones for width 0)."""
-    ramp = np.ones(size)
-    if width:
-        rising = 0.5 * (1.0 - np.cos(np.pi * (np.arange(width) + 0.5) / width))
-        ramp[:width], ramp[size - width :] = rising, rising[::-1]
-    return np.outer(ramp, ramp).astype("float32")
-
-
-def radial_power_spectra(images, taper: int = 0):
+def radial_power_spectra(images):
     """Each image's azimuthally averaged power spectrum: [N, S, S, 1] -> [N, R] float32, entry
     r - 1 for the spatial frequency of r cycles per image, r = 1 .. R = round(S / sqrt 2)
     (period S / r pixels: r = S / 2 is the 2-pixel period along a row or column, and the
@@ -131,15 +120,11 @@ def radial_power_spectra(images, taper: int = 0):
     The image's mean is removed, P(u, v) = |F(x)(u, v)|^2 / S^4 is its power at the frequency
     (u, v) (F the 2D discrete Fourier transform, u and v in -S/2 .. S/2 - 1, so that P sums to
     the image's variance), and A(r) the mean of P over the frequencies with
-    round(sqrt(u^2 + v^2)) = r. With `taper` > 0 the centred image is first multiplied by a
-    window that falls towards 0 over the `taper` pixels at each edge (`_edge_taper`), so that
-    the spectrum is the inside's: the pixels at the very edge count for almost nothing. In-graph
-    (keras.ops) and differentiable.
+    round(sqrt(u^2 + v^2)) = r. In-graph (keras.ops) and differentiable.
     """
     images = ops.cast(images, "float32")[..., 0]
     size = images.shape[1]
     centred = images - ops.mean(images, axis=(1, 2), keepdims=True)
-    centred = centred * ops.convert_to_tensor(_edge_taper(size, taper))
     real, imaginary = ops.fft2((centred, ops.zeros_like(centred)))
     power = (real * real + imaginary * imaginary) / float(size) ** 4
     flat = ops.reshape(power, (-1, size * size))

@@ -23,16 +23,12 @@ def images():
     return (0.8 * discs + 0.05 * rng.random((16, 32, 32), dtype=np.float32))[..., None]
 
 
-def ring_mean_power(images: tf.Tensor, taper: int) -> tf.Tensor:
+def ring_mean_power(images: tf.Tensor) -> tf.Tensor:
     """The radial power spectrum written out: [N, S, S, 1] -> [N, R], the mean of
-    |FFT(w (x - mean x))|^2 / S^4 over each ring of integer frequencies at rounded radius r, one
-    boolean mask per ring, r = 1 .. round(S / sqrt 2), w the product of a row and a column
-    window that rise as a half cosine over the `taper` pixels at each edge."""
+    |FFT(x - mean x)|^2 / S^4 over each ring of integer frequencies at rounded radius r, one
+    boolean mask per ring, r = 1 .. round(S / sqrt 2)."""
     size = images.shape[1]
-    edge = [0.5 - 0.5 * np.cos(np.pi * (i + 0.5) / taper) for i in range(taper)]
-    ramp = np.array(edge + [1.0] * (size - 2 * taper) + edge[::-1], np.float32)
     pixels = images[..., 0] - tf.reduce_mean(images, axis=(1, 2, 3))[:, None, None]
-    pixels = pixels * np.outer(ramp, ramp)
     power = tf.abs(tf.signal.fft2d(tf.cast(pixels, tf.complex64))) ** 2 / size**4
     index = np.arange(size)
     signed = np.where(index < size // 2, index, index - size)
@@ -81,11 +77,11 @@ def test_the_discriminator_learns_the_hinge_loss_and_the_decoder_the_weighted_ju
             tf.nn.relu(1.0 + model.discriminator(decoded))
         )
         judged = tf.reduce_mean(tf.nn.softplus(-model.discriminator(decoded)))
-        floor, taper = 1e-12, 8
+        floor = 1e-12
         spectral = tf.reduce_mean(
             tf.abs(
-                tf.math.log(tf.maximum(ring_mean_power(decoded, taper), floor))
-                - tf.math.log(tf.maximum(ring_mean_power(tf.constant(images), taper), floor))
+                tf.math.log(tf.maximum(ring_mean_power(decoded), floor))
+                - tf.math.log(tf.maximum(ring_mean_power(tf.constant(images)), floor))
             )
         ) / np.log(10.0)
         generator = model.vqvae.reconstruction_loss(images, raw) + 0.2 * spectral + 0.5 * judged

@@ -19,27 +19,26 @@ slices y = clip(G(z), 0, 1), its one training loss is
 
 with L_rec the VQ-VAE's reconstruction loss (SSIM + L1 for the presets), L_spec the mean over
 the batch of `metrics.log_spectral_distance` between the radial power spectra of y and x (the
-distance in decades between how much power each holds at each spatial frequency) and mu =
-`spectral_weight`, g(l) = mean softplus(-l) the non-saturating generator loss (Goodfellow et
-al. 2014), h(r, f) = mean relu(1 - r) + mean relu(1 + f) the hinge loss of the discriminator
-(Lim and Ye 2017), sg the stop-gradient and lambda = `adversarial_weight`. The spectral term is
-there because the discriminator alone teaches the decoder's stride-2 transposed convolutions to
-add power where real slices have none: a checkerboard of 2-pixel period, strongest along the
-brain's edge (Odena et al. 2016; Durall et al. 2020 match spectra for the same reason). Paired
-with the slice that was encoded, it asks each decoded slice for the real one's power at every
-scale, no more (no checkerboard) and no less (no blur). The spectra are taken through a window
-that falls towards 0 over the `SPECTRAL_TAPER` pixels at each edge: computed over the whole slice,
-the term let the decoder put the missing power into a column of bright dots along the image's
-edge, where neither the windowed SSIM nor the discriminator looks. The decoder G sees D's
-judgement only through g(D(y)), so its gradient is that of L_rec + mu L_spec + lambda g(D(y));
-the two terms in brackets have the same value and depend on D alike, so their gradients with
-respect to D cancel exactly, and D's is that of h alone. One loss and one optimizer (Adam,
-whose steps are per weight) thus train both players at once, with the same
-`steps.TrainingStepModel` step on TensorFlow and JAX: each step is a step of simultaneous
-gradient descent, as most GAN code takes with two optimizers. The value of L is L_rec + mu
-L_spec + h; `fit` reports loss, reconstruction_loss, spectral_loss (L_spec), generator_loss
-(g(D(y))), discriminator_loss (h), discriminator_accuracy (the share of real patches scored
-above 0 and decoded ones below, averaged) and ssim (of y against x).
+distance in decades between how much power each holds at each spatial frequency) and
+mu = `spectral_weight`, g(l) = mean
+softplus(-l) the non-saturating generator loss (Goodfellow et al. 2014), h(r, f) = mean
+relu(1 - r) + mean relu(1 + f) the hinge loss of the discriminator (Lim and Ye 2017), sg the
+stop-gradient and lambda = `adversarial_weight`. The spectral term is there because the
+discriminator alone teaches the decoder's stride-2 transposed convolutions to add power where
+real slices have none: a checkerboard of 2-pixel period, strongest along the brain's edge
+(Odena et al. 2016; Durall et al. 2020 match spectra for the same reason). Paired with the
+slice that was encoded, it asks each decoded slice for the real one's power at every scale, no
+more (no checkerboard) and no less (no blur). The decoder G sees D's judgement only through
+g(D(y)), so its gradient is that of L_rec + mu L_spec + lambda g(D(y)); the two terms in
+brackets have the
+same value and depend on D alike, so their gradients with respect to D cancel exactly, and D's
+is that of h alone. One loss and one optimizer (Adam, whose steps are per weight) thus train
+both players at once, with the same `steps.TrainingStepModel` step on TensorFlow and JAX: each
+step is a step of simultaneous gradient descent, as most GAN code takes with two optimizers.
+The value of L is L_rec + mu L_spec + h; `fit` reports loss, reconstruction_loss,
+spectral_loss (L_spec), generator_loss (g(D(y))),
+discriminator_loss (h), discriminator_accuracy (the share of real patches scored above 0 and
+decoded ones below, averaged) and ssim (of y against x).
 """
 
 from __future__ import annotations
@@ -75,7 +74,6 @@ ADVERSARIAL_METRICS = (
 )
 DISCRIMINATOR_FILTERS = (32, 64, 128)
 LEAKY_SLOPE = 0.2
-SPECTRAL_TAPER = 8  # pixels at each edge over which the spectral term's window falls
 
 
 def build_discriminator(image_size: int) -> keras.Model:
@@ -129,10 +127,7 @@ class AdversarialDecoder(TrainingStepModel):
         ssim = structural_similarity(images, decoded)
         reconstruction_loss = self.vqvae.reconstruction_loss(images, raw, ssim=ssim)
         spectral_loss = ops.mean(
-            log_spectral_distance(
-                radial_power_spectra(decoded, taper=SPECTRAL_TAPER),
-                radial_power_spectra(images, taper=SPECTRAL_TAPER),
-            )
+            log_spectral_distance(radial_power_spectra(decoded), radial_power_spectra(images))
         )
         generator_logits = apply_to_rows(self.discriminator, decoded)
         judged = apply_to_rows(
