@@ -12,9 +12,10 @@ Images are compared on the [0, 1] scale, shaped (N, S, S, 1):
   slices into infinity): `peak_signal_noise_ratio` (in-graph, the VQ-VAE's training metric) and
   `psnr_per_slice` (numpy);
 - MAE = mean |x - y|: `mae_per_slice`;
-- the radial power spectrum (`radial_power_spectra`) and the mean distance in decades between
-  two of them (`log_spectral_distance`): blur lacks power at short periods, the checkerboard
-  of an up-convolution has too much at 2 pixels (in-graph, differentiable).
+- the radial power spectrum (`radial_power_spectra`), the mean distance in decades between
+  two of them (`log_spectral_distance`) and the excess of one over the other
+  (`log_spectral_excess`): blur lacks power at short periods, the checkerboard of an
+  up-convolution has too much at 2 pixels (in-graph, differentiable).
 
 Code maps (N, h, w) of integer codes in [0, K):
 
@@ -131,14 +132,27 @@ def radial_power_spectra(images):
     return ops.matmul(flat, ops.convert_to_tensor(_ring_means(size)))
 
 
+def _decades(spectra, others):
+    """log10 A(r) - log10 B(r) of two radial power spectra ([..., R] each), power below
+    `SPECTRUM_FLOOR` (far below any ring of a real 8-bit image) counted as that floor, so that
+    empty rings stay finite."""
+    spectra = ops.maximum(ops.cast(spectra, "float32"), SPECTRUM_FLOOR)
+    others = ops.maximum(ops.cast(others, "float32"), SPECTRUM_FLOOR)
+    return ops.log10(spectra) - ops.log10(others)
+
+
 def log_spectral_distance(spectra, others):
     """Mean |log10 A(r) - log10 B(r)| over the last axis of two radial power spectra
     (`radial_power_spectra`, [..., R] each) -> [...]: 0 for the same spectrum, 1 for a tenfold
-    excess or lack of power at every frequency. Power below `SPECTRUM_FLOOR` (far below any
-    ring of a real 8-bit image) counts as that floor, so empty rings stay finite."""
-    spectra = ops.maximum(ops.cast(spectra, "float32"), SPECTRUM_FLOOR)
-    others = ops.maximum(ops.cast(others, "float32"), SPECTRUM_FLOOR)
-    return ops.mean(ops.abs(ops.log10(spectra) - ops.log10(others)), axis=-1)
+    excess or lack of power at every frequency (`_decades` floors empty rings)."""
+    return ops.mean(ops.abs(_decades(spectra, others)), axis=-1)
+
+
+def log_spectral_excess(spectra, others):
+    """Mean max(0, log10 A(r) - log10 B(r)) over the last axis -> [...]: the same as
+    `log_spectral_distance` but counting only where A holds more power than B (a periodic
+    pattern B lacks), not less (blur)."""
+    return ops.mean(ops.relu(_decades(spectra, others)), axis=-1)
 
 
 def as_image_batch(images, name: str = "images") -> np.ndarray:

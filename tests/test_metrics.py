@@ -74,6 +74,10 @@ def test_log_spectral_distance_counts_decades_and_floors_empty_rings():
     np.testing.assert_allclose(
         metrics.log_spectral_distance(spectra, others), [0.5, 0.5], rtol=1e-5
     )
+    # The excess counts the first ring of the first pair, not the lack in the second.
+    np.testing.assert_allclose(
+        metrics.log_spectral_excess(spectra, others), [0.5, 0.0], rtol=1e-5, atol=1e-7
+    )
 
 
 def test_the_spectral_distance_is_differentiable(image_pairs):

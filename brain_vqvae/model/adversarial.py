@@ -18,17 +18,20 @@ slices y = clip(G(z), 0, 1), its one training loss is
     L = L_rec(x, G(z)) + mu L_spec(x, y) + lambda [g(D(y)) - g(D(sg(y)))] + h(D(x), D(sg(y)))
 
 with L_rec the VQ-VAE's reconstruction loss (SSIM + L1 for the presets), L_spec the mean over
-the batch of `metrics.log_spectral_distance` between the radial power spectra of y and x (the
-distance in decades between how much power each holds at each spatial frequency) and
-mu = `spectral_weight`, g(l) = mean
+the batch of `metrics.log_spectral_excess` of the radial power spectrum of y over that of x
+(how many decades more power y holds than x, averaged over the spatial frequencies, where it
+holds more) and mu = `spectral_weight`, g(l) = mean
 softplus(-l) the non-saturating generator loss (Goodfellow et al. 2014), h(r, f) = mean
 relu(1 - r) + mean relu(1 + f) the hinge loss of the discriminator (Lim and Ye 2017), sg the
 stop-gradient and lambda = `adversarial_weight`. The spectral term is there because the
 discriminator alone teaches the decoder's stride-2 transposed convolutions to add power where
 real slices have none: a checkerboard of 2-pixel period, strongest along the brain's edge
 (Odena et al. 2016; Durall et al. 2020 match spectra for the same reason). Paired with the
-slice that was encoded, it asks each decoded slice for the real one's power at every scale, no
-more (no checkerboard) and no less (no blur). The decoder G sees D's judgement only through
+slice that was encoded, it asks each decoded slice for no more power than the real one at any
+scale. It does not ask for as much: a two-sided term (matching the spectrum) made the decoder
+invent the power of texture it cannot know from the codes where the other terms look least, as
+a column of bright dots along the image's edge, or, with the edge windowed out, as speckle
+along the midline. The decoder G sees D's judgement only through
 g(D(y)), so its gradient is that of L_rec + mu L_spec + lambda g(D(y)); the two terms in
 brackets have the
 same value and depend on D alike, so their gradients with respect to D cancel exactly, and D's
@@ -47,7 +50,7 @@ import keras
 from keras import ops
 
 from brain_vqvae.metrics import (
-    log_spectral_distance,
+    log_spectral_excess,
     radial_power_spectra,
     structural_similarity,
 )
@@ -127,7 +130,7 @@ class AdversarialDecoder(TrainingStepModel):
         ssim = structural_similarity(images, decoded)
         reconstruction_loss = self.vqvae.reconstruction_loss(images, raw, ssim=ssim)
         spectral_loss = ops.mean(
-            log_spectral_distance(radial_power_spectra(decoded), radial_power_spectra(images))
+            log_spectral_excess(radial_power_spectra(decoded), radial_power_spectra(images))
         )
         generator_logits = apply_to_rows(self.discriminator, decoded)
         judged = apply_to_rows(
