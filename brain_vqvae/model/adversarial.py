@@ -20,28 +20,26 @@ slices y = clip(G(z), 0, 1), its one training loss is
 with L_rec the VQ-VAE's reconstruction loss (SSIM + L1 for the presets), L_spec the mean over
 the batch of `metrics.log_spectral_excess` of the radial power spectrum of y over that of x
 (how many decades more power y holds than x, averaged over the spatial frequencies, where it
-holds more) and mu = `spectral_weight`, g(l) = mean
-softplus(-l) the non-saturating generator loss (Goodfellow et al. 2014), h(r, f) = mean
-relu(1 - r) + mean relu(1 + f) the hinge loss of the discriminator (Lim and Ye 2017), sg the
-stop-gradient and lambda = `adversarial_weight`. The spectral term is there because the
-discriminator alone teaches the decoder's stride-2 transposed convolutions to add power where
-real slices have none: a checkerboard of 2-pixel period, strongest along the brain's edge
-(Odena et al. 2016; Durall et al. 2020 match spectra for the same reason). Paired with the
-slice that was encoded, it asks each decoded slice for no more power than the real one at any
-scale. It does not ask for as much: a two-sided term (matching the spectrum) made the decoder
-invent the power of texture it cannot know from the codes where the other terms look least, as
-a column of bright dots along the image's edge, or, with the edge windowed out, as speckle
-along the midline. The decoder G sees D's judgement only through
-g(D(y)), so its gradient is that of L_rec + mu L_spec + lambda g(D(y)); the two terms in
-brackets have the
-same value and depend on D alike, so their gradients with respect to D cancel exactly, and D's
-is that of h alone. One loss and one optimizer (Adam, whose steps are per weight) thus train
-both players at once, with the same `steps.TrainingStepModel` step on TensorFlow and JAX: each
-step is a step of simultaneous gradient descent, as most GAN code takes with two optimizers.
-The value of L is L_rec + mu L_spec + h; `fit` reports loss, reconstruction_loss,
-spectral_loss (L_spec), generator_loss (g(D(y))),
-discriminator_loss (h), discriminator_accuracy (the share of real patches scored above 0 and
-decoded ones below, averaged) and ssim (of y against x).
+holds more) and mu = `spectral_weight`, g(l) = mean softplus(-l) the non-saturating generator
+loss (Goodfellow et al. 2014), h(r, f) = mean relu(1 - r) + mean relu(1 + f) the hinge loss of
+the discriminator (Lim and Ye 2017), sg the stop-gradient and lambda = `adversarial_weight`.
+The spectral term is there because the discriminator alone teaches the decoder's stride-2
+transposed convolutions to add power where real slices have none: a checkerboard of 2-pixel
+period, strongest along the brain's edge (Odena et al. 2016; Durall et al. 2020 regularise
+spectra for the same reason). Paired with the slice that was encoded, it asks each decoded
+slice for no more power than the real one at any scale. It does not ask for as much: a
+two-sided term (matching the spectrum) made the decoder invent the power of texture it cannot know
+from the codes where the other terms look least, as a column of bright dots along the image's
+edge, or, with the edge windowed out, as speckle along the midline. The decoder G sees D's
+judgement only through g(D(y)), so its gradient is that of L_rec + mu L_spec + lambda g(D(y));
+the two terms in brackets have the same value and depend on D alike, so their gradients with
+respect to D cancel exactly, and D's is that of h alone. One loss and one optimizer (Adam,
+whose steps are per weight) thus train both players at once, with the same
+`steps.TrainingStepModel` step on TensorFlow and JAX: each step is a step of simultaneous
+gradient descent, as most GAN code takes with two optimizers. The value of L is L_rec + mu
+L_spec + h; `fit` reports loss, reconstruction_loss, spectral_loss (L_spec), generator_loss
+(g(D(y))), discriminator_loss (h), discriminator_accuracy (the share of real patches scored
+above 0 and decoded ones below, averaged) and ssim (of y against x).
 """
 
 from __future__ import annotations
@@ -184,8 +182,8 @@ class AdversarialDecoder(TrainingStepModel):
 def build_adversarial_decoder(vqvae: VQVAE, hyperparameters: Hyperparameters) -> AdversarialDecoder:
     """An `AdversarialDecoder` starting from the trained `vqvae`, with its configuration and
     the adversarial stage's fields (`ADVERSARIAL_FIELDS`: `adversarial_weight` and
-    `spectral_weight`) of the run's
-    `hyperparameters`: the VQ-VAE's weights copied, the discriminator new."""
+    `spectral_weight`) of the run's `hyperparameters`: the VQ-VAE's weights copied, the
+    discriminator new."""
     settings = vqvae.hyperparameters.replace(
         **{name: getattr(hyperparameters, name) for name in ADVERSARIAL_FIELDS}
     )
