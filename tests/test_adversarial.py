@@ -115,7 +115,7 @@ def test_fitting_moves_the_decoder_keeps_the_codes_and_the_discriminator_learns(
         "ssim",
     }
     # An untrained decoder's output is easy to tell from the discs: the discriminator learns,
-    # and the decoded discs' power spectrum moves towards the real ones'.
+    # and the decoded discs' excess of power over the real ones' falls.
     spectral = history["spectral_loss"]
     assert np.mean(spectral[-3:]) < 0.7 * np.mean(spectral[:3]), spectral
     losses = history["discriminator_loss"]
