@@ -364,10 +364,10 @@ class Hyperparameters:
     # `spectral_weight` weighs a term that forbids each decoded slice more power than the real
     # slice it encodes at any spatial frequency (`metrics.log_spectral_excess`): without it the
     # discriminator taught the decoder a checkerboard along the brain's edge. On the demo, over
-    # two trainings, 0.1 removed the visible checkerboard at the same Fréchet distance and
-    # diversity (one draw each); a term matching the whole spectrum instead drew dots along the
-    # image's edge (BENCHMARKS.md, "The adversarial decoder's checkerboard"). A configuration
-    # saved before it has 0.
+    # two trainings, 0.1 removed the visible checkerboard at the same Fréchet distance, the
+    # samples 0.002-0.004 less varied by MS-SSIM; a term matching the whole spectrum instead
+    # drew dots along the image's edge (BENCHMARKS.md, "The adversarial decoder's
+    # checkerboard"). A configuration saved before it has 0.
     epochs_adversarial: int = 12
     learning_rate_adversarial: float = 1e-4
     adversarial_weight: float = 0.03
