@@ -3,7 +3,8 @@ what it reaches in a fixed number of steps. Written for one GPU with Keras' JAX 
 GPU machine has JAX but no TensorFlow), it runs on any backend and device:
 
     KERAS_BACKEND=jax python -m bench.gpu [--data DIR] [--presets card hifi] [--steps 300]
-                                          [--prior-steps 100] [--device auto|cpu|gpu]
+                                          [--adversarial-steps 100] [--prior-steps 100]
+                                          [--device auto|cpu|gpu]
                                           [--batch-factors 1 4] [--profile] [--json PATH]
                                           [--quick]
 
@@ -22,10 +23,14 @@ each of `--batch-factors` (learning rates by the square-root rule, `scaled_to_ba
    `--profile` (JAX), one more epoch traced by JAX's profiler and the device time per step of
    its busiest operations (`device_time_by_operation`; the test SSIM then follows that epoch);
 3. its test SSIM: the mean SSIM of the test split's reconstructions (`metrics.ssim_per_slice`);
-4. the preset's (unconditional) PixelCNN trains for about `--prior-steps` steps on the training
+4. a preset with an adversarial stage (`epochs_adversarial` > 0: the card) fine-tunes the
+   decoder against its discriminator (`build_adversarial_decoder`) for about
+   `--adversarial-steps` steps on the same batches, images/s likewise, and the test SSIM of the
+   fine-tuned decoder's reconstructions;
+5. the preset's (unconditional) PixelCNN trains for about `--prior-steps` steps on the training
    split's code maps, images/s likewise;
-5. 64 code maps are drawn (`sample_code_maps`): the first call, which compiles, and the second;
-6. the peak device memory of the process so far (JAX: the device's `peak_bytes_in_use`;
+6. 64 code maps are drawn (`sample_code_maps`): the first call, which compiles, and the second;
+7. the peak device memory of the process so far (JAX: the device's `peak_bytes_in_use`;
    TensorFlow: `get_memory_info`'s peak), None on a CPU.
 
 It prints a table and writes everything to one JSON (`--json`), rewritten after each preset
@@ -203,22 +208,25 @@ def check_preset(
     batch_factor: int,
     data: Path,
     steps: int,
+    adversarial_steps: int,
     prior_steps: int,
     profile: bool = False,
 ) -> dict:
     """Train, score and sample one preset at its device's batch times `batch_factor` (the module
-    docstring's steps 1-6)."""
+    docstring's steps 1-7)."""
     import keras
 
     from brain_vqvae.data import code_map_batches, slice_batches
     from brain_vqvae.metrics import ssim_per_slice
     from brain_vqvae.model import (
+        build_adversarial_decoder,
         build_pixelcnn,
         build_vqvae,
         decode_code_maps,
         encode_code_maps,
         sample_code_maps,
     )
+    from brain_vqvae.model.adversarial import ADVERSARIAL_BETA_1
     from brain_vqvae.runs import load_training_data
 
     hyperparameters = preset(name, device)
@@ -248,6 +256,19 @@ def check_preset(
     test_codes = encode_code_maps(vqvae, test_images, inference)
     reconstructions = decode_code_maps(vqvae, test_codes, inference)
     row["test_ssim"] = float(ssim_per_slice(test_images, reconstructions).mean())
+
+    if hyperparameters.epochs_adversarial:
+        adversarial = build_adversarial_decoder(vqvae, hyperparameters)
+        adversarial.compile(
+            optimizer=keras.optimizers.Adam(
+                hyperparameters.learning_rate_adversarial, beta_1=ADVERSARIAL_BETA_1
+            )
+        )
+        adversarial_epochs = epochs_for(adversarial_steps, len(train), batch)
+        fitted = timed_fit(adversarial, batches, len(train), adversarial_epochs)
+        row |= {f"adversarial_{key}": value for key, value in fitted.items()}
+        reconstructions = decode_code_maps(adversarial.vqvae, test_codes, inference)
+        row["adversarial_test_ssim"] = float(ssim_per_slice(test_images, reconstructions).mean())
 
     code_maps = encode_code_maps(vqvae, images, inference)
     prior = build_pixelcnn(
@@ -282,6 +303,8 @@ COLUMNS = (
     ("vqvae_tb_per_s", "TB/s", ".3g"),
     ("pipeline_images_per_s", "input img/s", ".0f"),
     ("test_ssim", "test SSIM", ".3f"),
+    ("adversarial_images_per_s", "adversarial img/s", ".0f"),
+    ("adversarial_test_ssim", "its test SSIM", ".3f"),
     ("prior_images_per_s", "prior img/s", ".0f"),
     ("sample_first_s", f"{SAMPLED_MAPS} maps 1st s", ".1f"),
     ("sample_second_s", f"{SAMPLED_MAPS} maps s", ".2f"),
@@ -297,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--presets", nargs="+", default=["card", "hifi"], choices=TARGET_IMAGES_PER_SECOND
     )
     parser.add_argument("--steps", type=int, default=300, help="VQ-VAE steps per preset")
+    parser.add_argument(
+        "--adversarial-steps",
+        type=int,
+        default=100,
+        help="adversarial decoder steps per preset that has the stage",
+    )
     parser.add_argument("--prior-steps", type=int, default=100, help="PixelCNN steps per preset")
     parser.add_argument("--device", choices=("auto", *DEVICES), default="auto")
     parser.add_argument(
@@ -339,12 +368,22 @@ def main(argv: list[str] | None = None) -> int:
             build_demo_dataset(data, *subjects, workers=os.cpu_count() or 1)
             print(f"built the demo set in {time.perf_counter() - start:.0f} s")
         steps = QUICK_STEPS if arguments.quick else arguments.steps
+        adversarial_steps = QUICK_STEPS if arguments.quick else arguments.adversarial_steps
         prior_steps = QUICK_STEPS if arguments.quick else arguments.prior_steps
         rows = []
         for factor in arguments.batch_factors:
             for name in arguments.presets:
                 rows.append(
-                    check_preset(name, device, factor, data, steps, prior_steps, arguments.profile)
+                    check_preset(
+                        name,
+                        device,
+                        factor,
+                        data,
+                        steps,
+                        adversarial_steps,
+                        prior_steps,
+                        arguments.profile,
+                    )
                 )
                 total = time.perf_counter() - started
                 write_json(

@@ -48,6 +48,7 @@ from brain_vqvae.model import (
     build_vqvae,
     encode_code_maps,
 )
+from brain_vqvae.model.adversarial import ADVERSARIAL_BETA_1
 from brain_vqvae.model.distribute import TENSORFLOW
 from brain_vqvae.model.prior import pack_prior_inputs
 from brain_vqvae.runs import (
@@ -74,9 +75,6 @@ AUTOENCODER_BUILDERS = {"vqvae": build_vqvae, "vae": build_vae}
 # A stage's epochs and learning rate are the fields epochs_<name> and learning_rate_<name> of
 # its own name, except the VAE's: it is stage 1, as the VQ-VAE is, and shares stage 1's fields.
 STAGE_SETTINGS = {"vae": "vqvae"}
-# The adversarial stage's Adam: beta_1 0.5, as GAN training commonly takes (Radford et al. 2016),
-# and a constant learning rate, as it was measured (BENCHMARKS.md).
-ADVERSARIAL_BETA_1 = 0.5
 
 
 # The run folder ----------------------------------------------------------------------------

@@ -74,6 +74,9 @@ ADVERSARIAL_METRICS = (
     "ssim",
 )
 DISCRIMINATOR_FILTERS = (32, 64, 128)
+# The stage's Adam: beta_1 0.5, as GAN training commonly takes (Radford et al. 2016), at a
+# constant learning rate, as it was measured (BENCHMARKS.md).
+ADVERSARIAL_BETA_1 = 0.5
 LEAKY_SLOPE = 0.2
 
 
