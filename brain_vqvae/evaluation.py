@@ -610,7 +610,7 @@ def judge_realism(
 ) -> tuple[dict, list[Path]]:
     """`realism.realism_report` of `samples` (M, S, S, 1) against the `held_out` slices, in two
     `halves` (index arrays, `subject_halves`), and the `reconstructions` of all of them by the
-    run's generator (`Run.generator`; those of the second half are compared), in the run's
+    run's generator (`Run.generator`), in the run's
     feature network, the two-sample tests grouped by `two_sample_groups` (also by a
     convolutional classifier with `convolutional_c2st`), with figures written into `out`: the
     measures beside their floors, the three sets' power spectra and the samples beside their
@@ -627,6 +627,7 @@ def judge_realism(
         network,
         images[first],
         images[second],
+        reconstructions[first],
         reconstructions[second],
         samples,
         reference_images,

@@ -29,8 +29,8 @@ something only beside it.
   and its features; on request the same tests by a convolutional network trained on the
   pixels (slower; it checks that those inputs hide nothing a network can see);
 - diversity: mean MS-SSIM (Wang, Simoncelli and Bovik 2003) and SSIM over random pairs of
-  samples, beside the same for real slices (higher = less diverse; mode collapse shows as a
-  sample value above the real one);
+  samples, beside the same for real slices and their reconstructions (higher = less diverse;
+  mode collapse shows as a sample value above the real one);
 - the power spectrum (`spectral_distance`): how far the sets' azimuthally averaged power
   spectra lie apart, in decades, which shows blur (too little power at fine scales) and the
   periodic patterns of up-convolutions (Durall et al. 2020) that a feature network may not
@@ -85,7 +85,9 @@ MASK_THRESHOLD = 0.1
 MASK_SMOOTHING_SIGMA = 1.0
 MIN_AREA_FRACTION = 0.002  # 33 pixels of a 128x128 slice
 LEVEL_WINDOW = 0.1
-MAX_PAIRS = 256  # random pairs for diversity: a standard error of about 0.006 in mean SSIM
+# Random pairs for diversity: the estimate's spread over pair draws is a tenth of the gap it
+# judges (BENCHMARKS.md, "Diversity over every slice").
+MAX_PAIRS = 4096
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,10 +555,12 @@ def spectral_distance(images_a: np.ndarray, images_b: np.ndarray) -> float:
             f"the two sets' images differ in size: {np.shape(images_a)[1:3]} and "
             f"{np.shape(images_b)[1:3]}"
         )
-    distance = log_spectral_distance(
-        radial_power_spectrum(images_a), radial_power_spectrum(images_b)
-    )
-    return float(np.asarray(distance))
+    return _spectra_distance(radial_power_spectrum(images_a), radial_power_spectrum(images_b))
+
+
+def _spectra_distance(spectrum_a: np.ndarray, spectrum_b: np.ndarray) -> float:
+    """`metrics.log_spectral_distance` of two (R,) mean spectra, as a float."""
+    return float(np.asarray(log_spectral_distance(spectrum_a, spectrum_b)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -709,6 +713,7 @@ def realism_report(
     network: FeatureNetwork,
     real_a: np.ndarray,
     real_b: np.ndarray,
+    reconstructions_a: np.ndarray,
     reconstructions_b: np.ndarray,
     samples: np.ndarray,
     training_images: np.ndarray,
@@ -725,7 +730,8 @@ def realism_report(
 
     `real_a` and `real_b` are two disjoint halves of real held-out slices, of different people
     (`groups_a`, `groups_b` name each slice's person; None: every slice its own);
-    `reconstructions_b` the autoencoder's reconstructions of `real_b`, slice by slice; `samples`
+    `reconstructions_a` and `reconstructions_b` the autoencoder's reconstructions of `real_a`
+    and `real_b`, slice by slice; `samples`
     the generated slices; `training_images` and `training_levels` (relative positions in
     [0, 1]) the real training slices (the feature network's training set). n =
     min(len(real_b), len(samples)) slices of `real_b` (with their reconstructions) and of the
@@ -749,11 +755,12 @@ def realism_report(
       cnn_c2st_real_vs_reconstructions, cnn_c2st_reconstructions_vs_samples,
       cnn_c2st_real_vs_samples and cnn_c2st_real_floor, each with its `_p_value`;
     - ms_ssim_samples, ms_ssim_real, ssim_samples, ssim_real: mean pairwise MS-SSIM and SSIM
-      over the same number of random pairs (at most `max_pairs`) of n samples and n real
-      held-out slices (from `real_a` and `real_b` together); ms_ssim_reconstructions and
-      ssim_reconstructions the same of the n reconstructions of `real_b`: the diversity of a
-      perfect prior's samples, which are decoder outputs too (a decoder's blur alone makes
-      slices more alike than the real ones);
+      of all the samples and of all the real held-out slices (`real_a` and `real_b` together),
+      each over at most `max_pairs` random pairs: unbiased estimates of the mean over every
+      pair, whatever the number of slices, so every slice counts; ms_ssim_reconstructions
+      and ssim_reconstructions the same of the reconstructions of the held-out slices, on the
+      same pairs as the real slices: the diversity of a perfect prior's samples, which are
+      decoder outputs too (a decoder's blur alone makes slices more alike than the real ones);
     - spectrum_distance_samples, spectrum_distance_reconstructions,
       spectrum_distance_real_floor: `spectral_distance` of n samples, n reconstructions of
       `real_b` and the n `real_b` slices to all of `real_a`;
@@ -775,10 +782,16 @@ def realism_report(
         raise ValueError(
             f"training_levels has {len(training_levels)} values for {len(training_images)}"
         )
-    if len(reconstructions_b) != len(real_b):
-        raise ValueError(
-            f"reconstructions_b has {len(reconstructions_b)} slices for {len(real_b)} of real_b"
-        )
+    reconstructions_a = as_image_batch(reconstructions_a, "reconstructions_a")
+    for name, reconstructions, real in (
+        ("a", reconstructions_a, real_a),
+        ("b", reconstructions_b, real_b),
+    ):
+        if len(reconstructions) != len(real):
+            raise ValueError(
+                f"reconstructions_{name} has {len(reconstructions)} slices for {len(real)} of "
+                f"real_{name}"
+            )
     groups_a = np.arange(len(real_a)).astype(str) if groups_a is None else np.asarray(groups_a)
     groups_b = np.arange(len(real_b)).astype(str) if groups_b is None else np.asarray(groups_b)
     rng = np.random.default_rng(seed)
@@ -835,20 +848,23 @@ def realism_report(
             report[f"cnn_{key}_p_value"] = two_sample_p_value(accuracy, judged)
 
     held_out = np.concatenate([real_a, real_b])
-    real_n = held_out[np.sort(rng.choice(len(held_out), n, replace=False))]
-    report["ms_ssim_samples"] = pairwise_ms_ssim(samples_n, max_pairs, seed)
-    report["ms_ssim_real"] = pairwise_ms_ssim(real_n, max_pairs, seed)
-    report["ssim_samples"] = pairwise_ssim(samples_n, max_pairs, seed)
-    report["ssim_real"] = pairwise_ssim(real_n, max_pairs, seed)
-    report["ms_ssim_reconstructions"] = pairwise_ms_ssim(reconstructions_n, max_pairs, seed)
-    report["ssim_reconstructions"] = pairwise_ssim(reconstructions_n, max_pairs, seed)
+    diversity_sets = {
+        "samples": samples,
+        "real": held_out,
+        "reconstructions": np.concatenate([reconstructions_a, reconstructions_b]),
+    }
+    for name, images in diversity_sets.items():
+        report[f"ms_ssim_{name}"] = pairwise_ms_ssim(images, max_pairs, seed)
+        report[f"ssim_{name}"] = pairwise_ssim(images, max_pairs, seed)
 
+    real_spectrum = radial_power_spectrum(real_a)
     for name, key in (
         ("samples", "samples"),
         ("reconstructions", "reconstructions"),
         ("real_b", "real_floor"),
     ):
-        report[f"spectrum_distance_{key}"] = spectral_distance(sets[name][0], real_a)
+        spectrum = radial_power_spectrum(sets[name][0])
+        report[f"spectrum_distance_{key}"] = _spectra_distance(spectrum, real_spectrum)
 
     # Levels by the nearest training slice in feature space and, if trained, the position
     # head: a sample is implausible only at both.

@@ -305,12 +305,13 @@ def test_realism_report_has_every_documented_key_and_its_figures(
     )
     real = brain_like_set(64, seed=20)
     samples = brain_like_set(32, seed=21, hole=True)
-    reconstructions = brain_like_set(32, seed=22)
+    reconstructions = brain_like_set(64, seed=22)
     report = realism.realism_report(
         network,
         real[:32],
         real[32:],
-        reconstructions,
+        reconstructions[:32],
+        reconstructions[32:],
         samples,
         training,
         levels,
@@ -348,12 +349,28 @@ def test_the_diversity_of_reconstructions_is_measured_on_the_reconstructions(net
 
     network, training, levels = network_and_data
     real = brain_like_set(32, seed=23)
-    blurred = ndimage.gaussian_filter(real[16:], sigma=(0, 2, 2, 0))
+    blurred = ndimage.gaussian_filter(real, sigma=(0, 2, 2, 0))
     report = realism.realism_report(
-        network, real[:16], real[16:], blurred, real[:16], training, levels, max_pairs=20
+        network, real[:16], real[16:], blurred[:16], blurred[16:], real[:16], training, levels
     )
     assert report["ms_ssim_reconstructions"] > report["ms_ssim_real"] + 0.05
     assert report["ssim_reconstructions"] > report["ssim_real"] + 0.05
+
+
+def test_diversity_counts_every_slice_on_the_same_pairs(network_and_data):
+    """Samples that are the held-out slices themselves (twice as many as the compared n), and
+    reconstructions that are exact, score the real slices' diversity to the last digit: every
+    sample and every held-out slice is in the estimate, and reconstructions are scored on the
+    real slices' pairs."""
+    network, training, levels = network_and_data
+    real = brain_like_set(32, seed=24)
+    report = realism.realism_report(
+        network, real[:16], real[16:], real[:16], real[16:], real, training, levels, max_pairs=50
+    )
+    assert report["n_compared"] == 16
+    for measure in ("ms_ssim", "ssim"):
+        assert report[f"{measure}_samples"] == report[f"{measure}_real"]
+        assert report[f"{measure}_reconstructions"] == report[f"{measure}_real"]
 
 
 def test_the_two_sample_test_judges_people_it_did_not_see():
