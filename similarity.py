@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--samples",
         type=int,
-        help="samples to judge (default: as many as the split has slices, at least 64)",
+        help="samples to judge (default: as many as the split has slices, at least 1024)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="figure folder (default RUN/similarity_<split>)")

@@ -68,7 +68,9 @@ from hyperparameters import (
 
 FEATURE_TRAINING_SLICES = 4000  # the feature network trains on at most this many slices
 REFERENCE_TRAINING_SLICES = 2000  # training slices the implausibility rule and neighbours see
-MIN_SAMPLES = 64
+# Samples judged by default, at the least: their diversity then moves about half as much
+# between draws as that of 256 (BENCHMARKS.md, "Diversity over every slice").
+MIN_SAMPLES = 1024
 MIN_REALISM_SLICES = 8  # held-out slices per half, at the least, for the realism measures
 SLAB_SLICES = 8  # a lone person's neighbouring slices that the two-sample tests keep together
 OBEDIENCE_SAMPLES = 128  # generated slices per condition whose obedience is measured
@@ -679,7 +681,8 @@ def evaluate_run(
 ) -> dict:
     """Score a trained run's reconstructions of `split` and its samples (`samples` of them,
     from its prior, or from N(0, I) for a VAE run; default as many as the split has slices, at
-    least `MIN_SAMPLES`, so that the realism measures compare sets of the same size); write the
+    least `MIN_SAMPLES`: the realism measures compare as many of them as half the split has,
+    and their diversity takes them all); write the
     figures into `out` (default `run_dir/similarity_<split>`) and return the numbers. The
     samples are drawn with `temperature`, `top_k` and `top_p` as `predict.py` draws them
     (`sample_code_maps`; `top_p` None: the run's own, `effective_top_p`; a VAE run takes the
