@@ -738,7 +738,8 @@ def realism_report(
     samples are drawn at random (`seed`), so a score and its floor share N and are both measured
     against `real_a`:
 
-    - n_real_a, n_compared: len(real_a) and n;
+    - n_real_a, n_compared, n_samples, n_real: len(real_a), n, len(samples) and the number of
+      held-out slices, len(real_a) + len(real_b);
     - fd_samples, fd_reconstructions, fd_real_floor: Fréchet distance of n samples, n
       reconstructions of `real_b` and the n `real_b` slices themselves to all of `real_a`, in
       the network's features;
@@ -810,7 +811,12 @@ def realism_report(
     }
     features = {name: image_features(network, images) for name, (images, _) in sets.items()}
     features["training"] = image_features(network, training_images)
-    report: dict[str, float | int] = {"n_real_a": len(real_a), "n_compared": n}
+    report: dict[str, float | int] = {
+        "n_real_a": len(real_a),
+        "n_compared": n,
+        "n_samples": len(samples),
+        "n_real": len(real_a) + len(real_b),
+    }
     report["fd_samples"] = frechet_distance(features["samples"], features["real_a"])
     report["fd_reconstructions"] = frechet_distance(features["reconstructions"], features["real_a"])
     report["fd_real_floor"] = frechet_distance(features["real_b"], features["real_a"])
@@ -912,7 +918,9 @@ def format_realism(report: dict) -> str:
     lines.insert(1, "-" * len(lines[0]))
     title = (
         f"realism of {report.get('n_compared', '?')} samples against "
-        f"{report.get('n_real_a', '?')} real held-out slices"
+        f"{report.get('n_real_a', '?')} real held-out slices; diversity and the implausible "
+        f"share of all {report.get('n_samples', '?')} samples and {report.get('n_real', '?')} "
+        "held-out slices"
     )
     return "\n".join([title, *lines])
 

@@ -368,6 +368,8 @@ def test_diversity_counts_every_slice_on_the_same_pairs(network_and_data):
         network, real[:16], real[16:], real[:16], real[16:], real, training, levels, max_pairs=50
     )
     assert report["n_compared"] == 16
+    assert report["n_samples"] == 32 and report["n_real"] == 32
+    assert "all 32 samples and 32 held-out slices" in realism.format_realism(report)
     for measure in ("ms_ssim", "ssim"):
         assert report[f"{measure}_samples"] == report[f"{measure}_real"]
         assert report[f"{measure}_reconstructions"] == report[f"{measure}_real"]
