@@ -88,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", action="append", required=True, help="a trained run; repeat")
     parser.add_argument("--data", help="dataset (default: each run's own)")
     parser.add_argument("--split", default="test", help="held-out split to judge against")
-    parser.add_argument("--samples", type=int, help="samples per run (default: the split's size)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        help="samples per run (default: as similarity.py, the split's size, at least 1024)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write every run's full report here")
     return parser
