@@ -223,7 +223,9 @@ def novelty_ssim(
 
     Exact SSIM against every reference slice costs M x N window passes, so each sample is
     compared with its `candidates` nearest reference slices by Euclidean distance (found with
-    one matrix product per chunk); a copy of a training slice is always its nearest neighbour.
+    one matrix product per `chunk` reference slices); a copy of a training slice is always its
+    nearest neighbour. The pairs are scored about `chunk` at a time, so memory does not grow
+    with M.
     """
     flat_samples = samples.reshape(len(samples), -1).astype(np.float32)
     sample_norms = np.square(flat_samples).sum(axis=1)
@@ -235,9 +237,17 @@ def novelty_ssim(
             sample_norms[:, None] - 2 * flat_samples @ block.T + np.square(block).sum(axis=1)
         )
     nearest = np.argsort(np.concatenate(distances, axis=1), axis=1)[:, :candidates]
-    repeated_samples = np.repeat(samples, nearest.shape[1], axis=0)
-    scores = ssim_per_slice(repeated_samples, reference[nearest.ravel()])
-    return scores.reshape(nearest.shape).max(axis=1)
+    per_pass = max(1, chunk // nearest.shape[1])  # samples whose pairs are scored at once
+    best = [
+        ssim_per_slice(
+            np.repeat(samples[start : start + per_pass], nearest.shape[1], axis=0),
+            reference[nearest[start : start + per_pass].ravel()],
+        )
+        .reshape(-1, nearest.shape[1])
+        .max(axis=1)
+        for start in range(0, len(samples), per_pass)
+    ]
+    return np.concatenate(best)
 
 
 # Realism ------------------------------------------------------------------------------------

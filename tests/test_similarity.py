@@ -14,7 +14,7 @@ from fixtures import OASIS1_COLUMNS, write_csv
 from PIL import Image
 
 import similarity
-from brain_vqvae import evaluation, generation, realism
+from brain_vqvae import evaluation, generation, metrics, realism
 
 
 def test_summary_counts_slices_at_or_above_the_target():
@@ -33,6 +33,19 @@ def test_novelty_detects_a_generator_that_copies_its_training_set(image_pairs):
     assert evaluation.novelty_ssim(copies, training) == pytest.approx([1.0, 1.0], abs=1e-5)
     fresh = np.random.default_rng(5).random((2, 48, 48, 1), dtype=np.float32)
     assert evaluation.novelty_ssim(fresh, training).max() < 0.2
+
+
+def test_novelty_scored_a_few_samples_at_a_time_is_the_best_ssim_to_any_reference(image_pairs):
+    """Five noisy copies scored two at a time (the last pass ragged): each sample's highest SSIM
+    over every reference slice, found by scoring it against all of them."""
+    training, noisy = image_pairs
+    samples = np.concatenate([noisy, noisy[[1]]])
+    every = [
+        metrics.ssim_per_slice(np.repeat(sample[None], len(training), axis=0), training).max()
+        for sample in samples
+    ]
+    novelty = evaluation.novelty_ssim(samples, training, candidates=2, chunk=4)
+    assert novelty == pytest.approx(every, abs=1e-6)
 
 
 def test_each_persons_slices_are_averaged_into_one_age():
