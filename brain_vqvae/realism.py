@@ -802,14 +802,22 @@ def realism_report(
     chosen_b = np.sort(rng.choice(len(real_b), n, replace=False))
     real_b_n, reconstructions_n = real_b[chosen_b], reconstructions_b[chosen_b]
     groups_b_n = groups_b[chosen_b]
-    samples_n = samples[np.sort(rng.choice(len(samples), n, replace=False))]
+    chosen_samples = np.sort(rng.choice(len(samples), n, replace=False))
+    samples_n = samples[chosen_samples]
     sets = {
         "real_a": (real_a, groups_a),
         "real_b": (real_b_n, groups_b_n),
         "reconstructions": (reconstructions_n, groups_b_n),
         "samples": (samples_n, None),
     }
-    features = {name: image_features(network, images) for name, (images, _) in sets.items()}
+    # Every sample's features, once: the implausibility rule reads them all.
+    sample_features = image_features(network, samples)
+    features = {
+        name: image_features(network, images)
+        for name, (images, _) in sets.items()
+        if name != "samples"
+    }
+    features["samples"] = sample_features[chosen_samples]
     features["training"] = image_features(network, training_images)
     report: dict[str, float | int] = {
         "n_real_a": len(real_a),
@@ -877,7 +885,7 @@ def realism_report(
     held_out_features = np.concatenate([features["real_a"], image_features(network, real_b)])
     levels = [
         nearest_training_levels(features_, features["training"], training_levels)
-        for features_ in (image_features(network, samples), held_out_features)
+        for features_ in (sample_features, held_out_features)
     ]
     predicted = [predict_positions(network, samples), predict_positions(network, held_out)]
     if predicted[0] is not None:
