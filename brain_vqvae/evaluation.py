@@ -24,7 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from brain_vqvae import obedience, plotting, realism
-from brain_vqvae.age_reader import READ_LEVELS, AgeReader, readable_levels
+from brain_vqvae.age_reader import (
+    CROSS_VALIDATION_FOLDS,
+    READ_LEVELS,
+    AgeReader,
+    readable_levels,
+)
 from brain_vqvae.conditioning import raw_condition_values, slice_conditions
 from brain_vqvae.data import BrainSlices, SliceSet
 from brain_vqvae.data.slices import capped_indices
@@ -405,7 +410,10 @@ def judge_ages(
     `AgeReader` trained on the reconstructions of the training slices by the run's generator
     (`Run.generator`). Its ceiling is the same reconstructions of the `held_out` slices (what
     a perfect prior's slices could show through this decoder); its reading of the real
-    held-out slices is reported too.
+    held-out slices is reported too. With at least `MIN_OBEDIENCE_PEOPLE` training people, the
+    same ceilings over all of them ("cross_validated": each person read by readers trained on
+    the others, `AgeReader.cross_validate`, in at most `CROSS_VALIDATION_FOLDS` folds): a
+    small held-out split's r moves with who is in it.
     When the prior takes the level, whole volumes are judged as well (`judge_volume_ages`).
     Returns ({"skipped": why}, []) when the data cannot train or check the reader; otherwise
     the report and the figures obedience_age.png (and obedience_age_volumes.png)."""
@@ -427,12 +435,9 @@ def judge_ages(
             f"{READ_LEVELS[1]} with a known age are too few, or all of one age"
         }, []
     chosen = training.images[used, ..., None] / np.float32(255.0)
+    chosen_reconstructions = reconstruct_images(run.generator, chosen, batch_size)
     try:
-        reader = AgeReader.fit(
-            reconstruct_images(run.generator, chosen, batch_size),
-            training_levels[used],
-            training_ages[used],
-        )
+        reader = AgeReader.fit(chosen_reconstructions, training_levels[used], training_ages[used])
     except ValueError as error:
         return {"skipped": str(error)}, []
 
@@ -466,6 +471,22 @@ def judge_ages(
         "reader": "tissue composition (age_reader), trained on reconstructed training slices",
         "held_out_people": len(np.unique(people)),
     }
+    training_people = training.subject_ids[used]
+    folds = min(CROSS_VALIDATION_FOLDS, len(np.unique(training_people)))
+    if folds >= MIN_OBEDIENCE_PEOPLE:
+        # The ceilings over every training person, each read by readers that never saw them:
+        # the reader's recipe on the reconstructions, and readers trained on real slices (how
+        # much of the age one slice shows before the decoder).
+        report["cross_validated"] = {
+            side: obedience.condition_obedience(
+                *AgeReader.cross_validate(
+                    side_images, training_levels[used], training_ages[used], training_people, folds
+                )
+            )
+            for side, side_images in (("reconstructed", chosen_reconstructions), ("real", chosen))
+        }
+        report["cross_validated"]["people"] = len(np.unique(training_people))
+        report["cross_validated"]["folds"] = folds
     figures = [
         obedience.plot_obedience(
             requested,
@@ -660,11 +681,7 @@ def judge_realism(
             out / "spectrum.png",
         ),
         realism.plot_nearest_training(
-            samples,
-            reference_images,
-            image_features(network, samples),
-            image_features(network, reference_images),
-            out / "nearest_training.png",
+            network, samples, reference_images, out / "nearest_training.png"
         ),
     ]
     return report, [Path(figure) for figure in figures]
@@ -909,6 +926,12 @@ def format_conditions(conditions: dict) -> list[str]:
         )
         if "reconstructed" in scores:
             line += f"; real slices r {scores['real']['r']:.3f}"
+        if "cross_validated" in scores:
+            cross = scores["cross_validated"]
+            line += (
+                f"; cross-validated over {cross['people']} training people: reconstructed r "
+                f"{cross['reconstructed']['r']:.3f}, real r {cross['real']['r']:.3f}"
+            )
         lines.append(line + ")")
         volumes = scores.get("volumes", {})
         if "skipped" in volumes:

@@ -939,16 +939,15 @@ def format_realism(report: dict) -> str:
 
 
 def plot_nearest_training(
+    network: FeatureNetwork,
     samples: np.ndarray,
     training_images: np.ndarray,
-    features_samples: np.ndarray,
-    features_training: np.ndarray,
     path: str | Path,
     count: int = 8,
 ) -> Path:
     """PNG of the first `count` samples (top row) above their nearest training slices in
-    feature space (bottom row), each titled with the feature distance: a sample that is a copy
-    of a training slice shows as a twin at a small distance."""
+    the `network`'s feature space (bottom row), each titled with the feature distance: a sample
+    that is a copy of a training slice shows as a twin at a small distance."""
     from matplotlib.figure import Figure
 
     samples = as_image_batch(samples, "samples")
@@ -957,7 +956,7 @@ def plot_nearest_training(
     if count < 1:
         raise ValueError("samples must hold at least one slice")
     nearest, distances = _nearest(
-        np.asarray(features_samples)[:count], np.asarray(features_training)
+        image_features(network, samples[:count]), image_features(network, training_images)
     )
     figure = Figure(figsize=(1.8 * count, 4.0))
     axes = figure.subplots(2, count, squeeze=False)

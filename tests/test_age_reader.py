@@ -79,6 +79,33 @@ def test_slices_out_of_the_levels_and_of_unknown_age_are_left_out_of_training():
     )
 
 
+def people_of_several_slices(count: int, slices: int, seed: int):
+    """(ages, positions, people) of `count` people with `slices` slices each."""
+    ages, _ = people(count, seed)
+    positions = np.random.default_rng(seed + 1).uniform(*READ_LEVELS, count * slices)
+    return np.repeat(ages, slices), positions, np.repeat(np.arange(count), slices)
+
+
+def test_cross_validation_reads_each_person_by_a_reader_that_never_saw_them():
+    ages, positions, persons = people_of_several_slices(24, 5, seed=11)
+    slices = ageing_slices(ages, positions, seed=12)
+    truth, reads = AgeReader.cross_validate(slices, positions, ages, persons)
+    np.testing.assert_array_equal(truth, ages)
+    assert np.corrcoef(truth, reads)[0, 1] > 0.9
+    # Each person's anatomy labelled with another person's age: what the slices show says
+    # nothing of the label, and readers that never saw the person read nothing of it.
+    labels = np.repeat(np.random.default_rng(13).permutation(np.unique(ages)), 5)
+    shuffled = np.zeros_like(ages)
+    for person in range(24):
+        shuffled[persons == person] = labels[persons == person][0]
+    _, reads = AgeReader.cross_validate(slices, positions, shuffled, persons)
+    assert np.corrcoef(shuffled, reads)[0, 1] < 0.3
+    with pytest.raises(ValueError, match="at least 8 people, got 6"):
+        AgeReader.cross_validate(slices[:30], positions[:30], ages[:30], persons[:30])
+    with pytest.raises(ValueError, match="people has 3 values for 120 images"):
+        AgeReader.cross_validate(slices, positions, ages, persons[:3])
+
+
 def test_bad_input_is_refused_with_what_is_wrong():
     ages, positions = people(12, seed=9)
     slices = ageing_slices(ages, positions, seed=10)

@@ -334,10 +334,8 @@ def test_realism_report_has_every_documented_key_and_its_figures(
     table = realism.format_realism(report)
     assert "real-vs-real floor" in table and "MS-SSIM" in table
     assert realism.plot_realism(report, tmp_path / "realism.png").stat().st_size > 0
-    features_samples = feature_network.image_features(network, samples)
-    features_training = feature_network.image_features(network, training)
     figure = realism.plot_nearest_training(
-        samples, training, features_samples, features_training, tmp_path / "nearest.png", count=4
+        network, samples, training, tmp_path / "nearest.png", count=4
     )
     assert figure.stat().st_size > 0
 

@@ -263,6 +263,10 @@ def test_obedience_to_age_is_read_by_the_tissue_reader(
     assert age["held_out_people"] == 4
     for side in ("generated", "reconstructed", "real"):
         assert -1.0 <= age[side]["r"] <= 1.0
+    # The ceilings over every training person, each read by readers trained on the others.
+    cross = age["cross_validated"]
+    assert cross["people"] == cross["folds"] == 4
+    assert cross["reconstructed"]["count"] == cross["real"]["count"] == 8
     assert (tmp_path / "figures" / "obedience_age.png").is_file()
     # Whole volumes asked for ages, each read as the mean of its slices, against the people.
     volumes = age["volumes"]
@@ -273,3 +277,4 @@ def test_obedience_to_age_is_read_by_the_tissue_reader(
     assert similarity.main([*argv[:-1], "--out", str(tmp_path / "table")]) == 0
     table = capsys.readouterr().out
     assert "  age: r " in table and "  age of whole volumes: r " in table
+    assert "cross-validated over 4 training people" in table
