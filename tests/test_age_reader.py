@@ -94,10 +94,7 @@ def test_cross_validation_reads_each_person_by_a_reader_that_never_saw_them():
     assert np.corrcoef(truth, reads)[0, 1] > 0.9
     # Each person's anatomy labelled with another person's age: what the slices show says
     # nothing of the label, and readers that never saw the person read nothing of it.
-    labels = np.repeat(np.random.default_rng(13).permutation(np.unique(ages)), 5)
-    shuffled = np.zeros_like(ages)
-    for person in range(24):
-        shuffled[persons == person] = labels[persons == person][0]
+    shuffled = np.repeat(np.random.default_rng(13).permutation(ages[::5]), 5)
     _, reads = AgeReader.cross_validate(slices, positions, shuffled, persons)
     assert np.corrcoef(shuffled, reads)[0, 1] < 0.3
     with pytest.raises(ValueError, match="at least 8 people, got 6"):
