@@ -143,12 +143,13 @@ def test_trained_two_level_prior_draws_whole_training_layouts_and_reloads(tmp_pa
     np.testing.assert_array_equal(loaded.coarse_map.centroids, prior.coarse_map.centroids)
 
 
-def test_both_levels_follow_the_slice_below_when_nothing_else_is_asked():
+def test_both_levels_follow_the_slice_below_when_nothing_else_is_asked(monkeypatch):
     """Trained on maps whose slice below is the map itself (a volume of one layout), a prior
     given only the slice below draws that layout at both levels: the coarse level reads the
     slice below coarsened, as in training, or the coarse level's own slice below when one is
-    given (`coarse_slice_below`). A coarse level drawn without it picks either layout, and the
-    fine level cannot fit both its coarse map and the slice below."""
+    given (`coarse_slice_below`), also when the maps are drawn in chunks, each map with its own
+    slices below. A coarse level drawn without it picks either layout, and the fine level
+    cannot fit both its coarse map and the slice below."""
     prior = two_level_prior(prior_conditions="previous_slice")
     maps = layouts(64)
     conditions = condition_batch(("previous_slice",), {}, 64, {"previous_slice": maps}, MAP_SIZE)
@@ -170,6 +171,13 @@ def test_both_levels_follow_the_slice_below_when_nothing_else_is_asked():
         other = np.repeat(maps[1 - layout : 2 - layout], 8, axis=0)
         moved = sample_code_maps(prior, 8, seed=3, conditions=given, coarse_slice_below=other)
         assert np.mean(moved[:, :4, :] == maps[1 - layout, 0, 0]) >= 0.75, layout
+    monkeypatch.setattr(sampler, "MAX_CODES_PER_SCAN", 3 * MAP_SIZE**2)  # 3 maps a scan
+    mixed = maps[[0, 0, 0, 0, 1, 1, 1, 1]]  # four maps of each layout, each its own slice below
+    given = {"previous_slice": mixed}
+    drawn = sample_code_maps(prior, 8, seed=3, conditions=given, coarse_slice_below=mixed)
+    assert np.mean(np.all(drawn == mixed, axis=(1, 2))) >= 0.75
+    swapped = sample_code_maps(prior, 8, seed=3, conditions=given, coarse_slice_below=mixed[::-1])
+    assert np.mean(swapped[:, :4, :] == mixed[::-1, :1, :1]) >= 0.75
     with pytest.raises(ValueError, match="needs a two-level prior and a previous_slice"):
         sample_code_maps(prior, 8, seed=3, coarse_slice_below=maps[:8])
 

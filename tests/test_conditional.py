@@ -24,6 +24,7 @@ from brain_vqvae.model import (
     build_vqvae,
     encode_code_maps,
     sample_code_maps,
+    sampler,
 )
 from brain_vqvae.model.conditions import condition_batch
 from brain_vqvae.model.prior import pack_prior_inputs
@@ -371,22 +372,60 @@ def prior_trained_on_levels(maps: np.ndarray, levels: np.ndarray, batch_size: in
     return prior
 
 
-def test_a_prior_trained_on_two_levels_draws_each_on_request():
-    """Maps of level 0 use codes 1 and 2, maps of level 1 codes 5 and 6 (random mixtures): the
-    trained prior draws level-0 codes when asked for 0 and level-1 codes when asked for 1."""
+@pytest.fixture(scope="module")
+def two_levels_prior() -> PixelCNN:
+    """A prior trained on maps of level 0 that use codes 1 and 2, and maps of level 1 that use
+    codes 5 and 6 (random mixtures)."""
     rng = np.random.default_rng(0)
     count = 256
     levels = np.repeat([0.0, 1.0], count // 2)
     maps = (
         rng.integers(0, 2, (count, MAP_SIZE, MAP_SIZE)) + np.where(levels > 0, 5, 1)[:, None, None]
     )
-    prior = prior_trained_on_levels(maps, levels, batch_size=32)
+    return prior_trained_on_levels(maps, levels, batch_size=32)
+
+
+def test_a_prior_trained_on_two_levels_draws_each_on_request(two_levels_prior):
+    """The trained prior draws level-0 codes when asked for 0 and level-1 codes when asked
+    for 1."""
+    prior = two_levels_prior
     low = sample_code_maps(prior, 16, seed=1, conditions={"slice_position": 0.0})
     high = sample_code_maps(prior, 16, seed=1, conditions={"slice_position": 1.0})
     assert np.isin(low, (1, 2)).mean() > 0.95
     assert np.isin(high, (5, 6)).mean() > 0.95
     either = sample_code_maps(prior, 64, seed=2)  # unknown level: both kinds of map
     assert 0.2 < np.isin(either, (1, 2)).mean() < 0.8
+
+
+def test_a_large_draw_runs_in_chunks_each_map_at_its_own_level(two_levels_prior, monkeypatch):
+    """More maps than one scan may draw (here 3 maps of 64 codes, 1 when guided) are drawn in
+    chunks of at most that many: each map at the level asked for it, the same maps for the same
+    seed, and no chunk a copy of another (each has its own seed)."""
+    prior = two_levels_prior
+    monkeypatch.setattr(sampler, "MAX_CODES_PER_SCAN", 3 * MAP_SIZE**2)
+    scans = []
+    original = sampler._CodeMapSampler.sample
+
+    def counted(self, count, *arguments):
+        scans.append(count)
+        return original(self, count, *arguments)
+
+    monkeypatch.setattr(sampler._CodeMapSampler, "sample", counted)
+    levels = np.arange(10) % 2
+    drawn = sample_code_maps(prior, 10, seed=4, conditions={"slice_position": levels})
+    assert scans == [3, 3, 2, 2]
+    assert np.isin(drawn[levels == 0], (1, 2)).mean() > 0.95
+    assert np.isin(drawn[levels == 1], (5, 6)).mean() > 0.95
+    again = sample_code_maps(prior, 10, seed=4, conditions={"slice_position": levels})
+    np.testing.assert_array_equal(again, drawn)
+    low = sample_code_maps(prior, 9, seed=4, conditions={"slice_position": 0.0})
+    assert not np.array_equal(low[:3], low[3:6]) and not np.array_equal(low[:3], low[6:])
+    scans.clear()
+    guided = sample_code_maps(
+        prior, 4, seed=4, conditions={"slice_position": levels[:4]}, guidance=2.0
+    )
+    assert scans == [1, 1, 1, 1]
+    assert np.isin(guided[levels[:4] == 1], (5, 6)).mean() > 0.95
 
 
 def test_guidance_zero_ignores_the_asked_values_but_keeps_the_slice_below():

@@ -420,6 +420,11 @@ def filter_logits(logits, top_k, top_p):
 
 XLA_MAX_MAP_SIZE = 16  # on TensorFlow the sampler is compiled by XLA for code maps up to 16x16
 
+# The most codes one compiled scan draws (maps x positions, rows counted twice when guided): its
+# caches and activations grow with them, so a larger draw runs in chunks of whole maps, 256
+# hifi maps (32 x 32) or 4096 card maps (8 x 8) at a time (BENCHMARKS.md, "Judging a hifi run").
+MAX_CODES_PER_SCAN = 256 * 32 * 32
+
 
 def _compiled_sampler(sample: Callable, pixelcnn: PixelCNN, rows: int) -> Callable:
     """`sample(temperature, seed, top_k, top_p, guidance, conditions)` compiled for `rows` rows
@@ -541,7 +546,9 @@ def sample_code_maps(
     the k most likely codes at each position, `top_p` only the nucleus of probability p
     (`filter_logits`); None turns either off. The same `seed` gives the same maps;
     `seed=None` draws one from Python's `random` (seeded by `keras.utils.set_random_seed`).
-    The compiled sampler is cached per model.
+    The compiled sampler is cached per model. More maps than one scan may draw
+    (`MAX_CODES_PER_SCAN`, `maps_per_scan`) are drawn in chunks of that many, chunk i with the
+    seed `chunk_seed(seed, i)`: the same seed and count give the same maps, in a bounded memory.
 
     A two-level prior (`PixelCNN.coarse_prior`) first draws the coarse maps u from its coarse
     prior with the same conditions, the slice below coarsened (`_coarse_maps`), temperature,
@@ -572,17 +579,35 @@ def sample_code_maps(
         pixelcnn.code_map_size,
         pixelcnn.num_embeddings,
     )
+    below = batch["previous"]
+    if coarse_slice_below is not None:
+        below = condition_batch(
+            ("previous_slice",),
+            {},
+            count,
+            {"previous_slice": coarse_slice_below},
+            pixelcnn.code_map_size,
+            pixelcnn.num_embeddings,
+        )["previous"]
+    chunk = maps_per_scan(pixelcnn, guidance)
+    if count > chunk:
+        return np.concatenate(
+            [
+                sample_code_maps(
+                    pixelcnn,
+                    len(rows),
+                    temperature,
+                    chunk_seed(seed, index),
+                    top_k,
+                    top_p,
+                    _condition_rows(conditions, rows, count),
+                    guidance,
+                    None if coarse_slice_below is None else below[rows],
+                )
+                for index, rows in enumerate(np.array_split(np.arange(count), -(-count // chunk)))
+            ]
+        )
     if pixelcnn.coarse_prior is not None:
-        below = batch["previous"]
-        if coarse_slice_below is not None:
-            below = condition_batch(
-                ("previous_slice",),
-                {},
-                count,
-                {"previous_slice": coarse_slice_below},
-                pixelcnn.code_map_size,
-                pixelcnn.num_embeddings,
-            )["previous"]
         batch["coarse"] = _coarse_maps(
             pixelcnn, count, temperature, seed, top_k, top_p, conditions, guidance, below
         )
@@ -602,6 +627,40 @@ def sample_code_maps(
         {name: ops.convert_to_tensor(value) for name, value in batch.items()},
     )
     return ops.convert_to_numpy(code_maps)
+
+
+def maps_per_scan(pixelcnn: PixelCNN, guidance: float = 1.0) -> int:
+    """How many maps one compiled scan of `pixelcnn` draws at most: `MAX_CODES_PER_SCAN` codes
+    over its h*h positions, halved when a guided draw (`guidance` != 1) runs each map twice."""
+    rows_per_map = 1 if guidance == 1.0 else 2
+    return max(1, MAX_CODES_PER_SCAN // (pixelcnn.code_map_size**2 * rows_per_map))
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    """The seed in [0, 2^31) of chunk `index` of a draw seeded `seed`: `numpy`'s `SeedSequence`
+    of the pair, so that no chunk of one seed repeats a chunk of another (seed + index would
+    make chunk 1 of seed 0 the first chunk of seed 1)."""
+    state = np.random.SeedSequence([int(seed) % 2**31, index]).generate_state(1)[0]
+    return int(state) % 2**31
+
+
+def _condition_rows(conditions: dict | None, rows: np.ndarray, count: int) -> dict | None:
+    """`conditions` (checked by `condition_batch` for `count` maps) for the maps `rows`: a
+    sequence of `count` values, or maps [count, h, h] of the slice below, keep those rows; one
+    value for every map stays as it is."""
+    if conditions is None:
+        return None
+    chunk = {}
+    for name, value in conditions.items():
+        if value is None:
+            chunk[name] = None
+        elif name == "previous_slice":
+            maps = np.asarray(value)
+            chunk[name] = maps[rows] if maps.ndim == 3 else maps
+        else:
+            values = np.asarray(value, dtype=object).reshape(-1)
+            chunk[name] = values[rows].tolist() if len(values) == count else value
+    return chunk
 
 
 def _coarse_maps(
