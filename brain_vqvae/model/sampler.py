@@ -422,7 +422,7 @@ XLA_MAX_MAP_SIZE = 16  # on TensorFlow the sampler is compiled by XLA for code m
 
 # The most codes one compiled scan draws (maps x positions, rows counted twice when guided): its
 # caches and activations grow with them, so a larger draw runs in chunks of whole maps, 256
-# hifi maps (32 x 32) or 4096 card maps (8 x 8) at a time (BENCHMARKS.md, "Judging a hifi run").
+# hifi maps (32 x 32) or 4096 card maps (8 x 8) at a time (BENCHMARKS.md, "hifi, judged again").
 MAX_CODES_PER_SCAN = 256 * 32 * 32
 
 
