@@ -425,6 +425,7 @@ def test_a_large_draw_runs_in_chunks_each_map_at_its_own_level(two_levels_prior,
         prior, 4, seed=4, conditions={"slice_position": levels[:4]}, guidance=2.0
     )
     assert scans == [1, 1, 1, 1]
+    assert np.isin(guided[levels[:4] == 0], (1, 2)).mean() > 0.95
     assert np.isin(guided[levels[:4] == 1], (5, 6)).mean() > 0.95
 
 

@@ -547,8 +547,9 @@ def sample_code_maps(
     (`filter_logits`); None turns either off. The same `seed` gives the same maps;
     `seed=None` draws one from Python's `random` (seeded by `keras.utils.set_random_seed`).
     The compiled sampler is cached per model. More maps than one scan may draw
-    (`MAX_CODES_PER_SCAN`, `maps_per_scan`) are drawn in chunks of that many, chunk i with the
-    seed `chunk_seed(seed, i)`: the same seed and count give the same maps, in a bounded memory.
+    (`MAX_CODES_PER_SCAN`, `maps_per_scan`) are drawn in equal chunks of at most that many,
+    chunk i with the seed `chunk_seed(seed, i)`: the same seed and count give the same maps, in
+    a bounded memory.
 
     A two-level prior (`PixelCNN.coarse_prior`) first draws the coarse maps u from its coarse
     prior with the same conditions, the slice below coarsened (`_coarse_maps`), temperature,
