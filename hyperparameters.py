@@ -103,11 +103,21 @@ def check_temperature(temperature) -> None:
 
 
 def check_guidance(guidance) -> None:
-    """The classifier-free guidance weight w of conditional sampling: finite, w >= 0."""
-    if not (guidance >= 0 and np.isfinite(guidance)):
-        raise ValueError(
-            f"guidance must be a finite number >= 0 (1 = plain conditional), got {guidance}"
-        )
+    """The classifier-free guidance of conditional sampling: one weight w for every asked
+    condition, or {condition: w} for some of the scalar conditions (`PRIOR_CONDITIONS` but the
+    slice below, which is never guided); each w finite and >= 0."""
+    weights = guidance.items() if isinstance(guidance, dict) else [("guidance", guidance)]
+    for name, weight in weights:
+        if name != "guidance" and (name not in PRIOR_CONDITIONS or name == "previous_slice"):
+            guided = ", ".join(n for n in PRIOR_CONDITIONS if n != "previous_slice")
+            raise ValueError(f"guidance for {name!r}: only {guided} can be guided")
+        what = "guidance" if name == "guidance" else f"guidance for {name}"
+        if isinstance(weight, bool) or not isinstance(weight, int | float | np.number):
+            raise ValueError(f"{what} must be a number, got {weight!r}")
+        if not (weight >= 0 and np.isfinite(weight)):
+            raise ValueError(
+                f"{what} must be a finite number >= 0 (1 = plain conditional), got {weight}"
+            )
 
 
 def check_top_k(top_k, num_embeddings: int) -> None:

@@ -3,7 +3,7 @@
     python predict.py --run DIR [--num 16] [--temperature 1.0] [--top-k K] [--top-p P]
                       [--seed 0] [--out DIR]
                       [--slice-position 0.4] [--age 80] [--sex F] [--cdr 1] [--volume]
-                      [--guidance 2]
+                      [--guidance 2 [age=3 ...]]
     python predict.py --run DIR --reconstruct [--data PATH] [--split test] [--num 8]
     python predict.py --run DIR --input FILE [--num 8]
 
@@ -26,7 +26,9 @@ the slices asked for: `--slice-position` (0 = the lowest slice of a volume, 1 = 
 given is left to the prior. A condition the run was not trained with, or a value outside what
 its data held, is refused with a message. `--guidance` W (default 2) follows the asked values
 more closely (classifier-free guidance: each code's log-probability given them, minus that
-without them, times W; 1 = plain conditional sampling). `--volume` draws `num` whole brains
+without them, times W; 1 = plain conditional sampling); `--guidance 2 age=3` gives one
+condition a weight of its own (each condition's pull then taken given those weighted less:
+brain_vqvae/model/sampler.py, `guided_logits`). `--volume` draws `num` whole brains
 instead (default 1) of 32 axial slices each, bottom to top, every slice conditioned on its
 level and on the slice drawn below it, written as volume_NNN.nii.gz ((S, S, 32), RAS+,
 `--spacing` pixel and slice spacing in mm) and volume_NNN.png (the slices, and a coronal and a
@@ -48,8 +50,8 @@ from pathlib import Path
 
 from brain_vqvae.data import SPLITS, DataError
 from brain_vqvae.generation import (
-    DEFAULT_GUIDANCE,
     DEFAULT_VOLUME_SPACING_MM,
+    add_guidance_argument,
     add_sampling_arguments,
     input_slices,
     split_slices,
@@ -89,12 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     wanted.add_argument(
         "--volume", action="store_true", help="draw whole brains of 32 slices, bottom to top"
     )
-    wanted.add_argument(
-        "--guidance",
-        type=float,
-        default=DEFAULT_GUIDANCE,
-        help=f"how strongly to follow the conditions (default {DEFAULT_GUIDANCE:g}; 1 = plain "
-        "conditional sampling, higher = closer to what was asked, less varied)",
+    add_guidance_argument(
+        wanted,
+        "how strongly to follow the conditions (higher = closer to what was asked, less varied)",
     )
     wanted.add_argument(
         "--spacing",

@@ -1,7 +1,7 @@
 """How good a trained run is: reconstruction SSIM, PSNR and MAE per slice, and its samples.
 
     python similarity.py --run DIR [--data PATH] [--split test] [--samples N] [--json]
-                         [--temperature T] [--top-k K] [--top-p P] [--guidance W]
+                         [--temperature T] [--top-k K] [--top-p P] [--guidance W [NAME=W ...]]
                          [--convolutional-c2st]
 
 All three compare images on the [0, 1] scale, shaped (N, S, S, 1) (brain_vqvae/metrics.py):
@@ -45,7 +45,7 @@ from pathlib import Path
 
 from brain_vqvae.data import SPLITS, DataError
 from brain_vqvae.evaluation import evaluate_run, format_report
-from brain_vqvae.generation import DEFAULT_GUIDANCE, add_sampling_arguments
+from brain_vqvae.generation import add_guidance_argument, add_sampling_arguments
 from brain_vqvae.runs import RunError
 
 
@@ -62,12 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="figure folder (default RUN/similarity_<split>)")
     parser.add_argument("--cache-dir", help="where decoded slices are cached")
-    parser.add_argument(
-        "--guidance",
-        type=float,
-        default=DEFAULT_GUIDANCE,
-        help=f"guidance of the conditional draws judged (default {DEFAULT_GUIDANCE:g})",
-    )
+    add_guidance_argument(parser, "guidance of the conditional draws judged")
     add_sampling_arguments(parser)
     parser.add_argument(
         "--convolutional-c2st",

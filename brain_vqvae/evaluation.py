@@ -43,6 +43,7 @@ from brain_vqvae.feature_network import (
 from brain_vqvae.generation import (
     DEFAULT_GUIDANCE,
     VOLUME_DEPTH,
+    describe_guidance,
     effective_top_p,
     sample_volumes,
     with_drawn_levels,
@@ -320,7 +321,7 @@ def judge_conditions(
     demographics: dict[str, dict],
     seed: int,
     out: Path,
-    guidance: float = DEFAULT_GUIDANCE,
+    guidance: float | dict[str, float] = DEFAULT_GUIDANCE,
     sampling: dict | None = None,
 ) -> tuple[dict, list[Path]]:
     """How well a conditional prior obeys (`obedience`): for slice_position (`judge_levels`)
@@ -698,7 +699,7 @@ def evaluate_run(
     seed: int = 0,
     out: Path | None = None,
     cache_dir: Path | None = None,
-    guidance: float = DEFAULT_GUIDANCE,
+    guidance: float | dict[str, float] = DEFAULT_GUIDANCE,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -899,7 +900,7 @@ def format_report(report: dict) -> str:
     if "conditions" in report:
         lines += [
             "",
-            f"conditional prior, guidance {report['conditions']['guidance']:g} "
+            f"conditional prior, guidance {describe_guidance(report['conditions']['guidance'])} "
             "(obedience: r of asked against read back; ceiling: held-out slices):",
         ]
         lines += format_conditions(report["conditions"])

@@ -14,6 +14,8 @@ axes run to the subject's right, anterior and superior (RAS+).
 
 from __future__ import annotations
 
+import argparse
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from brain_vqvae.model import (
     encode_code_maps,
     sample_code_maps,
 )
+from brain_vqvae.model.conditions import SCALAR_CONDITIONS
 from brain_vqvae.model.prior import randomize_codes
 from brain_vqvae.runs import Run
 
@@ -40,7 +43,8 @@ VOLUME_DEPTH = 32  # slices per generated volume, as in the OASIS PNG slices
 # (pixel, slice) spacing in mm of a generated volume when the user gives none: the demo's
 # 128x128 slices, 0.85 mm pixels at 256x256 and 32 slices over 115 mm (`data.demo`).
 DEFAULT_VOLUME_SPACING_MM = (1.7, 3.7)
-# Classifier-free guidance weight of conditional draws (`sampler.guided_logits`): on the demo
+# Classifier-free guidance weight of conditional draws (`sampler.guided_logits`), for every
+# asked condition unless one is given its own (`parse_guidance`): on the demo
 # w = 2 raised the slice-position obedience from r 0.85 to 0.93 (BENCHMARKS.md, "Conditional
 # slices and whole volumes"); 1 is plain conditional sampling.
 DEFAULT_GUIDANCE = 2.0
@@ -69,6 +73,67 @@ def add_sampling_arguments(parser) -> None:
         help="draw only among the most likely codes of probability P (default: the run's "
         "sampling_top_p, 0.9 for the hifi preset; 1: all codes)",
     )
+
+
+def add_guidance_argument(parser, help_text: str) -> None:
+    """The --guidance flag `predict.py` and `similarity.py` share: one weight for every asked
+    condition, then any number of NAME=W for a condition of its own (`parse_guidance`), e.g.
+    `--guidance 2 age=3`."""
+    parser.add_argument(
+        "--guidance",
+        nargs="+",
+        action=_GuidanceAction,
+        default=DEFAULT_GUIDANCE,
+        metavar=("W", "NAME=W"),
+        help=f"{help_text} (default {DEFAULT_GUIDANCE:g}; 1 = plain conditional sampling); "
+        "NAME=W guides one condition (slice_position, age, sex, cdr) by its own weight",
+    )
+
+
+class _GuidanceAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            setattr(namespace, self.dest, parse_guidance(values))
+        except ValueError as error:
+            parser.error(f"{option_string}: {error}")
+
+
+def parse_guidance(terms: list[str]) -> float | dict[str, float]:
+    """The guidance of `sample_code_maps` from command-line terms: "W" sets the weight of every
+    asked condition (default `DEFAULT_GUIDANCE`), "NAME=W" that of one scalar condition (a
+    dash may stand for the underscore). One weight for all gives a float, else {condition: w}
+    for every scalar condition. `ValueError` names a term that is not a number or a
+    condition. (Values are checked where they are drawn with, `check_guidance`.)"""
+    default, own = None, {}
+    for term in terms:
+        name, _, weight = str(term).rpartition("=")
+        try:
+            number = float(weight)
+        except ValueError:
+            raise ValueError(f"{term!r} is neither a weight W nor NAME=W") from None
+        if not name:
+            if default is not None:
+                raise ValueError(f"two weights for every condition: {default:g} and {number:g}")
+            default = number
+            continue
+        name = name.strip().replace("-", "_")
+        if name not in SCALAR_CONDITIONS:
+            raise ValueError(f"{name!r} is not a condition: {', '.join(SCALAR_CONDITIONS)}")
+        own[name] = number
+    default = DEFAULT_GUIDANCE if default is None else default
+    weights = {name: own.get(name, default) for name in SCALAR_CONDITIONS}
+    return weights[SCALAR_CONDITIONS[0]] if len(set(weights.values())) == 1 else weights
+
+
+def describe_guidance(guidance: float | dict[str, float]) -> str:
+    """ "2" for one weight; "2, age 3" for {condition: w}, the weight most conditions have first
+    (1 for a condition the dict leaves out, as `sample_code_maps` takes it)."""
+    if not isinstance(guidance, dict):
+        return f"{guidance:g}"
+    weights = {name: guidance.get(name, 1.0) for name in SCALAR_CONDITIONS}
+    common = Counter(weights.values()).most_common(1)[0][0]
+    own = "".join(f", {name} {w:g}" for name, w in weights.items() if w != common)
+    return f"{common:g}{own}"
 
 
 def effective_top_p(run: Run, top_p: float | None) -> float | None:
@@ -107,7 +172,7 @@ def sample_slices(
     top_k: int | None = None,
     top_p: float | None = None,
     conditions: dict | None = None,
-    guidance: float = DEFAULT_GUIDANCE,
+    guidance: float | dict[str, float] = DEFAULT_GUIDANCE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw `count` latents from the run's prior and decode them: the latents and (count, S, S)
     uint8 slices. A VQ-VAE run draws (count, h, w) int32 code maps from its PixelCNN, its logits
@@ -154,7 +219,7 @@ def sample_volumes(
     top_k: int | None = None,
     top_p: float | None = None,
     coherent: bool = True,
-    guidance: float = DEFAULT_GUIDANCE,
+    guidance: float | dict[str, float] = DEFAULT_GUIDANCE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw `count` whole brains of `depth` axial slices each, bottom to top: code maps
     (count, depth, h, w) int32 and slices (count, depth, S, S) uint8.
@@ -266,7 +331,7 @@ def write_samples(
     top_k: int | None = None,
     top_p: float | None = None,
     conditions: dict | None = None,
-    guidance: float = DEFAULT_GUIDANCE,
+    guidance: float | dict[str, float] = DEFAULT_GUIDANCE,
 ) -> list[Path]:
     """Sample (`sample_slices`, given `conditions` and `guidance`), then write sample_NNN.png,
     samples.png and samples.nii.gz into `out` (which must exist); returns the paths written."""
@@ -285,7 +350,7 @@ def write_samples(
         for name, value in (("top-k", top_k), ("top-p", top_p))
         if value not in (None, 1.0)
     )
-    guided = f", guidance {guidance:g}" if conditions else ""
+    guided = f", guidance {describe_guidance(guidance)}" if conditions else ""
     title = (
         f"{run.name}: {count} {prior} samples{describe_conditions(conditions)}{guided}, "
         f"temperature {temperature:g}{controls}, seed {seed}"
@@ -308,7 +373,7 @@ def write_volumes(
     top_p: float | None = None,
     spacing_mm: tuple[float, float] = DEFAULT_VOLUME_SPACING_MM,
     depth: int = VOLUME_DEPTH,
-    guidance: float = DEFAULT_GUIDANCE,
+    guidance: float | dict[str, float] = DEFAULT_GUIDANCE,
 ) -> list[Path]:
     """Draw `count` coherent volumes (`sample_volumes`, with `guidance`) and write, per volume,
     volume_NNN.nii.gz ((S, S, depth) uint8, RAS+, `spacing_mm` (pixel, slice) spacing) and
@@ -331,7 +396,7 @@ def write_volumes(
             f" ({described})" if described else ""
         )
         figure = plotting.plot_volume(
-            volume, spacing_mm, f"{title}, guidance {guidance:g}, seed {seed}"
+            volume, spacing_mm, f"{title}, guidance {describe_guidance(guidance)}, seed {seed}"
         )
         written += [plotting.save_figure(figure, stem.with_name(stem.name + ".png")), nifti]
     return written

@@ -26,7 +26,7 @@ from brain_vqvae.model import (
     sample_code_maps,
     sampler,
 )
-from brain_vqvae.model.conditions import condition_batch
+from brain_vqvae.model.conditions import condition_batch, guidance_stages
 from brain_vqvae.model.prior import pack_prior_inputs
 from brain_vqvae.model.sampler import guided_logits, raster_scan
 from brain_vqvae.training import with_mirror_images
@@ -356,13 +356,21 @@ def test_an_unconditional_prior_refuses_conditions():
 def prior_trained_on_levels(maps: np.ndarray, levels: np.ndarray, batch_size: int) -> PixelCNN:
     """A tiny gated prior conditioned on slice_position, trained for 6 epochs on `maps`
     [N, 8, 8] at their `levels` [N]."""
-    conditions = condition_batch(
-        ("slice_position",), {}, len(maps), {"slice_position": levels}, MAP_SIZE
-    )
+    return prior_trained_on(maps, {"slice_position": levels}, batch_size)
+
+
+def prior_trained_on(maps: np.ndarray, conditions: dict, batch_size: int) -> PixelCNN:
+    """A tiny gated prior conditioned on the scalar `conditions` ({name: [N] values}; slice
+    level and age, which range over [0, 1] and [20, 90]), trained for 6 epochs on `maps`
+    [N, 8, 8]."""
+    names = tuple(conditions)
+    ranges = {"slice_position": [0.0, 1.0], "age": [20.0, 90.0]}
     keras.utils.set_random_seed(0)
     prior = build_pixelcnn(
-        tiny_conditional_hyperparameters("slice_position"), {"slice_position": [0.0, 1.0]}
+        tiny_conditional_hyperparameters(",".join(names)),
+        {name: ranges[name] for name in names},
     )
+    conditions = condition_batch(names, ranges, len(maps), conditions, MAP_SIZE)
     prior.compile(optimizer=keras.optimizers.Adam(1e-2))
     prior.fit(
         code_map_dataset(pack_prior_inputs(maps, conditions), batch_size, shuffle=True),
@@ -450,13 +458,95 @@ def test_guidance_zero_ignores_the_asked_values_but_keeps_the_slice_below():
 
 def test_guided_logits_move_away_from_the_reference():
     asked, reference = np.array([[1.0, 2.0, 0.0]]), np.array([[0.0, 1.0, 1.0]])
-    np.testing.assert_allclose(guided_logits(asked, reference, 2.0), [[2.0, 3.0, -1.0]])
-    np.testing.assert_allclose(guided_logits(asked, reference, 0.0), reference)
+    passes = np.stack([reference, asked])
+    np.testing.assert_allclose(guided_logits(passes, np.array([2.0])), [[2.0, 3.0, -1.0]])
+    np.testing.assert_allclose(guided_logits(passes, np.array([0.0])), reference)
 
 
-@pytest.mark.parametrize("guidance", [-0.5, float("nan"), float("inf")])
-def test_bad_guidance_is_refused(guidance):
-    with pytest.raises(ValueError, match=r"guidance must be a finite number >= 0"):
+def test_guided_logits_weight_each_step_by_its_own():
+    """l_0 + 2 (l_1 - l_0) + 3 (l_2 - l_1), by hand for one row of two codes."""
+    passes = np.array([[[0.0, 1.0]], [[1.0, 1.0]], [[1.0, 3.0]]])
+    expected = [[0.0 + 2 * 1.0 + 3 * 0.0, 1.0 + 2 * 0.0 + 3 * 2.0]]
+    np.testing.assert_allclose(guided_logits(passes, np.array([2.0, 3.0])), expected)
+
+
+def test_guidance_stages_show_the_conditions_in_order_of_their_weights():
+    """Level, age and sex asked, the slice below given, CDR not asked: pass 0 hides every
+    asked scalar, then each distinct weight in ascending order shows its conditions."""
+    names = ("slice_position", "age", "sex", "cdr", "previous_slice")
+    known = np.array([[1.0, 1.0, 1.0, 0.0, 1.0]] * 2, dtype="float32")
+    passes, weights = guidance_stages(known, names, {"slice_position": 2.0, "age": 3.0})
+    assert weights == [1.0, 2.0, 3.0]  # sex, not named, takes 1
+    np.testing.assert_array_equal(
+        [p[0] for p in passes],
+        [[0, 0, 0, 0, 1], [0, 0, 1, 0, 1], [1, 0, 1, 0, 1], [1, 1, 1, 0, 1]],
+    )
+    passes, weights = guidance_stages(known, names, 2.0)
+    assert weights == [2.0] and len(passes) == 2
+    np.testing.assert_array_equal(passes[1], known)
+    for plain in (1.0, {"cdr": 3.0}):  # every asked weight 1: one pass, unguided
+        passes, weights = guidance_stages(known, names, plain)
+        assert weights == [] and len(passes) == 1
+
+
+def test_one_weight_per_condition_equals_one_weight_for_all():
+    """{condition: w} with the same w for every asked condition draws the same maps as w,
+    and a weight for a condition not asked changes nothing."""
+    prior = tiny_conditional_prior()
+    asked = {"slice_position": 0.3, "age": 70}
+    same = {"slice_position": 2.5, "age": 2.5, "cdr": 0.0}
+    np.testing.assert_array_equal(
+        sample_code_maps(prior, 4, seed=3, conditions=asked, guidance=same),
+        sample_code_maps(prior, 4, seed=3, conditions=asked, guidance=2.5),
+    )
+
+
+def test_a_condition_guided_harder_is_followed_more_closely_and_the_other_as_before():
+    """Rows 0-3 of a map hold code 1 on 70 % of their positions at level 0 (30 % at level 1,
+    code 2 elsewhere), rows 4-7 code 3 on 70 % for age 80 (30 % for age 30, code 4 elsewhere),
+    level and age drawn independently. Asked for level 0 and age 80, guiding the age alone
+    (age 3, level 1) sharpens the rows of age (by 0.22 when written) and leaves those of the
+    level about as a plain draw draws them (0.02); guiding the level alone does the opposite
+    (0.17 and 0.02)."""
+    rng = np.random.default_rng(0)
+    count = 512
+    levels = rng.integers(0, 2, count).astype(float)
+    ages = np.where(rng.integers(0, 2, count) > 0, 80.0, 30.0)
+    level_chance = np.where(levels > 0, 0.3, 0.7)[:, None, None]
+    age_chance = np.where(ages > 50, 0.7, 0.3)[:, None, None]
+    draws = rng.uniform(size=(count, MAP_SIZE, MAP_SIZE))
+    top = np.where(draws < level_chance, 1, 2)
+    bottom = np.where(draws < age_chance, 3, 4)
+    maps = np.concatenate([top[:, :4], bottom[:, 4:]], axis=1)
+    prior = prior_trained_on(maps, {"slice_position": levels, "age": ages}, batch_size=64)
+    asked = {"slice_position": 0.0, "age": 80.0}
+
+    def shares(guidance) -> tuple[float, float]:
+        drawn = sample_code_maps(prior, 128, seed=1, conditions=asked, guidance=guidance)
+        return (drawn[:, :4] == 1).mean(), (drawn[:, 4:] == 3).mean()
+
+    plain_level, plain_age = shares(1.0)
+    assert 0.6 < plain_level < 0.8 and 0.6 < plain_age < 0.8
+    level, age = shares({"slice_position": 1.0, "age": 3.0})
+    assert age > plain_age + 0.1 and abs(level - plain_level) < 0.05
+    level, age = shares({"slice_position": 3.0, "age": 1.0})
+    assert level > plain_level + 0.1 and abs(age - plain_age) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("guidance", "message"),
+    [
+        (-0.5, r"guidance must be a finite number >= 0"),
+        (float("nan"), r"guidance must be a finite number >= 0"),
+        (float("inf"), r"guidance must be a finite number >= 0"),
+        ({"age": -1.0}, r"guidance for age must be a finite number >= 0"),
+        ({"age": "3"}, r"guidance for age must be a number, got '3'"),
+        ({"previous_slice": 2.0}, r"guidance for 'previous_slice': only slice_position, age"),
+        ({"brain": 2.0}, r"guidance for 'brain': only slice_position, age, sex, cdr"),
+    ],
+)
+def test_bad_guidance_is_refused(guidance, message):
+    with pytest.raises(ValueError, match=message):
         sample_code_maps(tiny_conditional_prior(), 2, guidance=guidance)
 
 

@@ -367,3 +367,38 @@ def test_a_volume_needs_a_prior_trained_with_the_slice_level(run_copy, tmp_path)
     (run_copy / "hyperparameters.json").write_text(json.dumps(hyperparameters.to_dict()))
     with pytest.raises(ValueError, match="needs a prior trained with slice_position"):
         generation.sample_volumes(load_run(run_copy), 1)
+
+
+def test_guidance_takes_one_weight_and_weights_of_its_own(tiny_run, tmp_path, capsys):
+    """`--guidance W NAME=W ...`: one weight for all, a dict when a condition has its own; a
+    run asked with a weight for its level draws as the library does with that weight."""
+    parser = predict.build_parser()
+
+    def parsed(*terms):
+        return parser.parse_args(["--run", "r", "--guidance", *terms]).guidance
+
+    assert parser.parse_args(["--run", "r"]).guidance == generation.DEFAULT_GUIDANCE
+    assert parsed("3") == 3.0 and parsed("2", "age=2") == 2.0
+    assert parsed("2", "age=3") == {"slice_position": 2.0, "age": 3.0, "sex": 2.0, "cdr": 2.0}
+    assert parsed("slice-position=1.5")["slice_position"] == 1.5
+    assert generation.describe_guidance(parsed("2", "age=3")) == "2, age 3"
+    assert generation.describe_guidance({"age": 3.0}) == "1, age 3"
+    for terms, message in (
+        (("2", "brain=3"), "'brain' is not a condition: slice_position, age, sex, cdr"),
+        (("two",), "'two' is neither a weight W nor NAME=W"),
+        (("2", "3"), "two weights for every condition: 2 and 3"),
+    ):
+        with pytest.raises(SystemExit):
+            parsed(*terms)
+        assert message in capsys.readouterr().err
+    run, _ = tiny_run
+    out = tmp_path / "guided"
+    flags = ("--slice-position", 0.2, "--num", 3, "--out", out)
+    assert run_predict("--run", run, *flags, "--guidance", 1, "slice_position=3") == 0
+    _, expected = generation.sample_slices(
+        load_run(run), 3, seed=0, conditions={"slice_position": 0.2}, guidance=3.0
+    )
+    for index, image in enumerate(expected):
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(out / f"sample_{index:03d}.png")), image
+        )

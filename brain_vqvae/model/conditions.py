@@ -234,12 +234,34 @@ def condition_batch(
     return {"values": values, "known": known, "previous": previous}
 
 
-def reference_conditions(batch: dict[str, np.ndarray], names: tuple[str, ...]) -> dict:
-    """The reference a guided draw steers away from (`sampler.guided_logits`): `batch`
-    (`condition_batch`) with every scalar condition unknown and the previous slice as it is,
-    so that guidance strengthens the values asked for, not the copying of the slice below."""
-    scalar = np.array([name in SCALAR_CONDITIONS for name in names], dtype=bool)
-    return {**batch, "known": np.where(scalar, 0.0, batch["known"]).astype("float32")}
+def guidance_stages(
+    known: np.ndarray, names: tuple[str, ...], guidance: float | dict[str, float]
+) -> tuple[list[np.ndarray], list[float]]:
+    """The "known" flags [count, C] of each pass of a guided draw and the weight of each step
+    between passes (`sampler.guided_logits`).
+
+    Every scalar condition asked (known in `known`, the "known" of a `condition_batch` for the
+    prior's `names`) has a weight w_c: `guidance` itself, or `guidance[c]` from a dict (1 for
+    a condition it does not name). With the distinct weights in ascending order w_1 < ... <
+    w_S, pass 0 hides every asked scalar condition (the slice below stays known, so guidance
+    strengthens the asked values, not the copying of the slice below), pass s shows those with
+    w_c <= w_s, and pass S is `known` itself. Returns ([known], []) for a plain draw: nothing
+    asked, or every asked weight 1."""
+    asked = {
+        column: guidance.get(name, 1.0) if isinstance(guidance, dict) else guidance
+        for column, name in enumerate(names)
+        if name in SCALAR_CONDITIONS and known[:, column].any()
+    }
+    weights = sorted(set(asked.values()))
+    if weights in ([], [1.0]):
+        return [known], []
+    passes = []
+    for limit in [-np.inf, *weights]:
+        hidden = [column for column, weight in asked.items() if weight > limit]
+        flags = known.copy()
+        flags[:, hidden] = 0.0
+        passes.append(flags)
+    return passes, [float(weight) for weight in weights]
 
 
 def check_in_range(name: str, value, seen) -> None:

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from brain_vqvae.model.conditions import condition_batch, reference_conditions
+from brain_vqvae.model.conditions import condition_batch, guidance_stages
 from brain_vqvae.model.distribute import TENSORFLOW
 from brain_vqvae.model.gated_prior import gated_activation
 from brain_vqvae.model.prior import BLOCK_PARTS, MaskedConv2D, PixelCNN, causal_mask
@@ -379,19 +379,26 @@ def raster_scan(pixelcnn: PixelCNN):
     return RASTER_SCANS[pixelcnn.hyperparameters.pixelcnn_architecture](pixelcnn)
 
 
-def guided_logits(asked, reference, guidance):
+def guided_logits(passes, weights):
     """Classifier-free guidance (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance",
-    https://arxiv.org/abs/2207.12598), applied to the next code's logits [N, K]:
+    https://arxiv.org/abs/2207.12598), applied to the next code's logits. `passes` [S + 1, N,
+    K] holds the logits l_0 ... l_S given ever more of the asked conditions
+    (`conditions.guidance_stages`: l_0 with every asked value hidden, l_S given them all),
+    `weights` [S] the weights w_1 < ... < w_S of the steps between them:
 
-        l = l_ref + w (l_asked - l_ref),    p(k) ~ p_ref(k) (p_asked(k) / p_ref(k))^w
+        l = l_0 + sum_s w_s (l_s - l_{s-1})
 
-    with l_asked the logits given the asked conditions and l_ref those given the reference
-    (the same conditions with the asked values hidden, `reference_conditions`). w = 1 is plain
-    conditional sampling; w > 1 weights each code by how much more likely the asked values make
-    it, so a slice follows what was asked more closely at some cost in variety; w = 0 ignores
-    the asked values. (Logits differ from log-probabilities by a constant per row, which the
-    softmax removes.)"""
-    return reference + guidance * (asked - reference)
+    With one weight w for every condition (S = 1) this is l = l_ref + w (l_asked - l_ref),
+    p(k) ~ p_ref(k) (p_asked(k) / p_ref(k))^w: w = 1 is plain conditional sampling; w > 1
+    weights each code by how much more likely the asked values make it, so a slice follows
+    what was asked more closely at some cost in variety; w = 0 ignores the asked values. With
+    a weight per condition each step is weighted by its own, as in InstructPix2Pix's guidance
+    by two conditions (Brooks et al. 2023, https://arxiv.org/abs/2211.09800): for level 2 and
+    age 3, l = l_0 + 2 (l_level - l_0) + 3 (l_level,age - l_level), age's pull taken given the
+    level. (Logits differ from log-probabilities by a constant per row, which the softmax
+    removes.)"""
+    steps = passes[1:] - passes[:-1]
+    return passes[0] + ops.sum(ops.reshape(weights, (-1, 1, 1)) * steps, axis=0)
 
 
 def filter_logits(logits, top_k, top_p):
@@ -420,14 +427,14 @@ def filter_logits(logits, top_k, top_p):
 
 XLA_MAX_MAP_SIZE = 16  # on TensorFlow the sampler is compiled by XLA for code maps up to 16x16
 
-# The most codes one compiled scan draws (maps x positions, rows counted twice when guided): its
+# The most codes one compiled scan draws (maps x positions x passes of a guided draw): its
 # caches and activations grow with them, so a larger draw runs in chunks of whole maps, 256
 # hifi maps (32 x 32) or 4096 card maps (8 x 8) at a time (BENCHMARKS.md, "hifi, judged again").
 MAX_CODES_PER_SCAN = 256 * 32 * 32
 
 
 def _compiled_sampler(sample: Callable, pixelcnn: PixelCNN, rows: int) -> Callable:
-    """`sample(temperature, seed, top_k, top_p, guidance, conditions)` compiled for `rows` rows
+    """`sample(temperature, seed, top_k, top_p, weights, conditions)` compiled for `rows` rows
     of conditions: on TensorFlow a `tf.function` of that signature, by XLA for maps of at most
     `XLA_MAX_MAP_SIZE` a side; on JAX a `jax.jit` of it that takes the model's weights as
     arguments (read through a `keras.StatelessScope`), so that a model trained further samples
@@ -440,7 +447,7 @@ def _compiled_sampler(sample: Callable, pixelcnn: PixelCNN, rows: int) -> Callab
                 tf.TensorSpec((), tf.int32),
                 tf.TensorSpec((), tf.int32),
                 tf.TensorSpec((), tf.float32),
-                tf.TensorSpec((), tf.float32),
+                tf.TensorSpec((None,), tf.float32),
                 {
                     "values": tf.TensorSpec((rows, None), tf.float32),
                     "known": tf.TensorSpec((rows, None), tf.float32),
@@ -465,7 +472,7 @@ def _compiled_sampler(sample: Callable, pixelcnn: PixelCNN, rows: int) -> Callab
 
 class _CodeMapSampler:
     """Raster-order ancestral sampling from one PixelCNN, compiled once per number of maps (and
-    whether the draw is guided).
+    of passes of a guided draw).
 
     One compiled function runs the model's `raster_scan` over the h*h positions: at position
     t = (i, j) it draws k(i, j) ~ Categorical(softmax(filter_logits(logits(i, j) / T))) for
@@ -475,8 +482,8 @@ class _CodeMapSampler:
     steps are dominated by convolutions that TensorFlow's own kernels run faster
     (BENCHMARKS.md, "Sampling"); on JAX it is always a `jax.jit`. Both need static shapes, so
     the number of maps is fixed per compiled function (`sample(count, ...)` keeps one per
-    count, and one more for guided draws, which run the scan over twice the rows).
-    Temperature, top-k, top-p, the guidance weight and the conditions are tensors: one
+    count and number of passes: a guided draw runs the scan over S + 1 times the rows).
+    Temperature, top-k, top-p, the guidance weights and the conditions are tensors: one
     compilation serves every setting. Position t's codes are drawn with the seed [seed, t]
     (`_draw_codes`), the t-th draw of a `keras.random.SeedGenerator` reset to [seed, 0], and a
     stateless draw on either backend.
@@ -484,37 +491,36 @@ class _CodeMapSampler:
 
     def __init__(self, pixelcnn: PixelCNN):
         self._pixelcnn = weakref.ref(pixelcnn)  # the cache is keyed by the model: no cycle
-        self._compiled: dict[tuple[int, bool], Callable] = {}
+        self._compiled: dict[tuple[int, int], Callable] = {}
 
-    def sample(self, count: int, temperature, seed, top_k, top_p, guidance, conditions):
+    def sample(self, count: int, temperature, seed, top_k, top_p, weights, conditions):
         """[count, h, h] int32 maps; every argument but `count` a tensor (`sample_code_maps`).
-        `conditions` holds `count` rows, or 2 `count` when guided: the asked conditions, then
-        the reference rows `guidance` steers away from (`reference_conditions`)."""
-        guided = int(conditions["known"].shape[0]) == 2 * count
-        key = (count, guided)
+        `conditions` holds `count` rows, or (S + 1) `count` when guided: the rows of each pass
+        of `conditions.guidance_stages`, one after the other, and `weights` [S] the weights
+        of the steps between them (`guided_logits`)."""
+        passes = int(conditions["known"].shape[0]) // count
+        key = (count, passes)
         if key not in self._compiled:
             self._compiled[key] = _compiled_sampler(
-                functools.partial(self._sample, count, guided),
-                self._pixelcnn(),
-                2 * count if guided else count,
+                functools.partial(self._sample, count, passes), self._pixelcnn(), passes * count
             )
-        return self._compiled[key](temperature, seed, top_k, top_p, guidance, conditions)
+        return self._compiled[key](temperature, seed, top_k, top_p, weights, conditions)
 
-    def _sample(self, count, guided, temperature, seed, top_k, top_p, guidance, conditions):
+    def _sample(self, count, passes, temperature, seed, top_k, top_p, weights, conditions):
         pixelcnn = self._pixelcnn()
         condition_features = None
         if pixelcnn.condition_encoder is not None:
             condition_features = pixelcnn.condition_features(conditions)
 
         def draw(position, logits):
-            if guided:  # rows [asked; reference], both drawn with the same codes
-                logits = guided_logits(logits[:count], logits[count:], guidance)
+            if passes > 1:  # every pass's rows are drawn with the same codes
+                logits = ops.reshape(logits, (passes, count, pixelcnn.num_embeddings))
+                logits = guided_logits(logits, weights)
             logits = filter_logits(logits / temperature, top_k, top_p)
             drawn = _draw_codes(logits, ops.stack([seed, ops.cast(position, "int32")]))
-            return ops.tile(drawn, (2,)) if guided else drawn
+            return ops.tile(drawn, (passes,))
 
-        rows = 2 * count if guided else count
-        return raster_scan(pixelcnn)(rows, draw, condition_features)[:count]
+        return raster_scan(pixelcnn)(passes * count, draw, condition_features)[:count]
 
 
 _SAMPLERS: weakref.WeakKeyDictionary[PixelCNN, _CodeMapSampler] = weakref.WeakKeyDictionary()
@@ -528,7 +534,7 @@ def sample_code_maps(
     top_k: int | None = None,
     top_p: float | None = None,
     conditions: dict | None = None,
-    guidance: float = 1.0,
+    guidance: float | dict[str, float] = 1.0,
     coarse_slice_below: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw `count` code maps [count, h, h] int32 from the prior, in raster order.
@@ -537,10 +543,11 @@ def sample_code_maps(
     `condition_names` to one value or `count` values each, e.g. {"slice_position": 0.4, "age":
     80, "sex": "F", "previous_slice": maps [count, h, h]}; the others are unknown
     (`conditions.condition_batch` checks names, ranges and shapes). `guidance` w >= 0 steers
-    the draw towards the asked scalar values (`guided_logits`; 1 = plain p(z | conditions)):
-    each position's logits are computed twice, given the conditions and given them with the
-    asked values hidden (the slice below, when given, stays known in both), which doubles the
-    cost when w != 1 and some value is asked.
+    the draw towards the asked scalar values (`guided_logits`; 1 = plain p(z | conditions)),
+    one weight for all or {condition: w} (1 for a condition not named): each position's
+    logits are computed given the conditions and again with the asked values hidden (the slice
+    below, when given, stays known), and once more for each further distinct weight
+    (`conditions.guidance_stages`), which multiplies the cost by the number of passes.
 
     `temperature` T > 0 divides the logits (T < 1 sharper, T > 1 flatter). `top_k` keeps only
     the k most likely codes at each position, `top_p` only the nucleus of probability p
@@ -590,7 +597,8 @@ def sample_code_maps(
             pixelcnn.code_map_size,
             pixelcnn.num_embeddings,
         )["previous"]
-    chunk = maps_per_scan(pixelcnn, guidance)
+    known_passes, weights = guidance_stages(batch["known"], pixelcnn.condition_names, guidance)
+    chunk = maps_per_scan(pixelcnn, len(known_passes))
     if count > chunk:
         return np.concatenate(
             [
@@ -612,10 +620,11 @@ def sample_code_maps(
         batch["coarse"] = _coarse_maps(
             pixelcnn, count, temperature, seed, top_k, top_p, conditions, guidance, below
         )
-    if guidance != 1.0:
-        reference = reference_conditions(batch, pixelcnn.condition_names)
-        if not np.array_equal(reference["known"], batch["known"]):  # some value was asked
-            batch = {name: np.concatenate([batch[name], reference[name]]) for name in batch}
+    if weights:  # the rows of every pass, one pass after the other
+        batch = {
+            name: np.concatenate(known_passes if name == "known" else [value] * len(known_passes))
+            for name, value in batch.items()
+        }
     if pixelcnn not in _SAMPLERS:
         _SAMPLERS[pixelcnn] = _CodeMapSampler(pixelcnn)
     code_maps = _SAMPLERS[pixelcnn].sample(
@@ -624,17 +633,17 @@ def sample_code_maps(
         ops.convert_to_tensor(int(seed) % 2**31, "int32"),
         ops.convert_to_tensor(0 if top_k is None else int(top_k), "int32"),
         ops.convert_to_tensor(1.0 if top_p is None else float(top_p), "float32"),
-        ops.convert_to_tensor(float(guidance), "float32"),
+        ops.convert_to_tensor(np.array(weights, dtype="float32")),
         {name: ops.convert_to_tensor(value) for name, value in batch.items()},
     )
     return ops.convert_to_numpy(code_maps)
 
 
-def maps_per_scan(pixelcnn: PixelCNN, guidance: float = 1.0) -> int:
+def maps_per_scan(pixelcnn: PixelCNN, passes: int = 1) -> int:
     """How many maps one compiled scan of `pixelcnn` draws at most: `MAX_CODES_PER_SCAN` codes
-    over its h*h positions, halved when a guided draw (`guidance` != 1) runs each map twice."""
-    rows_per_map = 1 if guidance == 1.0 else 2
-    return max(1, MAX_CODES_PER_SCAN // (pixelcnn.code_map_size**2 * rows_per_map))
+    over its h*h positions, and over the `passes` a guided draw runs each map
+    (`conditions.guidance_stages`)."""
+    return max(1, MAX_CODES_PER_SCAN // (pixelcnn.code_map_size**2 * passes))
 
 
 def chunk_seed(seed: int, index: int) -> int:
