@@ -24,11 +24,12 @@ A run whose prior was trained with conditions (by default every one its data pro
 the slices asked for: `--slice-position` (0 = the lowest slice of a volume, 1 = the highest),
 `--age` (years), `--sex` (F or M), `--cdr` (clinical dementia rating 0, 0.5, 1, 2); what is not
 given is left to the prior. A condition the run was not trained with, or a value outside what
-its data held, is refused with a message. `--guidance` W (default 2) follows the asked values
-more closely (classifier-free guidance: each code's log-probability given them, minus that
-without them, times W; 1 = plain conditional sampling); `--guidance 2 age=3` gives one
-condition a weight of its own (each condition's pull then taken given those weighted less:
-brain_vqvae/model/sampler.py, `guided_logits`). `--volume` draws `num` whole brains
+its data held, is refused with a message. `--guidance` W follows the asked values more
+closely (classifier-free guidance: each code's log-probability given them, minus that without
+them, times W; 1 = plain conditional sampling); NAME=W after it gives one condition a weight
+of its own (each condition's pull then taken given those weighted less:
+brain_vqvae/model/sampler.py, `guided_logits`). By default the level, sex and CDR are guided
+by 2 and the age by 3 (`--guidance 2 age=3`). `--volume` draws `num` whole brains
 instead (default 1) of 32 axial slices each, bottom to top, every slice conditioned on its
 level and on the slice drawn below it, written as volume_NNN.nii.gz ((S, S, 32), RAS+,
 `--spacing` pixel and slice spacing in mm) and volume_NNN.png (the slices, and a coronal and a

@@ -2,12 +2,14 @@
 top, each slice's code map drawn from the prior given its level, the subject's age, sex and CDR
 and the code map below it, then all 32 decoded.
 
-    python -m bench.volumes [--presets card hifi] [--repeats 3] [--quick] [--json PATH]
+    python -m bench.volumes [--presets card hifi] [--repeats 3] [--guidance W [NAME=W ...]]
+                            [--quick] [--json PATH]
 
 For each preset, an untrained VQ-VAE and an untrained gated PixelCNN conditioned on every
 condition (`prior_conditions` slice_position,age,sex,cdr,previous_slice; the weights do not
 change the cost) are put in a `Run`, and `generation.sample_volumes(run, 1, 32, {"age": 70,
-"sex": "F", "cdr": 0.5})` is timed as `predict.py --volume` runs it: the first call (which
+"sex": "F", "cdr": 0.5})` is timed as `predict.py --volume` runs it, with its default guidance
+or `--guidance` (each distinct weight one more pass of the prior): the first call (which
 traces and compiles the sampler) on its own, then the median of `--repeats` calls with new
 seeds. The targets (issue "conditional slices and whole volumes"): card under 2 s, hifi under
 30 s per volume on a 2-core CPU.
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 from bench.common import add_common_arguments, announce_machine, median, print_table, write_json
+from brain_vqvae.generation import add_guidance_argument
 from hyperparameters import preset
 
 TARGET_SECONDS = {"card": 2.0, "hifi": 30.0}
@@ -45,12 +48,12 @@ def untrained_run(name: str, folder: Path):
     )
 
 
-def time_volumes(run, repeats: int) -> dict:
+def time_volumes(run, repeats: int, guidance) -> dict:
     from brain_vqvae.generation import VOLUME_DEPTH, sample_volumes
 
     def one(seed: int) -> float:
         start = time.perf_counter()
-        _, slices = sample_volumes(run, 1, VOLUME_DEPTH, SUBJECT, seed=seed)
+        _, slices = sample_volumes(run, 1, VOLUME_DEPTH, SUBJECT, seed=seed, guidance=guidance)
         seconds = time.perf_counter() - start
         size = run.hyperparameters.image_size
         if slices.shape != (1, VOLUME_DEPTH, size, size):
@@ -76,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=["card", "hifi"], choices=TARGET_SECONDS)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after the first")
+    add_guidance_argument(parser, "guidance of the volumes drawn")
     add_common_arguments(parser)
     return parser
 
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             run = untrained_run(name, Path(folder))
             size = run.hyperparameters.code_map_size
             row = {"preset": name, "maps": f"32 x {size}x{size}"}
-            row |= time_volumes(run, arguments.repeats)
+            row |= time_volumes(run, arguments.repeats, arguments.guidance)
             row["target_s"] = TARGET_SECONDS[name]
             row["met"] = "yes" if row["median_s"] < row["target_s"] else "NO"
             rows.append(row)

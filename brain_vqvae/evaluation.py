@@ -337,7 +337,7 @@ def judge_conditions(
     obedience_<condition>.png into `out`."""
     names = run.pixelcnn.condition_names
     draw = {"guidance": guidance, **(sampling or {})}
-    report, figures = {"guidance": guidance}, []
+    report, figures = {"guidance": dict(guidance) if isinstance(guidance, dict) else guidance}, []
     if "slice_position" in names and held_out.relative_positions() is not None:
         report["slice_position"], figure = judge_levels(
             run, network, held_out, reconstructions, seed, draw, out

@@ -43,11 +43,12 @@ VOLUME_DEPTH = 32  # slices per generated volume, as in the OASIS PNG slices
 # (pixel, slice) spacing in mm of a generated volume when the user gives none: the demo's
 # 128x128 slices, 0.85 mm pixels at 256x256 and 32 slices over 115 mm (`data.demo`).
 DEFAULT_VOLUME_SPACING_MM = (1.7, 3.7)
-# Classifier-free guidance weight of conditional draws (`sampler.guided_logits`), for every
-# asked condition unless one is given its own (`parse_guidance`): on the demo
-# w = 2 raised the slice-position obedience from r 0.85 to 0.93 (BENCHMARKS.md, "Conditional
-# slices and whole volumes"); 1 is plain conditional sampling.
-DEFAULT_GUIDANCE = 2.0
+# Classifier-free guidance weights of conditional draws (`sampler.guided_logits`; 1 is plain
+# conditional sampling). On the demo w = 2 raised the slice-position obedience from r 0.85 to
+# 0.93 (BENCHMARKS.md, "Conditional slices and whole volumes"); the age, guided by 3 on top of
+# the level, is followed more closely, the level and the volumes as at 2 ("hifi: the age guided
+# harder than the level"). Never mutated.
+DEFAULT_GUIDANCE = {"slice_position": 2.0, "age": 3.0, "sex": 2.0, "cdr": 2.0}
 LEVEL_STREAM = 7  # the random stream (beside the seed) of the levels `with_drawn_levels` draws
 
 
@@ -85,8 +86,9 @@ def add_guidance_argument(parser, help_text: str) -> None:
         action=_GuidanceAction,
         default=DEFAULT_GUIDANCE,
         metavar=("W", "NAME=W"),
-        help=f"{help_text} (default {DEFAULT_GUIDANCE:g}; 1 = plain conditional sampling); "
-        "NAME=W guides one condition (slice_position, age, sex, cdr) by its own weight",
+        help=f"{help_text} (default {describe_guidance(DEFAULT_GUIDANCE)}; 1 = plain "
+        "conditional sampling); NAME=W guides one condition (slice_position, age, sex, cdr) by "
+        "its own weight, the others keeping W or their default",
     )
 
 
@@ -100,10 +102,11 @@ class _GuidanceAction(argparse.Action):
 
 def parse_guidance(terms: list[str]) -> float | dict[str, float]:
     """The guidance of `sample_code_maps` from command-line terms: "W" sets the weight of every
-    asked condition (default `DEFAULT_GUIDANCE`), "NAME=W" that of one scalar condition (a
-    dash may stand for the underscore). One weight for all gives a float, else {condition: w}
-    for every scalar condition. `ValueError` names a term that is not a number or a
-    condition. (Values are checked where they are drawn with, `check_guidance`.)"""
+    asked condition, "NAME=W" that of one scalar condition (a dash may stand for the
+    underscore); a condition given neither keeps its `DEFAULT_GUIDANCE`. One weight for all
+    gives a float, else {condition: w} for every scalar condition. `ValueError` names a term
+    that is not a number or a condition. (Values are checked where they are drawn with,
+    `check_guidance`.)"""
     default, own = None, {}
     for term in terms:
         name, _, weight = str(term).rpartition("=")
@@ -120,8 +123,10 @@ def parse_guidance(terms: list[str]) -> float | dict[str, float]:
         if name not in SCALAR_CONDITIONS:
             raise ValueError(f"{name!r} is not a condition: {', '.join(SCALAR_CONDITIONS)}")
         own[name] = number
-    default = DEFAULT_GUIDANCE if default is None else default
-    weights = {name: own.get(name, default) for name in SCALAR_CONDITIONS}
+    weights = {
+        name: own.get(name, DEFAULT_GUIDANCE[name] if default is None else default)
+        for name in SCALAR_CONDITIONS
+    }
     return weights[SCALAR_CONDITIONS[0]] if len(set(weights.values())) == 1 else weights
 
 
