@@ -41,6 +41,8 @@ MODELS = ("vqvae", "vae")
 # level in its volume (0 = lowest, 1 = highest), the subject's age, sex and CDR (an OASIS
 # table), and the code map of the slice just below it (to draw volumes slice by slice).
 PRIOR_CONDITIONS = ("slice_position", "age", "sex", "cdr", "previous_slice")
+# The conditions that are one value per map (all but the slice below): asked by value, guided.
+SCALAR_CONDITIONS = tuple(name for name in PRIOR_CONDITIONS if name != "previous_slice")
 # A two-level prior's coarse map has one code per COARSE_FACTOR x COARSE_FACTOR block of codes.
 COARSE_FACTOR = 4
 
@@ -104,12 +106,12 @@ def check_temperature(temperature) -> None:
 
 def check_guidance(guidance) -> None:
     """The classifier-free guidance of conditional sampling: one weight w for every asked
-    condition, or {condition: w} for some of the scalar conditions (`PRIOR_CONDITIONS` but the
-    slice below, which is never guided); each w finite and >= 0."""
+    condition, or {condition: w} for some of the `SCALAR_CONDITIONS` (the slice below is never
+    guided); each w finite and >= 0."""
     weights = guidance.items() if isinstance(guidance, dict) else [("guidance", guidance)]
     for name, weight in weights:
-        if name != "guidance" and (name not in PRIOR_CONDITIONS or name == "previous_slice"):
-            guided = ", ".join(n for n in PRIOR_CONDITIONS if n != "previous_slice")
+        if name != "guidance" and name not in SCALAR_CONDITIONS:
+            guided = ", ".join(SCALAR_CONDITIONS)
             raise ValueError(f"guidance for {name!r}: only {guided} can be guided")
         what = "guidance" if name == "guidance" else f"guidance for {name}"
         if isinstance(weight, bool) or not isinstance(weight, int | float | np.number):

@@ -42,9 +42,8 @@ import numpy as np
 from keras import ops
 
 from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
-from hyperparameters import COARSE_FACTOR, PRIOR_CONDITIONS
+from hyperparameters import COARSE_FACTOR, PRIOR_CONDITIONS, SCALAR_CONDITIONS
 
-SCALAR_CONDITIONS = tuple(name for name in PRIOR_CONDITIONS if name != "previous_slice")
 SEXES = ("M", "F")  # encoded as their index: M = 0, F = 1
 CONDITION_SCALES = {"slice_position": 1.0, "age": 100.0, "sex": 1.0, "cdr": 2.0}
 CONDITION_UNITS = {"slice_position": "", "age": " years", "sex": "", "cdr": ""}
