@@ -241,7 +241,6 @@ class Autoencoder(TrainingStepModel):
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class VQVAE(Autoencoder):
     """Encoder -> `VectorQuantizer` -> decoder, trained by its own training step.
 
