@@ -648,7 +648,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # rate did not; SSIM + L1 beat MSE; and without k-means the codebook left most of its codes
     # unused (BENCHMARKS.md). The gated prior is one cycle of dilations (1 ... 16) deep, so the
     # last code of a 32x32 map sees the first, and 64 filters wide, so that drawing 64 maps
-    # stays within the sampling budget on a CPU. It is a two-level prior over 64 coarse codes:
+    # and a volume stays within the sampling budget on a CPU (128 filters drew samples a little
+    # more real, and volumes too slowly: BENCHMARKS.md, "hifi: what tells its samples from
+    # reconstructions"). It is a two-level prior over 64 coarse codes:
     # trained for fewer epochs, its samples took the brain's layout, which the flat prior's did
     # not (BENCHMARKS.md, "The hifi prior in two levels"). Its fine level reads the slice below
     # clean (`fine_previous_slice_noise`), and its codes are drawn from the nucleus of
