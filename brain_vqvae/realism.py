@@ -225,6 +225,16 @@ def brain_masks(images: np.ndarray, threshold: float = MASK_THRESHOLD) -> np.nda
     return gaussian_filter(images, (0, MASK_SMOOTHING_SIGMA, MASK_SMOOTHING_SIGMA)) > threshold
 
 
+def brain_area(images: np.ndarray, threshold: float = MASK_THRESHOLD) -> np.ndarray:
+    """(N, S, S, 1) slices -> (N,) the share of each slice's pixels inside its `brain_masks`.
+
+    Generated brains drawn too small or too large at their level are told from real ones by
+    their outline before their texture (BENCHMARKS.md, "hifi: what tells its samples from
+    reconstructions"); the mean share over a set says so in one number."""
+    masks = brain_masks(as_image_batch(images)[..., 0], threshold)
+    return masks.mean(axis=(1, 2))
+
+
 def _masked_histograms(values: np.ndarray, masks: np.ndarray, top: float, bins: int):
     """(N, S, S) values and bool masks -> (N, bins): each image's histogram of its masked
     values over [0, top] in `bins` equal bins (values outside go to the end bins), as shares
@@ -703,6 +713,8 @@ REPORT_ROWS = (
      ".3f"),
     ("power spectrum distance, reconstructions", "spectrum_distance_reconstructions",
      "spectrum_distance_real_floor", ".3f"),
+    ("brain's share of the slice", "brain_area_samples", "brain_area_real", ".3f"),
+    ("brain's share, reconstructions", "brain_area_reconstructions", "brain_area_real", ".3f"),
     ("implausible share", "implausible_samples_share", "implausible_real_share", ".1%"),
     ("nearest-training distance (mean)", "nearest_training_distance_samples",
      "nearest_training_distance_real", ".4g"),
@@ -765,6 +777,10 @@ def realism_report(
     - spectrum_distance_samples, spectrum_distance_reconstructions,
       spectrum_distance_real_floor: `spectral_distance` of n samples, n reconstructions of
       `real_b` and the n `real_b` slices to all of `real_a`;
+    - brain_area_samples, brain_area_reconstructions, brain_area_real: the mean share of the
+      slice inside the brain's outline (`brain_area`) of all the samples, of the
+      reconstructions of all the held-out slices and of those slices themselves (the
+      real value);
     - implausible_samples, implausible_samples_share, implausible_real,
       implausible_real_share: count and share of `implausible` samples, and of all real
       held-out slices, judged at two estimates of each slice's level, the nearest training
@@ -862,14 +878,15 @@ def realism_report(
             report[f"cnn_{key}_p_value"] = two_sample_p_value(accuracy, judged)
 
     held_out = np.concatenate([real_a, real_b])
-    diversity_sets = {
+    every_slice = {  # the diversity and the brain's size count every slice of each set
         "samples": samples,
         "real": held_out,
         "reconstructions": np.concatenate([reconstructions_a, reconstructions_b]),
     }
-    for name, images in diversity_sets.items():
+    for name, images in every_slice.items():
         report[f"ms_ssim_{name}"] = pairwise_ms_ssim(images, max_pairs, seed)
         report[f"ssim_{name}"] = pairwise_ssim(images, max_pairs, seed)
+        report[f"brain_area_{name}"] = float(brain_area(images).mean())
 
     real_spectrum = radial_power_spectrum(real_a)
     for name, key in (

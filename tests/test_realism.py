@@ -155,6 +155,25 @@ def test_texture_statistics_of_known_images():
     np.testing.assert_allclose(stats[:2].reshape(2, 3, bins).sum(axis=2), 1.0)
 
 
+def test_brain_area_is_the_share_of_the_slice_inside_the_outline():
+    """Discs of radius 10 and 5 on a 32x32 slice cover pi r^2 / 1024 of it: the outline, smoothed
+    by a Gaussian of one pixel, lies within 2 pixels outside the disc's edge; an empty slice
+    has no brain, a full one is all brain."""
+    slices = np.concatenate(
+        [
+            as_image(disc((16, 16), 10)),
+            as_image(disc((16, 16), 5)),
+            np.zeros((1, SIZE, SIZE, 1), np.float32),
+            np.full((1, SIZE, SIZE, 1), 0.7, np.float32),
+        ]
+    )
+    area = realism.brain_area(slices)
+    assert area.shape == (4,)
+    for radius, share in zip((10, 5), area[:2], strict=True):
+        assert np.pi * radius**2 / SIZE**2 <= share <= np.pi * (radius + 2) ** 2 / SIZE**2
+    assert area[2] == 0.0 and area[3] == 1.0
+
+
 def test_classifier_two_sample_test_sees_fine_texture_that_block_means_hide():
     """The same kind of brain-like slices, half of them with a +-0.1 checkerboard of 1-pixel
     squares on the 2x2 blocks inside the brain: every block keeps its mean, so the 16x16 block
@@ -328,6 +347,9 @@ def test_realism_report_has_every_documented_key_and_its_figures(
     assert all(math.isfinite(value) for value in report.values())
     # Holed ellipses against intact ones: told apart, unlike two halves of one set.
     assert report["c2st_real_vs_samples"] > report["c2st_real_floor"] + 0.2
+    # The holes are background: the samples' brains cover less of the slice (a little: the
+    # mask's smoothing closes the holes' narrow ends).
+    assert report["brain_area_samples"] < report["brain_area_real"]
     # No training slice has a hole, so every holed sample and no real slice is implausible.
     assert report["implausible_samples_share"] == 1.0 and report["implausible_real"] == 0
     json.dumps(report)
@@ -357,9 +379,9 @@ def test_the_diversity_of_reconstructions_is_measured_on_the_reconstructions(net
 
 def test_diversity_counts_every_slice_on_the_same_pairs(network_and_data):
     """Samples that are the held-out slices themselves (twice as many as the compared n), and
-    reconstructions that are exact, score the real slices' diversity to the last digit: every
-    sample and every held-out slice is in the estimate, and reconstructions are scored on the
-    real slices' pairs."""
+    reconstructions that are exact, score the real slices' diversity and brain size to the last
+    digit: every sample and every held-out slice is in the estimate, and reconstructions are
+    scored on the real slices' pairs."""
     network, training, levels = network_and_data
     real = brain_like_set(32, seed=24)
     report = realism.realism_report(
@@ -368,7 +390,7 @@ def test_diversity_counts_every_slice_on_the_same_pairs(network_and_data):
     assert report["n_compared"] == 16
     assert report["n_samples"] == 32 and report["n_real"] == 32
     assert "all 32 samples and 32 held-out slices" in realism.format_realism(report)
-    for measure in ("ms_ssim", "ssim"):
+    for measure in ("ms_ssim", "ssim", "brain_area"):
         assert report[f"{measure}_samples"] == report[f"{measure}_real"]
         assert report[f"{measure}_reconstructions"] == report[f"{measure}_real"]
 
