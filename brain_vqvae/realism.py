@@ -943,9 +943,9 @@ def format_realism(report: dict) -> str:
     lines.insert(1, "-" * len(lines[0]))
     title = (
         f"realism of {report.get('n_compared', '?')} samples against "
-        f"{report.get('n_real_a', '?')} real held-out slices; diversity and the implausible "
-        f"share of all {report.get('n_samples', '?')} samples and {report.get('n_real', '?')} "
-        "held-out slices"
+        f"{report.get('n_real_a', '?')} real held-out slices; diversity, brain size and the "
+        f"implausible share of all {report.get('n_samples', '?')} samples and "
+        f"{report.get('n_real', '?')} held-out slices"
     )
     return "\n".join([title, *lines])
 
