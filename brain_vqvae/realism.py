@@ -228,8 +228,8 @@ def brain_masks(images: np.ndarray, threshold: float = MASK_THRESHOLD) -> np.nda
 def brain_area(images: np.ndarray, threshold: float = MASK_THRESHOLD) -> np.ndarray:
     """(N, S, S, 1) slices -> (N,) the share of each slice's pixels inside its `brain_masks`.
 
-    Generated brains drawn too small or too large at their level are told from real ones by
-    their outline before their texture (BENCHMARKS.md, "hifi: what tells its samples from
+    Generated brains drawn too small or too large are told from real ones by their outline
+    alone (hifi's were, before their texture: BENCHMARKS.md, "hifi: what tells its samples from
     reconstructions"); the mean share over a set says so in one number."""
     masks = brain_masks(as_image_batch(images)[..., 0], threshold)
     return masks.mean(axis=(1, 2))
