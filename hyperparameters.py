@@ -654,11 +654,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # trained for fewer epochs, its samples took the brain's layout, which the flat prior's did
     # not (BENCHMARKS.md, "The hifi prior in two levels"). Its fine level reads the slice below
     # clean (`fine_previous_slice_noise`), and its codes are drawn from the nucleus of
-    # probability 0.9 (`sampling_top_p`; BENCHMARKS.md, "hifi: drawn from the nucleus"). It
+    # probability 0.9 (`sampling_top_p`; BENCHMARKS.md, "hifi: drawn from the nucleus"). Its
+    # prior trains on the mirror images too (`prior_mirror_images`), as the card's does: twice
+    # the maps, twice the prior's time, and brains drawn at their real size, with fewer
+    # implausible layouts (BENCHMARKS.md, "hifi: its prior trained on mirror images too"). It
     # hides the slice below as the other conditions (`previous_slice_dropout` 0.25), as it was
-    # measured; the card's 0.5 has not been measured on it, nor the position features and the
-    # mirror images (which would double its prior's 74 minutes here), nor the adversarial
-    # stage, which it goes without.
+    # measured; the card's 0.5 has not been measured on it, nor the position features, nor
+    # the adversarial stage, which it goes without.
     "hifi": {
         "encoder_filters": (32, 64),
         "downsample_stages": 2,
@@ -677,7 +679,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fine_previous_slice_noise": 0.0,
         "previous_slice_dropout": 0.25,
         "pixelcnn_position_features": False,
-        "prior_mirror_images": False,
         "sampling_top_p": 0.9,
         "epochs_adversarial": 0,
     },

@@ -132,7 +132,7 @@ def test_a_configuration_saved_before_the_architecture_field_is_masked():
     assert Hyperparameters().prior_told_positions  # the card's gated prior is told them
     assert not Hyperparameters(pixelcnn_architecture="masked").prior_told_positions
     assert not preset("hifi").prior_told_positions  # not measured on its two-level prior
-    assert Hyperparameters().prior_mirror_images and not preset("hifi").prior_mirror_images
+    assert Hyperparameters().prior_mirror_images and preset("hifi").prior_mirror_images
     assert Hyperparameters().fine_previous_slice_noise == Hyperparameters().previous_slice_noise
     saved_before = Hyperparameters.from_dict({"previous_slice_noise": 0.1})
     assert saved_before.fine_previous_slice_noise == 0.1
