@@ -84,6 +84,7 @@ MIN_CHECKED_SLICES = 8  # held-out (or generated) slices the age reader must rea
 MEASURED_VOLUMES = 8  # generated (and real) volumes whose coherence is measured
 AGE_VOLUMES = 12  # generated volumes whose age is read as a whole
 MIN_OBEDIENCE_PEOPLE = 3  # held-out people of known age that a volume's age read is set against
+MIRROR_STREAM = 8  # the random stream that mirrors a perfect prior's draws
 
 
 @dataclass(frozen=True)
@@ -632,6 +633,24 @@ def judge_volumes(
     return report
 
 
+def perfect_prior_draws(
+    run: Run, training: SliceSet, count: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """What `count` samples of a perfect prior would be: the maps it learned from, decoded as
+    its samples are. `count` training slices (all of them if there are fewer) drawn with `seed`,
+    each flipped left to right with probability 1/2 where the run's prior trained on mirror
+    images too (`prior_mirror_images`), encoded and decoded by the run's generator
+    (`Run.generator`). Returns the images (count, S, S, 1) in [0, 1] and each one's subject id
+    (count,)."""
+    rows = capped_indices(len(training), count, seed)
+    images = training.images[rows, ..., None] / np.float32(255.0)
+    if run.pixelcnn is not None and run.hyperparameters.prior_mirror_images:
+        flipped = np.random.default_rng([seed, MIRROR_STREAM]).random(len(rows)) < 0.5
+        images[flipped] = images[flipped, :, ::-1]
+    batch_size = run.hyperparameters.inference_batch_size
+    return reconstruct_images(run.generator, images, batch_size), training.subject_ids[rows]
+
+
 def judge_realism(
     run: Run,
     training: SliceSet,
@@ -644,7 +663,7 @@ def judge_realism(
 ) -> tuple[dict, list[Path]]:
     """`realism.realism_report` of `samples` (M, S, S, 1) against the `held_out` slices, in two
     `halves` (index arrays, `subject_halves`), and the `reconstructions` of all of them by the
-    run's generator (`Run.generator`), in the run's
+    run's generator (`Run.generator`), beside M `perfect_prior_draws`, in the run's
     feature network, the two-sample tests grouped by `two_sample_groups` (also by a
     convolutional classifier with `convolutional_c2st`), with figures written into `out`: the
     measures beside their floors, the three sets' power spectra and the samples beside their
@@ -657,6 +676,7 @@ def judge_realism(
     levels = np.full(len(reference), 0.5) if positions is None else positions[reference]
     first, second = halves
     images = held_out.float_images()
+    perfect_prior, perfect_prior_people = perfect_prior_draws(run, training, len(samples), seed)
     report = realism.realism_report(
         network,
         images[first],
@@ -670,6 +690,8 @@ def judge_realism(
         groups_b=two_sample_groups(held_out, second),
         seed=seed,
         convolutional=convolutional_c2st,
+        perfect_prior=perfect_prior,
+        perfect_prior_groups=perfect_prior_people,
     )
     figures = [
         realism.plot_realism(report, out / "realism.png"),

@@ -13,7 +13,10 @@ judged by its own blind spots.
 Every measure is reported twice: for the samples against real held-out slices (`real_a`), and
 as the floor, for a disjoint second half of real held-out slices (`real_b`) against the same
 `real_a`, at the same number of images. The floor is what "perfect" scores; a score means
-something only beside it.
+something only beside it. The held-out people are few, though, and a prior learns the training
+people's spread, not theirs: so the samples' measures are also taken of what a perfect prior
+would draw, reconstructions of training slices (its training maps, decoded), which is the best a
+prior can score against these held-out people.
 
 - Fréchet distance (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule ...")
   between Gaussians fitted to the features,
@@ -693,12 +696,17 @@ REPORT_ROWS = (
     # label, samples key, floor key, format
     ("Fréchet distance (domain features)", "fd_samples", "fd_real_floor", ".4g"),
     ("Fréchet distance, reconstructions", "fd_reconstructions", "fd_real_floor", ".4g"),
+    ("Fréchet distance, a perfect prior", "fd_perfect_prior", "fd_real_floor", ".4g"),
     ("precision (k = 3)", "precision_samples", "precision_real_floor", ".3f"),
+    ("precision, a perfect prior", "precision_perfect_prior", "precision_real_floor", ".3f"),
     ("recall (k = 3)", "recall_samples", "recall_real_floor", ".3f"),
+    ("recall, a perfect prior", "recall_perfect_prior", "recall_real_floor", ".3f"),
     ("C2ST accuracy, real vs samples", "c2st_real_vs_samples", "c2st_real_floor", ".3f"),
     ("C2ST accuracy, real vs reconstructions", "c2st_real_vs_reconstructions", "c2st_real_floor",
      ".3f"),
     ("C2ST accuracy, reconstructions vs samples", "c2st_reconstructions_vs_samples",
+     "c2st_real_floor", ".3f"),
+    ("C2ST accuracy, reconstructions vs a perfect prior", "c2st_reconstructions_vs_perfect_prior",
      "c2st_real_floor", ".3f"),
     ("CNN C2ST accuracy, real vs samples", "cnn_c2st_real_vs_samples", "cnn_c2st_real_floor",
      ".3f"),
@@ -706,15 +714,19 @@ REPORT_ROWS = (
      "cnn_c2st_real_floor", ".3f"),
     ("CNN C2ST accuracy, reconstructions vs samples", "cnn_c2st_reconstructions_vs_samples",
      "cnn_c2st_real_floor", ".3f"),
+    ("CNN C2ST accuracy, reconstructions vs a perfect prior",
+     "cnn_c2st_reconstructions_vs_perfect_prior", "cnn_c2st_real_floor", ".3f"),
     ("diversity: pairwise MS-SSIM", "ms_ssim_samples", "ms_ssim_real", ".4f"),
     ("diversity: pairwise SSIM", "ssim_samples", "ssim_real", ".4f"),
     ("diversity: MS-SSIM, reconstructions", "ms_ssim_reconstructions", "ms_ssim_real", ".4f"),
+    ("diversity: MS-SSIM, a perfect prior", "ms_ssim_perfect_prior", "ms_ssim_real", ".4f"),
     ("power spectrum distance", "spectrum_distance_samples", "spectrum_distance_real_floor",
      ".3f"),
     ("power spectrum distance, reconstructions", "spectrum_distance_reconstructions",
      "spectrum_distance_real_floor", ".3f"),
     ("brain's share of the slice", "brain_area_samples", "brain_area_real", ".3f"),
     ("brain's share, reconstructions", "brain_area_reconstructions", "brain_area_real", ".3f"),
+    ("brain's share, a perfect prior", "brain_area_perfect_prior", "brain_area_real", ".3f"),
     ("implausible share", "implausible_samples_share", "implausible_real_share", ".1%"),
     ("nearest-training distance (mean)", "nearest_training_distance_samples",
      "nearest_training_distance_real", ".4g"),
@@ -736,6 +748,8 @@ def realism_report(
     max_pairs: int = MAX_PAIRS,
     folds: int = 5,
     convolutional: bool = False,
+    perfect_prior: np.ndarray | None = None,
+    perfect_prior_groups: np.ndarray | None = None,
 ) -> dict[str, float | int]:
     """Every realism measure, for the samples and for its real-vs-real floor: a flat dict of
     floats and ints (JSON-ready).
@@ -789,6 +803,19 @@ def realism_report(
     - nearest_training_distance_samples, nearest_training_distance_real: mean feature
       distance from each of n samples, and of n `real_b` slices, to its nearest training slice
       (far below the real value = copying the training set).
+
+    `perfect_prior`, when given (with `perfect_prior_groups`, the person of each), is what a
+    perfect prior's samples would be: the decoded maps it learned from, i.e. reconstructions of
+    training slices (`evaluation.perfect_prior_draws`). The held-out people are few, and a
+    prior learns the training people's spread, not theirs; the samples are judged by the same
+    measures as these, which is what the best prior could score here (n of them, or all if
+    fewer, drawn as the samples are; all of them for diversity and size):
+
+    - fd_perfect_prior, precision_perfect_prior, recall_perfect_prior,
+      c2st_reconstructions_vs_perfect_prior (with `convolutional`,
+      cnn_c2st_reconstructions_vs_perfect_prior too; each with its `_p_value`),
+      ms_ssim_perfect_prior, ssim_perfect_prior, brain_area_perfect_prior: the measures of the
+      samples' keys above, of the perfect prior's draws in their place.
     """
     real_a, real_b = as_image_batch(real_a, "real_a"), as_image_batch(real_b, "real_b")
     reconstructions_b = as_image_batch(reconstructions_b, "reconstructions_b")
@@ -826,6 +853,16 @@ def realism_report(
         "reconstructions": (reconstructions_n, groups_b_n),
         "samples": (samples_n, None),
     }
+    if perfect_prior is not None:
+        perfect_prior = as_image_batch(perfect_prior, "perfect_prior")
+        if perfect_prior_groups is None or len(perfect_prior_groups) != len(perfect_prior):
+            raise ValueError("perfect_prior_groups must name the person of each perfect_prior")
+        count = min(n, len(perfect_prior))
+        chosen_perfect = np.sort(rng.choice(len(perfect_prior), count, replace=False))
+        sets["perfect_prior"] = (
+            perfect_prior[chosen_perfect],
+            np.asarray(perfect_prior_groups)[chosen_perfect],
+        )
     # Every sample's features, once: the implausibility rule reads them all.
     sample_features = image_features(network, samples)
     features = {
@@ -844,10 +881,13 @@ def realism_report(
     report["fd_samples"] = frechet_distance(features["samples"], features["real_a"])
     report["fd_reconstructions"] = frechet_distance(features["reconstructions"], features["real_a"])
     report["fd_real_floor"] = frechet_distance(features["real_b"], features["real_a"])
-    precision, recall = precision_recall(features["real_a"], features["samples"])
-    report |= {"precision_samples": precision, "recall_samples": recall}
-    precision, recall = precision_recall(features["real_a"], features["real_b"])
-    report |= {"precision_real_floor": precision, "recall_real_floor": recall}
+    compared = {"samples": "samples", "real_b": "real_floor"}
+    if perfect_prior is not None:
+        report["fd_perfect_prior"] = frechet_distance(features["perfect_prior"], features["real_a"])
+        compared["perfect_prior"] = "perfect_prior"
+    for name, key in compared.items():
+        precision, recall = precision_recall(features["real_a"], features[name])
+        report |= {f"precision_{key}": precision, f"recall_{key}": recall}
 
     pairs = {
         "c2st_real_vs_reconstructions": ("real_b", "reconstructions"),
@@ -855,6 +895,8 @@ def realism_report(
         "c2st_real_vs_samples": ("real_a", "samples"),
         "c2st_real_floor": ("real_a", "real_b"),
     }
+    if perfect_prior is not None:
+        pairs["c2st_reconstructions_vs_perfect_prior"] = ("reconstructions", "perfect_prior")
     for key, (first, second) in pairs.items():
         (images_a, people_a), (images_b, people_b) = sets[first], sets[second]
         accuracy = classifier_two_sample_accuracy(
@@ -883,6 +925,8 @@ def realism_report(
         "real": held_out,
         "reconstructions": np.concatenate([reconstructions_a, reconstructions_b]),
     }
+    if perfect_prior is not None:
+        every_slice["perfect_prior"] = perfect_prior
     for name, images in every_slice.items():
         report[f"ms_ssim_{name}"] = pairwise_ms_ssim(images, max_pairs, seed)
         report[f"ssim_{name}"] = pairwise_ssim(images, max_pairs, seed)
@@ -995,9 +1039,9 @@ def plot_nearest_training(
 
 
 def plot_realism(report: dict, path: str | Path) -> Path:
-    """PNG bar chart of `realism_report`: for each measure, samples (or reconstructions, for
-    their rows) beside the real-vs-real floor, one small panel per measure (their scales
-    differ)."""
+    """PNG bar chart of `realism_report`: for each measure, samples (or reconstructions, or
+    a perfect prior's draws, for their rows) beside the real-vs-real floor, one small panel per
+    measure (their scales differ)."""
     from matplotlib.figure import Figure
 
     rows = [row for row in REPORT_ROWS if row[1] in report]
@@ -1007,7 +1051,9 @@ def plot_realism(report: dict, path: str | Path) -> Path:
     axes = figure.subplots(lines, columns, squeeze=False).ravel()
     for axis, (label, key, floor, _) in zip(axes, rows, strict=False):
         values = [report[key], report[floor]]
-        measured = "reconstructions" if key.endswith("reconstructions") else "samples"
+        measured = "samples"
+        for name in ("reconstructions", "perfect prior"):
+            measured = name if key.endswith(name.replace(" ", "_")) else measured
         axis.bar([measured, "real floor"], values, color=["tab:orange", "tab:blue"])
         axis.set_title(label, fontsize=8)
         axis.tick_params(labelsize=7)

@@ -339,6 +339,8 @@ def test_realism_report_has_every_documented_key_and_its_figures(
         max_pairs=20,
         folds=2,
         convolutional=True,
+        perfect_prior=brain_like_set(40, seed=25),
+        perfect_prior_groups=np.repeat(np.arange(8, 13), 8).astype(str),
     )
     for row in realism.REPORT_ROWS:
         assert row[1] in report and row[2] in report
@@ -375,6 +377,36 @@ def test_the_diversity_of_reconstructions_is_measured_on_the_reconstructions(net
     )
     assert report["ms_ssim_reconstructions"] > report["ms_ssim_real"] + 0.05
     assert report["ssim_reconstructions"] > report["ssim_real"] + 0.05
+
+
+def test_a_perfect_prior_is_judged_as_the_samples_are(network_and_data):
+    """A perfect prior given the compared held-out half itself: the floor's Fréchet
+    distance, precision and recall to the last digit, the real slices' diversity and size when
+    given all of them, and a two-sample test against the same slices that cannot tell (each
+    slice in both sets, so every pair is judged alike: exactly 0.5); holed slices in its place
+    are told apart."""
+    network, training, levels = network_and_data
+    real = brain_like_set(32, seed=26)
+    people = np.repeat(np.arange(8), 4).astype(str)
+    arguments = (network, real[:16], real[16:], real[:16], real[16:], real[:16], training, levels)
+    groups = {"groups_a": people[:16], "groups_b": people[16:], "folds": 2}
+    report = realism.realism_report(
+        *arguments, **groups, perfect_prior=real[16:], perfect_prior_groups=people[16:]
+    )
+    for measure in ("fd", "precision", "recall"):
+        assert report[f"{measure}_perfect_prior"] == report[f"{measure}_real_floor"]
+    assert report["c2st_reconstructions_vs_perfect_prior"] == 0.5
+    report = realism.realism_report(*arguments, perfect_prior=real, perfect_prior_groups=people)
+    for measure in ("ms_ssim", "ssim", "brain_area"):
+        assert report[f"{measure}_perfect_prior"] == report[f"{measure}_real"]
+    holed = brain_like_set(16, seed=27, hole=True)
+    report = realism.realism_report(
+        *arguments, **groups, perfect_prior=holed, perfect_prior_groups=people[16:]
+    )
+    assert report["c2st_reconstructions_vs_perfect_prior"] > 0.7
+    assert report["fd_perfect_prior"] > report["fd_real_floor"]
+    with pytest.raises(ValueError, match="perfect_prior_groups"):
+        realism.realism_report(*arguments, perfect_prior=real)
 
 
 def test_diversity_counts_every_slice_on_the_same_pairs(network_and_data):

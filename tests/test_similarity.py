@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -14,7 +15,7 @@ from fixtures import OASIS1_COLUMNS, write_csv
 from PIL import Image
 
 import similarity
-from brain_vqvae import evaluation, generation, metrics, realism
+from brain_vqvae import evaluation, generation, metrics, realism, runs
 
 
 def test_summary_counts_slices_at_or_above_the_target():
@@ -183,6 +184,9 @@ def test_realism_is_measured_beside_its_floor_with_a_feature_network_saved_in_th
         "fd_real_floor",
         "c2st_reconstructions_vs_samples",
         "c2st_real_floor",
+        "fd_perfect_prior",
+        "c2st_reconstructions_vs_perfect_prior",
+        "ms_ssim_perfect_prior",
     ):
         assert math.isfinite(numbers[key]), key
     assert 0.0 <= numbers["c2st_real_floor"] <= 1.0
@@ -226,6 +230,36 @@ def test_realism_is_measured_beside_its_floor_with_a_feature_network_saved_in_th
     for pair in (*pairs, "real_floor"):
         assert 0.0 <= again[f"cnn_c2st_{pair}"] <= 1.0
         assert 0.0 <= again[f"cnn_c2st_{pair}_p_value"] <= 1.0
+
+
+def test_a_perfect_priors_draws_are_training_slices_decoded_half_of_them_mirrored(tiny_run):
+    """The run's prior trained on mirror images too, so each draw is the generator's
+    reconstruction of a training slice or of its mirror image, both kinds among them; a prior
+    trained without them draws none mirrored. Asked for more than there are, every training
+    slice is drawn once, in order, with its person."""
+    run = runs.load_run(tiny_run[0])
+    assert run.hyperparameters.prior_mirror_images
+    training = runs.load_run_data(run).splits["train"]
+    images = training.float_images()
+    straight = run.generator.predict(images, verbose=0)
+    mirrored = run.generator.predict(images[:, :, ::-1], verbose=0)
+
+    def kinds(draws):
+        as_straight = np.all(np.abs(draws - straight) < 1e-5, axis=(1, 2, 3))
+        as_mirrored = np.all(np.abs(draws - mirrored) < 1e-5, axis=(1, 2, 3))
+        assert np.all(as_straight | as_mirrored)
+        return (as_straight & ~as_mirrored).sum(), (as_mirrored & ~as_straight).sum()
+
+    draws, people = evaluation.perfect_prior_draws(run, training, len(training) + 5, seed=3)
+    assert draws.shape == images.shape
+    np.testing.assert_array_equal(people, training.subject_ids)
+    only_straight, only_mirrored = kinds(draws)
+    assert only_straight > 0 and only_mirrored > 0
+    unmirrored = dataclasses.replace(
+        run, hyperparameters=run.hyperparameters.replace(prior_mirror_images=False)
+    )
+    draws, _ = evaluation.perfect_prior_draws(unmirrored, training, len(training), seed=3)
+    assert kinds(draws)[1] == 0
 
 
 def test_a_split_too_small_for_two_halves_is_reported_not_measured(tiny_run, tmp_path, capsys):
