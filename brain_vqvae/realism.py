@@ -728,6 +728,8 @@ REPORT_ROWS = (
     ("brain's share, reconstructions", "brain_area_reconstructions", "brain_area_real", ".3f"),
     ("brain's share, a perfect prior", "brain_area_perfect_prior", "brain_area_real", ".3f"),
     ("implausible share", "implausible_samples_share", "implausible_real_share", ".1%"),
+    ("implausible share, a perfect prior", "implausible_perfect_prior_share",
+     "implausible_real_share", ".1%"),
     ("nearest-training distance (mean)", "nearest_training_distance_samples",
      "nearest_training_distance_real", ".4g"),
 )  # fmt: skip
@@ -814,8 +816,10 @@ def realism_report(
     - fd_perfect_prior, precision_perfect_prior, recall_perfect_prior,
       c2st_reconstructions_vs_perfect_prior (with `convolutional`,
       cnn_c2st_reconstructions_vs_perfect_prior too; each with its `_p_value`),
-      ms_ssim_perfect_prior, ssim_perfect_prior, brain_area_perfect_prior: the measures of the
-      samples' keys above, of the perfect prior's draws in their place.
+      ms_ssim_perfect_prior, ssim_perfect_prior, brain_area_perfect_prior,
+      implausible_perfect_prior, implausible_perfect_prior_share: the measures of the samples'
+      keys above, of the perfect prior's draws in their place (the last: a decoder can break a
+      brain's outline too).
     """
     real_a, real_b = as_image_batch(real_a, "real_a"), as_image_batch(real_b, "real_b")
     reconstructions_b = as_image_batch(reconstructions_b, "reconstructions_b")
@@ -942,25 +946,26 @@ def realism_report(
         report[f"spectrum_distance_{key}"] = _spectra_distance(spectrum, real_spectrum)
 
     # Levels by the nearest training slice in feature space and, if trained, the position
-    # head: a sample is implausible only at both.
+    # head: a slice is implausible only at both.
     held_out_features = np.concatenate([features["real_a"], image_features(network, real_b)])
-    levels = [
-        nearest_training_levels(features_, features["training"], training_levels)
-        for features_ in (sample_features, held_out_features)
-    ]
-    predicted = [predict_positions(network, samples), predict_positions(network, held_out)]
-    if predicted[0] is not None:
-        levels = [np.stack(pair, axis=1) for pair in zip(levels, predicted, strict=True)]
+    judged = {"samples": (samples, sample_features), "real": (held_out, held_out_features)}
+    if perfect_prior is not None:
+        judged["perfect_prior"] = (perfect_prior, image_features(network, perfect_prior))
+    levels = []
+    for images, set_features in judged.values():
+        nearest = nearest_training_levels(set_features, features["training"], training_levels)
+        predicted = predict_positions(network, images)
+        levels.append(nearest if predicted is None else np.stack([nearest, predicted], axis=1))
     flagged = implausible(
-        np.concatenate([samples, held_out]),
+        np.concatenate([images for images, _ in judged.values()]),
         np.concatenate(levels),
         training_images,
         training_levels,
     )
-    report["implausible_samples"] = int(flagged[: len(samples)].sum())
-    report["implausible_samples_share"] = float(flagged[: len(samples)].mean())
-    report["implausible_real"] = int(flagged[len(samples) :].sum())
-    report["implausible_real_share"] = float(flagged[len(samples) :].mean())
+    sizes = [len(images) for images, _ in judged.values()]
+    for name, flags in zip(judged, np.split(flagged, np.cumsum(sizes)[:-1]), strict=True):
+        report[f"implausible_{name}"] = int(flags.sum())
+        report[f"implausible_{name}_share"] = float(flags.mean())
 
     for name, key in (("samples", "samples"), ("real_b", "real")):
         distances = _nearest(features[name], features["training"])[1]

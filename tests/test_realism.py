@@ -382,9 +382,9 @@ def test_the_diversity_of_reconstructions_is_measured_on_the_reconstructions(net
 def test_a_perfect_prior_is_judged_as_the_samples_are(network_and_data):
     """A perfect prior given the compared held-out half itself: the floor's Fréchet
     distance, precision and recall to the last digit, the real slices' diversity and size when
-    given all of them, and a two-sample test against the same slices that cannot tell (each
-    slice in both sets, so every pair is judged alike: exactly 0.5); holed slices in its place
-    are told apart."""
+    given all of them, none implausible, and a two-sample test against the same slices that
+    cannot tell (each slice in both sets, so every pair is judged alike: exactly 0.5); holed
+    slices in its place are told apart, and every one is implausible."""
     network, training, levels = network_and_data
     real = brain_like_set(32, seed=26)
     people = np.repeat(np.arange(8), 4).astype(str)
@@ -396,6 +396,7 @@ def test_a_perfect_prior_is_judged_as_the_samples_are(network_and_data):
     for measure in ("fd", "precision", "recall"):
         assert report[f"{measure}_perfect_prior"] == report[f"{measure}_real_floor"]
     assert report["c2st_reconstructions_vs_perfect_prior"] == 0.5
+    assert report["implausible_perfect_prior"] == 0
     report = realism.realism_report(*arguments, perfect_prior=real, perfect_prior_groups=people)
     for measure in ("ms_ssim", "ssim", "brain_area"):
         assert report[f"{measure}_perfect_prior"] == report[f"{measure}_real"]
@@ -404,6 +405,7 @@ def test_a_perfect_prior_is_judged_as_the_samples_are(network_and_data):
         *arguments, **groups, perfect_prior=holed, perfect_prior_groups=people[16:]
     )
     assert report["c2st_reconstructions_vs_perfect_prior"] > 0.7
+    assert report["implausible_perfect_prior_share"] == 1.0  # no training slice has a hole
     assert report["fd_perfect_prior"] > report["fd_real_floor"]
     with pytest.raises(ValueError, match="perfect_prior_groups"):
         realism.realism_report(*arguments, perfect_prior=real)
