@@ -245,8 +245,8 @@ def test_a_perfect_priors_draws_are_training_slices_decoded_half_of_them_mirrore
     mirrored = run.generator.predict(images[:, :, ::-1], verbose=0)
 
     def kinds(draws):
-        as_straight = np.all(np.abs(draws - straight) < 1e-5, axis=(1, 2, 3))
-        as_mirrored = np.all(np.abs(draws - mirrored) < 1e-5, axis=(1, 2, 3))
+        as_straight = np.all(np.abs(draws - straight) < 1e-4, axis=(1, 2, 3))
+        as_mirrored = np.all(np.abs(draws - mirrored) < 1e-4, axis=(1, 2, 3))
         assert np.all(as_straight | as_mirrored)
         return (as_straight & ~as_mirrored).sum(), (as_mirrored & ~as_straight).sum()
 
