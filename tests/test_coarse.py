@@ -228,7 +228,7 @@ def test_both_levels_follow_the_asked_level_with_or_without_the_slice_below():
         MAP_SIZE,
     )
     prior.compile(optimizer=keras.optimizers.Adam(1e-2))
-    prior.fit(pack_prior_inputs(maps, conditions), batch_size=8, epochs=15, verbose=0)
+    prior.fit(pack_prior_inputs(maps, conditions), batch_size=8, epochs=30, verbose=0)
     for level in (0, 1):
         for guidance in (1.0, 2.0):
             drawn = sample_code_maps(
