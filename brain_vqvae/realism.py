@@ -867,14 +867,18 @@ def realism_report(
             perfect_prior[chosen_perfect],
             np.asarray(perfect_prior_groups)[chosen_perfect],
         )
-    # Every sample's features, once: the implausibility rule reads them all.
-    sample_features = image_features(network, samples)
+    # Every sample's (and perfect prior's draw's) features, once: the implausibility rule
+    # reads them all.
+    every_features = {"samples": (image_features(network, samples), chosen_samples)}
+    if perfect_prior is not None:
+        every_features["perfect_prior"] = (image_features(network, perfect_prior), chosen_perfect)
     features = {
         name: image_features(network, images)
         for name, (images, _) in sets.items()
-        if name != "samples"
+        if name not in every_features
     }
-    features["samples"] = sample_features[chosen_samples]
+    for name, (all_features, chosen) in every_features.items():
+        features[name] = all_features[chosen]
     features["training"] = image_features(network, training_images)
     report: dict[str, float | int] = {
         "n_real_a": len(real_a),
@@ -948,9 +952,12 @@ def realism_report(
     # Levels by the nearest training slice in feature space and, if trained, the position
     # head: a slice is implausible only at both.
     held_out_features = np.concatenate([features["real_a"], image_features(network, real_b)])
-    judged = {"samples": (samples, sample_features), "real": (held_out, held_out_features)}
+    judged = {
+        "samples": (samples, every_features["samples"][0]),
+        "real": (held_out, held_out_features),
+    }
     if perfect_prior is not None:
-        judged["perfect_prior"] = (perfect_prior, image_features(network, perfect_prior))
+        judged["perfect_prior"] = (perfect_prior, every_features["perfect_prior"][0])
     levels = []
     for images, set_features in judged.values():
         nearest = nearest_training_levels(set_features, features["training"], training_levels)
