@@ -633,20 +633,29 @@ def judge_volumes(
     return report
 
 
-def perfect_prior_draws(
+def prior_training_slices(
     run: Run, training: SliceSet, count: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """What `count` samples of a perfect prior would be: the maps it learned from, decoded as
-    its samples are. `count` training slices (all of them if there are fewer) drawn with `seed`,
-    each flipped left to right with probability 1/2 where the run's prior trained on mirror
-    images too (`prior_mirror_images`), encoded and decoded by the run's generator
-    (`Run.generator`). Returns the images (count, S, S, 1) in [0, 1] and each one's subject id
-    (count,)."""
+    """`count` training slices (all of them if there are fewer) drawn with `seed`, as the run's
+    prior learned them: each flipped left to right with probability 1/2 where it trained on
+    mirror images too (`prior_mirror_images`). Returns the images (count, S, S, 1) in [0, 1]
+    and their rows in `training` (count,)."""
     rows = capped_indices(len(training), count, seed)
     images = training.images[rows, ..., None] / np.float32(255.0)
     if run.pixelcnn is not None and run.hyperparameters.prior_mirror_images:
         flipped = np.random.default_rng([seed, MIRROR_STREAM]).random(len(rows)) < 0.5
         images[flipped] = images[flipped, :, ::-1]
+    return images, rows
+
+
+def perfect_prior_draws(
+    run: Run, training: SliceSet, count: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """What `count` samples of a perfect prior would be: the maps it learned from
+    (`prior_training_slices`), encoded and decoded by the run's generator (`Run.generator`) as
+    its samples are. Returns the images (count, S, S, 1) in [0, 1] and each one's subject id
+    (count,)."""
+    images, rows = prior_training_slices(run, training, count, seed)
     batch_size = run.hyperparameters.inference_batch_size
     return reconstruct_images(run.generator, images, batch_size), training.subject_ids[rows]
 

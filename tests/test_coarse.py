@@ -143,6 +143,36 @@ def test_trained_two_level_prior_draws_whole_training_layouts_and_reloads(tmp_pa
     np.testing.assert_array_equal(loaded.coarse_map.centroids, prior.coarse_map.centroids)
 
 
+def test_fine_level_drawn_on_given_coarse_maps_follows_each_one(monkeypatch):
+    """Given coarse maps (`coarse_maps`), only the fine level is drawn, each map on its own
+    coarse map, also in chunks; given the maps the coarse level draws with the same seed, the
+    draw is the plain one. Wrong coarse maps are refused by name."""
+    prior = two_level_prior()
+    prior.compile(optimizer=keras.optimizers.Adam(1e-2))
+    prior.fit(layouts(64), batch_size=8, epochs=12, verbose=0)
+    drawn_coarse = sample_code_maps(prior.coarse_prior, 6, seed=2)
+    np.testing.assert_array_equal(
+        sample_code_maps(prior, 6, seed=2, coarse_maps=drawn_coarse),
+        sample_code_maps(prior, 6, seed=2),
+    )
+    monkeypatch.setattr(sampler, "MAX_CODES_PER_SCAN", 3 * MAP_SIZE**2)  # 3 maps a scan
+    wanted = layouts(8)[[0, 0, 0, 0, 0, 0, 1, 1]]  # six of one layout, two of the other
+    given = keras.ops.convert_to_numpy(prior.coarse_map(wanted))
+    drawn = sample_code_maps(prior, 8, seed=5, coarse_maps=given)
+    assert np.mean(np.all(drawn == wanted, axis=(1, 2))) >= 0.75
+    flipped = sample_code_maps(prior, 8, seed=5, coarse_maps=given[::-1])
+    assert np.mean(np.all(flipped == wanted[::-1], axis=(1, 2))) >= 0.75
+
+    with pytest.raises(ValueError, match=r"coarse_maps must have shape \(N, 2, 2\)"):
+        sample_code_maps(prior, 8, coarse_maps=wanted)
+    with pytest.raises(ValueError, match=r"coarse_maps values must be in \[0, 3\)"):
+        sample_code_maps(prior, 8, coarse_maps=np.full((8, 2, 2), 3))
+    with pytest.raises(ValueError, match=r"one map per map drawn \(4\), got 8"):
+        sample_code_maps(prior, 4, coarse_maps=given)
+    with pytest.raises(ValueError, match="this prior is flat"):
+        sample_code_maps(prior.coarse_prior, 8, coarse_maps=given)
+
+
 def test_both_levels_follow_the_slice_below_when_nothing_else_is_asked(monkeypatch):
     """Trained on maps whose slice below is the map itself (a volume of one layout), a prior
     given only the slice below draws that layout at both levels: the coarse level reads the
@@ -180,6 +210,9 @@ def test_both_levels_follow_the_slice_below_when_nothing_else_is_asked(monkeypat
     assert np.mean(swapped[:, :4, :] == mixed[::-1, :1, :1]) >= 0.75
     with pytest.raises(ValueError, match="needs a two-level prior and a previous_slice"):
         sample_code_maps(prior, 8, seed=3, coarse_slice_below=maps[:8])
+    coarse = keras.ops.convert_to_numpy(prior.coarse_map(mixed))
+    with pytest.raises(ValueError, match="give one or the other"):
+        sample_code_maps(prior, 8, conditions=given, coarse_slice_below=mixed, coarse_maps=coarse)
 
 
 def test_the_fine_level_reads_the_slice_below_blurred_with_its_own_noise(monkeypatch):

@@ -15,9 +15,10 @@ from conftest import tiny_arguments
 
 import modules
 import train
+from bench import level_gap
 from brain_vqvae import devices as devices_module
 from brain_vqvae import generation, training
-from brain_vqvae.runs import RunFolder, load_run
+from brain_vqvae.runs import RunError, RunFolder, load_run, load_run_data
 from hyperparameters import Hyperparameters
 
 
@@ -338,6 +339,14 @@ def test_a_prior_retrained_as_two_levels_draws_slices_and_volumes(
     assert codes.shape == (3, 8, 8) and slices.shape == (3, 32, 32)
     volume_codes, volumes = generation.sample_volumes(run, 1, depth=4, seed=2)
     assert volume_codes.shape == (1, 4, 8, 8) and volumes.shape == (1, 4, 32, 32)
+    training_slices = load_run_data(run).splits["train"]
+    both = level_gap.draw_both_ways(run, training_slices, 3, seed=2)  # bench/level_gap.py
+    assert {name: images.shape for name, images in both.items()} == {
+        "prior": (3, 32, 32, 1),
+        "coarse_given": (3, 32, 32, 1),
+    }
+    with pytest.raises(RunError, match="not a two-level prior"):
+        level_gap.level_gap(tiny_run[0], None, "test", 3, seed=0)
     again, _ = generation.sample_volumes(run, 1, depth=4, seed=2)
     np.testing.assert_array_equal(again, volume_codes)
 

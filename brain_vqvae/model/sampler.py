@@ -536,6 +536,7 @@ def sample_code_maps(
     conditions: dict | None = None,
     guidance: float | dict[str, float] = 1.0,
     coarse_slice_below: np.ndarray | None = None,
+    coarse_maps: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw `count` code maps [count, h, h] int32 from the prior, in raster order.
 
@@ -563,7 +564,10 @@ def sample_code_maps(
     nucleus, guidance and seed (top-k at most its number of codes), then the maps from
     p(z | u, conditions). Its coarse level reads the slice below from `coarse_slice_below`
     (maps [count, h, h]) when given, not from `conditions["previous_slice"]`: a volume blurs
-    the slice below differently for each level (`generation.sample_volumes`).
+    the slice below differently for each level (`generation.sample_volumes`). Given
+    `coarse_maps` u (ints [count, h / f, h / f] below the coarse level's number of codes, e.g.
+    the coarse maps of real slices, `PixelCNN.coarse_map`), it draws only the fine level, on
+    those maps: what the samples would be with a perfect coarse level.
     """
     check_sample_count(count)
     check_temperature(temperature)
@@ -577,6 +581,13 @@ def sample_code_maps(
             "coarse_slice_below is what a two-level prior's coarse level reads as the slice "
             "below: it needs a two-level prior and a previous_slice condition"
         )
+    if coarse_maps is not None:
+        if coarse_slice_below is not None:
+            raise ValueError(
+                "coarse_maps are the coarse level's maps, given; coarse_slice_below is what "
+                "the coarse level reads when it draws them: give one or the other"
+            )
+        coarse_maps = _checked_coarse_maps(pixelcnn, coarse_maps, count)
     if seed is None:
         seed = random.randrange(2**31)
     batch = condition_batch(
@@ -612,11 +623,14 @@ def sample_code_maps(
                     _condition_rows(conditions, rows, count),
                     guidance,
                     None if coarse_slice_below is None else below[rows],
+                    None if coarse_maps is None else coarse_maps[rows],
                 )
                 for index, rows in enumerate(np.array_split(np.arange(count), -(-count // chunk)))
             ]
         )
-    if pixelcnn.coarse_prior is not None:
+    if coarse_maps is not None:
+        batch["coarse"] = coarse_maps
+    elif pixelcnn.coarse_prior is not None:
         batch["coarse"] = _coarse_maps(
             pixelcnn, count, temperature, seed, top_k, top_p, conditions, guidance, below
         )
@@ -725,18 +739,33 @@ def _checked_images(vqvae: VQVAE, images) -> np.ndarray:
 
 
 def _checked_code_maps(vqvae: VQVAE, code_maps) -> np.ndarray:
-    size = vqvae.hyperparameters.code_map_size
-    codes = vqvae.hyperparameters.num_embeddings
-    code_maps = np.asarray(code_maps)
-    if code_maps.ndim != 3 or code_maps.shape[1:] != (size, size):
-        raise ValueError(f"code_maps must have shape (N, {size}, {size}), got {code_maps.shape}")
-    if code_maps.size and not np.issubdtype(code_maps.dtype, np.integer):
-        raise ValueError(f"code_maps must hold integers, got dtype {code_maps.dtype}")
-    if code_maps.size and not 0 <= code_maps.min() <= code_maps.max() < codes:
-        raise ValueError(
-            f"code_maps values must be in [0, {codes}), got [{code_maps.min()}, {code_maps.max()}]"
-        )
-    return code_maps.astype("int32")
+    hyperparameters = vqvae.hyperparameters
+    return _checked_maps(
+        "code_maps", code_maps, hyperparameters.code_map_size, hyperparameters.num_embeddings
+    )
+
+
+def _checked_coarse_maps(pixelcnn: PixelCNN, coarse_maps, count: int) -> np.ndarray:
+    coarse = pixelcnn.coarse_prior
+    if coarse is None:
+        raise ValueError("coarse_maps are given to a two-level prior; this prior is flat")
+    maps = _checked_maps("coarse_maps", coarse_maps, coarse.code_map_size, coarse.num_embeddings)
+    if len(maps) != count:
+        raise ValueError(f"coarse_maps must hold one map per map drawn ({count}), got {len(maps)}")
+    return maps
+
+
+def _checked_maps(name: str, maps, size: int, codes: int) -> np.ndarray:
+    """`maps` as int32 [N, size, size], or a ValueError naming `name` and what is wrong: the
+    shape, a dtype other than integers, or codes outside [0, codes)."""
+    maps = np.asarray(maps)
+    if maps.ndim != 3 or maps.shape[1:] != (size, size):
+        raise ValueError(f"{name} must have shape (N, {size}, {size}), got {maps.shape}")
+    if maps.size and not np.issubdtype(maps.dtype, np.integer):
+        raise ValueError(f"{name} must hold integers, got dtype {maps.dtype}")
+    if maps.size and not 0 <= maps.min() <= maps.max() < codes:
+        raise ValueError(f"{name} values must be in [0, {codes}), got [{maps.min()}, {maps.max()}]")
+    return maps.astype("int32")
 
 
 def _batch_size(vqvae: VQVAE, batch_size: int | None) -> int:
