@@ -241,6 +241,20 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
 
 
+def add_judging_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a bench that judges a run's samples as `similarity.py` does: its data,
+    the held-out split, how many samples, their seed, and a JSON file of the reports."""
+    parser.add_argument("--data", help="dataset (default: each run's own)")
+    parser.add_argument("--split", default="test", help="held-out split to judge against")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        help="samples to draw (default: as similarity.py, the split's size, at least 1024)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="write the full reports here")
+
+
 def write_json(path: Path | None, payload: dict) -> None:
     """Write `payload` as indented JSON to `path` (nothing when `path` is None)."""
     if path is not None:

@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.common import announce_machine, print_table, write_json
+from bench.common import add_judging_arguments, announce_machine, print_table, write_json
 from brain_vqvae.data import DataError
 from brain_vqvae.evaluation import evaluate_run
 from brain_vqvae.runs import RunError
@@ -86,15 +86,7 @@ def table_row(run: Path, report: dict) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", required=True, help="a trained run; repeat")
-    parser.add_argument("--data", help="dataset (default: each run's own)")
-    parser.add_argument("--split", default="test", help="held-out split to judge against")
-    parser.add_argument(
-        "--samples",
-        type=int,
-        help="samples per run (default: as similarity.py, the split's size, at least 1024)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="write every run's full report here")
+    add_judging_arguments(parser)
     return parser
 
 
