@@ -748,7 +748,9 @@ def _checked_code_maps(vqvae: VQVAE, code_maps) -> np.ndarray:
 def _checked_coarse_maps(pixelcnn: PixelCNN, coarse_maps, count: int) -> np.ndarray:
     coarse = pixelcnn.coarse_prior
     if coarse is None:
-        raise ValueError("coarse_maps are given to a two-level prior; this prior is flat")
+        raise ValueError(
+            "coarse_maps are for a two-level prior (pixelcnn_coarse_codes); this prior is flat"
+        )
     maps = _checked_maps("coarse_maps", coarse_maps, coarse.code_map_size, coarse.num_embeddings)
     if len(maps) != count:
         raise ValueError(f"coarse_maps must hold one map per map drawn ({count}), got {len(maps)}")
