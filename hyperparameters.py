@@ -660,9 +660,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # implausible layouts (BENCHMARKS.md, "hifi: its prior trained on mirror images too"). It
     # hides the slice below as the other conditions (`previous_slice_dropout` 0.25), as it was
     # measured; the card's 0.5 has not been measured on it, nor the adversarial stage, which it
-    # goes without. Told the positions, its prior's samples came within 0.02 of the texture
-    # test's target in one draw on a shorter VQ-VAE, not yet against the preset's prior on the
-    # same one (BENCHMARKS.md, "hifi: its prior told where each code is").
+    # goes without. Told the positions (`pixelcnn_position_features`), its prior coded held-out
+    # maps no better and drew samples no more real (BENCHMARKS.md, "hifi: its prior told where
+    # each code is").
     "hifi": {
         "encoder_filters": (32, 64),
         "downsample_stages": 2,
