@@ -31,7 +31,8 @@ from bench.common import add_judging_arguments, announce_machine, print_table, w
 from brain_vqvae.data import DataError
 from brain_vqvae.runs import RunError
 
-# The table's measures: (report key of the samples, of a perfect prior, of the real floor).
+# The table's rows: (measure, its report key for the samples, for a perfect prior, for the real
+# floor; None where the report has none: the texture test's floor is chance, 0.5).
 MEASURES = (
     ("C2ST reconstructions vs samples (texture)", "c2st_reconstructions_vs_samples",
      "c2st_reconstructions_vs_perfect_prior", None),
