@@ -122,12 +122,21 @@ def test_loss_is_fine_plus_coarse_cross_entropy_per_fine_code():
     np.testing.assert_allclose(report["loss"], fine + coarse_loss / 16, rtol=1e-5)
 
 
-def test_trained_two_level_prior_draws_whole_training_layouts_and_reloads(tmp_path):
-    """Trained on two layouts, each sample is one of them entirely: its coarse map is drawn
-    first, and the fine codes follow it; the saved prior draws the same maps."""
+@pytest.fixture(scope="module")
+def trained_two_level():
+    """A two-level prior trained on the two layouts, and its training history; tests must not
+    change it."""
     prior = two_level_prior()
     prior.compile(optimizer=keras.optimizers.Adam(1e-2))
-    history = prior.fit(layouts(64), batch_size=8, epochs=12, verbose=0).history
+    return prior, prior.fit(layouts(64), batch_size=8, epochs=12, verbose=0).history
+
+
+def test_trained_two_level_prior_draws_whole_training_layouts_and_reloads(
+    trained_two_level, tmp_path
+):
+    """Trained on two layouts, each sample is one of them entirely: its coarse map is drawn
+    first, and the fine codes follow it; the saved prior draws the same maps."""
+    prior, history = trained_two_level
     assert history["loss"][-1] < 0.2 * history["loss"][0]
     assert history["coarse_loss"][-1] < history["coarse_loss"][0]
 
@@ -143,13 +152,11 @@ def test_trained_two_level_prior_draws_whole_training_layouts_and_reloads(tmp_pa
     np.testing.assert_array_equal(loaded.coarse_map.centroids, prior.coarse_map.centroids)
 
 
-def test_fine_level_drawn_on_given_coarse_maps_follows_each_one(monkeypatch):
+def test_fine_level_drawn_on_given_coarse_maps_follows_each_one(trained_two_level, monkeypatch):
     """Given coarse maps (`coarse_maps`), only the fine level is drawn, each map on its own
     coarse map, also in chunks; given the maps the coarse level draws with the same seed, the
     draw is the plain one. Wrong coarse maps are refused by name."""
-    prior = two_level_prior()
-    prior.compile(optimizer=keras.optimizers.Adam(1e-2))
-    prior.fit(layouts(64), batch_size=8, epochs=12, verbose=0)
+    prior, _ = trained_two_level
     drawn_coarse = sample_code_maps(prior.coarse_prior, 6, seed=2)
     np.testing.assert_array_equal(
         sample_code_maps(prior, 6, seed=2, coarse_maps=drawn_coarse),
