@@ -132,11 +132,11 @@ def check_top_k(top_k, num_embeddings: int) -> None:
         raise ValueError(f"top_k must be in [1, {num_embeddings}] (the codes), got {top_k}")
 
 
-def check_top_p(top_p) -> None:
+def check_top_p(top_p, name: str = "top_p") -> None:
     """Nucleus sampling keeps the smallest set of most likely codes whose probability reaches
-    p: None (off) or p in (0, 1] (NaN is refused)."""
+    p: None (off) or p in (0, 1] (NaN is refused); `name` is the argument's in the error."""
     if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be None or in range (0, 1], got {top_p}")
+        raise ValueError(f"{name} must be None or in range (0, 1], got {top_p}")
 
 
 def parse_prior_conditions(text: str) -> tuple[str, ...] | None:
@@ -208,6 +208,7 @@ PRIOR_FIELDS = (
     "fine_previous_slice_noise",
     "prior_mirror_images",
     "sampling_top_p",
+    "sampling_coarse_top_p",
     "learning_rate_pixelcnn",
     "epochs_pixelcnn",
 )
@@ -338,6 +339,14 @@ class Hyperparameters:
     # samples at 0.9 were more real, obeyed the asked level better and made more coherent
     # volumes than at 1 (BENCHMARKS.md, "hifi: drawn from the nucleus").
     sampling_top_p: float = 1.0
+    # The nucleus a two-level prior's coarse level, the brain's layout, is drawn from
+    # (`pixelcnn_coarse_codes`; its fine level keeps `sampling_top_p`), when `predict.py` or
+    # `similarity.py` is not given --coarse-top-p. Cut to 0.9, the hifi prior's coarse level
+    # drew brains 10-15 % smaller than real ones, and its samples were told from
+    # reconstructions more often than drawn from all 64 coarse codes (BENCHMARKS.md, "hifi:
+    # the layout drawn from every coarse code"). A saved configuration without this key
+    # predates it and draws both levels from `sampling_top_p` (`from_dict`).
+    sampling_coarse_top_p: float = 1.0
 
     # Training. `augment` adds random flips, small rotations and scalings and intensity jitter.
     # "cosine" decays each stage's learning rate to 5 % of its start over the stage's epochs.
@@ -477,8 +486,9 @@ class Hyperparameters:
         ):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0.0 < self.sampling_top_p <= 1.0:
-            raise ValueError(f"sampling_top_p must be in (0, 1], got {self.sampling_top_p}")
+        for name in ("sampling_top_p", "sampling_coarse_top_p"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         check_quantizer_settings(
             num_embeddings=self.num_embeddings,
             latent_dim=self.latent_dim,
@@ -585,12 +595,12 @@ class Hyperparameters:
         except `pixelcnn_architecture`, which is "masked" when missing, `prior_conditions`,
         "none", `pixelcnn_embed_previous_slice`, `pixelcnn_position_features` and
         `prior_mirror_images`, False, `epochs_adversarial` and `spectral_weight`, 0, and
-        `fine_previous_slice_noise`, the configuration's `previous_slice_noise`: every
-        configuration saved before those fields existed (a run's hyperparameters.json, a
-        `.keras` PixelCNN's config) describes an unconditional masked PixelCNN, or a
-        conditional one reading the slice below as one-hot codes, blurred alike for both
-        levels, and no adversarial stage or one without a spectral term, and must keep loading
-        as one."""
+        `fine_previous_slice_noise`, the configuration's `previous_slice_noise`, and
+        `sampling_coarse_top_p`, its `sampling_top_p`: every configuration saved before those
+        fields existed (a run's hyperparameters.json, a `.keras` PixelCNN's config) describes
+        an unconditional masked PixelCNN, or a conditional one reading the slice below as
+        one-hot codes, blurred alike for both levels and drawn from one nucleus, and no
+        adversarial stage or one without a spectral term, and must keep loading as one."""
         known = {field.name for field in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -607,6 +617,7 @@ class Hyperparameters:
                 "previous_slice_noise", cls.previous_slice_noise
             ),
             "previous_slice_dropout": values.get("condition_dropout", cls.condition_dropout),
+            "sampling_coarse_top_p": values.get("sampling_top_p", cls.sampling_top_p),
             **values,
         }
         return cls(
@@ -654,7 +665,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # trained for fewer epochs, its samples took the brain's layout, which the flat prior's did
     # not (BENCHMARKS.md, "The hifi prior in two levels"). Its fine level reads the slice below
     # clean (`fine_previous_slice_noise`), and its codes are drawn from the nucleus of
-    # probability 0.9 (`sampling_top_p`; BENCHMARKS.md, "hifi: drawn from the nucleus"). Its
+    # probability 0.9 (`sampling_top_p`; BENCHMARKS.md, "hifi: drawn from the nucleus"), its
+    # coarse level's from every code (`sampling_coarse_top_p` 1, the default). Its
     # prior trains on the mirror images too (`prior_mirror_images`), as the card's does: twice
     # the maps, twice the prior's time, and brains drawn at their real size, with fewer
     # implausible layouts (BENCHMARKS.md, "hifi: its prior trained on mirror images too"). It

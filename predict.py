@@ -1,7 +1,7 @@
 """New brain slices from a trained run's PixelCNN prior, and how well its VQ-VAE reconstructs.
 
     python predict.py --run DIR [--num 16] [--temperature 1.0] [--top-k K] [--top-p P]
-                      [--seed 0] [--out DIR]
+                      [--coarse-top-p P] [--seed 0] [--out DIR]
                       [--slice-position 0.4] [--age 80] [--sex F] [--cdr 1] [--volume]
                       [--guidance 2 [age=3 ...]]
     python predict.py --run DIR --reconstruct [--data PATH] [--split test] [--num 8]
@@ -12,8 +12,10 @@ run's adversarially fine-tuned decoder when it has one (the card's adversarial s
 the VQ-VAE's (brain_vqvae/generation.py); reconstructions are always the VQ-VAE's. At each
 position the logits are divided by `temperature` (below 1 sharper, above 1 more varied), then
 only the `top-k` most likely codes, or the smallest set of most likely codes whose probability
-reaches `top-p` (nucleus sampling), are kept; the same `--seed` draws the same slices. The
-output folder (default RUN/samples) holds
+reaches `top-p` (nucleus sampling), are kept; a two-level prior (the hifi preset's) draws its
+coarse level, the brain's layout, from a nucleus of its own, `--coarse-top-p` (default: the
+run's, every code for the hifi preset). The same `--seed` draws the same slices. The output
+folder (default RUN/samples) holds
 
     sample_000.png ...    each slice as an 8-bit greyscale PNG, S x S
     samples.png           all of them in one grid
@@ -157,6 +159,7 @@ def run_prediction(arguments: argparse.Namespace) -> list[Path]:
             arguments.top_p,
             spacing_mm=tuple(arguments.spacing),
             guidance=arguments.guidance,
+            coarse_top_p=arguments.coarse_top_p,
         )
     if generating:
         return write_samples(
@@ -169,6 +172,7 @@ def run_prediction(arguments: argparse.Namespace) -> list[Path]:
             arguments.top_p,
             conditions,
             arguments.guidance,
+            arguments.coarse_top_p,
         )
     if arguments.reconstruct:
         slices = load_run_data(run, arguments.data)

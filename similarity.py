@@ -1,8 +1,8 @@
 """How good a trained run is: reconstruction SSIM, PSNR and MAE per slice, and its samples.
 
     python similarity.py --run DIR [--data PATH] [--split test] [--samples N] [--json]
-                         [--temperature T] [--top-k K] [--top-p P] [--guidance W [NAME=W ...]]
-                         [--convolutional-c2st]
+                         [--temperature T] [--top-k K] [--top-p P] [--coarse-top-p P]
+                         [--guidance W [NAME=W ...]] [--convolutional-c2st]
 
 All three compare images on the [0, 1] scale, shaped (N, S, S, 1) (brain_vqvae/metrics.py):
 
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             arguments.temperature,
             arguments.top_k,
             arguments.top_p,
+            arguments.coarse_top_p,
             convolutional_c2st=arguments.convolutional_c2st,
             progress=print_progress,
         )

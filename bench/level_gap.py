@@ -67,14 +67,14 @@ def draw_both_ways(run, training, count: int, seed: int):
     from brain_vqvae.model import sampler
 
     prior, hyperparameters = run.pixelcnn, run.hyperparameters
-    top_p = generation.effective_top_p(run, None)
+    nuclei = generation.effective_nuclei(run)
     batch_size = hyperparameters.inference_batch_size
     drawn = sampler.sample_code_maps(
         prior,
         count,
         seed=seed,
-        top_p=top_p,
         conditions=generation.with_drawn_levels(prior, count, None, seed),
+        **nuclei,
     )
     images, rows = evaluation.prior_training_slices(run, training, count, hyperparameters.seed)
     real_codes = sampler.encode_code_maps(run.autoencoder, images, batch_size)
@@ -86,7 +86,7 @@ def draw_both_ways(run, training, count: int, seed: int):
         prior,
         len(rows),
         seed=seed,
-        top_p=top_p,
+        top_p=nuclei["top_p"],
         conditions=conditions,
         coarse_maps=np.asarray(prior.coarse_map(real_codes)),
     )

@@ -44,7 +44,7 @@ from brain_vqvae.generation import (
     DEFAULT_GUIDANCE,
     VOLUME_DEPTH,
     describe_guidance,
-    effective_top_p,
+    effective_nuclei,
     sample_volumes,
     with_drawn_levels,
 )
@@ -333,9 +333,9 @@ def judge_conditions(
     Fréchet distance of their coronal and sagittal cuts to the held-out volumes' cuts, beside
     the floor of as many `training` volumes' cuts. Slices and volumes are drawn with
     `guidance` and `sampling` (keyword arguments of `sample_code_maps`: temperature, top_k,
-    top_p; None: plain), as `predict.py` would draw them. `reconstructions` are the `held_out`
-    slices [N, S, S, 1] as the run's generator gives them back (`Run.generator`). Writes
-    obedience_<condition>.png into `out`."""
+    top_p, coarse_top_p; None: plain), as `predict.py` would draw them. `reconstructions` are
+    the `held_out` slices [N, S, S, 1] as the run's generator gives them back
+    (`Run.generator`). Writes obedience_<condition>.png into `out`."""
     names = run.pixelcnn.condition_names
     draw = {"guidance": guidance, **(sampling or {})}
     report, figures = {"guidance": dict(guidance) if isinstance(guidance, dict) else guidance}, []
@@ -367,7 +367,8 @@ def judge_levels(
     over the training range (the other conditions unknown), read back by the feature network's
     position head, which reads the real `held_out` slices as its ceiling, and their
     `reconstructions` as the ceiling of any slice drawn through this decoder. `draw`: the
-    keyword arguments of `sample_code_maps` (guidance, temperature, top_k, top_p)."""
+    keyword arguments of `sample_code_maps` (guidance, temperature, top_k, top_p,
+    coarse_top_p)."""
     low, high = run.pixelcnn.condition_ranges.get("slice_position", (0.0, 1.0))
     requested = np.linspace(low, high, OBEDIENCE_SAMPLES)
     generated = predict_positions(
@@ -593,7 +594,7 @@ def judge_volume_ages(
 def generate_slices(run: Run, conditions: dict, seed: int, draw: dict) -> np.ndarray:
     """Slices (N, S, S, 1) in [0, 1] drawn from the run's prior with `conditions` (each a
     sequence of N values) and `draw` (keyword arguments of `sample_code_maps`: guidance,
-    temperature, top_k, top_p), decoded by its generator (`Run.generator`)."""
+    temperature, top_k, top_p, coarse_top_p), decoded by its generator (`Run.generator`)."""
     count = len(next(iter(conditions.values())))
     codes = sample_code_maps(run.pixelcnn, count, seed=seed, conditions=conditions, **draw)
     return decode_code_maps(run.generator, codes, run.hyperparameters.inference_batch_size)
@@ -734,6 +735,7 @@ def evaluate_run(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    coarse_top_p: float | None = None,
     slices: BrainSlices | None = None,
     progress: Callable[[str], None] | None = None,
     convolutional_c2st: bool = False,
@@ -741,27 +743,33 @@ def evaluate_run(
     """Score a trained run's reconstructions of `split` and its samples (`samples` of them,
     from its prior, or from N(0, I) for a VAE run; default as many as the split has slices, at
     least `MIN_SAMPLES`: the realism measures compare as many of them as half the split has,
-    and their diversity takes them all); write the
-    figures into `out` (default `run_dir/similarity_<split>`) and return the numbers. The
-    samples are drawn with `temperature`, `top_k` and `top_p` as `predict.py` draws them
-    (`sample_code_maps`; `top_p` None: the run's own, `effective_top_p`; a VAE run takes the
-    temperature only). A conditional prior's obedience is judged on draws with `guidance` and
-    the same sampling (`judge_conditions`). `convolutional_c2st` adds the two-sample tests by
-    a convolutional classifier (`realism.convolutional_two_sample_accuracy`, minutes on a
-    CPU). `slices`, when given, is the data
-    already loaded with the splits the run was trained on (as `training.train_run` took them);
-    by default the run's data (or `data`) is loaded and split as the run saw it. `progress`,
-    when given, is called with a line saying what starts next (the judging of a hifi run takes
-    minutes on a CPU; `similarity.py` prints them)."""
+    and their diversity takes them all); write the figures into `out` (default
+    `run_dir/similarity_<split>`) and return the numbers. The samples are drawn with
+    `temperature`, `top_k`, `top_p` and `coarse_top_p` as `predict.py` draws them
+    (`sample_code_maps`; either nucleus None: the run's own, `effective_nuclei`; a VAE run
+    takes the temperature only). A conditional prior's obedience is judged on draws with
+    `guidance` and the same sampling (`judge_conditions`). `convolutional_c2st` adds the
+    two-sample tests by a convolutional classifier (`realism.convolutional_two_sample_accuracy`,
+    minutes on a CPU). `slices`, when given, is the data already loaded with the splits the
+    run was trained on (as `training.train_run` took them); by default the run's data (or
+    `data`) is loaded and split as the run saw it. `progress`, when given, is called with a
+    line saying what starts next (the judging of a hifi run takes minutes on a CPU;
+    `similarity.py` prints them)."""
     announce = progress or (lambda message: None)
     run = load_run(run_dir, prior="optional")
     hyperparameters, autoencoder, pixelcnn = run.hyperparameters, run.autoencoder, run.pixelcnn
     check_temperature(temperature)
     check_top_k(top_k, hyperparameters.num_embeddings)
     check_top_p(top_p)
-    if run.kind == "vae" and (top_k is not None or top_p is not None):
-        raise RunError("top_k and top_p belong to a PixelCNN prior; a VAE run samples N(0, I)")
-    top_p = effective_top_p(run, top_p)
+    check_top_p(coarse_top_p, "coarse_top_p")
+    if run.kind == "vae" and (top_k is not None or top_p is not None or coarse_top_p is not None):
+        raise RunError(
+            "top_k, top_p and coarse_top_p belong to a PixelCNN prior; a VAE run samples N(0, I)"
+        )
+    try:
+        nuclei = effective_nuclei(run, top_p, coarse_top_p)
+    except ValueError as error:
+        raise RunError(str(error)) from None
     if slices is None:
         slices = load_run_data(run, data, cache_dir=cache_dir)
     chosen = slices.splits.get(split)
@@ -777,7 +785,7 @@ def evaluate_run(
     scores = score_reconstructions(images, reconstructions)
     target = hyperparameters.ssim_target
     report = {"run": str(run.folder.path), "data": str(slices.source), "split": split}
-    report["sampling"] = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    report["sampling"] = {"temperature": temperature, "top_k": top_k, **nuclei}
     # Which decoder draws the samples: the adversarial stage's, or the autoencoder's own.
     report["sampling"]["decoder"] = "adversarial" if run.adversarial is not None else run.kind
     report |= scores.summary(target)
@@ -824,8 +832,8 @@ def evaluate_run(
             temperature,
             seed=seed,
             top_k=top_k,
-            top_p=top_p,
             conditions=with_drawn_levels(pixelcnn, samples, None, seed),
+            **nuclei,
         )
         if "slice_position" in pixelcnn.condition_names:
             report["sampling"]["slice_position"] = "drawn uniformly over the trained levels"
@@ -878,7 +886,7 @@ def evaluate_run(
             seed,
             out,
             guidance,
-            {"temperature": temperature, "top_k": top_k, "top_p": top_p},
+            {"temperature": temperature, "top_k": top_k, **nuclei},
         )
         figures += condition_figures
     report["figures"] = [str(path) for path in figures]
@@ -911,11 +919,13 @@ def format_report(report: dict) -> str:
         )
     if "samples" in report:
         sampling = report["sampling"]
+        coarse = sampling.get("coarse_top_p")
+        coarse = "" if coarse is None else f", coarse level top-p {coarse:g}"
         rows += [
             (
                 "sampling",
                 f"temperature {sampling['temperature']:g}, top-k {sampling['top_k'] or 'all'}, "
-                f"top-p {sampling['top_p'] or 1:g}, decoded by the "
+                f"top-p {sampling['top_p'] or 1:g}{coarse}, decoded by the "
                 f"{sampling.get('decoder', 'vqvae')} decoder",
             ),
             ("novelty (max SSIM to train), mean", f"{report['novelty_ssim_mean']:.4f}"),

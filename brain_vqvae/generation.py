@@ -65,7 +65,8 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 def add_sampling_arguments(parser) -> None:
     """The command-line flags of how codes are drawn (`sample_code_maps`), the one definition
-    that `predict.py` and `similarity.py` share: --temperature, --top-k, --top-p."""
+    that `predict.py` and `similarity.py` share: --temperature, --top-k, --top-p,
+    --coarse-top-p."""
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     parser.add_argument("--top-k", type=int, help="draw only among the K most likely codes")
     parser.add_argument(
@@ -73,6 +74,13 @@ def add_sampling_arguments(parser) -> None:
         type=float,
         help="draw only among the most likely codes of probability P (default: the run's "
         "sampling_top_p, 0.9 for the hifi preset; 1: all codes)",
+    )
+    parser.add_argument(
+        "--coarse-top-p",
+        type=float,
+        help="a two-level prior's coarse level (the brain's layout) drawn only among its most "
+        "likely codes of probability P (default: the run's sampling_coarse_top_p, 1 for the "
+        "hifi preset: all codes)",
     )
 
 
@@ -141,13 +149,30 @@ def describe_guidance(guidance: float | dict[str, float]) -> str:
     return f"{common:g}{own}"
 
 
-def effective_top_p(run: Run, top_p: float | None) -> float | None:
-    """The nucleus `run`'s codes are drawn from: `top_p` when given, else the run's own
-    `sampling_top_p` (1 = every code). A VAE run has no codes: `top_p` is returned as given
-    (and refused where it is drawn from)."""
-    if top_p is not None or run.kind == "vae":
-        return top_p
-    return run.hyperparameters.sampling_top_p
+def effective_nuclei(
+    run: Run, top_p: float | None = None, coarse_top_p: float | None = None
+) -> dict[str, float | None]:
+    """The nuclei `run`'s codes are drawn from, as keyword arguments of `sample_code_maps`:
+    {"top_p": `top_p` when given, else the run's own `sampling_top_p` (1 = every code),
+    "coarse_top_p": for a two-level prior, `coarse_top_p` when given, else the run's own
+    `sampling_coarse_top_p`; None for a flat prior}. A flat prior given `coarse_top_p` raises
+    `ValueError`. A VAE run has no codes: both are returned as given (and refused where they
+    are drawn from)."""
+    if run.kind == "vae":
+        return {"top_p": top_p, "coarse_top_p": coarse_top_p}
+    hyperparameters = run.hyperparameters
+    if not hyperparameters.pixelcnn_coarse_codes:
+        if coarse_top_p is not None:
+            raise ValueError(
+                f"coarse_top_p is the nucleus of a two-level prior's coarse level; {run.name}'s "
+                "prior is flat (pixelcnn_coarse_codes 0)"
+            )
+    elif coarse_top_p is None:
+        coarse_top_p = hyperparameters.sampling_coarse_top_p
+    return {
+        "top_p": hyperparameters.sampling_top_p if top_p is None else top_p,
+        "coarse_top_p": coarse_top_p,
+    }
 
 
 def with_drawn_levels(pixelcnn, count: int, conditions: dict | None, seed: int | None) -> dict:
@@ -178,6 +203,7 @@ def sample_slices(
     top_p: float | None = None,
     conditions: dict | None = None,
     guidance: float | dict[str, float] = DEFAULT_GUIDANCE,
+    coarse_top_p: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw `count` latents from the run's prior and decode them: the latents and (count, S, S)
     uint8 slices. A VQ-VAE run draws (count, h, w) int32 code maps from its PixelCNN, its logits
@@ -189,14 +215,15 @@ def sample_slices(
     towards them by `guidance` (`sample_code_maps`); a level not asked is drawn
     (`with_drawn_levels`), and with nothing asked the draw is not guided (guidance towards
     drawn levels made the demo's samples less real: BENCHMARKS.md, "Nothing asked: levels
-    drawn"). `top_p` None draws from the run's own nucleus (`effective_top_p`). The same
-    `seed` gives the same slices."""
+    drawn"). A two-level prior draws its coarse level from the nucleus `coarse_top_p`. Either
+    nucleus None is the run's own (`effective_nuclei`). The same `seed` gives the same
+    slices."""
     batch_size = run.hyperparameters.inference_batch_size
     if run.kind == "vae":
-        if top_k is not None or top_p is not None or conditions:
+        if top_k is not None or top_p is not None or coarse_top_p is not None or conditions:
             raise ValueError(
-                "top_k, top_p and conditions belong to a PixelCNN prior; a VAE run samples "
-                "N(0, T^2 I)"
+                "top_k, top_p, coarse_top_p and conditions belong to a PixelCNN prior; a VAE "
+                "run samples N(0, T^2 I)"
             )
         latents = run.autoencoder.prior_latents(count, temperature, seed)
         return latents, to_uint8(decode_latents(run.autoencoder, latents, batch_size))
@@ -206,9 +233,9 @@ def sample_slices(
         temperature=temperature,
         seed=seed,
         top_k=top_k,
-        top_p=effective_top_p(run, top_p),
         conditions=with_drawn_levels(run.pixelcnn, count, conditions, seed),
         guidance=guidance if conditions else 1.0,
+        **effective_nuclei(run, top_p, coarse_top_p),
     )
     decoded = decode_code_maps(run.generator, code_maps, batch_size=batch_size)
     return code_maps, to_uint8(decoded)
@@ -225,6 +252,7 @@ def sample_volumes(
     top_p: float | None = None,
     coherent: bool = True,
     guidance: float | dict[str, float] = DEFAULT_GUIDANCE,
+    coarse_top_p: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw `count` whole brains of `depth` axial slices each, bottom to top: code maps
     (count, depth, h, w) int32 and slices (count, depth, S, S) uint8.
@@ -241,8 +269,8 @@ def sample_volumes(
     prior draws the slice's coarse map on the coarse map of b(z_(d-1)), then z_d on both
     (`sample_code_maps`), its fine level reading z_(d-1) blurred with
     `fine_previous_slice_noise` instead, as it was trained. (`coherent=False` draws each slice
-    on its own, for comparison.) `top_p` None draws from the run's own nucleus
-    (`effective_top_p`).
+    on its own, for comparison.) `top_p` and `coarse_top_p` None draw from the run's own
+    nuclei (`effective_nuclei`).
     `guidance` steers each slice towards its level and the demographics, not towards the slice
     below. The prior must have been trained with slice_position (and previous_slice to be
     coherent); `ValueError` says which is missing. Slice d uses seed + d, so the same `seed`
@@ -259,7 +287,7 @@ def sample_volumes(
         )
     if depth < 2:
         raise ValueError(f"a volume needs at least 2 slices, got depth {depth}")
-    top_p = effective_top_p(run, top_p)
+    nuclei = effective_nuclei(run, top_p, coarse_top_p)
     conditions = dict(conditions or {})
     if {"slice_position", "previous_slice"} & set(conditions):
         raise ValueError("a volume sets slice_position and previous_slice itself")
@@ -289,10 +317,10 @@ def sample_volumes(
             temperature=temperature,
             seed=seed + level,
             top_k=top_k,
-            top_p=top_p,
             conditions=slice_conditions,
             guidance=guidance,
             coarse_slice_below=coarse_slice_below,
+            **nuclei,
         )
     decoded = decode_code_maps(
         run.generator, code_maps.reshape(-1, size, size), run.hyperparameters.inference_batch_size
@@ -337,11 +365,14 @@ def write_samples(
     top_p: float | None = None,
     conditions: dict | None = None,
     guidance: float | dict[str, float] = DEFAULT_GUIDANCE,
+    coarse_top_p: float | None = None,
 ) -> list[Path]:
     """Sample (`sample_slices`, given `conditions` and `guidance`), then write sample_NNN.png,
     samples.png and samples.nii.gz into `out` (which must exist); returns the paths written."""
-    top_p = effective_top_p(run, top_p)
-    _, slices = sample_slices(run, count, temperature, seed, top_k, top_p, conditions, guidance)
+    nuclei = effective_nuclei(run, top_p, coarse_top_p)
+    _, slices = sample_slices(
+        run, count, temperature, seed, top_k, conditions=conditions, guidance=guidance, **nuclei
+    )
     for stale in out.glob("sample_*.png"):
         stale.unlink()
     written = []
@@ -352,7 +383,11 @@ def write_samples(
     prior = "N(0, I)" if run.kind == "vae" else "PixelCNN"
     controls = "".join(
         f", {name} {value:g}"
-        for name, value in (("top-k", top_k), ("top-p", top_p))
+        for name, value in (
+            ("top-k", top_k),
+            ("top-p", nuclei["top_p"]),
+            ("coarse top-p", nuclei["coarse_top_p"]),
+        )
         if value not in (None, 1.0)
     )
     guided = f", guidance {describe_guidance(guidance)}" if conditions else ""
@@ -379,6 +414,7 @@ def write_volumes(
     spacing_mm: tuple[float, float] = DEFAULT_VOLUME_SPACING_MM,
     depth: int = VOLUME_DEPTH,
     guidance: float | dict[str, float] = DEFAULT_GUIDANCE,
+    coarse_top_p: float | None = None,
 ) -> list[Path]:
     """Draw `count` coherent volumes (`sample_volumes`, with `guidance`) and write, per volume,
     volume_NNN.nii.gz ((S, S, depth) uint8, RAS+, `spacing_mm` (pixel, slice) spacing) and
@@ -387,7 +423,16 @@ def write_volumes(
     if not all(np.isfinite(spacing_mm)) or min(spacing_mm) <= 0:
         raise ValueError(f"the spacing must be positive millimetres, got {tuple(spacing_mm)}")
     _, volumes = sample_volumes(
-        run, count, depth, conditions, temperature, seed, top_k, top_p, guidance=guidance
+        run,
+        count,
+        depth,
+        conditions,
+        temperature,
+        seed,
+        top_k,
+        top_p,
+        guidance=guidance,
+        coarse_top_p=coarse_top_p,
     )
     for stale in out.glob("volume_*"):
         stale.unlink()

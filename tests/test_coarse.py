@@ -180,6 +180,24 @@ def test_fine_level_drawn_on_given_coarse_maps_follows_each_one(trained_two_leve
         sample_code_maps(prior.coarse_prior, 8, coarse_maps=given)
 
 
+def test_the_coarse_level_is_drawn_from_its_own_nucleus(trained_two_level):
+    """`coarse_top_p` cuts the coarse level's codes, `top_p` the fine level's: a greedy coarse
+    level lays out every map alike whatever the fine level draws, and every coarse code with a
+    greedy fine level still gives both layouts, each drawn whole."""
+    prior, _ = trained_two_level
+    one_layout = sample_code_maps(prior, 16, seed=4, coarse_top_p=1e-6)
+    first, second = (np.all(one_layout == layout, axis=(1, 2)) for layout in layouts(2))
+    assert max(first.mean(), second.mean()) >= 0.9
+    both = sample_code_maps(prior, 16, seed=4, top_p=1e-6, coarse_top_p=1.0)
+    first, second = (np.all(both == layout, axis=(1, 2)) for layout in layouts(2))
+    assert first.any() and second.any() and np.mean(first | second) >= 0.9
+
+    with pytest.raises(ValueError, match=r"coarse_top_p must be None or in range \(0, 1\]"):
+        sample_code_maps(prior, 2, coarse_top_p=1.5)
+    with pytest.raises(ValueError, match="coarse_top_p .* this prior is flat"):
+        sample_code_maps(prior.coarse_prior, 2, coarse_top_p=0.9)
+
+
 def test_both_levels_follow_the_slice_below_when_nothing_else_is_asked(monkeypatch):
     """Trained on maps whose slice below is the map itself (a volume of one layout), a prior
     given only the slice below draws that layout at both levels: the coarse level reads the

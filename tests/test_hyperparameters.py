@@ -59,6 +59,15 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
     assert (hifi.fine_previous_slice_noise, hifi.previous_slice_noise) == (0.0, 0.25)
     # A configuration saved before the field existed draws from every code, as it did.
     assert Hyperparameters.from_dict({"num_embeddings": 4096}).sampling_top_p == 1.0
+    # Its coarse level draws from every coarse code; one saved before that field existed drew
+    # both levels from `sampling_top_p`, and keeps doing so.
+    assert hifi.sampling_coarse_top_p == 1.0
+    saved = {"pixelcnn_architecture": "gated", "pixelcnn_coarse_codes": 64, "sampling_top_p": 0.9}
+    assert Hyperparameters.from_dict(saved).sampling_coarse_top_p == 0.9
+    assert (
+        Hyperparameters.from_dict({**saved, "sampling_coarse_top_p": 0.95}).sampling_coarse_top_p
+        == 0.95
+    )
 
 
 @pytest.mark.parametrize(
@@ -77,6 +86,7 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
         ({"ssim_target": 1.5}, "ssim_target"),
         ({"sampling_top_p": 0.0}, "sampling_top_p"),
         ({"sampling_top_p": 1.5}, "sampling_top_p"),
+        ({"sampling_coarse_top_p": 0.0}, "sampling_coarse_top_p"),
         ({"batch_size": 0}, "batch_size"),
         ({"inference_batch_size": 0}, "inference_batch_size"),
         ({"latent_dim": 0}, "latent_dim"),

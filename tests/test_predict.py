@@ -350,6 +350,7 @@ def test_slices_drawn_at_a_level_follow_the_run_and_refuse_what_it_cannot_give(
         (("--age", 80), "not trained with condition(s) age"),
         (("--slice-position", 1.5), "slice_position 1.5 is outside what the run was trained on"),
         (("--slice-position", 0.5, "--guidance", -1), "guidance must be a finite number >= 0"),
+        (("--coarse-top-p", 0.9), "the nucleus of a two-level prior's coarse level"),
     ):
         assert run_predict("--run", run, *flags, "--out", tmp_path / "refused") == 2
         assert message in capsys.readouterr().err

@@ -139,11 +139,14 @@ def test_samples_are_drawn_with_the_sampling_controls_asked_for(tiny_run, tmp_pa
         "temperature": 0.7,
         "top_k": 3,
         "top_p": 1.0,  # the run's own sampling_top_p: every code
+        "coarse_top_p": None,  # a flat prior has no coarse level
         "decoder": "adversarial",  # the tiny run has an adversarial stage
         "slice_position": "drawn uniformly over the trained levels",
     }
     assert similarity.main([*argv, "--temperature", "0"]) == 2
     assert "temperature must be" in capsys.readouterr().err
+    assert similarity.main([*argv, "--coarse-top-p", "0.9"]) == 2
+    assert "'s prior is flat (pixelcnn_coarse_codes 0)" in capsys.readouterr().err
 
 
 def test_the_conditions_are_judged_on_draws_with_the_sampling_controls_asked_for(

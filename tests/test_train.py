@@ -354,11 +354,17 @@ def test_a_prior_retrained_as_two_levels_draws_slices_and_volumes(
 
     def recording(pixelcnn, count, **options):
         asked.append((options["conditions"].get("previous_slice"), options["coarse_slice_below"]))
+        nuclei.append((options["top_p"], options["coarse_top_p"]))
         return draw(pixelcnn, count, **options)
 
+    nuclei = []
     monkeypatch.setattr(generation, "sample_code_maps", recording)
     volume_codes, _ = generation.sample_volumes(run, 16, depth=3, seed=2)
     assert asked[0] == (None, None)
+    # Each level from its own nucleus: the run's (every code, both) unless told otherwise.
+    assert nuclei == [(1.0, 1.0)] * 3
+    generation.sample_volumes(run, 2, depth=2, seed=2, top_p=0.9, coarse_top_p=0.8)
+    assert nuclei[3:] == [(0.9, 0.8)] * 2
     codes = run.hyperparameters.num_embeddings
     for level in (1, 2):
         fine_below, coarse_below = asked[level]

@@ -165,6 +165,9 @@ def test_sample_slices_dispatches_to_the_gaussian_prior(vae_run):
     assert latents.shape == (3, 8) and slices.shape == (3, 32, 32)
     assert slices.dtype == np.uint8
     np.testing.assert_array_equal(slices, generation.sample_slices(run, 3, 0.8, seed=7)[1])
+    for cut in ({"top_p": 0.9}, {"coarse_top_p": 0.9}):  # a Gaussian prior has no codes to cut
+        with pytest.raises(ValueError, match="coarse_top_p and conditions belong to a PixelCNN"):
+            generation.sample_slices(run, 2, **cut)
 
 
 def test_predict_samples_and_reconstructs_a_vae_run(vae_run, tmp_path):

@@ -537,6 +537,7 @@ def sample_code_maps(
     guidance: float | dict[str, float] = 1.0,
     coarse_slice_below: np.ndarray | None = None,
     coarse_maps: np.ndarray | None = None,
+    coarse_top_p: float | None = None,
 ) -> np.ndarray:
     """Draw `count` code maps [count, h, h] int32 from the prior, in raster order.
 
@@ -561,10 +562,11 @@ def sample_code_maps(
 
     A two-level prior (`PixelCNN.coarse_prior`) first draws the coarse maps u from its coarse
     prior with the same conditions, the slice below coarsened (`_coarse_maps`), temperature,
-    nucleus, guidance and seed (top-k at most its number of codes), then the maps from
-    p(z | u, conditions). Its coarse level reads the slice below from `coarse_slice_below`
-    (maps [count, h, h]) when given, not from `conditions["previous_slice"]`: a volume blurs
-    the slice below differently for each level (`generation.sample_volumes`). Given
+    guidance and seed (top-k at most its number of codes), from the nucleus `coarse_top_p`
+    (None: `top_p`), then the maps from p(z | u, conditions). Its coarse level reads the slice
+    below from `coarse_slice_below` (maps [count, h, h]) when given, not from
+    `conditions["previous_slice"]`: a volume blurs the slice below differently for each level
+    (`generation.sample_volumes`). Given
     `coarse_maps` u (ints [count, h / f, h / f] below the coarse level's number of codes, e.g.
     the coarse maps of real slices, `PixelCNN.coarse_map`), it draws only the fine level, on
     those maps: what the samples would be with a perfect coarse level.
@@ -574,6 +576,13 @@ def sample_code_maps(
     check_top_k(top_k, pixelcnn.num_embeddings)
     check_top_p(top_p)
     check_guidance(guidance)
+    if coarse_top_p is not None:
+        if pixelcnn.coarse_prior is None:
+            raise ValueError(
+                "coarse_top_p is the nucleus of a two-level prior's coarse level "
+                "(pixelcnn_coarse_codes); this prior is flat"
+            )
+        check_top_p(coarse_top_p, "coarse_top_p")
     if coarse_slice_below is not None and (
         pixelcnn.coarse_prior is None or "previous_slice" not in (conditions or {})
     ):
@@ -624,6 +633,7 @@ def sample_code_maps(
                     guidance,
                     None if coarse_slice_below is None else below[rows],
                     None if coarse_maps is None else coarse_maps[rows],
+                    coarse_top_p,
                 )
                 for index, rows in enumerate(np.array_split(np.arange(count), -(-count // chunk)))
             ]
@@ -632,7 +642,15 @@ def sample_code_maps(
         batch["coarse"] = coarse_maps
     elif pixelcnn.coarse_prior is not None:
         batch["coarse"] = _coarse_maps(
-            pixelcnn, count, temperature, seed, top_k, top_p, conditions, guidance, below
+            pixelcnn,
+            count,
+            temperature,
+            seed,
+            top_k,
+            top_p if coarse_top_p is None else coarse_top_p,
+            conditions,
+            guidance,
+            below,
         )
     if weights:  # the rows of every pass, one pass after the other
         batch = {
