@@ -2,7 +2,7 @@
 level drawn on real coarse maps (a perfect coarse level), beside a perfect prior.
 
     python -m bench.level_gap --run runs/demo3-hifi [--data DIR] [--split test]
-        [--samples N] [--seed 0] [--json out.json]
+        [--samples N] [--seed 0] [--coarse-top-p P] [--json out.json]
 
 Three sets of samples of a trained run with a two-level prior (`pixelcnn_coarse_codes`), each
 judged as `python similarity.py` judges its samples (`evaluation.judge_realism`: the texture
@@ -10,7 +10,7 @@ two-sample test against the held-out split's reconstructions, FD, precision and 
 diversity, the brain's share of the slice), against the held-out split:
 
 - prior: both levels drawn, as similarity.py draws them (nothing asked: levels drawn over the
-  trained range, the run's nucleus, `--seed`);
+  trained range, the run's nuclei or the coarse level's `--coarse-top-p`, `--seed`);
 - fine level on real coarse maps: the coarse maps of the training slices a perfect prior's draws
   are made of (`evaluation.prior_training_slices`, mirrored as the prior learned them), and the
   fine level drawn on them (`sample_code_maps(coarse_maps=...)`), told those slices' levels;
@@ -56,18 +56,18 @@ COLUMNS = (
 )
 
 
-def draw_both_ways(run, training, count: int, seed: int):
+def draw_both_ways(run, training, count: int, seed: int, coarse_top_p: float | None = None):
     """{"prior": `count` samples (count, S, S, 1) of `run`'s two-level prior drawn as
-    similarity.py draws them, "coarse_given": `count` drawn by its fine level on the coarse maps
-    of the training slices of a perfect prior's draws, told their levels where the prior takes
-    them}."""
+    similarity.py draws them (its coarse level from the nucleus `coarse_top_p`; None: the
+    run's), "coarse_given": `count` drawn by its fine level on the coarse maps of the training
+    slices of a perfect prior's draws, told their levels where the prior takes them}."""
     import numpy as np
 
     from brain_vqvae import evaluation, generation
     from brain_vqvae.model import sampler
 
     prior, hyperparameters = run.pixelcnn, run.hyperparameters
-    nuclei = generation.effective_nuclei(run)
+    nuclei = generation.effective_nuclei(run, None, coarse_top_p)
     batch_size = hyperparameters.inference_batch_size
     drawn = sampler.sample_code_maps(
         prior,
@@ -96,9 +96,17 @@ def draw_both_ways(run, training, count: int, seed: int):
     }
 
 
-def level_gap(run_dir: Path, data, split: str, samples: int | None, seed: int) -> dict:
-    """The realism reports of `run_dir`'s prior and of its fine level on real coarse maps,
-    judged against `split`: {"prior": report, "coarse_given": report}."""
+def level_gap(
+    run_dir: Path,
+    data,
+    split: str,
+    samples: int | None,
+    seed: int,
+    coarse_top_p: float | None = None,
+) -> dict:
+    """The realism reports of `run_dir`'s prior (its coarse level drawn from the nucleus
+    `coarse_top_p`; None: the run's) and of its fine level on real coarse maps, judged against
+    `split`: {"prior": report, "coarse_given": report}."""
     from brain_vqvae import evaluation
     from brain_vqvae.runs import load_run, load_run_data
 
@@ -116,7 +124,7 @@ def level_gap(run_dir: Path, data, split: str, samples: int | None, seed: int) -
     )
     halves = evaluation.subject_halves(held_out)
     reports = {}
-    for name, images in draw_both_ways(run, training, count, seed).items():
+    for name, images in draw_both_ways(run, training, count, seed, coarse_top_p).items():
         out = Path(run_dir) / f"level_gap_{split}" / name
         out.mkdir(parents=True, exist_ok=True)
         reports[name], _ = evaluation.judge_realism(
@@ -145,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="a run with a two-level prior")
     add_judging_arguments(parser)
+    parser.add_argument(
+        "--coarse-top-p",
+        type=float,
+        help="the nucleus the prior's coarse level is drawn from (default: the run's "
+        "sampling_coarse_top_p)",
+    )
     return parser
 
 
@@ -153,9 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     machine = announce_machine()
     try:
         reports = level_gap(
-            arguments.run, arguments.data, arguments.split, arguments.samples, arguments.seed
+            arguments.run,
+            arguments.data,
+            arguments.split,
+            arguments.samples,
+            arguments.seed,
+            arguments.coarse_top_p,
         )
-    except (RunError, DataError) as error:
+    except (RunError, DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print_table(table_rows(reports), COLUMNS)
