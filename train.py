@@ -5,7 +5,8 @@
                     [--resume] [--overwrite] [--tensorboard] [--preset card|hifi] [--FIELD VALUE]
                     [--strategy default|mirrored|multiworker] [--device auto|cpu|gpu]
 
-Without --data it trains on the synthetic demo dataset in data/demo, building it first if it is
+Without --data it trains on the data the run in --out was trained on (a run resumed or a stage
+retrained), or else on the synthetic demo dataset in data/demo, building it first if it is
 missing. Stage 1 fits the VQ-VAE to the training split, the adversarial stage a copy of its
 decoder against a discriminator (to decode sampled code maps; `--epochs-adversarial 0` skips
 it), stage 2 the PixelCNN to the training split's code maps; the test split is then scored once
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from brain_vqvae.data import DataError
 from brain_vqvae.devices import describe_batch_choice, found_device
-from brain_vqvae.runs import STAGES, RunError
+from brain_vqvae.runs import STAGES, RunError, RunFolder, training_data_path
 from brain_vqvae.training import STRATEGIES, make_strategy, resolve_hyperparameters, train_run
 from hyperparameters import (
     ADVERSARIAL_FIELDS,
@@ -44,7 +45,9 @@ DEMO_DATA_DIR = PROJECT_DIR / "data" / "demo"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--data", help="dataset path, any format dataset.py reads (default: the demo dataset)"
+        "--data",
+        help="dataset path, any format dataset.py reads (default: the run's own in --out, or "
+        "the demo dataset)",
     )
     parser.add_argument(
         "--out", help="run folder (default runs/<data>-<preset>, runs/<data>-<preset>-vae)"
@@ -74,9 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def data_path(arguments: argparse.Namespace) -> Path:
-    """The dataset to train on: --data, or the demo dataset (built on first use)."""
+    """The dataset to train on: --data; else the one the run in --out was trained on, when it
+    names one (a run resumed, a stage retrained); else the demo dataset (built on first use)."""
     if arguments.data is not None:
         return Path(arguments.data).resolve()
+    if arguments.out is not None and RunFolder(Path(arguments.out)).recorded_training_data():
+        source = training_data_path(RunFolder(Path(arguments.out)))
+        print(f"data: {source}, the run's own (--data to change it)")
+        return source
     if not DEMO_DATA_DIR.exists():
         from brain_vqvae.data.demo import build_demo_dataset
 

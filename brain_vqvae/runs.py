@@ -14,7 +14,9 @@ loads a run, its configuration and the data it was trained on.
                                           seconds each phase of the last train.py took
     realism_features.keras                the domain feature network of the realism measures,
                                           trained on the training split when first needed
-    checkpoints/                          last epoch of each stage and its state, for --resume
+    checkpoints/                          last epoch of each stage and its state, and the
+                                          training data's path from the start of a training,
+                                          for --resume and a retrained stage
 
 A VAE run (`model` "vae", the Gaussian baseline) has one stage, "vae": vae.keras and
 history_vae.csv in place of the two stages' files, and in metrics.json the KL term in place of
@@ -104,13 +106,26 @@ class RunFolder:
         return files
 
     def read_state(self) -> dict:
-        """{stage: {"epochs_done": int, "best": float, "finished": bool, ...}} of begun stages."""
+        """{stage: {"epochs_done": int, "best": float, "finished": bool, ...}} of begun stages,
+        and "data": the path of the dataset the last training began on."""
         return json.loads(self.state.read_text()) if self.state.exists() else {}
 
     def write_state(self, stage: str, **values) -> None:
         state = self.read_state()
         state[stage] = {**state.get(stage, {}), **values}
         write_atomically(self.state, json.dumps(state, indent=2))
+
+    def record_training_data(self, source: str | Path) -> None:
+        """Name the dataset a training reads in the state as it begins, so that a run killed
+        before metrics.json is written still says what it was trained on."""
+        state = self.read_state()
+        state["data"] = str(source)
+        write_atomically(self.state, json.dumps(state, indent=2))
+
+    def recorded_training_data(self) -> str | None:
+        """The dataset the run was trained on: the state's (the last training begun), else
+        metrics.json's (a run from before the state named it), else None."""
+        return self.read_state().get("data") or self.read_metrics().get("data")
 
     def forget_stage(self, stage: str) -> None:
         """Drop `stage` from the state, as when its files are replaced by a new training."""
@@ -277,17 +292,21 @@ def _check_same_codes(folder: RunFolder, vqvae, adversarial) -> None:
 
 
 def training_data_path(folder: RunFolder, data: str | Path | None = None) -> Path:
-    """The dataset to read for a run: `data` when given, else the one its metrics.json says it
-    was trained on. A run that names none, or names a path missing here, raises `RunError`."""
+    """The dataset to read for a run: `data` when given, else the one it was trained on
+    (`RunFolder.recorded_training_data`). A run that names none, or names a path missing here,
+    raises `RunError`."""
     if data is not None:
         return Path(data)
-    recorded = folder.read_metrics().get("data")
+    recorded = folder.recorded_training_data()
     if not recorded:
-        raise RunError(f"{folder.metrics} does not name the training data; pass --data")
+        raise RunError(
+            f"{folder.path} does not name its training data (in {folder.metrics} or "
+            f"{folder.state}); pass --data"
+        )
     if not Path(recorded).exists():
         raise RunError(
-            f"the run was trained on {recorded} (from {folder.metrics}), which does not exist "
-            "here; pass --data"
+            f"the run in {folder.path} was trained on {recorded}, which does not exist here; "
+            "pass --data"
         )
     return Path(recorded)
 

@@ -708,6 +708,7 @@ def _train_in_folder(
         )
     run = prepare_run_folder(out, stages, resume, overwrite)
     write_atomically(run.hyperparameters, json.dumps(hyperparameters.to_dict(), indent=2) + "\n")
+    run.record_training_data(source)
     keras.utils.set_random_seed(hyperparameters.seed)
 
     seconds = {}  # wall seconds of each phase, for metrics.json

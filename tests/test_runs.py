@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
 import pytest
 
-from brain_vqvae.runs import RunError, RunFolder, load_run, write_atomically
+from brain_vqvae.runs import (
+    RunError,
+    RunFolder,
+    load_run,
+    training_data_path,
+    write_atomically,
+)
 from hyperparameters import Hyperparameters
 
 
@@ -55,3 +62,26 @@ def test_state_is_written_atomically_and_merged(tmp_path):
     assert run.read_state() == {"vqvae": {"epochs_done": 2, "best": 0.5}}
     write_atomically(tmp_path / "note.txt", "done")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoints", "note.txt"]
+
+
+def test_the_training_data_is_found_from_the_start_of_a_training(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    (folder.path / "checkpoints").mkdir(parents=True)
+    with pytest.raises(RunError, match=r"run does not name its training data.*pass --data"):
+        training_data_path(folder)
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    # a run from before the state named its data: metrics.json's, written when it finished
+    folder.metrics.write_text(f'{{"data": "{old}"}}')
+    assert training_data_path(folder) == old
+    # a training begun since (a stage retrained on other data) names its own in the state,
+    # which stage records keep
+    folder.record_training_data(new)
+    folder.write_state("pixelcnn", epochs_done=1)
+    assert folder.read_state() == {"data": str(new), "pixelcnn": {"epochs_done": 1}}
+    assert training_data_path(folder) == new
+    assert training_data_path(folder, old) == old  # given: that one
+    new.rmdir()
+    with pytest.raises(RunError, match=f"trained on {re.escape(str(new))}, which does not exist"):
+        training_data_path(folder)

@@ -116,7 +116,9 @@ def test_a_second_run_into_the_same_folder_is_refused(tiny_run, tiny_hyperparame
     assert (out / "vqvae.keras").stat().st_mtime_ns == before
 
 
-def test_resume_continues_the_epoch_count(tiny_hyperparameters, tiny_png_tree, tmp_path, capsys):
+def test_resume_continues_the_epoch_count(
+    tiny_hyperparameters, tiny_png_tree, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "run"
     short = tiny_hyperparameters.replace(epochs_vqvae=1)
     train.run_training(tiny_arguments(short, tiny_png_tree, out, "--stage", "vqvae"), verbose=0)
@@ -125,14 +127,22 @@ def test_resume_continues_the_epoch_count(tiny_hyperparameters, tiny_png_tree, t
     assert f"batch {short.batch_size} and learning rates" in first_line
     assert first_line.endswith("the batch as given")
 
+    # Killed before metrics.json was written, and resumed without --data: the run's own data,
+    # not the demo dataset (here a folder of no slices, which would fail to load).
+    (out / "metrics.json").unlink()
+    monkeypatch.setattr(train, "DEMO_DATA_DIR", tmp_path / "demo")
+    (tmp_path / "demo").mkdir()
     resumed = tiny_arguments(short, tiny_png_tree, out, "--stage", "vqvae", "--resume")
+    resumed.data = None
     resumed.epochs_vqvae = 3
     resumed.batch_size = None  # not given again: the run's own, whatever the device
     resumed.device = "gpu"
     train.run_training(resumed, verbose=0)
-    first_line = capsys.readouterr().out.splitlines()[0]
-    assert f"for the GPU: batch {short.batch_size} " in first_line
-    assert first_line.endswith("the run's own")
+    data_line, batch_line = capsys.readouterr().out.splitlines()[:2]
+    assert data_line == f"data: {tiny_png_tree.resolve()}, the run's own (--data to change it)"
+    assert json.loads((out / "metrics.json").read_text())["data"] == str(tiny_png_tree.resolve())
+    assert f"for the GPU: batch {short.batch_size} " in batch_line
+    assert batch_line.endswith("the run's own")
     epochs = [int(row["epoch"]) for row in read_history(out / "history_vqvae.csv")]
     assert epochs == [0, 1, 2]
     assert json.loads((out / "checkpoints" / "state.json").read_text())["vqvae"]["epochs_done"] == 3
