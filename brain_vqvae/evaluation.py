@@ -43,6 +43,7 @@ from brain_vqvae.feature_network import (
 from brain_vqvae.generation import (
     DEFAULT_GUIDANCE,
     VOLUME_DEPTH,
+    check_prior_options,
     describe_guidance,
     effective_nuclei,
     sample_volumes,
@@ -762,11 +763,8 @@ def evaluate_run(
     check_top_k(top_k, hyperparameters.num_embeddings)
     check_top_p(top_p)
     check_top_p(coarse_top_p, "coarse_top_p")
-    if run.kind == "vae" and (top_k is not None or top_p is not None or coarse_top_p is not None):
-        raise RunError(
-            "top_k, top_p and coarse_top_p belong to a PixelCNN prior; a VAE run samples N(0, I)"
-        )
     try:
+        check_prior_options(run, top_k, top_p, coarse_top_p)
         nuclei = effective_nuclei(run, top_p, coarse_top_p)
     except ValueError as error:
         raise RunError(str(error)) from None

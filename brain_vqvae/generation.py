@@ -149,6 +149,25 @@ def describe_guidance(guidance: float | dict[str, float]) -> str:
     return f"{common:g}{own}"
 
 
+def check_prior_options(
+    run: Run,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    coarse_top_p: float | None = None,
+    conditions: dict | None = None,
+) -> None:
+    """Refuse with `ValueError` what only a PixelCNN prior can do (cut its codes to `top_k`,
+    `top_p` or `coarse_top_p`, draw from p(z | `conditions`)) when it is asked of a VAE run,
+    which samples N(0, T^2 I)."""
+    if run.kind == "vae" and (
+        top_k is not None or top_p is not None or coarse_top_p is not None or conditions
+    ):
+        raise ValueError(
+            "top_k, top_p, coarse_top_p and conditions belong to a PixelCNN prior; a VAE run "
+            "samples N(0, T^2 I)"
+        )
+
+
 def effective_nuclei(
     run: Run, top_p: float | None = None, coarse_top_p: float | None = None
 ) -> dict[str, float | None]:
@@ -156,8 +175,8 @@ def effective_nuclei(
     {"top_p": `top_p` when given, else the run's own `sampling_top_p` (1 = every code),
     "coarse_top_p": for a two-level prior, `coarse_top_p` when given, else the run's own
     `sampling_coarse_top_p`; None for a flat prior}. A flat prior given `coarse_top_p` raises
-    `ValueError`. A VAE run has no codes: both are returned as given (and refused where they
-    are drawn from)."""
+    `ValueError`. A VAE run has no codes: both are returned as given (`check_prior_options`
+    refuses them)."""
     if run.kind == "vae":
         return {"top_p": top_p, "coarse_top_p": coarse_top_p}
     hyperparameters = run.hyperparameters
@@ -219,12 +238,8 @@ def sample_slices(
     nucleus None is the run's own (`effective_nuclei`). The same `seed` gives the same
     slices."""
     batch_size = run.hyperparameters.inference_batch_size
+    check_prior_options(run, top_k, top_p, coarse_top_p, conditions)
     if run.kind == "vae":
-        if top_k is not None or top_p is not None or coarse_top_p is not None or conditions:
-            raise ValueError(
-                "top_k, top_p, coarse_top_p and conditions belong to a PixelCNN prior; a VAE "
-                "run samples N(0, T^2 I)"
-            )
         latents = run.autoencoder.prior_latents(count, temperature, seed)
         return latents, to_uint8(decode_latents(run.autoencoder, latents, batch_size))
     code_maps = sample_code_maps(

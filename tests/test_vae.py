@@ -183,6 +183,9 @@ def test_predict_samples_and_reconstructs_a_vae_run(vae_run, tmp_path):
 def test_similarity_reports_the_measures_that_apply(vae_run, tmp_path, capsys):
     out, _ = vae_run
     argv = ["--run", str(out), "--samples", "4", "--out", str(tmp_path), "--json"]
+    for cut in (["--top-k", "2"], ["--top-p", "0.9"], ["--coarse-top-p", "0.9"]):
+        assert similarity.main([*argv, *cut]) == 2
+        assert "belong to a PixelCNN prior" in capsys.readouterr().err
     assert similarity.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     keys = ("ssim_mean", "ssim_mean_posterior_draw", "kl_loss", "novelty_ssim_max")
