@@ -116,7 +116,7 @@ def test_a_second_run_into_the_same_folder_is_refused(tiny_run, tiny_hyperparame
     assert (out / "vqvae.keras").stat().st_mtime_ns == before
 
 
-def test_resume_continues_the_epoch_count(
+def test_resume_continues_the_epoch_count_on_the_runs_own_data(
     tiny_hyperparameters, tiny_png_tree, tmp_path, capsys, monkeypatch
 ):
     out = tmp_path / "run"
