@@ -81,8 +81,9 @@ def data_path(arguments: argparse.Namespace) -> Path:
     names one (a run resumed, a stage retrained); else the demo dataset (built on first use)."""
     if arguments.data is not None:
         return Path(arguments.data).resolve()
-    if arguments.out is not None and RunFolder(Path(arguments.out)).recorded_training_data():
-        source = training_data_path(RunFolder(Path(arguments.out)))
+    folder = None if arguments.out is None else RunFolder(Path(arguments.out))
+    if folder is not None and folder.recorded_training_data():
+        source = training_data_path(folder)
         print(f"data: {source}, the run's own (--data to change it)")
         return source
     if not DEMO_DATA_DIR.exists():
