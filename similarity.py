@@ -3,6 +3,7 @@
     python similarity.py --run DIR [--data PATH] [--split test] [--samples N] [--json]
                          [--temperature T] [--top-k K] [--top-p P] [--coarse-top-p P]
                          [--guidance W [NAME=W ...]] [--convolutional-c2st]
+                         [--skip-conditions]
 
 All three compare images on the [0, 1] scale, shaped (N, S, S, 1) (brain_vqvae/metrics.py):
 
@@ -35,7 +36,8 @@ RUN/similarity_<split> (or --out): realism.png draws the measures beside their f
 spectrum.png the power spectra, nearest_training.png the samples beside their nearest training
 slices. The samples are drawn as `predict.py` draws them, with
 the same --temperature, --top-k and --top-p, so a sampling setting can be judged before it is
-used.
+used. A conditional prior's obedience (slices asked for levels and ages, whole volumes) is judged
+too, unless --skip-conditions: that takes most of a hifi run's judging time.
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the two-sample tests with a convolutional classifier trained on the "
         "pixels (about a minute per test on a CPU)",
     )
+    parser.add_argument(
+        "--skip-conditions",
+        action="store_true",
+        help="judge the reconstructions and the samples' realism only, not how a conditional "
+        "prior obeys (levels, ages, whole volumes: most of a hifi run's judging time)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -101,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             arguments.top_p,
             arguments.coarse_top_p,
             convolutional_c2st=arguments.convolutional_c2st,
+            judge_obedience=not arguments.skip_conditions,
             progress=print_progress,
         )
     except (RunError, DataError, ValueError) as error:

@@ -740,6 +740,7 @@ def evaluate_run(
     slices: BrainSlices | None = None,
     progress: Callable[[str], None] | None = None,
     convolutional_c2st: bool = False,
+    judge_obedience: bool = True,
 ) -> dict:
     """Score a trained run's reconstructions of `split` and its samples (`samples` of them,
     from its prior, or from N(0, I) for a VAE run; default as many as the split has slices, at
@@ -749,7 +750,8 @@ def evaluate_run(
     `temperature`, `top_k`, `top_p` and `coarse_top_p` as `predict.py` draws them
     (`sample_code_maps`; either nucleus None: the run's own, `effective_nuclei`; a VAE run
     takes the temperature only). A conditional prior's obedience is judged on draws with
-    `guidance` and the same sampling (`judge_conditions`). `convolutional_c2st` adds the
+    `guidance` and the same sampling (`judge_conditions`), unless `judge_obedience` is False
+    (most of a hifi run's judging time). `convolutional_c2st` adds the
     two-sample tests by a convolutional classifier (`realism.convolutional_two_sample_accuracy`,
     minutes on a CPU). `slices`, when given, is the data already loaded with the splits the
     run was trained on (as `training.train_run` took them); by default the run's data (or
@@ -871,7 +873,10 @@ def evaluate_run(
             )
             report["realism"] = realism_numbers
             figures += realism_figures
-    if pixelcnn is not None and pixelcnn.condition_names and "realism" in report:
+    conditional = pixelcnn is not None and bool(pixelcnn.condition_names)
+    if conditional and not judge_obedience:
+        report["conditions_skipped"] = "not asked for"
+    elif conditional and "realism" in report:
         announce("judging the conditions: slices asked for levels and ages, whole volumes")
         network = run_feature_network(run, slices.splits["train"])
         report["conditions"], condition_figures = judge_conditions(
@@ -945,6 +950,8 @@ def format_report(report: dict) -> str:
         lines += format_conditions(report["conditions"])
     if "realism_skipped" in report:
         lines += ["", f"realism not measured: {report['realism_skipped']}"]
+    if "conditions_skipped" in report:
+        lines += ["", f"conditional prior's obedience not judged: {report['conditions_skipped']}"]
     return "\n".join(lines)
 
 

@@ -223,12 +223,18 @@ def test_realism_is_measured_beside_its_floor_with_a_feature_network_saved_in_th
         "convolutional_two_sample_accuracy",
         functools.partial(realism.convolutional_two_sample_accuracy, epochs=2),
     )
+    # Told to skip the conditions, the run judges the same samples the same way, and no more.
     second = [*argv, "--out", str(tmp_path / "second"), "--convolutional-c2st"]
-    assert similarity.main(second) == 0
-    again = json.loads(capsys.readouterr().out)["realism"]
+    assert similarity.main([*second, "--skip-conditions"]) == 0
+    report_again = json.loads(capsys.readouterr().out)
+    again = report_again["realism"]
+    assert "conditions" not in report_again and report_again["conditions_skipped"]
+    assert not (tmp_path / "second" / "obedience_slice_position.png").exists()
     assert (run / "realism_features.keras").stat().st_mtime_ns == trained_at
     assert again["fd_real_floor"] == pytest.approx(numbers["fd_real_floor"], rel=1e-6)
+    assert again["fd_samples"] == pytest.approx(numbers["fd_samples"], rel=1e-6)
     assert again["c2st_real_floor"] == numbers["c2st_real_floor"]
+    assert again["c2st_reconstructions_vs_samples"] == numbers["c2st_reconstructions_vs_samples"]
     pairs = ("real_vs_reconstructions", "reconstructions_vs_samples", "real_vs_samples")
     for pair in (*pairs, "real_floor"):
         assert 0.0 <= again[f"cnn_c2st_{pair}"] <= 1.0
