@@ -36,8 +36,8 @@ RUN/similarity_<split> (or --out): realism.png draws the measures beside their f
 spectrum.png the power spectra, nearest_training.png the samples beside their nearest training
 slices. The samples are drawn as `predict.py` draws them, with
 the same --temperature, --top-k and --top-p, so a sampling setting can be judged before it is
-used. A conditional prior's obedience (slices asked for levels and ages, whole volumes) is judged
-too, unless --skip-conditions: that takes most of a hifi run's judging time.
+used. A conditional prior's obedience (slices asked for levels, ages and a diagnosis, whole
+volumes) is judged too, unless --skip-conditions: that takes most of a hifi run's judging time.
 """
 
 from __future__ import annotations

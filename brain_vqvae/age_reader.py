@@ -1,5 +1,6 @@
 """Reading a person's age from one axial slice: the regressor that judges whether a prior
-conditioned on age obeys (`evaluation.judge_conditions`, `obedience.condition_obedience`).
+conditioned on age obeys (`evaluation.judge_conditions`, `obedience.condition_obedience`), and
+on the diagnosis, read as ageing (`evaluation.judge_diagnosis`).
 
 Brains age visibly: the ventricles widen, the sulci open and the brain shrinks inside the
 skull (OASIS-1's normalised whole-brain volume nWBV falls from about 0.85 at 20 to 0.70 at

@@ -85,6 +85,7 @@ MIN_CHECKED_SLICES = 8  # held-out (or generated) slices the age reader must rea
 MEASURED_VOLUMES = 8  # generated (and real) volumes whose coherence is measured
 AGE_VOLUMES = 12  # generated volumes whose age is read as a whole
 MIN_OBEDIENCE_PEOPLE = 3  # held-out people of known age that a volume's age read is set against
+DIAGNOSIS_PAIRS = 64  # pairs of slices, asked for CDR 0 and for dementia, whose ages are read
 MIRROR_STREAM = 8  # the random stream that mirrors a perfect prior's draws
 
 
@@ -329,8 +330,10 @@ def judge_conditions(
     """How well a conditional prior obeys (`obedience`): for slice_position (`judge_levels`)
     and age (`judge_ages`), the correlation between the values asked for and those a regressor
     reads back from the generated slices, beside the same regressor on held-out slices (the
-    ceiling); for volumes, the adjacent-slice SSIM of `MEASURED_VOLUMES` generated volumes
-    (drawn coherently and slice by slice on their own) against real held-out volumes, and the
+    ceiling); for the diagnosis (`judge_diagnosis`), how much older the age reader finds slices
+    asked for dementia than slices asked for none, beside what it finds in real people; for
+    volumes, the adjacent-slice SSIM of `MEASURED_VOLUMES` generated volumes (drawn coherently
+    and slice by slice on their own) against real held-out volumes, and the
     Fréchet distance of their coronal and sagittal cuts to the held-out volumes' cuts, beside
     the floor of as many `training` volumes' cuts. Slices and volumes are drawn with
     `guidance` and `sampling` (keyword arguments of `sample_code_maps`: temperature, top_k,
@@ -346,10 +349,20 @@ def judge_conditions(
         )
         figures.append(figure)
     if "age" in names:
-        report["age"], age_figures = judge_ages(
-            run, network, training, held_out, demographics, seed, draw, out
-        )
-        figures += age_figures
+        try:
+            readings = read_training_ages(run, training, demographics, seed)
+        except JudgingSkipped as skipped:
+            report["age"] = {"skipped": str(skipped)}
+        else:
+            report["age"], age_figures = judge_ages(
+                run, network, held_out, demographics, readings, seed, draw, out
+            )
+            figures += age_figures
+            if "cdr" in names:
+                report["cdr"], figure = judge_diagnosis(
+                    run, training, demographics, readings, seed, draw, out
+                )
+                figures += [figure] if figure else []
     if {"slice_position", "previous_slice"} <= set(names):
         report["volumes"] = judge_volumes(run, network, training, held_out, seed, draw)
     return report, figures
@@ -397,12 +410,72 @@ def judge_levels(
     return report, figure
 
 
+class JudgingSkipped(Exception):
+    """A condition's obedience cannot be judged on this run's data; the message says why."""
+
+
+@dataclass(frozen=True)
+class TrainingAgeReadings:
+    """The age reader of a run and what it reads of the training people (`read_training_ages`).
+
+    `rows` (n,) are the training slices it was trained on, `ages` and `people` (n,) theirs.
+    `cross_validated` maps "reconstructed" and "real" to the (n,) ages each of those slices
+    reads as, from the run's reconstruction of it and from the real slice, by readers that
+    never saw its person (`AgeReader.cross_validate` in `folds` folds of whole people), or is
+    None with fewer than `MIN_OBEDIENCE_PEOPLE` people.
+    """
+
+    reader: AgeReader
+    rows: np.ndarray
+    ages: np.ndarray
+    people: np.ndarray
+    folds: int
+    cross_validated: dict[str, np.ndarray] | None
+
+
+def read_training_ages(
+    run: Run, training: SliceSet, demographics: dict[str, dict], seed: int
+) -> TrainingAgeReadings:
+    """An `AgeReader` trained on the reconstructions of at most `FEATURE_TRAINING_SLICES`
+    training slices at the reader's `READ_LEVELS` of known age (chosen with `seed`), by the
+    run's generator (`Run.generator`): a generator's slices are decoder outputs, and a reader
+    trained on real slices reads a decoder's blur as tissue. With at least
+    `MIN_OBEDIENCE_PEOPLE` training people, what every one of them reads as by readers trained
+    on the others (in at most `CROSS_VALIDATION_FOLDS` folds), from the reconstructions and
+    from the real slices. Raises `JudgingSkipped` when the data cannot train the reader."""
+    ages = known_ages(training, demographics)
+    levels = training.relative_positions()
+    if ages is None:
+        raise JudgingSkipped("the data's demographics give no ages to check the reader by")
+    if levels is None:
+        raise JudgingSkipped("the data has no slice levels, which the age reader needs")
+    used = readable_levels(levels) & np.isfinite(ages)
+    rows = np.flatnonzero(used)[capped_indices(int(used.sum()), FEATURE_TRAINING_SLICES, seed)]
+    images = training.images[rows, ..., None] / np.float32(255.0)
+    reconstructions = reconstruct_images(
+        run.generator, images, run.hyperparameters.inference_batch_size
+    )
+    try:
+        reader = AgeReader.fit(reconstructions, levels[rows], ages[rows])
+    except ValueError as error:
+        raise JudgingSkipped(str(error)) from None
+    people = training.subject_ids[rows]
+    folds = min(CROSS_VALIDATION_FOLDS, len(np.unique(people)))
+    cross_validated = None
+    if folds >= MIN_OBEDIENCE_PEOPLE:
+        cross_validated = {
+            side: AgeReader.cross_validate(side_images, levels[rows], ages[rows], people, folds)[1]
+            for side, side_images in (("reconstructed", reconstructions), ("real", images))
+        }
+    return TrainingAgeReadings(reader, rows, ages[rows], people, folds, cross_validated)
+
+
 def judge_ages(
     run: Run,
     network: FeatureNetwork,
-    training: SliceSet,
     held_out: SliceSet,
     demographics: dict[str, dict],
+    readings: TrainingAgeReadings,
     seed: int,
     draw: dict,
     out: Path,
@@ -410,41 +483,27 @@ def judge_ages(
     """Obedience to age: `OBEDIENCE_SAMPLES` slices asked for ages spread evenly over the
     training range, at levels spread evenly over the reader's `READ_LEVELS` (asked too, when
     the prior takes the level; read by the feature network otherwise), the other conditions
-    unknown, drawn with `draw` (keyword arguments of `sample_code_maps`), read back by an
-    `AgeReader` trained on the reconstructions of the training slices by the run's generator
-    (`Run.generator`). Its ceiling is the same reconstructions of the `held_out` slices (what
-    a perfect prior's slices could show through this decoder); its reading of the real
-    held-out slices is reported too. With at least `MIN_OBEDIENCE_PEOPLE` training people, the
-    same ceilings over all of them ("cross_validated": each person read by readers trained on
-    the others, `AgeReader.cross_validate`, in at most `CROSS_VALIDATION_FOLDS` folds): a
-    small held-out split's r moves with who is in it.
+    unknown, drawn with `draw` (keyword arguments of `sample_code_maps`), read back by the
+    run's age reader (`read_training_ages`). Its ceiling is the reconstructions of the
+    `held_out` slices by the run's generator (what a perfect prior's slices could show through
+    this decoder); its reading of the real held-out slices is reported too. With at least
+    `MIN_OBEDIENCE_PEOPLE` training people, the same ceilings over all of them
+    ("cross_validated": each person read by readers trained on the others): a small held-out
+    split's r moves with who is in it.
     When the prior takes the level, whole volumes are judged as well (`judge_volume_ages`).
-    Returns ({"skipped": why}, []) when the data cannot train or check the reader; otherwise
+    Returns ({"skipped": why}, []) when the held-out slices cannot check the reader; otherwise
     the report and the figures obedience_age.png (and obedience_age_volumes.png)."""
-    training_ages = known_ages(training, demographics)
     held_out_ages = known_ages(held_out, demographics)
-    training_levels = training.relative_positions()
     held_out_levels = held_out.relative_positions()
-    if training_ages is None or held_out_ages is None:
-        return {"skipped": "the data's demographics give no ages to check the reader by"}, []
-    if training_levels is None or held_out_levels is None:
-        return {"skipped": "the data has no slice levels, which the age reader needs"}, []
-    batch_size = run.hyperparameters.inference_batch_size
-    used = readable_levels(training_levels) & np.isfinite(training_ages)
-    used = np.flatnonzero(used)[capped_indices(int(used.sum()), FEATURE_TRAINING_SLICES, seed)]
+    if held_out_ages is None or held_out_levels is None:
+        return {"skipped": "the held-out slices have no known ages or levels to check by"}, []
     checked = np.flatnonzero(readable_levels(held_out_levels) & np.isfinite(held_out_ages))
     if len(checked) < MIN_CHECKED_SLICES or np.ptp(held_out_ages[checked]) == 0:
         return {
             "skipped": f"the {len(checked)} held-out slices at levels {READ_LEVELS[0]}-"
             f"{READ_LEVELS[1]} with a known age are too few, or all of one age"
         }, []
-    chosen = training.images[used, ..., None] / np.float32(255.0)
-    chosen_reconstructions = reconstruct_images(run.generator, chosen, batch_size)
-    try:
-        reader = AgeReader.fit(chosen_reconstructions, training_levels[used], training_ages[used])
-    except ValueError as error:
-        return {"skipped": str(error)}, []
-
+    reader = readings.reader
     low, high = run.pixelcnn.condition_ranges.get("age", (0.0, 100.0))
     requested = np.linspace(low, high, OBEDIENCE_SAMPLES)
     levels = np.random.default_rng(seed).permutation(np.linspace(*READ_LEVELS, len(requested)))
@@ -465,6 +524,7 @@ def judge_ages(
 
     images = held_out.images[checked, ..., None] / np.float32(255.0)
     truth, where = held_out_ages[checked], held_out_levels[checked]
+    batch_size = run.hyperparameters.inference_batch_size
     reconstructed = reader.predict(reconstruct_images(run.generator, images, batch_size), where)
     real_read = reader.predict(images, where)
     people = held_out.subject_ids[checked]
@@ -475,22 +535,16 @@ def judge_ages(
         "reader": "tissue composition (age_reader), trained on reconstructed training slices",
         "held_out_people": len(np.unique(people)),
     }
-    training_people = training.subject_ids[used]
-    folds = min(CROSS_VALIDATION_FOLDS, len(np.unique(training_people)))
-    if folds >= MIN_OBEDIENCE_PEOPLE:
+    if readings.cross_validated is not None:
         # The ceilings over every training person, each read by readers that never saw them:
         # the reader's recipe on the reconstructions, and readers trained on real slices (how
         # much of the age one slice shows before the decoder).
         report["cross_validated"] = {
-            side: obedience.condition_obedience(
-                *AgeReader.cross_validate(
-                    side_images, training_levels[used], training_ages[used], training_people, folds
-                )
-            )
-            for side, side_images in (("reconstructed", chosen_reconstructions), ("real", chosen))
+            side: obedience.condition_obedience(readings.ages, reads)
+            for side, reads in readings.cross_validated.items()
         }
-        report["cross_validated"]["people"] = len(np.unique(training_people))
-        report["cross_validated"]["folds"] = folds
+        report["cross_validated"]["people"] = len(np.unique(readings.people))
+        report["cross_validated"]["folds"] = readings.folds
     figures = [
         obedience.plot_obedience(
             requested,
@@ -514,9 +568,100 @@ def judge_ages(
     return report, figures
 
 
+def judge_diagnosis(
+    run: Run,
+    training: SliceSet,
+    demographics: dict[str, dict],
+    readings: TrainingAgeReadings,
+    seed: int,
+    draw: dict,
+    out: Path,
+) -> tuple[dict, Path | None]:
+    """Obedience to the diagnosis (the clinical dementia rating, CDR), read as ageing: dementia
+    shrinks the brain beyond its years (wider ventricles and sulci), so the run's age reader
+    (`read_training_ages`) finds a demented brain older than it is. `DIAGNOSIS_PAIRS` pairs of
+    slices are drawn with `draw` (keyword arguments of `sample_code_maps`), both of a pair
+    asked for the same age and level, one for CDR 0 and one for CDR c = min(1, the highest CDR
+    the prior saw), with the same random numbers (the same seed); the ages are spread evenly
+    over those of the demented training people, the levels over the reader's `READ_LEVELS`.
+    Their effect is `obedience.apparent_age_effect`: the years per CDR point by which the
+    slices read older, the asked age held fixed. Its ceiling is the same effect in the training
+    people of known CDR within those ages, each read by readers that never saw them
+    (`TrainingAgeReadings.cross_validated`), from their reconstructions (what a perfect prior's
+    slices could show through this decoder) and their real slices.
+    Returns ({"skipped": why}, None) when the data or the prior cannot show it; otherwise the
+    report and obedience_cdr.png."""
+    if "slice_position" not in run.pixelcnn.condition_names:
+        return {"skipped": "the prior does not take the slice level, which the reader needs"}, None
+    cdr = raw_condition_values("cdr", training, demographics)
+    if cdr is None:
+        return {"skipped": "the data's demographics give no CDR"}, None
+    cdr = np.array([np.nan if value is None else value for value in cdr], dtype=np.float64)
+    ages = known_ages(training, demographics)
+    demented = (cdr > 0) & np.isfinite(ages)
+    asked_cdr = min(1.0, run.pixelcnn.condition_ranges.get("cdr", (0.0, 0.0))[1])
+    if not demented.any() or asked_cdr <= 0:
+        return {"skipped": "no training person has dementia (CDR above 0)"}, None
+    age_range = (float(ages[demented].min()), float(ages[demented].max()))
+    levels = np.random.default_rng(seed).permutation(np.linspace(*READ_LEVELS, DIAGNOSIS_PAIRS))
+    asked_ages = np.linspace(*age_range, DIAGNOSIS_PAIRS)
+    reads = {
+        value: readings.reader.predict(
+            generate_slices(
+                run,
+                {
+                    "age": asked_ages,
+                    "cdr": np.full(DIAGNOSIS_PAIRS, value),
+                    "slice_position": levels,
+                },
+                seed,
+                draw,
+            ),
+            levels,
+        )
+        for value in (0.0, asked_cdr)
+    }
+    generated = (
+        np.repeat([0.0, asked_cdr], DIAGNOSIS_PAIRS),
+        np.tile(asked_ages, 2),
+        np.concatenate([reads[0.0], reads[asked_cdr]]),
+    )
+    report = {
+        "asked_cdr": [0.0, asked_cdr],
+        "age_range": list(age_range),
+        "generated": obedience.apparent_age_effect(*generated),
+        "reader": "the age reader (tissue composition): years older per CDR point, the age "
+        "held fixed",
+    }
+    people = None
+    slice_cdr = cdr[readings.rows]
+    within = np.flatnonzero(
+        np.isfinite(slice_cdr) & (readings.ages >= age_range[0]) & (readings.ages <= age_range[1])
+    )
+    if readings.cross_validated is not None:
+        who, their_cdr = readings.people[within], slice_cdr[within]
+        person_cdr, person_age = per_person_means(who, their_cdr, readings.ages[within])
+        people = {
+            side: (person_cdr, person_age, per_person_means(who, their_cdr, reads[within])[1])
+            for side, reads in readings.cross_validated.items()
+        }
+        try:
+            report["cross_validated"] = {
+                side: obedience.apparent_age_effect(*values) for side, values in people.items()
+            }
+        except ValueError as error:
+            report["cross_validated"] = {"skipped": str(error)}
+            people = None
+    figure = obedience.plot_diagnosis(
+        generated, people["reconstructed"] if people else None, out / "obedience_cdr.png"
+    )
+    return report, figure
+
+
 def per_person_means(people, ages, reads) -> tuple[np.ndarray, np.ndarray]:
     """(ages (P,), mean reads (P,)) of the P distinct `people` (N,), from slice values (N,):
-    each person's age and the mean of the reads of their slices, people in sorted order."""
+    each person's age (the mean of `ages` over their slices: any value of the person, such as
+    their CDR) and the mean of the reads of their slices, people in sorted order."""
     names, person = np.unique(np.asarray(people), return_inverse=True)
     counts = np.bincount(person, minlength=len(names))
     mean_reads = np.bincount(person, weights=reads, minlength=len(names)) / counts
@@ -955,6 +1100,30 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_diagnosis(scores: dict) -> str:
+    """The line of `format_conditions` on the diagnosis (`judge_diagnosis`)."""
+
+    def years(effect: dict) -> str:
+        return f"{effect['years_per_cdr']:+.1f} ± {effect['standard_error']:.1f}"
+
+    low, high = scores["age_range"]
+    line = (
+        f"  cdr: slices asked for CDR {scores['asked_cdr'][1]:g} read "
+        f"{years(scores['generated'])} years older per CDR point than those asked for CDR 0 "
+        f"at the same ages ({low:g}-{high:g}) and levels"
+    )
+    ceiling = scores.get("cross_validated")
+    if ceiling is None:
+        return line
+    if "skipped" in ceiling:
+        return line + f" (no ceiling: {ceiling['skipped']})"
+    return line + (
+        f" (ceiling: {ceiling['reconstructed']['count']} training people of known CDR, "
+        f"cross-validated, reconstructed {years(ceiling['reconstructed'])}, real "
+        f"{years(ceiling['real'])})"
+    )
+
+
 def format_conditions(conditions: dict) -> list[str]:
     """The lines of `format_report` on a conditional prior's obedience and volumes."""
     lines = []
@@ -963,6 +1132,9 @@ def format_conditions(conditions: dict) -> list[str]:
             continue
         if "skipped" in scores:
             lines.append(f"  {name}: {scores['skipped']}")
+            continue
+        if name == "cdr":
+            lines.append(format_diagnosis(scores))
             continue
         generated = scores["generated"]
         # The ceiling is the held-out slices as the decoder gives them back.

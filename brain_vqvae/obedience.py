@@ -10,6 +10,11 @@ mean absolute error. The same regressor on held-out slices, requested = their tr
 the ceiling: a generator cannot be measured more obedient than the regressor reads the slices
 it stands for. `plot_obedience` draws both.
 
+The diagnosis (the clinical dementia rating, CDR) is read as ageing: dementia shrinks a brain
+beyond its years, so an age reader finds a demented brain older than it is.
+`apparent_age_effect` is the years per CDR point by which brains read older, their age held
+fixed; `plot_diagnosis` draws the read age minus the age by CDR.
+
 Volumes. A volume is D axial slices of one subject, float32 in [0, 1], shaped [V, D, S, S]
 (or [V, D, S, S, 1]) for V volumes, indexed volume[d, r, c]:
 
@@ -25,8 +30,8 @@ than real volumes are); `orthogonal_cuts` cuts the volumes coronally and sagitta
 images that the realism measures (`realism`) compare as they compare axial slices: axial slices
 that look real one by one but do not fit together show as broken anatomy in those cuts.
 
-Public API: `condition_obedience`, `adjacent_slice_ssim`, `orthogonal_cuts`, `real_volumes`,
-`plot_obedience`.
+Public API: `condition_obedience`, `apparent_age_effect`, `adjacent_slice_ssim`,
+`orthogonal_cuts`, `real_volumes`, `plot_obedience`, `plot_diagnosis`.
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ from brain_vqvae.metrics import SSIM_FILTER_SIZE, ssim_per_slice
 __all__ = [
     "CUT_FRACTIONS",
     "adjacent_slice_ssim",
+    "apparent_age_effect",
     "condition_obedience",
     "orthogonal_cuts",
+    "plot_diagnosis",
     "plot_obedience",
     "real_volumes",
 ]
@@ -114,6 +121,50 @@ def condition_obedience(requested, predicted) -> dict:
         "r": correlation,
         "mae": float(np.mean(np.abs(predicted - requested))),
         "count": len(requested),
+    }
+
+
+def apparent_age_effect(cdr, ages, reads) -> dict:
+    """How much older brains of a higher clinical dementia rating look, their age held fixed.
+
+    Args:
+        cdr: (N,) each brain's CDR (asked of a generated slice, or a person's), not all equal.
+        ages: (N,) each brain's age in years (asked, or the person's).
+        reads: (N,) the age an age reader reads from each (`AgeReader.predict`; a person's
+            mean over their slices).
+
+    Returns:
+        {"years_per_cdr": b, the CDR's coefficient in the least-squares fit
+              read = b0 + b cdr + b2 age (without the age term when the ages are all equal),
+              the years by which one CDR point ages the brain's look,
+         "standard_error": its standard error, sqrt(s^2 [(X^T X)^-1]_bb) with
+              s^2 = residual sum of squares / (N - columns of X),
+         "count": N}.
+
+    Raises ValueError for different lengths, values that are not finite, CDRs all equal, or
+    no more brains than the fit has terms.
+    """
+    cdr, ages, reads = _as_values(cdr, "cdr"), _as_values(ages, "ages"), _as_values(reads, "reads")
+    if not len(cdr) == len(ages) == len(reads):
+        raise ValueError(
+            f"cdr, ages and reads have {len(cdr)}, {len(ages)} and {len(reads)} values"
+        )
+    if len(cdr) == 0 or np.ptp(cdr) == 0:
+        raise ValueError("the CDRs are all equal (or none): their effect is undefined")
+    columns = [np.ones_like(cdr), cdr] + ([ages] if np.ptp(ages) > 0 else [])
+    design = np.stack(columns, axis=1)
+    if len(cdr) <= design.shape[1]:
+        raise ValueError(
+            f"{len(cdr)} brains cannot fit {design.shape[1]} terms and leave a residual"
+        )
+    inverse = np.linalg.pinv(design.T @ design)
+    coefficients = inverse @ design.T @ reads
+    residual = reads - design @ coefficients
+    variance = float(residual @ residual) / (len(cdr) - design.shape[1])
+    return {
+        "years_per_cdr": float(coefficients[1]),
+        "standard_error": float(np.sqrt(variance * inverse[1, 1])),
+        "count": len(cdr),
     }
 
 
@@ -291,6 +342,41 @@ def plot_obedience(
     )
     axis.set(xlabel=f"requested {label}", ylabel=f"predicted {label}", title=f"obedience: {label}")
     axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return Path(path)
+
+
+def plot_diagnosis(generated, people, path: str | Path) -> Path:
+    """PNG of how much older than their age brains of each CDR look: the read age minus the
+    age (y) against the age (x), one colour per CDR, for the generated slices and, when given,
+    the people they are set against, each panel titled with its `apparent_age_effect`.
+    `generated` and `people` are (cdr, ages, reads) triples of (N,) arrays; `people` None
+    draws the generated panel alone."""
+    from matplotlib.figure import Figure
+
+    panels = [("generated slices", generated)]
+    if people is not None:
+        panels.append(("training people, reconstructed (ceiling)", people))
+    figure = Figure(figsize=(4.6 * len(panels), 4.2))
+    axes = np.atleast_1d(figure.subplots(1, len(panels), sharey=True))
+    for axis, (title, (cdr, ages, reads)) in zip(axes, panels, strict=True):
+        cdr, ages, reads = (np.asarray(values, dtype=np.float64) for values in (cdr, ages, reads))
+        for value in np.unique(cdr):
+            chosen = cdr == value
+            axis.scatter(
+                ages[chosen], reads[chosen] - ages[chosen], s=12, alpha=0.6, label=f"CDR {value:g}"
+            )
+        effect = apparent_age_effect(cdr, ages, reads)
+        axis.axhline(0.0, color="grey", lw=1)
+        axis.set(
+            xlabel="age (years)",
+            title=f"{title}\n{effect['years_per_cdr']:+.1f} ± {effect['standard_error']:.1f} "
+            "years per CDR point",
+        )
+        axis.legend(fontsize=8)
+    axes[0].set_ylabel("read age − age (years)")
+    figure.suptitle("obedience: CDR, read as ageing", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return Path(path)

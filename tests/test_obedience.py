@@ -48,6 +48,53 @@ def test_plot_obedience_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_apparent_age_effect_recovers_a_known_effect_with_the_age_held_fixed():
+    """Reads made of an exact 12 years per CDR point and 0.8 per year of age: the fit finds 12
+    with no error, although the demented brains are also the older ones."""
+    cdr = np.array([0, 0, 0, 0.5, 0.5, 1, 1, 1])
+    ages = np.array([60, 66, 71, 70, 78, 75, 84, 90], dtype=float)
+    effect = obedience.apparent_age_effect(cdr, ages, 5.0 + 12.0 * cdr + 0.8 * ages)
+    assert effect["years_per_cdr"] == pytest.approx(12.0)
+    assert effect["standard_error"] == pytest.approx(0.0, abs=1e-6)
+    assert effect["count"] == 8
+
+
+def test_apparent_age_effect_of_one_age_is_the_difference_of_means_and_its_standard_error():
+    """At one age the fit is a two-group comparison: the difference of the groups' mean reads,
+    with the pooled standard error s sqrt(1/n0 + 1/n1)."""
+    rng = np.random.default_rng(1)
+    cdr = np.repeat([0.0, 1.0], [9, 7])
+    reads = rng.normal(70, 6, 16) + 9 * cdr
+    effect = obedience.apparent_age_effect(cdr, np.full(16, 75.0), reads)
+    first, second = reads[cdr == 0], reads[cdr == 1]
+    assert effect["years_per_cdr"] == pytest.approx(second.mean() - first.mean())
+    pooled = (first.var() * 9 + second.var() * 7) / 14
+    assert effect["standard_error"] == pytest.approx(np.sqrt(pooled * (1 / 9 + 1 / 7)))
+
+
+@pytest.mark.parametrize(
+    ("cdr", "ages", "message"),
+    [
+        ([0, 0, 0, 0], [60, 70, 80, 90], "all equal"),
+        ([0, 1, 0], [60, 70, 80], "3 brains cannot fit 3 terms"),
+        ([0, 1, 0, 1], [60, 70, 80], "4, 3 and 4 values"),
+        ([0, 1, np.nan, 1], [60, 70, 80, 90], "finite"),
+    ],
+)
+def test_apparent_age_effect_refuses_what_cannot_be_fitted(cdr, ages, message):
+    with pytest.raises(ValueError, match=message):
+        obedience.apparent_age_effect(cdr, ages, [70, 80, 75, 85][: len(cdr)])
+
+
+def test_plot_diagnosis_writes_a_png_with_and_without_people(tmp_path):
+    cdr = np.repeat([0.0, 1.0], 10)
+    ages = np.tile(np.linspace(60, 90, 10), 2)
+    reads = ages + 10 * cdr + np.linspace(-2, 2, 20)
+    for people in (None, (cdr, ages, reads - 3 * cdr)):
+        path = obedience.plot_diagnosis((cdr, ages, reads), people, tmp_path / "cdr.png")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # Volumes --------------------------------------------------------------------------------------
 
 

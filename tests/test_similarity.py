@@ -279,27 +279,32 @@ def test_a_split_too_small_for_two_halves_is_reported_not_measured(tiny_run, tmp
     assert not (tiny_run[0] / "realism_features.keras").exists()
 
 
-def test_obedience_to_age_is_read_by_the_tissue_reader(
+def test_obedience_to_age_and_diagnosis_is_read_by_the_tissue_reader(
     tiny_hyperparameters, tiny_png_tree, tmp_path, capsys
 ):
-    """A run whose data has an OASIS table is conditioned on age too; similarity.py reads the
-    asked ages back from generated slices with the age reader, beside its ceiling."""
+    """A run whose data has an OASIS table is conditioned on age and CDR too; similarity.py
+    reads the asked ages back from generated slices with the age reader, beside its ceiling,
+    and how much older it reads slices asked for dementia than those asked for none."""
     import train
 
     data = tmp_path / "data"
     shutil.copytree(tiny_png_tree, data / "keras_png_slices_data")
     ages = {1: 22, 2: 48, 3: 71, 4: 90, 5: 35, 6: 80}
-    rows = [{"ID": f"{case:03d}", "Age": str(age)} for case, age in ages.items()]
+    cdr = {1: 0.5, 2: 0, 3: 0, 4: 1, 5: 0, 6: 0}  # training people 1-4: dementia at 22 and 90
+    rows = [
+        {"ID": f"{case:03d}", "Age": str(age), "CDR": str(cdr[case])} for case, age in ages.items()
+    ]
     write_csv(data / "oasis_cross-sectional.csv", OASIS1_COLUMNS, rows)
     run = tmp_path / "run"
     train.run_training(tiny_arguments(tiny_hyperparameters, data, run), verbose=0)
     capsys.readouterr()  # what training printed
     hyperparameters = json.loads((run / "hyperparameters.json").read_text())
-    assert hyperparameters["prior_conditions"] == "slice_position,age,previous_slice"
+    assert hyperparameters["prior_conditions"] == "slice_position,age,cdr,previous_slice"
 
     argv = ["--run", str(run), "--split", "train", "--samples", "24", "--json"]
     assert similarity.main([*argv, "--out", str(tmp_path / "figures")]) == 0
-    age = json.loads(capsys.readouterr().out)["conditions"]["age"]
+    conditions = json.loads(capsys.readouterr().out)["conditions"]
+    age = conditions["age"]
     assert age["generated"]["count"] == evaluation.OBEDIENCE_SAMPLES
     # Two of each person's six slices (levels 0.4 and 0.6) lie in the reader's levels.
     assert age["reconstructed"]["count"] == age["real"]["count"] == 8
@@ -317,7 +322,18 @@ def test_obedience_to_age_is_read_by_the_tissue_reader(
     assert volumes["reconstructed"]["count"] == volumes["real"]["count"] == 4
     assert volumes["coherent"] is True
     assert (tmp_path / "figures" / "obedience_age_volumes.png").is_file()
+    # Pairs asked for CDR 0 and 1 (the highest seen is 1) at the demented people's ages; the
+    # ceiling: the four training people within those ages, their CDRs 0.5, 0, 0 and 1.
+    diagnosis = conditions["cdr"]
+    assert diagnosis["asked_cdr"] == [0.0, 1.0] and diagnosis["age_range"] == [22.0, 90.0]
+    assert diagnosis["generated"]["count"] == 2 * evaluation.DIAGNOSIS_PAIRS
+    for side in ("reconstructed", "real"):
+        assert diagnosis["cross_validated"][side]["count"] == 4
+    for effect in (diagnosis["generated"], *diagnosis["cross_validated"].values()):
+        assert math.isfinite(effect["years_per_cdr"]) and effect["standard_error"] >= 0.0
+    assert (tmp_path / "figures" / "obedience_cdr.png").is_file()
     assert similarity.main([*argv[:-1], "--out", str(tmp_path / "table")]) == 0
     table = capsys.readouterr().out
     assert "  age: r " in table and "  age of whole volumes: r " in table
     assert "cross-validated over 4 training people" in table
+    assert "  cdr: slices asked for CDR 1 read " in table and "(ceiling: 4 training people" in table
