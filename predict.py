@@ -30,8 +30,8 @@ its data held, is refused with a message. `--guidance` W follows the asked value
 closely (classifier-free guidance: each code's log-probability given them, minus that without
 them, times W; 1 = plain conditional sampling); NAME=W after it gives one condition a weight
 of its own (each condition's pull then taken given those weighted less:
-brain_vqvae/model/sampler.py, `guided_logits`). By default the level, sex and CDR are guided
-by 2 and the age by 3 (`--guidance 2 age=3`). `--volume` draws `num` whole brains
+brain_vqvae/model/sampler.py, `guided_logits`). By default the level and sex are guided by 2,
+the age by 3 and the CDR by 1 (`--guidance 2 age=3 cdr=1`). `--volume` draws `num` whole brains
 instead (default 1) of 32 axial slices each, bottom to top, every slice conditioned on its
 level and on the slice drawn below it, written as volume_NNN.nii.gz ((S, S, 32), RAS+,
 `--spacing` pixel and slice spacing in mm) and volume_NNN.png (the slices, and a coronal and a

@@ -470,16 +470,34 @@ def test_guided_logits_weight_each_step_by_its_own():
     np.testing.assert_allclose(guided_logits(passes, np.array([2.0, 3.0])), expected)
 
 
+def test_guided_logits_of_a_first_step_of_weight_one_start_from_its_pass():
+    """l_0 + 1 (l_1 - l_0) + 2 (l_2 - l_1) + 3 (l_3 - l_2) = l_1 + 2 (l_2 - l_1) + 3 (l_3 - l_2):
+    the pass that `guidance_stages` saves when the lowest weight is 1."""
+    passes = np.random.default_rng(0).normal(size=(4, 5, 7))
+    np.testing.assert_allclose(
+        guided_logits(passes, np.array([1.0, 2.0, 3.0])),
+        guided_logits(passes[1:], np.array([2.0, 3.0])),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
 def test_guidance_stages_show_the_conditions_in_order_of_their_weights():
     """Level, age and sex asked, the slice below given, CDR not asked: pass 0 hides every
-    asked scalar, then each distinct weight in ascending order shows its conditions."""
+    asked scalar, then each distinct weight in ascending order shows its conditions; a
+    condition of weight 1 is shown from the first pass (one step fewer, the same logits)."""
     names = ("slice_position", "age", "sex", "cdr", "previous_slice")
     known = np.array([[1.0, 1.0, 1.0, 0.0, 1.0]] * 2, dtype="float32")
     passes, weights = guidance_stages(known, names, {"slice_position": 2.0, "age": 3.0})
-    assert weights == [1.0, 2.0, 3.0]  # sex, not named, takes 1
+    assert weights == [2.0, 3.0]  # sex, not named, takes 1: shown from pass 0
+    np.testing.assert_array_equal(
+        [p[0] for p in passes], [[0, 0, 1, 0, 1], [1, 0, 1, 0, 1], [1, 1, 1, 0, 1]]
+    )
+    passes, weights = guidance_stages(known, names, {"slice_position": 0.5, "age": 3.0})
+    assert weights == [0.5, 1.0, 3.0]  # below 1, every step stays
     np.testing.assert_array_equal(
         [p[0] for p in passes],
-        [[0, 0, 0, 0, 1], [0, 0, 1, 0, 1], [1, 0, 1, 0, 1], [1, 1, 1, 0, 1]],
+        [[0, 0, 0, 0, 1], [1, 0, 0, 0, 1], [1, 0, 1, 0, 1], [1, 1, 1, 0, 1]],
     )
     passes, weights = guidance_stages(known, names, 2.0)
     assert weights == [2.0] and len(passes) == 2

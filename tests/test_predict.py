@@ -382,8 +382,8 @@ def test_guidance_takes_one_weight_and_weights_of_its_own(tiny_run, tmp_path, ca
     assert parsed("3") == 3.0 and parsed("2", "age=2") == 2.0
     assert parsed("2", "age=3") == {"slice_position": 2.0, "age": 3.0, "sex": 2.0, "cdr": 2.0}
     assert parsed("slice-position=1.5") == {**generation.DEFAULT_GUIDANCE, "slice_position": 1.5}
-    assert parsed("age=4") == {"slice_position": 2.0, "age": 4.0, "sex": 2.0, "cdr": 2.0}
-    assert generation.describe_guidance(generation.DEFAULT_GUIDANCE) == "2, age 3"
+    assert parsed("age=4") == {"slice_position": 2.0, "age": 4.0, "sex": 2.0, "cdr": 1.0}
+    assert generation.describe_guidance(generation.DEFAULT_GUIDANCE) == "2, age 3, cdr 1"
     assert generation.describe_guidance(parsed("2", "age=3")) == "2, age 3"
     assert generation.describe_guidance({"age": 3.0}) == "1, age 3"
     for terms, message in (

@@ -244,18 +244,23 @@ def guidance_stages(
     a condition it does not name). With the distinct weights in ascending order w_1 < ... <
     w_S, pass 0 hides every asked scalar condition (the slice below stays known, so guidance
     strengthens the asked values, not the copying of the slice below), pass s shows those with
-    w_c <= w_s, and pass S is `known` itself. Returns ([known], []) for a plain draw: nothing
-    asked, or every asked weight 1."""
+    w_c <= w_s, and pass S is `known` itself. When w_1 = 1 the first step, l_0 + (l_1 - l_0),
+    is l_1 itself: pass 1 becomes the first and that step goes, one pass fewer for the
+    same logits. Returns ([known], []) for a plain draw: nothing asked, or every asked weight
+    1."""
     asked = {
         column: guidance.get(name, 1.0) if isinstance(guidance, dict) else guidance
         for column, name in enumerate(names)
         if name in SCALAR_CONDITIONS and known[:, column].any()
     }
     weights = sorted(set(asked.values()))
-    if weights in ([], [1.0]):
+    limits = [-np.inf, *weights]
+    if weights[:1] == [1.0]:
+        limits, weights = limits[1:], weights[1:]
+    if not weights:
         return [known], []
     passes = []
-    for limit in [-np.inf, *weights]:
+    for limit in limits:
         hidden = [column for column, weight in asked.items() if weight > limit]
         flags = known.copy()
         flags[:, hidden] = 0.0
