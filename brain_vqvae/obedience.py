@@ -358,6 +358,8 @@ def plot_diagnosis(generated, people, path: str | Path) -> Path:
     panels = [("generated slices", generated)]
     if people is not None:
         panels.append(("training people, reconstructed (ceiling)", people))
+    every_cdr = np.unique(np.concatenate([np.asarray(values[0], float) for _, values in panels]))
+    colours = {value: f"C{index}" for index, value in enumerate(every_cdr)}  # one per CDR
     figure = Figure(figsize=(4.6 * len(panels), 4.2))
     axes = np.atleast_1d(figure.subplots(1, len(panels), sharey=True))
     for axis, (title, (cdr, ages, reads)) in zip(axes, panels, strict=True):
@@ -365,7 +367,12 @@ def plot_diagnosis(generated, people, path: str | Path) -> Path:
         for value in np.unique(cdr):
             chosen = cdr == value
             axis.scatter(
-                ages[chosen], reads[chosen] - ages[chosen], s=12, alpha=0.6, label=f"CDR {value:g}"
+                ages[chosen],
+                reads[chosen] - ages[chosen],
+                s=12,
+                alpha=0.6,
+                color=colours[value],
+                label=f"CDR {value:g}",
             )
         effect = apparent_age_effect(cdr, ages, reads)
         axis.axhline(0.0, color="grey", lw=1)
