@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-conditions",
         action="store_true",
         help="judge the reconstructions and the samples' realism only, not how a conditional "
-        "prior obeys (levels, ages, whole volumes: most of a hifi run's judging time)",
+        "prior obeys (levels, ages, the diagnosis, whole volumes: most of a hifi run's judging "
+        "time)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser

@@ -47,9 +47,9 @@ DEFAULT_VOLUME_SPACING_MM = (1.7, 3.7)
 # conditional sampling). On the demo w = 2 raised the slice-position obedience from r 0.85 to
 # 0.93 (BENCHMARKS.md, "Conditional slices and whole volumes"); the age, guided by 3 on top of
 # the level, is followed more closely, the level and the volumes as at 2 ("hifi: the age guided
-# harder than the level"). Never mutated.
-# The CDR is not guided: guided by 2, slices asked for dementia read twice as much older than
-# their age as demented people do (BENCHMARKS.md, "Obedience to the diagnosis").
+# harder than the level"); the CDR is drawn plainly conditional, for guided by 2 the slices
+# asked for dementia read twice as much older than their age as demented people do ("Obedience
+# to the diagnosis"). Never mutated.
 DEFAULT_GUIDANCE = {"slice_position": 2.0, "age": 3.0, "sex": 2.0, "cdr": 1.0}
 LEVEL_STREAM = 7  # the random stream (beside the seed) of the levels `with_drawn_levels` draws
 
