@@ -1022,7 +1022,7 @@ def evaluate_run(
     if conditional and not judge_obedience:
         report["conditions_skipped"] = "not asked for"
     elif conditional and "realism" in report:
-        announce("judging the conditions: slices asked for levels and ages, whole volumes")
+        announce("judging the conditions: slices asked for levels, ages and a diagnosis, volumes")
         network = run_feature_network(run, slices.splits["train"])
         report["conditions"], condition_figures = judge_conditions(
             run,
