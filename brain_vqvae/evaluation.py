@@ -634,11 +634,13 @@ def judge_diagnosis(
         "held fixed",
     }
     people = None
-    slice_cdr = cdr[readings.rows]
-    within = np.flatnonzero(
-        np.isfinite(slice_cdr) & (readings.ages >= age_range[0]) & (readings.ages <= age_range[1])
-    )
     if readings.cross_validated is not None:
+        slice_cdr = cdr[readings.rows]
+        within = np.flatnonzero(
+            np.isfinite(slice_cdr)
+            & (readings.ages >= age_range[0])
+            & (readings.ages <= age_range[1])
+        )
         who, their_cdr = readings.people[within], slice_cdr[within]
         person_cdr, person_age = per_person_means(who, their_cdr, readings.ages[within])
         people = {
