@@ -12,6 +12,7 @@ from fixtures import write_as_saved_before
 from skimage.metrics import structural_similarity as skimage_ssim
 
 import modules
+from brain_vqvae.model.convolution import OneFilterConv2D
 from brain_vqvae.model.gated_prior import GatedLayer
 from brain_vqvae.model.sampler import _SAMPLERS, raster_scan
 from brain_vqvae.model.trackers import SSIM_BINS, QuantileTracker, histogram_counts
@@ -373,6 +374,37 @@ def test_card_encoder_and_decoder_shapes_and_strides():
     assert {"residual_0_conv3x3", "residual_1_conv1x1"} <= {
         layer.name for layer in with_blocks.layers
     }
+
+
+@pytest.mark.parametrize(("strides", "padding"), [(1, "same"), (2, "valid")])
+def test_one_filter_conv_is_conv2d_computed_depthwise_on_tensorflow_cpu(strides, padding):
+    rng = np.random.default_rng(0)
+    inputs = tf.constant(rng.standard_normal((2, 16, 16, 8)), dtype="float32")
+    plain = keras.layers.Conv2D(1, 3, strides=strides, padding=padding)
+    layer = OneFilterConv2D(3, strides=strides, padding=padding)
+    plain.build(inputs.shape)
+    layer.build(inputs.shape)
+    plain.set_weights([rng.standard_normal((3, 3, 8, 1)), rng.standard_normal(1)])
+    layer.set_weights(plain.get_weights())
+
+    results = []
+    for convolution in (plain, layer):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = convolution(inputs)
+            weighted = tf.reduce_sum(outputs * np.linspace(-1, 1, outputs.shape.num_elements()))
+        results.append([outputs, *tape.gradient(weighted, [inputs, convolution.kernel])])
+    for expected, actual in zip(*results, strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    graph = tf.function(layer).get_concrete_function(inputs).graph
+    operations = {operation.type for operation in graph.get_operations()}
+    assert "DepthwiseConv2dNative" in operations and "Conv2D" not in operations
+
+    config = layer.get_config()
+    assert "filters" not in config
+    rebuilt = OneFilterConv2D.from_config(config)
+    assert (rebuilt.filters, rebuilt.strides, rebuilt.padding) == (1, (strides,) * 2, padding)
+    assert isinstance(build_decoder(TINY).get_layer("conv_out"), OneFilterConv2D)
 
 
 @pytest.mark.parametrize("reconstruction_loss", ["mse", "ssim_l1"])

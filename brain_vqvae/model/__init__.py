@@ -1,9 +1,9 @@
-"""The two-stage model: the VQ-VAE (`vqvae`, with its `quantizer`), its decoder fine-tuned
-against a discriminator to decode samples (`adversarial`), the PixelCNN prior
-(`prior`, with the coarse level of a two-level prior in `coarse`), sampling and coding
-(`sampler`), and the multi-device helpers they share (`distribute`); and the classical
-baseline, a Gaussian VAE with the same encoder and decoder (`vae`). The top-level `modules`
-gives the maths of both stages.
+"""The two-stage model: the VQ-VAE (`vqvae`, with its `quantizer` and the decoder's output
+`convolution`), its decoder fine-tuned against a discriminator to decode samples
+(`adversarial`), the PixelCNN prior (`prior`, with the coarse level of a two-level prior in
+`coarse`), sampling and coding (`sampler`), and the multi-device helpers they share
+(`distribute`); and the classical baseline, a Gaussian VAE with the same encoder and decoder
+(`vae`). The top-level `modules` gives the maths of both stages.
 
 Every class here is registered with Keras under the package "brain_vqvae"
 (`SERIALIZATION_PACKAGE`), so importing this package is enough for `keras.saving.load_model`.

@@ -10,6 +10,7 @@ import numpy as np
 from keras import ops
 
 from brain_vqvae.metrics import peak_signal_noise_ratio, structural_similarity
+from brain_vqvae.model.convolution import OneFilterConv2D
 from brain_vqvae.model.distribute import (
     apply_to_rows,
     batch_share,
@@ -86,8 +87,9 @@ def build_decoder(hyperparameters: Hyperparameters) -> keras.Model:
 
     The encoder's mirror: a 3x3 ReLU convolution up to the last encoder width, the residual
     blocks, one 3x3 ReLU transposed convolution per encoder convolution in reverse order (stride
-    2 where the encoder had stride 2), and a linear 3x3 convolution to one channel; 1/2 is added
-    back to undo the encoder's centring. The output is not clipped (see the `modules` docstring).
+    2 where the encoder had stride 2), and a linear 3x3 convolution to one channel
+    (`OneFilterConv2D`); 1/2 is added back to undo the encoder's centring. The output is not
+    clipped (see the `modules` docstring).
     """
     size = hyperparameters.code_map_size
     quantized = keras.Input((size, size, hyperparameters.latent_dim), name="quantized")
@@ -101,7 +103,7 @@ def build_decoder(hyperparameters: Hyperparameters) -> keras.Model:
         features = keras.layers.Conv2DTranspose(
             filters, 3, strides=stride, padding="same", activation="relu", name=f"deconv_{index}"
         )(features)
-    centred = keras.layers.Conv2D(1, 3, padding="same", name="conv_out")(features)
+    centred = OneFilterConv2D(3, padding="same", name="conv_out")(features)
     reconstructions = keras.layers.Rescaling(1.0, offset=0.5, name="uncentre")(centred)
     return keras.Model(quantized, reconstructions, name="decoder")
 
