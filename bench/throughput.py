@@ -26,7 +26,10 @@ images/s = images / wall seconds of an epoch (median over the repeats, with the 
 seconds per 100 images (the worker's user + system time over all its threads: steadier than
 wall time when other jobs share the cores, though it also counts threads spinning while they
 wait), the speed-up over the reference in wall and in CPU time (median over the rounds of
-reference epoch time / arm epoch time in the same round) and the validation SSIM
+reference epoch time / arm epoch time in the same round; the reference is the first arm: the
+reference with TensorFlow's defaults, or the first of `--arms` when that is a reference, e.g.
+"reference, oneDNN on", the fair one on CPUs where TensorFlow leaves oneDNN off) and the
+validation SSIM
 (mean over `--validate-images` slices, `brain_vqvae.metrics.ssim_per_slice`) after the last
 epoch, i.e. after the same number of updates for every arm.
 
@@ -462,15 +465,18 @@ def print_profile(results: list[dict]) -> None:
 
 
 def choose_arms(arguments: argparse.Namespace) -> list[Arm]:
-    """The main arms (and the variants with --variants), or the reference and the --arms."""
+    """The main arms (and the variants with --variants), or the --arms after the reference
+    with TensorFlow's defaults unless the first of them is a reference."""
     if not arguments.arms:
         return [*MAIN_ARMS, *(VARIANT_ARMS if arguments.variants else ())]
     by_name = {arm.name: arm for arm in (*MAIN_ARMS, *VARIANT_ARMS)}
     unknown = sorted(set(arguments.arms) - set(by_name))
     if unknown:
         raise SystemExit(f"unknown arm(s) {unknown}; choose from {list(by_name)}")
-    reference = MAIN_ARMS[0]
-    return [reference, *(by_name[name] for name in arguments.arms if name != reference.name)]
+    chosen = [by_name[name] for name in dict.fromkeys(arguments.arms)]
+    if chosen[0].model == "reference":
+        return chosen
+    return [MAIN_ARMS[0], *(arm for arm in chosen if arm != MAIN_ARMS[0])]
 
 
 def build_parser() -> argparse.ArgumentParser:

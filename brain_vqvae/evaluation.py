@@ -86,6 +86,10 @@ MEASURED_VOLUMES = 8  # generated (and real) volumes whose coherence is measured
 AGE_VOLUMES = 12  # generated volumes whose age is read as a whole
 MIN_OBEDIENCE_PEOPLE = 3  # held-out people of known age that a volume's age read is set against
 DIAGNOSIS_PAIRS = 64  # pairs of slices, asked for CDR 0 and for dementia, whose ages are read
+DIAGNOSIS_NEEDS_AGE = (
+    "the prior does not take the age: the diagnosis is read as ageing, in slices asked for the "
+    "same age with and without dementia (demented people are older)"
+)
 MIRROR_STREAM = 8  # the random stream that mirrors a perfect prior's draws
 
 
@@ -331,15 +335,16 @@ def judge_conditions(
     and age (`judge_ages`), the correlation between the values asked for and those a regressor
     reads back from the generated slices, beside the same regressor on held-out slices (the
     ceiling); for the diagnosis (`judge_diagnosis`), how much older the age reader finds slices
-    asked for dementia than slices asked for none, beside what it finds in real people; for
-    volumes, the adjacent-slice SSIM of `MEASURED_VOLUMES` generated volumes (drawn coherently
-    and slice by slice on their own) against real held-out volumes, and the
-    Fréchet distance of their coronal and sagittal cuts to the held-out volumes' cuts, beside
-    the floor of as many `training` volumes' cuts. Slices and volumes are drawn with
-    `guidance` and `sampling` (keyword arguments of `sample_code_maps`: temperature, top_k,
-    top_p, coarse_top_p; None: plain), as `predict.py` would draw them. `reconstructions` are
-    the `held_out` slices [N, S, S, 1] as the run's generator gives them back
-    (`Run.generator`). Writes obedience_<condition>.png into `out`."""
+    asked for dementia than slices asked for none, beside what it finds in real people (a
+    {"skipped": why} where the prior does not take the age or the age reader cannot be
+    trained, as for the age); for volumes, the adjacent-slice SSIM of `MEASURED_VOLUMES`
+    generated volumes (drawn coherently and slice by slice on their own) against real held-out
+    volumes, and the Fréchet distance of their coronal and sagittal cuts to the held-out
+    volumes' cuts, beside the floor of as many `training` volumes' cuts. Slices and volumes are
+    drawn with `guidance` and `sampling` (keyword arguments of `sample_code_maps`: temperature,
+    top_k, top_p, coarse_top_p; None: plain), as `predict.py` would draw them.
+    `reconstructions` are the `held_out` slices [N, S, S, 1] as the run's generator gives them
+    back (`Run.generator`). Writes obedience_<condition>.png into `out`."""
     names = run.pixelcnn.condition_names
     draw = {"guidance": guidance, **(sampling or {})}
     report, figures = {"guidance": dict(guidance) if isinstance(guidance, dict) else guidance}, []
@@ -348,11 +353,14 @@ def judge_conditions(
             run, network, held_out, reconstructions, seed, draw, out
         )
         figures.append(figure)
+    if "cdr" in names and "age" not in names:
+        report["cdr"] = {"skipped": DIAGNOSIS_NEEDS_AGE}
     if "age" in names:
         try:
             readings = read_training_ages(run, training, demographics, seed)
         except JudgingSkipped as skipped:
-            report["age"] = {"skipped": str(skipped)}
+            for name in {"age", "cdr"} & set(names):
+                report[name] = {"skipped": str(skipped)}
         else:
             report["age"], age_figures = judge_ages(
                 run, network, held_out, demographics, readings, seed, draw, out

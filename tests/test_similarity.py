@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -91,6 +92,33 @@ def test_two_sample_groups_are_people_or_a_lone_persons_slabs():
     assert evaluation.two_sample_groups(slices, second).tolist() == ["b:0", "b:1", "b:2"]
     both = np.arange(6)
     assert evaluation.two_sample_groups(slices, both).tolist() == ["a"] * 3 + ["b"] * 3
+
+
+@pytest.mark.parametrize(
+    ("conditions", "demographics", "why"),
+    [
+        (("cdr",), {"a": {"age": 70, "cdr": 1.0}}, "does not take the age"),
+        (("age", "cdr"), {"a": {"cdr": 1.0}}, "no ages"),
+    ],
+)
+def test_the_diagnosis_is_reported_skipped_where_its_age_cannot_be_read(
+    conditions, demographics, why, tmp_path
+):
+    """The diagnosis is read by the age reader in slices asked for one age: a prior that does
+    not take the age, or data without ages, gets a reason, not a silent gap."""
+    run = types.SimpleNamespace(pixelcnn=types.SimpleNamespace(condition_names=conditions))
+    training = evaluation.SliceSet(
+        images=np.zeros((2, 4, 4), dtype=np.uint8),
+        subject_ids=np.array(["a", "a"]),
+        slice_indices=np.array([0, 1], dtype=np.int32),
+    )
+    report, figures = evaluation.judge_conditions(
+        run, None, training, training, None, demographics, seed=0, out=tmp_path
+    )
+    assert figures == [] and set(report) == {"guidance", *conditions}
+    assert why in report["cdr"]["skipped"]
+    assert report["cdr"] == report.get("age", report["cdr"])
+    assert f"  cdr: {report['cdr']['skipped']}" in evaluation.format_conditions(report)
 
 
 def test_command_reports_json_and_writes_the_figures(tiny_run, tmp_path, capsys):
