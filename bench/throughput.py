@@ -29,9 +29,8 @@ wait), the speed-up over the reference in wall and in CPU time (median over the 
 reference epoch time / arm epoch time in the same round; the reference is the first arm: the
 reference with TensorFlow's defaults, or the first of `--arms` when that is a reference, e.g.
 "reference, oneDNN on", the fair one on CPUs where TensorFlow leaves oneDNN off) and the
-validation SSIM
-(mean over `--validate-images` slices, `brain_vqvae.metrics.ssim_per_slice`) after the last
-epoch, i.e. after the same number of updates for every arm.
+validation SSIM (mean over `--validate-images` slices, `brain_vqvae.metrics.ssim_per_slice`)
+after the last epoch, i.e. after the same number of updates for every arm.
 
 Arms: the reference with TensorFlow's defaults and with oneDNN on, ours as shipped (oneDNN on)
 and ours with TensorFlow's defaults; `--variants` adds ours with XLA (`jit_compile=True`), with

@@ -29,11 +29,13 @@ class OneFilterConv2D(keras.layers.Conv2D):
 
         y = b + sum_c (x_c * k_c),   x_c the c-th input channel, k_c = kernel[:, :, c, 0],
 
-    and on a CPU TensorFlow runs the depthwise convolution and its gradients about twice as fast
-    as its `Conv2D` kernels for a single output channel, whose forward and backward pass at
-    128x128 took a fifth of the card's training step (BENCHMARKS.md, "Training throughput").
-    Elsewhere the layer is a plain `Conv2D`: XLA's CPU depthwise convolution (Keras' JAX backend)
-    is many times slower than its convolution, and on a GPU it is not measured.
+    with * the layer's 2-D cross-correlation of one channel. On a CPU TensorFlow runs the
+    depthwise convolution and its gradients about twice as fast as its `Conv2D` kernels for a
+    single output channel, whose forward and backward pass at 128x128 took a fifth of the
+    card's training step (BENCHMARKS.md, "The decoder's output convolution computed
+    depthwise"). Elsewhere the layer is a plain `Conv2D`: XLA's CPU depthwise convolution
+    (Keras' JAX backend) is many times slower than its convolution, and on a GPU it is not
+    measured.
 
     `OneFilterConv2D(kernel_size, **options)` takes `keras.layers.Conv2D`'s other options.
     """
