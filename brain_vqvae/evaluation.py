@@ -359,8 +359,9 @@ def judge_conditions(
         try:
             readings = read_training_ages(run, training, demographics, seed)
         except JudgingSkipped as skipped:
-            for name in {"age", "cdr"} & set(names):
-                report[name] = {"skipped": str(skipped)}
+            for name in ("age", "cdr"):
+                if name in names:
+                    report[name] = {"skipped": str(skipped)}
         else:
             report["age"], age_figures = judge_ages(
                 run, network, held_out, demographics, readings, seed, draw, out
