@@ -16,8 +16,8 @@ stage ("vae"): it samples N(0, I) and has no prior to train. Every file of
 the run folder is written atomically, so a run killed at any moment keeps its last good
 checkpoint, and `--resume` continues from it. `--strategy` trains on every local GPU or on a
 cluster (README, "Multiple devices and clusters"). The preset's batch size and learning rates
-are the ones for the device Keras finds (`--device`; a GPU takes larger batches,
-`hyperparameters.GPU_BATCH_SIZES`), unless given; the first line printed says which.
+are the ones for the device Keras finds (`--device`; `hyperparameters.GPU_BATCH_SIZES` for a
+GPU, for now the presets' own), unless given; the first line printed says which.
 """
 
 from __future__ import annotations

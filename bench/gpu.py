@@ -3,6 +3,7 @@ what it reaches in a fixed number of steps. Written for one GPU with Keras' JAX 
 GPU machine has JAX but no TensorFlow), it runs on any backend and device:
 
     KERAS_BACKEND=jax python -m bench.gpu [--data DIR] [--presets card hifi] [--steps 300]
+                                          [--epochs N]
                                           [--adversarial-steps 100] [--prior-steps 100]
                                           [--device auto|cpu|gpu]
                                           [--batch-factors 1 4] [--profile] [--json PATH]
@@ -14,8 +15,10 @@ learning rates of the device (`hyperparameters.preset(name, device)`), and at th
 each of `--batch-factors` (learning rates by the square-root rule, `scaled_to_batch`):
 
 1. the VQ-VAE trains for about `--steps` steps (whole epochs over the training split, at least
-   two) by `fit`; images/s = the images of the epochs after the first / their wall time, so the
-   first epoch's compilation is left out and reported on its own;
+   two), or for `--epochs` epochs, by `fit`, with Adam at the preset's learning rate and
+   schedule over those epochs (`optimizers.adam`, as `train.py` trains it); images/s = the
+   images of the epochs after the first / their wall time, so the first epoch's compilation is
+   left out and reported on its own;
 2. what bounds that speed: the input pipeline's own images/s (one epoch of batches made and
    put on the device, no training), and on JAX the work of one compiled training step as XLA
    counts it (`cost_analysis`: GFLOP and MB of memory traffic per image), which at the measured
@@ -80,13 +83,14 @@ def epoch_timer():
 
 
 def timed_fit(model, batches, images_per_epoch: int, epochs: int) -> dict:
-    """`model.fit(batches)` for `epochs` epochs: the first epoch's seconds (with compilation),
-    images/s over the others, and the last epoch's logs."""
+    """`model.fit(batches)` for `epochs` epochs: the seconds of all of them and of the first
+    (with compilation), images/s over the others, and the last epoch's loss."""
     timer = epoch_timer()
     history = model.fit(batches, epochs=epochs, callbacks=[timer], shuffle=False, verbose=0)
     steady = sum(timer.seconds[1:])
     return {
         "epochs": epochs,
+        "seconds": sum(timer.seconds),
         "first_epoch_s": timer.seconds[0],
         "images_per_s": images_per_epoch * (epochs - 1) / steady,
         "final_loss": float(history.history["loss"][-1]),
@@ -211,9 +215,10 @@ def check_preset(
     adversarial_steps: int,
     prior_steps: int,
     profile: bool = False,
+    epochs: int | None = None,
 ) -> dict:
     """Train, score and sample one preset at its device's batch times `batch_factor` (the module
-    docstring's steps 1-7)."""
+    docstring's steps 1-7), its VQ-VAE for `epochs` epochs (None: about `steps` steps)."""
     import keras
 
     from brain_vqvae.data import code_map_batches, slice_batches
@@ -227,6 +232,7 @@ def check_preset(
         sample_code_maps,
     )
     from brain_vqvae.model.adversarial import ADVERSARIAL_BETA_1
+    from brain_vqvae.optimizers import adam
     from brain_vqvae.runs import load_training_data
 
     hyperparameters = preset(name, device)
@@ -238,8 +244,12 @@ def check_preset(
 
     images = train.float_images()
     vqvae = build_vqvae(hyperparameters, float(images.var()))
-    epochs = epochs_for(steps, len(train), batch)
-    vqvae.compile(optimizer=keras.optimizers.Adam(hyperparameters.learning_rate_vqvae))
+    epochs = epochs or epochs_for(steps, len(train), batch)
+    schedule = hyperparameters.learning_rate_schedule
+    steps_per_epoch = math.ceil(len(train) / batch)
+    vqvae.compile(
+        optimizer=adam(hyperparameters.learning_rate_vqvae, schedule, epochs * steps_per_epoch)
+    )
     batches = slice_batches(train, batch, shuffle=True, seed=hyperparameters.seed)
     fitted = timed_fit(vqvae, batches, len(train), epochs)
     fitted |= train_step_cost(vqvae, images[:batch])
@@ -247,7 +257,7 @@ def check_preset(
         fitted["tflop_per_s"] = fitted["step_gflop_per_image"] * fitted["images_per_s"] / 1e3
         fitted["tb_per_s"] = fitted["step_mb_per_image"] * fitted["images_per_s"] / 1e6
     row |= {f"vqvae_{key}": value for key, value in fitted.items()}
-    row["vqvae_steps"] = epochs * math.ceil(len(train) / batch)
+    row["vqvae_steps"] = epochs * steps_per_epoch
     row["pipeline_images_per_s"] = pipeline_images_per_second(batches, len(train))
     if profile:
         row["vqvae_profile"] = profiled_epoch(vqvae, batches)
@@ -259,12 +269,15 @@ def check_preset(
 
     if hyperparameters.epochs_adversarial:
         adversarial = build_adversarial_decoder(vqvae, hyperparameters)
+        adversarial_epochs = epochs_for(adversarial_steps, len(train), batch)
         adversarial.compile(
-            optimizer=keras.optimizers.Adam(
-                hyperparameters.learning_rate_adversarial, beta_1=ADVERSARIAL_BETA_1
+            optimizer=adam(
+                hyperparameters.learning_rate_adversarial,
+                "constant",
+                adversarial_epochs * steps_per_epoch,
+                ADVERSARIAL_BETA_1,
             )
         )
-        adversarial_epochs = epochs_for(adversarial_steps, len(train), batch)
         fitted = timed_fit(adversarial, batches, len(train), adversarial_epochs)
         row |= {f"adversarial_{key}": value for key, value in fitted.items()}
         reconstructions = decode_code_maps(adversarial.vqvae, test_codes, inference)
@@ -277,7 +290,11 @@ def check_preset(
         code_vectors=keras.ops.convert_to_numpy(vqvae.quantizer.codebook),
     )
     prior_epochs = epochs_for(prior_steps, len(train), batch)
-    prior.compile(optimizer=keras.optimizers.Adam(hyperparameters.learning_rate_pixelcnn))
+    prior.compile(
+        optimizer=adam(
+            hyperparameters.learning_rate_pixelcnn, schedule, prior_epochs * steps_per_epoch
+        )
+    )
     batches = code_map_batches(code_maps, batch, shuffle=True, seed=hyperparameters.seed)
     fitted = timed_fit(prior, batches, len(train), prior_epochs)
     row |= {f"prior_{key}": value for key, value in fitted.items()}
@@ -299,6 +316,7 @@ COLUMNS = (
     ("batch", "batch", ""),
     ("vqvae_images_per_s", "VQ-VAE img/s", ".0f"),
     ("vqvae_first_epoch_s", "1st epoch s", ".1f"),
+    ("vqvae_seconds", "VQ-VAE s", ".0f"),
     ("vqvae_tflop_per_s", "TFLOP/s", ".3g"),
     ("vqvae_tb_per_s", "TB/s", ".3g"),
     ("pipeline_images_per_s", "input img/s", ".0f"),
@@ -320,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--presets", nargs="+", default=["card", "hifi"], choices=TARGET_IMAGES_PER_SECOND
     )
     parser.add_argument("--steps", type=int, default=300, help="VQ-VAE steps per preset")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help="VQ-VAE epochs per preset and batch instead of --steps (e.g. the presets' 30: "
+        "the SSIM each batch reaches in a full run's epochs, and in what time)",
+    )
     parser.add_argument(
         "--adversarial-steps",
         type=int,
@@ -383,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                         adversarial_steps,
                         prior_steps,
                         arguments.profile,
+                        arguments.epochs,
                     )
                 )
                 total = time.perf_counter() - started

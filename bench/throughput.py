@@ -6,7 +6,7 @@
 The two contestants.
   ours       `modules.build_vqvae(preset("card"))` fed by `brain_vqvae.data.make_tf_dataset`
              (uint8 slices, cast to [0, 1] per batch), trained by `VQVAE.train_step` with all its
-             per-step metrics and `training.adam`, as `brain_vqvae.training` runs it: the card's
+             per-step metrics and `optimizers.adam`, as `brain_vqvae.training` runs it: the card's
              SSIM + L1 loss (blended in from MSE over the first steps) and Adam with the cosine
              decay of a full 30-epoch run.
   reference  `bench.reference.build_reference`: the Keras example "Vector-Quantized
@@ -128,6 +128,7 @@ class Contestant:
         from bench.reference import LEARNING_RATE, build_reference
         from brain_vqvae import training
         from brain_vqvae.data import make_tf_dataset
+        from brain_vqvae.optimizers import adam
         from hyperparameters import preset
 
         self.arm = arm
@@ -144,7 +145,7 @@ class Contestant:
             self.data = make_tf_dataset(slices, BATCH_SIZE, shuffle=True, seed=seed)
             self.weights = self.model.count_params()
             steps = card.epochs_vqvae * training.steps_per_epoch(len(slices), card)  # a full run's
-            optimizer = training.adam(card.learning_rate_vqvae, card.learning_rate_schedule, steps)
+            optimizer = adam(card.learning_rate_vqvae, card.learning_rate_schedule, steps)
         else:
             self.model = build_reference(data_variance, seed)
             self.data = slices.float_images() - 0.5  # the example's x / 255 - 1/2

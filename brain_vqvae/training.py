@@ -51,6 +51,7 @@ from brain_vqvae.model import (
 from brain_vqvae.model.adversarial import ADVERSARIAL_BETA_1
 from brain_vqvae.model.distribute import TENSORFLOW
 from brain_vqvae.model.prior import pack_prior_inputs
+from brain_vqvae.optimizers import adam
 from brain_vqvae.runs import (
     AUTOENCODER_STAGES,
     MODEL_STAGES,
@@ -70,7 +71,6 @@ if TENSORFLOW:
 MIN_FREE_BYTES = 200 * 2**20
 STRATEGIES = ("default", "mirrored", "multiworker")
 ENCODE_CHUNK = 1024  # slices converted at a time when encoding or counting a split
-COSINE_FINAL_FRACTION = 0.05  # a cosine schedule ends at this fraction of the learning rate
 AUTOENCODER_BUILDERS = {"vqvae": build_vqvae, "vae": build_vae}
 # A stage's epochs and learning rate are the fields epochs_<name> and learning_rate_<name> of
 # its own name, except the VAE's: it is stage 1, as the VQ-VAE is, and shares stage 1's fields.
@@ -306,19 +306,6 @@ def fit_stage(
 def steps_per_epoch(examples: int, hyperparameters: Hyperparameters) -> int:
     """Batches in one pass over `examples` (the last batch may be partial)."""
     return -(-examples // hyperparameters.batch_size)
-
-
-def adam(
-    learning_rate: float, schedule: str, total_steps: int, beta_1: float = 0.9
-) -> keras.optimizers.Adam:
-    """Adam at a constant `learning_rate`, or with "cosine" decay over `total_steps` steps:
-    lr(t) = lr (0.05 + 0.95 (1 + cos(pi min(t, T) / T)) / 2). The schedule is saved with the
-    optimizer, so a resumed run continues it from its step count."""
-    if schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=max(total_steps, 1), alpha=COSINE_FINAL_FRACTION
-        )
-    return keras.optimizers.Adam(learning_rate, beta_1=beta_1)
 
 
 def stage_is_done(run: RunFolder, stage: str, epochs: int) -> bool:

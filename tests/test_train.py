@@ -18,6 +18,7 @@ import train
 from bench import level_gap
 from brain_vqvae import devices as devices_module
 from brain_vqvae import generation, training
+from brain_vqvae.optimizers import adam
 from brain_vqvae.runs import RunError, RunFolder, load_run, load_run_data
 from hyperparameters import Hyperparameters
 
@@ -196,8 +197,8 @@ def test_a_nan_loss_stops_training_with_a_clear_message(tmp_path):
 
 def test_cosine_schedule_decays_to_five_percent_and_constant_stays():
     """lr(t) = lr (0.05 + 0.95 (1 + cos(pi t / T)) / 2): 1, 0.525 and 0.05 of lr at 0, T/2, T."""
-    cosine = training.adam(1e-3, "cosine", total_steps=100)
-    constant = training.adam(1e-3, "constant", total_steps=100)
+    cosine = adam(1e-3, "cosine", total_steps=100)
+    constant = adam(1e-3, "constant", total_steps=100)
     for step, fraction in ((0, 1.0), (50, 0.525), (100, 0.05), (150, 0.05)):
         cosine.iterations.assign(step)
         constant.iterations.assign(step)
