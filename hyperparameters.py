@@ -705,12 +705,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 # scans more, smaller updates raised the hifi preset's held-out SSIM (BENCHMARKS.md, "hifi:
 # 1024 codes, batches of 4" and "hifi: 4096 codes, batches of 2"). A GPU sits idle between small
 # steps, but larger batches over the same epochs give fewer updates, and on the demo every larger
-# batch measured ended lower, with learning rates scaled by the square-root rule for Adam
-# (`scaled_to_batch`) or not: the card's test SSIM 0.79 at 32, at 64, 128 and 256 scaled 0.78,
-# 0.76 and 0.66, at 256 unscaled 0.72; the hifi preset's 0.95 at 32 and 0.98 at 8 against 0.98
-# at 2 (BENCHMARKS.md, "The GPU's batch, judged on the demo"). So a GPU takes the presets' own
-# batches until `bench/gpu.py --epochs` shows on one that a larger batch reaches the same SSIM
-# in less time.
+# batch measured ended with a lower test SSIM, with learning rates scaled by the square-root
+# rule for Adam (`scaled_to_batch`) or not, and the card's codebook collapsed at the 256 chosen
+# by that rule (BENCHMARKS.md, "The GPU's batch, judged on the demo"). So a GPU takes the
+# presets' own batches until `bench/gpu.py --epochs` shows on one that a larger batch reaches
+# the same SSIM in less time.
 DEVICES = ("cpu", "gpu")
 GPU_BATCH_SIZES = {"card": 32, "hifi": 2}
 
