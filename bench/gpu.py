@@ -39,9 +39,9 @@ each of `--batch-factors` (learning rates by the square-root rule, `scaled_to_ba
 It prints a table and writes everything to one JSON (`--json`), rewritten after each preset
 and batch so that a check stopped at its time limit keeps what it measured. The targets (issue
 "Fast on every device"): on one H200 with JAX the card trains at 10,000 images/s or more and the
-hifi preset at 2,000 or more, and the whole check runs in under 8 minutes there. It imports nothing
-that needs TensorFlow on the JAX backend (`training` and `evaluation` do), so it runs where
-JAX is the only backend installed.
+hifi preset at 2,000 or more, and the whole check runs in under 8 minutes there. On the JAX
+backend it imports nothing that needs TensorFlow, so it runs where JAX is the only backend
+installed.
 """
 
 from __future__ import annotations

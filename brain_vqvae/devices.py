@@ -1,7 +1,7 @@
 """Which device Keras trains on, and the line `train.py` prints about the batch it chose for it.
 
-Kept apart from `training` (which needs TensorFlow for its evaluation) so that a check on a
-machine with JAX alone (`bench/gpu.py`) can ask it too.
+Kept apart from `training` so that the device check (`bench/gpu.py`), which trains the models
+itself, can ask it without importing the training of runs.
 """
 
 from __future__ import annotations

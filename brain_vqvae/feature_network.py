@@ -17,10 +17,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from brain_vqvae.metrics import as_image_batch
 from brain_vqvae.model.serialization import SERIALIZATION_PACKAGE
+from brain_vqvae.model.steps import TrainingStepModel
 
 __all__ = [
     "FeatureNetwork",
@@ -39,7 +40,7 @@ LEGACY_AGE_KEYS = ("with_ages", "age_mean", "age_std")
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class FeatureNetwork(keras.Model):
+class FeatureNetwork(TrainingStepModel):
     """A small convolutional network whose pooled activations are the features of every measure.
 
         x [S, S, 1] in [0, 1] -> average-pooled to at most 64x64 -> x - 1/2
@@ -47,8 +48,8 @@ class FeatureNetwork(keras.Model):
                                       3x3 conv stride 1 -> swish
           -> global average pooling -> features f [widths[-1]]     (`call` returns f)
 
-    Linear heads read f, and are trained on real training slices only (`train_step`), with
-    proxy tasks that need anatomy to solve:
+    Linear heads read f, and are trained on real training slices only (`step_loss`, run as
+    either backend's training step), with proxy tasks that need anatomy to solve:
 
     - position: sigmoid(w^T f + b), the slice's relative level in its volume (0 = lowest,
       1 = highest), by squared error; left out when the data has no positions;
@@ -61,7 +62,7 @@ class FeatureNetwork(keras.Model):
       the slice's own content shifted by s/8 to s/4 pixels: the features must notice broken
       anatomy.
 
-    Each batch is downsampled, corrupted (half of it) and rotated inside `train_step`, on the
+    Each batch is downsampled, corrupted (half of it) and rotated inside `step_loss`, on the
     fly, so `fit` needs nothing but the images (and positions as targets). GroupNorm, not
     BatchNorm: the features are then the same function of an image in training and at
     inference, whatever the batch, and need no moving averages that a few epochs would leave
@@ -107,6 +108,7 @@ class FeatureNetwork(keras.Model):
         names += ["rotation_accuracy", "corruption_accuracy"]
         names += ["position_loss"] if self.with_positions else []
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        self.seed_generator = keras.random.SeedGenerator()
 
     @property
     def feature_dim(self) -> int:
@@ -115,7 +117,7 @@ class FeatureNetwork(keras.Model):
     def build(self, input_shape):
         # One call on a blank slice builds every block, so that a loaded model has all its
         # variables before they are read back.
-        self.call(tf.zeros((1, self.image_size, self.image_size, 1)))
+        self.call(ops.zeros((1, self.image_size, self.image_size, 1)))
         features = self.compute_output_shape(input_shape)
         for head in (self.position_head, self.rotation_head, self.corruption_head):
             head.build(features)
@@ -129,7 +131,7 @@ class FeatureNetwork(keras.Model):
         if self.pool is not None:
             return self.pool(images)
         if self.image_size > WORKING_SIZE:
-            return tf.image.resize(images, (WORKING_SIZE, WORKING_SIZE), antialias=True)
+            return ops.image.resize(images, (WORKING_SIZE, WORKING_SIZE), antialias=True)
         return images
 
     def embed(self, images):
@@ -149,55 +151,57 @@ class FeatureNetwork(keras.Model):
     def proxy_tasks(self, images):
         """(B, s, s, 1) intact upright downsampled slices -> (inputs, rotation (B,) int32,
         corrupted (B,) float32 in {0, 1}): half of the slices corrupted, then each rotated by
-        k x 90°, k = rotation."""
+        k x 90° anticlockwise, k = rotation. The draws come from the network's seed
+        generator, whose state trains with it."""
         size = images.shape[1]
-        batch = tf.shape(images)[0]
-        corrupted = tf.cast(tf.random.uniform([batch]) < 0.5, tf.float32)
-        kind = tf.random.uniform([batch], 0, 3, dtype=tf.int32)
+        batch = ops.shape(images)[0]
+        seed = self.seed_generator
 
-        def integers(low, high, shape=()):
-            return tf.random.uniform(shape, low, high + 1, dtype=tf.int32)
+        def integers(low, high, shape=()):  # uniform over low..high, both included
+            return keras.random.randint(shape, low, high + 1, dtype="int32", seed=seed)
+
+        corrupted = ops.cast(keras.random.uniform((batch,), seed=seed) < 0.5, "float32")
+        kind = integers(0, 2, (batch,))[:, None, None, None]
 
         # An elliptical piece: centre in the middle half (where the brain is), radii S/12..S/6.
-        centre_row = tf.cast(integers(size // 4, 3 * size // 4, [batch]), tf.float32)
-        centre_column = tf.cast(integers(size // 4, 3 * size // 4, [batch]), tf.float32)
-        radius_row = tf.cast(integers(max(1, size // 12), max(2, size // 6), [batch]), tf.float32)
-        radius_column = tf.cast(
-            integers(max(1, size // 12), max(2, size // 6), [batch]), tf.float32
+        def coordinates(low, high):
+            return ops.cast(integers(low, high, (batch,)), "float32")[:, None, None]
+
+        centre_row, centre_column = (coordinates(size // 4, 3 * size // 4) for _ in range(2))
+        radius_row, radius_column = (
+            coordinates(max(1, size // 12), max(2, size // 6)) for _ in range(2)
         )
-        grid = tf.cast(tf.range(size), tf.float32)
-        inside = (
-            (grid[None, :, None] - centre_row[:, None, None]) / radius_row[:, None, None]
-        ) ** 2
-        inside += (
-            (grid[None, None, :] - centre_column[:, None, None]) / radius_column[:, None, None]
-        ) ** 2
+        grid = ops.cast(ops.arange(size), "float32")
+        inside = ((grid[None, :, None] - centre_row) / radius_row) ** 2
+        inside += ((grid[None, None, :] - centre_column) / radius_column) ** 2
         piece = (inside < 1.0) & (corrupted[:, None, None] > 0.5)
 
-        def offset():
-            sign = tf.where(tf.random.uniform(()) < 0.5, -1, 1)
-            return sign * integers(max(1, size // 8), max(1, size // 4))
+        def shifted(x):  # rolled by s/8 to s/4 pixels up or down, then left or right
+            for axis in (1, 2):
+                sign = ops.where(keras.random.uniform((), seed=seed) < 0.5, -1, 1)
+                x = ops.roll(x, sign * integers(max(1, size // 8), max(1, size // 4)), axis)
+            return x
 
-        other_slice = tf.roll(tf.roll(images, 1, axis=0), [offset(), offset()], axis=[1, 2])
-        shifted = tf.roll(images, [offset(), offset()], axis=[1, 2])
-        kind = kind[:, None, None, None]
-        replacement = tf.where(
-            kind == 0, other_slice, tf.where(kind == 1, tf.zeros_like(images), shifted)
+        replacement = ops.where(
+            kind == 0,
+            shifted(ops.roll(images, 1, axis=0)),  # a piece of another slice
+            ops.where(kind == 1, ops.zeros_like(images), shifted(images)),
         )
-        inputs = tf.where(piece[..., None], replacement, images)
+        inputs = ops.where(piece[..., None], replacement, images)
 
-        rotation = integers(0, ROTATIONS - 1, [batch])
-        transposed = tf.transpose(inputs, [0, 2, 1, 3])
-        rotated = tf.stack(
+        rotation = integers(0, ROTATIONS - 1, (batch,))
+        transposed = ops.transpose(inputs, (0, 2, 1, 3))
+        rotated = ops.stack(
             [
                 inputs,
-                tf.reverse(transposed, [1]),  # 90° anticlockwise
-                tf.reverse(inputs, [1, 2]),  # 180°
-                tf.reverse(transposed, [2]),  # 90° clockwise
+                ops.flip(transposed, 1),  # 90° anticlockwise
+                ops.flip(inputs, (1, 2)),  # 180°
+                ops.flip(transposed, 2),  # 90° clockwise
             ],
             axis=1,
         )
-        return tf.gather(rotated, rotation, batch_dims=1), rotation, corrupted
+        chosen = ops.one_hot(rotation, ROTATIONS, dtype=inputs.dtype)[:, :, None, None, None]
+        return ops.sum(rotated * chosen, axis=1), rotation, corrupted
 
     def task_losses(self, features, targets, rotation, corrupted):
         """The heads' mean losses and accuracies on one batch, as a dict of scalars. `targets`
@@ -205,39 +209,38 @@ class FeatureNetwork(keras.Model):
         rotation_logits = self.rotation_head(features)
         corruption_logits = self.corruption_head(features)[:, 0]
         results = {
-            "rotation_loss": tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(rotation, rotation_logits)
+            "rotation_loss": ops.mean(
+                ops.sparse_categorical_crossentropy(rotation, rotation_logits, from_logits=True)
             ),
-            "corruption_loss": tf.reduce_mean(
-                tf.nn.sigmoid_cross_entropy_with_logits(corrupted, corruption_logits)
+            "corruption_loss": ops.mean(
+                ops.binary_crossentropy(corrupted, corruption_logits, from_logits=True)
             ),
-            "rotation_accuracy": tf.reduce_mean(
-                tf.cast(tf.argmax(rotation_logits, -1, output_type=tf.int32) == rotation, "float32")
+            "rotation_accuracy": ops.mean(
+                ops.cast(ops.argmax(rotation_logits, axis=-1) == rotation, "float32")
             ),
-            "corruption_accuracy": tf.reduce_mean(
-                tf.cast((corruption_logits > 0) == (corrupted > 0.5), "float32")
+            "corruption_accuracy": ops.mean(
+                ops.cast((corruption_logits > 0) == (corrupted > 0.5), "float32")
             ),
         }
         loss = results["rotation_loss"] + results["corruption_loss"]
         if self.with_positions:
             predicted = self.position_head(features)[:, 0]
-            results["position_loss"] = tf.reduce_mean(
-                tf.square(predicted - tf.reshape(tf.cast(targets["positions"], tf.float32), [-1]))
-            )
+            positions = ops.reshape(ops.cast(targets["positions"], "float32"), (-1,))
+            results["position_loss"] = ops.mean(ops.square(predicted - positions))
             loss += results["position_loss"]
         results["loss"] = loss
         return results
 
-    def train_step(self, data):
+    def step_loss(self, data, training: bool):
+        """The proxy tasks' summed loss on one batch of real slices, and its `task_losses`."""
         images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
         inputs, rotation, corrupted = self.proxy_tasks(self.downsample(images))
-        with tf.GradientTape() as tape:
-            features = self.embed(inputs)
-            results = self.task_losses(features, targets or {}, rotation, corrupted)
-        gradients = tape.gradient(results["loss"], self.trainable_weights)
-        self.optimizer.apply(gradients, self.trainable_weights)
+        results = self.task_losses(self.embed(inputs), targets or {}, rotation, corrupted)
+        return results["loss"], results
+
+    def record(self, report: dict) -> dict:
         for name, tracker in self.trackers.items():
-            tracker.update_state(results[name])
+            tracker.update_state(report[name])
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def get_config(self):
@@ -297,7 +300,7 @@ def train_feature_network(
         with_positions=positions is not None,
     )
     network.build(images.shape)
-    network.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=False)
+    network.compile(optimizer=keras.optimizers.Adam(learning_rate))
     network.fit(
         images,
         targets or None,

@@ -6,7 +6,8 @@ Images are compared on the [0, 1] scale, shaped (N, S, S, 1):
   K1 = 0.01, K2 = 0.03, averaged over the window positions that lie wholly inside the image
   (the same numbers as `skimage.metrics.structural_similarity(..., gaussian_weights=True,
   sigma=1.5, use_sample_covariance=False, data_range=1)`): `structural_similarity`
-  (differentiable, in-graph) and `ssim_per_slice` (numpy);
+  (differentiable, in-graph) and `ssim_per_slice` (numpy); its multiscale form, MS-SSIM
+  (Wang, Simoncelli and Bovik 2003): `multiscale_structural_similarity` (in-graph);
 - PSNR = 10 log10(1 / max(MSE, 1e-10)) in dB: the MSE is floored at `PSNR_MSE_FLOOR` so that
   identical images score a finite 100 dB instead of infinity (which would turn every mean over
   slices into infinity): `peak_signal_noise_ratio` (in-graph, the VQ-VAE's training metric) and
@@ -44,37 +45,33 @@ SPECTRUM_FLOOR = 1e-12  # power per frequency; a real 128x128 slice has 1e-10 or
 # ---------------------------------------------------------------------------------------------
 
 
-def _gaussian_band(size: int) -> np.ndarray:
-    """The [size - w + 1, size] matrix G whose rows are the normalised 1-D Gaussian window
-    (w = SSIM_FILTER_SIZE taps, sigma = SSIM_FILTER_SIGMA) at every 'valid' offset, so that
-    G @ X @ G^T is X filtered by the separable 2-D Gaussian without padding."""
-    taps = np.arange(SSIM_FILTER_SIZE) - (SSIM_FILTER_SIZE - 1) / 2
-    window = np.exp(-(taps**2) / (2 * SSIM_FILTER_SIGMA**2))
+def _gaussian_band(size: int, taps: int = SSIM_FILTER_SIZE) -> np.ndarray:
+    """The [size - taps + 1, size] matrix G whose rows are the normalised 1-D Gaussian window
+    (`taps` taps, sigma = SSIM_FILTER_SIGMA) at every 'valid' offset, so that G @ X @ G^T is X
+    filtered by the separable 2-D Gaussian without padding."""
+    offsets = np.arange(taps) - (taps - 1) / 2
+    window = np.exp(-(offsets**2) / (2 * SSIM_FILTER_SIGMA**2))
     window /= window.sum()
-    band = np.zeros((size - SSIM_FILTER_SIZE + 1, size), dtype="float32")
+    band = np.zeros((size - taps + 1, size), dtype="float32")
     for row in range(len(band)):
-        band[row, row : row + SSIM_FILTER_SIZE] = window
+        band[row, row : row + taps] = window
     return band
 
 
-def structural_similarity(images, others):
-    """SSIM of each pair of [0, 1] images: [N, H, W, 1] x 2 -> [N] (Wang et al. 2004).
+def _similarity_maps(images, others, taps: int = SSIM_FILTER_SIZE):
+    """SSIM's two factors at every window position of each pair of [0, 1] images, [N, H, W]
+    x 2 -> (luminance, contrast_structure), each [N, H - taps + 1, W - taps + 1]:
 
-    With mu, sigma^2 and sigma_xy the Gaussian-weighted local means, variances and covariance
-    (11 taps, sigma 1.5, no padding, as `tf.image.ssim` and skimage's `gaussian_weights=True`),
+        luminance = (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1),
+        contrast_structure = (2 sigma_xy + C2) / (sigma_x^2 + sigma_y^2 + C2),
 
-        SSIM = mean over positions of (2 mu_x mu_y + C1)(2 sigma_xy + C2)
-                                      / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2)),
-
-    C1 = 0.01^2, C2 = 0.03^2 for data range 1. The separable filter is applied as two matrix
-    products with banded matrices, one dense matmul per axis, which a CPU runs faster than the
-    11x11 depthwise convolution of `tf.image.ssim`; the values are the same up to float
-    rounding. Differentiable.
-    """
-    images = ops.cast(images, "float32")[..., 0]
-    others = ops.cast(others, "float32")[..., 0]
-    rows = ops.convert_to_tensor(_gaussian_band(images.shape[1]))
-    columns = ops.convert_to_tensor(_gaussian_band(images.shape[2]))
+    with mu, sigma^2 and sigma_xy the local means, variances and covariance under a Gaussian
+    window of `taps` taps and sigma 1.5 (no padding), C1 = 0.01^2, C2 = 0.03^2 for data range 1.
+    The separable filter is applied as two matrix products with banded matrices
+    (`_gaussian_band`), one dense matmul per axis, which a CPU runs faster than the depthwise
+    convolution of `tf.image.ssim`; the values are the same up to float rounding."""
+    rows = ops.convert_to_tensor(_gaussian_band(images.shape[1], taps))
+    columns = ops.convert_to_tensor(_gaussian_band(images.shape[2], taps))
     moments = ops.concatenate(
         [images, others, images * images, others * others, images * others], axis=0
     )
@@ -84,10 +81,55 @@ def structural_similarity(images, others):
     variance_y = square_y - mean_y * mean_y
     covariance = product - mean_x * mean_y
     c1, c2 = 0.01**2, 0.03**2
-    ssim_map = ((2 * mean_x * mean_y + c1) * (2 * covariance + c2)) / (
-        (mean_x * mean_x + mean_y * mean_y + c1) * (variance_x + variance_y + c2)
+    luminance = (2 * mean_x * mean_y + c1) / (mean_x * mean_x + mean_y * mean_y + c1)
+    contrast_structure = (2 * covariance + c2) / (variance_x + variance_y + c2)
+    return luminance, contrast_structure
+
+
+def structural_similarity(images, others):
+    """SSIM of each pair of [0, 1] images: [N, H, W, 1] x 2 -> [N] (Wang et al. 2004): the mean
+    over window positions of luminance x contrast_structure (`_similarity_maps`, 11 taps, as
+    `tf.image.ssim` and skimage's `gaussian_weights=True`). Differentiable.
+    """
+    luminance, contrast_structure = _similarity_maps(
+        ops.cast(images, "float32")[..., 0], ops.cast(others, "float32")[..., 0]
     )
-    return ops.mean(ssim_map, axis=(1, 2))
+    return ops.mean(luminance * contrast_structure, axis=(1, 2))
+
+
+def _halved(images):
+    """[N, H, W] -> [N, ceil(H / 2), ceil(W / 2)]: the means of 2x2 blocks, an odd side first
+    extended by repeating its last row or column (symmetric padding)."""
+    if images.shape[1] % 2:
+        images = ops.concatenate([images, images[:, -1:]], axis=1)
+    if images.shape[2] % 2:
+        images = ops.concatenate([images, images[:, :, -1:]], axis=2)
+    count, height, width = ops.shape(images)[0], images.shape[1] // 2, images.shape[2] // 2
+    return ops.mean(ops.reshape(images, (count, height, 2, width, 2)), axis=(2, 4))
+
+
+def multiscale_structural_similarity(images, others, weights, taps: int):
+    """MS-SSIM (Wang, Simoncelli and Bovik 2003) of each pair of [0, 1] images: [N, H, W, 1] x 2
+    -> [N]. At M = len(`weights`) scales j = 1..M, the images halved j - 1 times (`_halved`),
+    with l_j and c_j SSIM's two factors there (`_similarity_maps`, a Gaussian window of `taps`
+    taps and sigma 1.5) and mean(.) over window positions,
+
+        MS-SSIM = relu(mean(l_M c_M))^w_M * prod_{j < M} relu(mean(c_j))^w_j,
+
+    as `tf.image.ssim_multiscale` computes it. The coarsest scale must hold the window:
+    H, W >= taps * 2^(M - 1)."""
+    images = ops.cast(images, "float32")[..., 0]
+    others = ops.cast(others, "float32")[..., 0]
+    score = 1.0
+    for scale, weight in enumerate(weights):
+        if scale > 0:
+            images, others = _halved(images), _halved(others)
+        luminance, contrast_structure = _similarity_maps(images, others, taps)
+        if scale == len(weights) - 1:
+            contrast_structure = luminance * contrast_structure
+        factor = ops.relu(ops.mean(contrast_structure, axis=(1, 2)))
+        score = score * ops.power(factor, float(weight))
+    return score
 
 
 def peak_signal_noise_ratio(images, others):

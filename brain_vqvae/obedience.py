@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from brain_vqvae.metrics import SSIM_FILTER_SIZE, ssim_per_slice
 
@@ -255,7 +255,7 @@ def orthogonal_cuts(
 
     def resized(pictures: np.ndarray) -> np.ndarray:
         pictures = pictures.reshape(count * len(levels), depth, width, 1)
-        images = tf.image.resize(pictures, (size, size), method="bilinear", antialias=True)
+        images = ops.image.resize(pictures, (size, size), interpolation="bilinear", antialias=True)
         return np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0)
 
     return {"coronal": resized(coronal), "sagittal": resized(sagittal)}

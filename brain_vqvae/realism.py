@@ -59,13 +59,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import scipy.linalg
-import tensorflow as tf
 
 from brain_vqvae.feature_network import FeatureNetwork, image_features, predict_positions
 from brain_vqvae.metrics import (
-    SSIM_FILTER_SIGMA,
     as_image_batch,
     log_spectral_distance,
+    multiscale_structural_similarity,
     radial_power_spectra,
     ssim_per_slice,
 )
@@ -208,6 +207,17 @@ def precision_recall(
 # ---------------------------------------------------------------------------------------------
 
 
+def _area_weights(source: int, target: int) -> np.ndarray:
+    """The [target, source] matrix A of area resampling: A[i, j] is the share of output pixel
+    i's span, [i, i + 1) x source / target, that input pixel j's [j, j + 1) covers, so that
+    A @ X @ A^T averages each output pixel's area of X (`tf.image.resize`'s "area")."""
+    scale = source / target
+    starts = np.arange(target)[:, None] * scale
+    pixels = np.arange(source)[None, :]
+    overlap = np.minimum(starts + scale, pixels + 1) - np.maximum(starts, pixels)
+    return np.clip(overlap, 0.0, None) / scale
+
+
 def _downsample(images: np.ndarray, size: int) -> np.ndarray:
     """(N, S, S, 1) -> (N, size * size) block means (area resampling when S % size != 0)."""
     count, side = images.shape[0], images.shape[1]
@@ -215,8 +225,9 @@ def _downsample(images: np.ndarray, size: int) -> np.ndarray:
         factor = side // size
         blocks = images[..., 0].reshape(count, size, factor, size, factor)
         return blocks.mean(axis=(2, 4)).reshape(count, -1)
-    resized = tf.image.resize(images, (size, size), method="area").numpy()
-    return resized.reshape(count, -1)
+    weights = _area_weights(side, size)
+    resized = np.einsum("ij,njk,lk->nil", weights, images[..., 0].astype(np.float64), weights)
+    return resized.astype(np.float32).reshape(count, -1)
 
 
 def brain_masks(images: np.ndarray, threshold: float = MASK_THRESHOLD) -> np.ndarray:
@@ -507,8 +518,9 @@ def pairwise_ms_ssim(images: np.ndarray, max_pairs: int = MAX_PAIRS, seed: int =
     """Diversity: mean MS-SSIM (Wang, Simoncelli and Bovik 2003) over up to `max_pairs` random
     distinct pairs of images (N, S, S, 1), N >= 2, S >= 32. 1 = all alike; lower = more diverse.
 
-    `tf.image.ssim_multiscale` with data range 1, K1 = 0.01, K2 = 0.03, a 7x7 Gaussian window of
-    sigma 1.5 and `ms_ssim_scales(S)` scales with the first that many of the standard weights
+    `metrics.multiscale_structural_similarity` (the numbers of `tf.image.ssim_multiscale`)
+    with data range 1, K1 = 0.01, K2 = 0.03, a 7x7 Gaussian window of sigma 1.5 and
+    `ms_ssim_scales(S)` scales with the first that many of the standard weights
     (0.0448, 0.2856, 0.3001, 0.2363, 0.1333) renormalised to sum to 1. The standard 11x11
     window does not fit the 8x8 coarsest scale of a 128x128 image at 5 scales; a 7x7 window
     does (truncating the Gaussian at 2 sigma). The number compares across sets only at the same
@@ -520,14 +532,7 @@ def pairwise_ms_ssim(images: np.ndarray, max_pairs: int = MAX_PAIRS, seed: int =
     weights = tuple(float(weight) for weight in weights / weights.sum())
 
     def score(first, second):
-        return tf.image.ssim_multiscale(
-            first,
-            second,
-            max_val=1.0,
-            power_factors=weights,
-            filter_size=MS_SSIM_FILTER_SIZE,
-            filter_sigma=SSIM_FILTER_SIGMA,
-        )
+        return multiscale_structural_similarity(first, second, weights, MS_SSIM_FILTER_SIZE)
 
     return _pairwise(images, max_pairs, seed, score)
 

@@ -2,7 +2,9 @@
 saved on one backend loaded (and sampled) on the other.
 
 A process has one Keras backend, and this one runs TensorFlow's, so each backend runs in a
-fresh process (`tests/on_backend.py`). Without jax installed these tests are skipped.
+fresh process (`tests/on_backend.py`). The whole run and the scripts that use it run as on a
+machine with JAX and no TensorFlow (`tests/without_tensorflow.py`). Without jax installed these
+tests are skipped.
 """
 
 from __future__ import annotations
@@ -24,12 +26,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 ON_BACKEND = Path(__file__).resolve().parent / "on_backend.py"
+WITHOUT_TENSORFLOW = ON_BACKEND.parent / "without_tensorflow.py"
 
 
-def on_backend(backend: str, command: str, work: Path, **environment: str) -> None:
-    """Run `tests/on_backend.py command work` with KERAS_BACKEND=`backend` and `environment`."""
+def on_backend(
+    backend: str, command: str, work: Path, refuse_tensorflow: bool = False, **environment: str
+) -> None:
+    """Run `tests/on_backend.py command work` with KERAS_BACKEND=`backend` and `environment`
+    (with `refuse_tensorflow`, every import of TensorFlow refused)."""
+    refusing = [str(WITHOUT_TENSORFLOW)] if refuse_tensorflow else []
     done = subprocess.run(
-        [sys.executable, str(ON_BACKEND), command, str(work)],
+        [sys.executable, *refusing, str(ON_BACKEND), command, str(work)],
         env={**os.environ, **environment, "KERAS_BACKEND": backend},
         capture_output=True,
         text=True,
@@ -116,8 +123,15 @@ def test_a_run_trains_on_jax_over_two_devices(tmp_path):
     """`train.py --strategy mirrored` on JAX with two CPU devices: `keras.distribution.
     DataParallel` shards the NumPy batches of both stages over them; a batch that does not
     split evenly over them is refused before training. `predict.py` then draws a volume and
-    reconstructs slices with the run, on JAX too."""
-    on_backend("jax", "run", tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    reconstructs slices with the run, `similarity.py` judges it (its feature network trained
+    on JAX) and `latent.py` maps its codes: all on JAX, none of them importing TensorFlow."""
+    on_backend(
+        "jax",
+        "run",
+        tmp_path,
+        refuse_tensorflow=True,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
     result = json.loads((tmp_path / "run.json").read_text())
 
     assert result["devices"] == 2
@@ -132,19 +146,38 @@ def test_a_run_trains_on_jax_over_two_devices(tmp_path):
     for stage in ("vqvae", "adversarial", "pixelcnn"):
         assert (tmp_path / "run" / f"{stage}.keras").exists()
 
-    # predict.py on the same backend: a whole volume asked for, and reconstructions.
-    for mode in (["--volume"], ["--reconstruct", "--num", "2"]):
+    run = str(tmp_path / "run")
+    # The training split, where the tiny data has people enough for the realism measures.
+    judged = ["--split", "train", "--samples", "24", "--json"]
+    outputs = {}
+    for script, *words in (
+        ("predict.py", "--volume"),
+        ("predict.py", "--reconstruct", "--num", "2"),
+        ("similarity.py", *judged, "--out", str(tmp_path / "judged")),
+        ("latent.py", "--out", str(tmp_path / "latent")),
+    ):
         done = subprocess.run(
-            [sys.executable, "predict.py", "--run", str(tmp_path / "run"), *mode],
+            [sys.executable, str(WITHOUT_TENSORFLOW), script, "--run", run, *words],
             cwd=ON_BACKEND.parents[1],
             env={**os.environ, "KERAS_BACKEND": "jax"},
             capture_output=True,
             text=True,
             timeout=600,
         )
-        assert done.returncode == 0, done.stderr[-5000:]
+        assert done.returncode == 0, f"{script}: {done.stderr[-5000:]}"
+        outputs[script] = done.stdout
     volume = nibabel.load(tmp_path / "run" / "volumes" / "volume_000.nii.gz")
     settings = json.loads((tmp_path / "run" / "hyperparameters.json").read_text())
     assert volume.shape[2] == settings["slices_per_volume"]
     assert np.ptp(volume.get_fdata()) > 0
     assert (tmp_path / "run" / "reconstructions" / "reconstructions.png").is_file()
+    report = json.loads(outputs["similarity.py"])
+    realism = report["realism"]
+    assert realism["n_real_a"] == 12
+    for key in ("fd_samples", "fd_real_floor", "ms_ssim_samples", "ms_ssim_real"):
+        assert np.isfinite(realism[key]), key
+    assert 0.0 <= realism["c2st_real_floor"] <= 1.0
+    assert 0.0 < realism["ms_ssim_real"] < 1.0
+    assert -1.0 <= report["conditions"]["slice_position"]["generated"]["r"] <= 1.0
+    assert (tmp_path / "run" / "realism_features.keras").is_file()
+    assert (tmp_path / "latent" / "latent.json").is_file()

@@ -1,6 +1,6 @@
-"""brain_vqvae.metrics against independent implementations: scikit-image's SSIM and PSNR, a
-hand-computed entropy, scipy's log-softmax and per-map bincounts, Parseval's theorem for the
-power spectrum."""
+"""brain_vqvae.metrics against independent implementations: scikit-image's SSIM and PSNR,
+TensorFlow's MS-SSIM, a hand-computed entropy, scipy's log-softmax and per-map bincounts,
+Parseval's theorem for the power spectrum."""
 
 from __future__ import annotations
 
@@ -51,6 +51,25 @@ def test_ssim_is_differentiable(image_pairs):
         score = tf.reduce_mean(metrics.structural_similarity(originals, guesses))
     gradient = tape.gradient(score, guesses)
     assert gradient is not None and np.isfinite(gradient).all() and np.abs(gradient).max() > 0
+
+
+@pytest.mark.parametrize(("size", "scales"), [(128, 5), (64, 4), (100, 3), (57, 2)])
+def test_ms_ssim_agrees_with_tensorflow(size, scales):
+    """The banded-matmul MS-SSIM gives `tf.image.ssim_multiscale`'s numbers (7 taps, the
+    standard weights' first `scales` renormalised), odd sides halved by symmetric padding as
+    TensorFlow pads them (100 -> 50 -> 25 -> 13; 57 -> 29)."""
+    rng = np.random.default_rng(size)
+    images = rng.uniform(0, 1, (4, size, size, 1)).astype(np.float32)
+    others = np.clip(images + rng.normal(0, 0.2, images.shape), 0, 1).astype(np.float32)
+    others[0] = images[0]
+    weights = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])[:scales]
+    weights = tuple(float(weight) for weight in weights / weights.sum())
+    expected = tf.image.ssim_multiscale(
+        images, others, 1.0, power_factors=weights, filter_size=7, filter_sigma=1.5
+    ).numpy()
+    ours = np.asarray(metrics.multiscale_structural_similarity(images, others, weights, 7))
+    np.testing.assert_allclose(ours, expected, atol=2e-5)
+    assert ours[0] == pytest.approx(1.0, abs=1e-5) and ours[1:].max() < 0.95
 
 
 def test_radial_power_spectra_sum_to_the_variance_ring_by_ring():
