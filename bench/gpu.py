@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import math
 import os
 import sys
 import tempfile
@@ -97,9 +96,9 @@ def timed_fit(model, batches, images_per_epoch: int, epochs: int) -> dict:
     }
 
 
-def epochs_for(steps: int, examples: int, batch_size: int) -> int:
-    """Whole epochs of `examples` at `batch_size` that give about `steps` steps, at least 2."""
-    return max(2, round(steps / math.ceil(examples / batch_size)))
+def epochs_for(steps: int, steps_per_epoch: int) -> int:
+    """Whole epochs of `steps_per_epoch` steps that give about `steps` steps, at least 2."""
+    return max(2, round(steps / steps_per_epoch))
 
 
 def peak_device_memory() -> int | None:
@@ -221,6 +220,7 @@ def check_preset(
     docstring's steps 1-7), its VQ-VAE for `epochs` epochs (None: about `steps` steps)."""
     import keras
 
+    from brain_vqvae import training
     from brain_vqvae.data import code_map_batches, slice_batches
     from brain_vqvae.metrics import ssim_per_slice
     from brain_vqvae.model import (
@@ -244,9 +244,9 @@ def check_preset(
 
     images = train.float_images()
     vqvae = build_vqvae(hyperparameters, float(images.var()))
-    epochs = epochs or epochs_for(steps, len(train), batch)
+    steps_per_epoch = training.steps_per_epoch(len(train), hyperparameters)
+    epochs = epochs or epochs_for(steps, steps_per_epoch)
     schedule = hyperparameters.learning_rate_schedule
-    steps_per_epoch = math.ceil(len(train) / batch)
     vqvae.compile(
         optimizer=adam(hyperparameters.learning_rate_vqvae, schedule, epochs * steps_per_epoch)
     )
@@ -269,7 +269,7 @@ def check_preset(
 
     if hyperparameters.epochs_adversarial:
         adversarial = build_adversarial_decoder(vqvae, hyperparameters)
-        adversarial_epochs = epochs_for(adversarial_steps, len(train), batch)
+        adversarial_epochs = epochs_for(adversarial_steps, steps_per_epoch)
         adversarial.compile(
             optimizer=adam(
                 hyperparameters.learning_rate_adversarial,
@@ -289,7 +289,7 @@ def check_preset(
         training_maps=code_maps,
         code_vectors=keras.ops.convert_to_numpy(vqvae.quantizer.codebook),
     )
-    prior_epochs = epochs_for(prior_steps, len(train), batch)
+    prior_epochs = epochs_for(prior_steps, steps_per_epoch)
     prior.compile(
         optimizer=adam(
             hyperparameters.learning_rate_pixelcnn, schedule, prior_epochs * steps_per_epoch

@@ -59,10 +59,14 @@ def test_generation_targets_are_judged_against_their_floors():
 
 def test_the_device_check_trains_whole_epochs_of_about_the_steps_asked():
     from bench.gpu import epochs_for
+    from brain_vqvae.training import steps_per_epoch
+    from hyperparameters import preset
 
-    assert epochs_for(300, 2048, 256) == 38  # 8 steps an epoch: 37.5 epochs, rounded
-    assert epochs_for(300, 2048, 2) == 2  # 1024 steps an epoch, but two to time one
-    assert epochs_for(100, 100, 32) == 25  # the last batch of 4 is a step too
+    assert epochs_for(300, 8) == 38  # 37.5 epochs, rounded
+    assert epochs_for(300, 1024) == 2  # one epoch is enough steps, but two to time one
+    batch_32 = preset("card").replace(batch_size=32)
+    assert steps_per_epoch(100, batch_32) == 4  # the last batch of 4 is a step too
+    assert epochs_for(100, steps_per_epoch(100, batch_32)) == 25
 
 
 def test_the_whole_run_summary_takes_medians_ratios_by_round_and_the_rest_of_the_phases():
