@@ -17,6 +17,7 @@ KL divergence to N(0, I). `run_test_metrics` is what training writes to metrics.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,14 @@ from brain_vqvae.model import (
     posterior_kl,
     sample_code_maps,
 )
-from brain_vqvae.runs import Run, RunError, load_run, load_run_data, save_model_atomically
+from brain_vqvae.runs import (
+    Run,
+    RunError,
+    load_run,
+    load_run_data,
+    save_model_atomically,
+    write_atomically,
+)
 from hyperparameters import (
     COARSE_FACTOR,
     Hyperparameters,
@@ -73,6 +81,7 @@ from hyperparameters import (
     check_top_p,
 )
 
+REPORT_FILE = "report.json"  # what `evaluate_run` returns, written beside its figures
 FEATURE_TRAINING_SLICES = 4000  # the feature network trains on at most this many slices
 REFERENCE_TRAINING_SLICES = 2000  # training slices the implausibility rule and neighbours see
 # Samples judged by default, at the least: their diversity then moves about half as much
@@ -901,9 +910,9 @@ def evaluate_run(
     """Score a trained run's reconstructions of `split` and its samples (`samples` of them,
     from its prior, or from N(0, I) for a VAE run; default as many as the split has slices, at
     least `MIN_SAMPLES`: the realism measures compare as many of them as half the split has,
-    and their diversity takes them all); write the figures into `out` (default
-    `run_dir/similarity_<split>`) and return the numbers. The samples are drawn with
-    `temperature`, `top_k`, `top_p` and `coarse_top_p` as `predict.py` draws them
+    and their diversity takes them all); write the figures and the numbers (`report.json`)
+    into `out` (default `run_dir/similarity_<split>`) and return the numbers. The samples are
+    drawn with `temperature`, `top_k`, `top_p` and `coarse_top_p` as `predict.py` draws them
     (`sample_code_maps`; either nucleus None: the run's own, `effective_nuclei`; a VAE run
     takes the temperature only). A conditional prior's obedience is judged on draws with
     `guidance` and the same sampling (`judge_conditions`), unless `judge_obedience` is False
@@ -1049,6 +1058,8 @@ def evaluate_run(
         )
         figures += condition_figures
     report["figures"] = [str(path) for path in figures]
+    report["report_file"] = str(out / REPORT_FILE)
+    write_atomically(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -1108,6 +1119,8 @@ def format_report(report: dict) -> str:
         lines += ["", f"realism not measured: {report['realism_skipped']}"]
     if "conditions_skipped" in report:
         lines += ["", f"conditional prior's obedience not judged: {report['conditions_skipped']}"]
+    if "report_file" in report:
+        lines += ["", f"numbers in {report['report_file']}, figures beside it"]
     return "\n".join(lines)
 
 

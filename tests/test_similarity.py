@@ -147,6 +147,7 @@ def test_command_reports_json_and_writes_the_figures(tiny_run, tmp_path, capsys)
     ):
         assert key in report, key
     assert report["slices"] == 6
+    assert json.loads((out / "report.json").read_text()) == report  # kept beside the figures
     for name in (
         "ssim_histogram.png",
         "ssim_by_slice.png",
