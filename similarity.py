@@ -32,9 +32,9 @@ checkerboard of an up-convolution), and the share of implausible samples (a brai
 more islands, or with more holes, than any training slice at its level has); and each of these
 again for what a perfect prior would draw (training slices through the same decoder), the best
 a prior can score against the split's few people. The figures and the numbers (report.json,
-what --json prints) go to RUN/similarity_<split> (or --out): realism.png draws the measures beside their floors,
-spectrum.png the power spectra, nearest_training.png the samples beside their nearest training
-slices. The samples are drawn as `predict.py` draws them, with
+what --json prints) go to RUN/similarity_<split> (or --out): realism.png draws the measures
+beside their floors, spectrum.png the power spectra, nearest_training.png the samples beside
+their nearest training slices. The samples are drawn as `predict.py` draws them, with
 the same --temperature, --top-k and --top-p, so a sampling setting can be judged before it is
 used. A conditional prior's obedience (slices asked for levels, ages and a diagnosis, whole
 volumes) is judged too, unless --skip-conditions: that takes most of a hifi run's judging time.
