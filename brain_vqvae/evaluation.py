@@ -92,6 +92,8 @@ SLAB_SLICES = 8  # a lone person's neighbouring slices that the two-sample tests
 OBEDIENCE_SAMPLES = 128  # generated slices per condition whose obedience is measured
 MIN_CHECKED_SLICES = 8  # held-out (or generated) slices the age reader must read, at the least
 MEASURED_VOLUMES = 8  # generated (and real) volumes whose coherence is measured
+VOLUME_DRAWS = 3  # draws of MEASURED_VOLUMES generated volumes whose measures are averaged
+FLOOR_GROUPS = 8  # groups of as many training volumes whose cuts' floor is averaged
 AGE_VOLUMES = 12  # generated volumes whose age is read as a whole
 MIN_OBEDIENCE_PEOPLE = 3  # held-out people of known age that a volume's age read is set against
 DIAGNOSIS_PAIRS = 64  # pairs of slices, asked for CDR 0 and for dementia, whose ages are read
@@ -346,10 +348,11 @@ def judge_conditions(
     ceiling); for the diagnosis (`judge_diagnosis`), how much older the age reader finds slices
     asked for dementia than slices asked for none, beside what it finds in real people (a
     {"skipped": why} where the prior does not take the age or the age reader cannot be
-    trained, as for the age); for volumes, the adjacent-slice SSIM of `MEASURED_VOLUMES`
-    generated volumes (drawn coherently and slice by slice on their own) against real held-out
-    volumes, and the Fréchet distance of their coronal and sagittal cuts to the held-out
-    volumes' cuts, beside the floor of as many `training` volumes' cuts. Slices and volumes are
+    trained, as for the age); for volumes (`judge_volumes`), the adjacent-slice SSIM of
+    `MEASURED_VOLUMES` generated volumes (drawn coherently and slice by slice on their own)
+    against real held-out volumes, and the Fréchet distance of their coronal and sagittal cuts
+    to the held-out volumes' cuts, beside the floor of as many `training` volumes' cuts, each
+    averaged over draws (and the floor over groups of training people). Slices and volumes are
     drawn with `guidance` and `sampling` (keyword arguments of `sample_code_maps`: temperature,
     top_k, top_p, coarse_top_p; None: plain), as `predict.py` would draw them.
     `reconstructions` are the `held_out` slices [N, S, S, 1] as the run's generator gives them
@@ -775,7 +778,14 @@ def judge_volumes(
     draw: dict,
 ) -> dict:
     """The volume measures of `judge_conditions` (its docstring), the volumes drawn with
-    `draw` (keyword arguments of `sample_code_maps`)."""
+    `draw` (keyword arguments of `sample_code_maps`).
+
+    The Fréchet distance of a few volumes' cuts moves a lot between draws (on the demo, 2.4 to
+    4.7 over six draws of 8 card volumes: BENCHMARKS.md, "`make demo` from a fresh clone"), so
+    the generated volumes are drawn `VOLUME_DRAWS` times (`count` each, coherent and slice by
+    slice with the same seeds) and each measure is their mean, the draws' values listed beside
+    it; the floor is the mean over up to `FLOOR_GROUPS` disjoint groups of `count` training
+    volumes, each against the same held-out volumes."""
     real, _ = obedience.real_volumes(held_out)
     training_volumes, _ = obedience.real_volumes(training)
     count = min(MEASURED_VOLUMES, len(real), len(training_volumes))
@@ -787,16 +797,29 @@ def judge_volumes(
         return image_features(network, np.concatenate([cuts["coronal"], cuts["sagittal"]]))
 
     real_cuts = cut_features(real)
-    report = {"volumes": count, "depth": depth}
+    report = {"volumes": count, "depth": depth, "draws": VOLUME_DRAWS}
     report["real_adjacent_ssim"] = obedience.adjacent_slice_ssim(real)["mean"]
-    report["real_cut_frechet"] = realism.frechet_distance(
-        cut_features(training_volumes[:count]), real_cuts
-    )
+    groups = min(FLOOR_GROUPS, len(training_volumes) // count)
+    floors = [
+        realism.frechet_distance(
+            cut_features(training_volumes[group * count : (group + 1) * count]), real_cuts
+        )
+        for group in range(groups)
+    ]
+    report["real_cut_frechet"] = float(np.mean(floors))
+    report["real_cut_frechet_groups"] = floors
     for coherent, kind in ((True, "coherent"), (False, "independent")):
-        _, volumes = sample_volumes(run, count, depth, seed=seed, coherent=coherent, **draw)
-        volumes = volumes.astype(np.float32) / np.float32(255.0)
-        report[f"{kind}_adjacent_ssim"] = obedience.adjacent_slice_ssim(volumes)["mean"]
-        report[f"{kind}_cut_frechet"] = realism.frechet_distance(cut_features(volumes), real_cuts)
+        adjacent, distances = [], []
+        for number in range(VOLUME_DRAWS):
+            _, volumes = sample_volumes(
+                run, count, depth, seed=seed + number * depth, coherent=coherent, **draw
+            )
+            volumes = volumes.astype(np.float32) / np.float32(255.0)
+            adjacent.append(obedience.adjacent_slice_ssim(volumes)["mean"])
+            distances.append(realism.frechet_distance(cut_features(volumes), real_cuts))
+        report[f"{kind}_adjacent_ssim"] = float(np.mean(adjacent))
+        report[f"{kind}_cut_frechet"] = float(np.mean(distances))
+        report[f"{kind}_cut_frechet_draws"] = distances
     return report
 
 
@@ -1124,6 +1147,11 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def value_range(values: list[float]) -> str:
+    """ "lowest-highest" of a measure's values over draws or groups, to two decimals."""
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
 def format_diagnosis(scores: dict) -> str:
     """The line of `format_conditions` on the diagnosis (`judge_diagnosis`)."""
 
@@ -1189,14 +1217,19 @@ def format_conditions(conditions: dict) -> list[str]:
     if "volumes" in conditions:
         volumes = conditions["volumes"]
         lines.append(
-            f"  {volumes['volumes']} volumes of {volumes['depth']} slices, adjacent-slice SSIM: "
-            f"coherent {volumes['coherent_adjacent_ssim']:.3f}, slice by slice "
-            f"{volumes['independent_adjacent_ssim']:.3f}, real {volumes['real_adjacent_ssim']:.3f}"
+            f"  {volumes['draws']} draws of {volumes['volumes']} volumes of {volumes['depth']} "
+            f"slices, adjacent-slice SSIM: coherent {volumes['coherent_adjacent_ssim']:.3f}, "
+            f"slice by slice {volumes['independent_adjacent_ssim']:.3f}, "
+            f"real {volumes['real_adjacent_ssim']:.3f}"
         )
         lines.append(
-            f"  Fréchet distance of coronal/sagittal cuts: coherent "
-            f"{volumes['coherent_cut_frechet']:.2f}, slice by slice "
-            f"{volumes['independent_cut_frechet']:.2f}, "
-            f"real floor {volumes['real_cut_frechet']:.2f}"
+            "  Fréchet distance of coronal/sagittal cuts, means (range): coherent "
+            f"{volumes['coherent_cut_frechet']:.2f} "
+            f"({value_range(volumes['coherent_cut_frechet_draws'])}), slice by slice "
+            f"{volumes['independent_cut_frechet']:.2f} "
+            f"({value_range(volumes['independent_cut_frechet_draws'])}); real floor "
+            f"{volumes['real_cut_frechet']:.2f} "
+            f"({value_range(volumes['real_cut_frechet_groups'])} over "
+            f"{len(volumes['real_cut_frechet_groups'])} groups of training people)"
         )
     return lines
