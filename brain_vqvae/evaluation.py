@@ -780,12 +780,12 @@ def judge_volumes(
     """The volume measures of `judge_conditions` (its docstring), the volumes drawn with
     `draw` (keyword arguments of `sample_code_maps`).
 
-    The Fréchet distance of a few volumes' cuts moves a lot between draws (on the demo, 2.4 to
-    4.7 over six draws of 8 card volumes: BENCHMARKS.md, "`make demo` from a fresh clone"), so
-    the generated volumes are drawn `VOLUME_DRAWS` times (`count` each, coherent and slice by
-    slice with the same seeds) and each measure is their mean, the draws' values listed beside
-    it; the floor is the mean over up to `FLOOR_GROUPS` disjoint groups of `count` training
-    volumes, each against the same held-out volumes."""
+    The Fréchet distance of a few volumes' cuts moves a lot between draws (BENCHMARKS.md,
+    "`make demo` from a fresh clone, and its volumes' cuts"), so the generated volumes are
+    drawn `VOLUME_DRAWS` times (`count` each, coherent and slice by slice with the same seeds)
+    and each measure is their mean, the draws' values listed beside it; the floor is the mean
+    over up to `FLOOR_GROUPS` disjoint groups of `count` training volumes, each against the
+    same held-out volumes."""
     real, _ = obedience.real_volumes(held_out)
     training_volumes, _ = obedience.real_volumes(training)
     count = min(MEASURED_VOLUMES, len(real), len(training_volumes))
@@ -1148,7 +1148,7 @@ def format_report(report: dict) -> str:
 
 
 def value_range(values: list[float]) -> str:
-    """ "lowest-highest" of a measure's values over draws or groups, to two decimals."""
+    """The lowest and the highest of a measure's values over draws or groups, as "0.12-0.34"."""
     return f"{min(values):.2f}-{max(values):.2f}"
 
 
