@@ -36,7 +36,6 @@ from brain_vqvae.data import BrainSlices, SliceSet
 from brain_vqvae.data.slices import capped_indices
 from brain_vqvae.feature_network import (
     FeatureNetwork,
-    image_features,
     load_feature_network,
     predict_positions,
     train_feature_network,
@@ -91,9 +90,8 @@ MIN_REALISM_SLICES = 8  # held-out slices per half, at the least, for the realis
 SLAB_SLICES = 8  # a lone person's neighbouring slices that the two-sample tests keep together
 OBEDIENCE_SAMPLES = 128  # generated slices per condition whose obedience is measured
 MIN_CHECKED_SLICES = 8  # held-out (or generated) slices the age reader must read, at the least
-MEASURED_VOLUMES = 8  # generated (and real) volumes whose coherence is measured
-VOLUME_DRAWS = 3  # draws of MEASURED_VOLUMES generated volumes whose measures are averaged
-FLOOR_GROUPS = 8  # groups of as many training volumes whose cuts' floor is averaged
+GENERATED_VOLUMES = 24  # volumes drawn each way (coherent, slice by slice) for the measures
+REFERENCE_VOLUMES = 64  # training volumes, at the most, reconstructed as a perfect prior's
 AGE_VOLUMES = 12  # generated volumes whose age is read as a whole
 MIN_OBEDIENCE_PEOPLE = 3  # held-out people of known age that a volume's age read is set against
 DIAGNOSIS_PAIRS = 64  # pairs of slices, asked for CDR 0 and for dementia, whose ages are read
@@ -349,12 +347,11 @@ def judge_conditions(
     asked for dementia than slices asked for none, beside what it finds in real people (a
     {"skipped": why} where the prior does not take the age or the age reader cannot be
     trained, as for the age); for volumes (`judge_volumes`), the adjacent-slice SSIM of
-    `MEASURED_VOLUMES` generated volumes (drawn coherently and slice by slice on their own)
-    against real held-out volumes, and the Fréchet distance of their coronal and sagittal cuts
-    to the held-out volumes' cuts, beside the floor of as many `training` volumes' cuts, each
-    averaged over draws (and the floor over groups of training people). Slices and volumes are
-    drawn with `guidance` and `sampling` (keyword arguments of `sample_code_maps`: temperature,
-    top_k, top_p, coarse_top_p; None: plain), as `predict.py` would draw them.
+    generated volumes (drawn coherently and slice by slice on their own) against real held-out
+    volumes, and how well a classifier tells their coronal and sagittal cuts from those of
+    the training volumes reconstructed, beside what a perfect prior would score. Slices and
+    volumes are drawn with `guidance` and `sampling` (keyword arguments of `sample_code_maps`:
+    temperature, top_k, top_p, coarse_top_p; None: plain), as `predict.py` would draw them.
     `reconstructions` are the `held_out` slices [N, S, S, 1] as the run's generator gives them
     back (`Run.generator`). Writes obedience_<condition>.png into `out`."""
     names = run.pixelcnn.condition_names
@@ -385,7 +382,8 @@ def judge_conditions(
                 )
                 figures += [figure] if figure else []
     if {"slice_position", "previous_slice"} <= set(names):
-        report["volumes"] = judge_volumes(run, network, training, held_out, seed, draw)
+        report["volumes"], figure = judge_volumes(run, training, held_out, seed, draw, out)
+        figures.append(figure)
     return report, figures
 
 
@@ -771,56 +769,73 @@ def generate_slices(run: Run, conditions: dict, seed: int, draw: dict) -> np.nda
 
 def judge_volumes(
     run: Run,
-    network: FeatureNetwork,
     training: SliceSet,
     held_out: SliceSet,
     seed: int,
     draw: dict,
-) -> dict:
-    """The volume measures of `judge_conditions` (its docstring), the volumes drawn with
-    `draw` (keyword arguments of `sample_code_maps`).
+    out: Path,
+) -> tuple[dict, Path]:
+    """The volume measures of `judge_conditions`. `GENERATED_VOLUMES` volumes are drawn with
+    `draw` (keyword arguments of `sample_code_maps`) two ways with the same seed: coherent (each
+    slice on the slice below) and slice by slice (each on its own, at its level). They are set
+    against up to `REFERENCE_VOLUMES` `training` volumes as the run's generator gives them back
+    (`Run.generator`): what a perfect prior would draw, its code maps those of the people it
+    learned from, decoded as samples are.
 
-    The Fréchet distance of a few volumes' cuts moves a lot between draws (BENCHMARKS.md,
-    "`make demo` from a fresh clone, and its volumes' cuts"), so the generated volumes are
-    drawn `VOLUME_DRAWS` times (`count` each, coherent and slice by slice with the same seeds)
-    and each measure is their mean, the draws' values listed beside it; the floor is the mean
-    over up to `FLOOR_GROUPS` disjoint groups of `count` training volumes, each against the
-    same held-out volumes."""
+    - adjacent-slice SSIM (`obedience.adjacent_slice_ssim`) of both, beside the real held-out
+      volumes';
+    - a classifier two-sample test on their coronal and sagittal cuts (`obedience.cut_images`;
+      `realism.classifier_two_sample_accuracy` on block means and texture, grouped by volume):
+      each way's cuts against the reconstructed training volumes' (0.5: told apart no better
+      than chance), beside what a perfect prior would score (the reconstructed training
+      volumes in two halves, one against the other) and the real held-out volumes against the
+      reconstructed ones (what the decoder alone gives away).
+
+    The classifier learns from the cuts themselves: the run's feature network learned axial
+    slices, and the Fréchet distance of cuts in its features ranked volumes drawn slice by
+    slice, whose cuts break at every slice, above coherent ones (BENCHMARKS.md, "Volumes judged
+    by a classifier on their cuts"). Returns the report and volume_cuts.png, written into `out`
+    (`obedience.plot_volume_cuts`: real, reconstructed, coherent, slice by slice)."""
     real, _ = obedience.real_volumes(held_out)
     training_volumes, _ = obedience.real_volumes(training)
-    count = min(MEASURED_VOLUMES, len(real), len(training_volumes))
-    real, depth = real[:count], real.shape[1]
-    size = run.hyperparameters.image_size
+    reference = training_volumes[capped_indices(len(training_volumes), REFERENCE_VOLUMES, seed)]
+    count, depth, size = len(reference), reference.shape[1], reference.shape[2]
+    reference = reconstruct_images(
+        run.generator,
+        reference.reshape(-1, size, size, 1),
+        run.hyperparameters.inference_batch_size,
+    ).reshape(count, depth, size, size)
 
-    def cut_features(volumes: np.ndarray) -> np.ndarray:
-        cuts = obedience.orthogonal_cuts(volumes, size)
-        return image_features(network, np.concatenate([cuts["coronal"], cuts["sagittal"]]))
-
-    real_cuts = cut_features(real)
-    report = {"volumes": count, "depth": depth, "draws": VOLUME_DRAWS}
-    report["real_adjacent_ssim"] = obedience.adjacent_slice_ssim(real)["mean"]
-    groups = min(FLOOR_GROUPS, len(training_volumes) // count)
-    floors = [
-        realism.frechet_distance(
-            cut_features(training_volumes[group * count : (group + 1) * count]), real_cuts
+    def told_apart(volumes_a: np.ndarray, volumes_b: np.ndarray) -> float:
+        cuts_a, groups_a = obedience.cut_images(volumes_a, size)
+        cuts_b, groups_b = obedience.cut_images(volumes_b, size)
+        return realism.classifier_two_sample_accuracy(
+            cuts_a, cuts_b, seed=seed, groups_a=groups_a, groups_b=groups_b + len(volumes_a)
         )
-        for group in range(groups)
-    ]
-    report["real_cut_frechet"] = float(np.mean(floors))
-    report["real_cut_frechet_groups"] = floors
+
+    report = {"volumes": GENERATED_VOLUMES, "depth": depth, "reference_volumes": count}
+    report["real_adjacent_ssim"] = obedience.adjacent_slice_ssim(real)["mean"]
+    if real.shape[1] == depth:  # cuts of volumes of other depths are stretched differently
+        report["real_vs_reconstructed_cut_c2st"] = told_apart(real, reference)
+    report["perfect_prior_cut_c2st"] = told_apart(reference[: count // 2], reference[count // 2 :])
+    drawn = {}
     for coherent, kind in ((True, "coherent"), (False, "independent")):
-        adjacent, distances = [], []
-        for number in range(VOLUME_DRAWS):
-            _, volumes = sample_volumes(
-                run, count, depth, seed=seed + number * depth, coherent=coherent, **draw
-            )
-            volumes = volumes.astype(np.float32) / np.float32(255.0)
-            adjacent.append(obedience.adjacent_slice_ssim(volumes)["mean"])
-            distances.append(realism.frechet_distance(cut_features(volumes), real_cuts))
-        report[f"{kind}_adjacent_ssim"] = float(np.mean(adjacent))
-        report[f"{kind}_cut_frechet"] = float(np.mean(distances))
-        report[f"{kind}_cut_frechet_draws"] = distances
-    return report
+        _, volumes = sample_volumes(
+            run, GENERATED_VOLUMES, depth, seed=seed, coherent=coherent, **draw
+        )
+        drawn[kind] = volumes.astype(np.float32) / np.float32(255.0)
+        report[f"{kind}_adjacent_ssim"] = obedience.adjacent_slice_ssim(drawn[kind])["mean"]
+        report[f"{kind}_cut_c2st"] = told_apart(drawn[kind], reference)
+    figure = obedience.plot_volume_cuts(
+        {
+            "real (held out)": real,
+            "reconstructed": reference,
+            "coherent": drawn["coherent"],
+            "slice by slice": drawn["independent"],
+        },
+        out / "volume_cuts.png",
+    )
+    return report, figure
 
 
 def prior_training_slices(
@@ -1147,11 +1162,6 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def value_range(values: list[float]) -> str:
-    """The lowest and the highest of a measure's values over draws or groups, as "0.12-0.34"."""
-    return f"{min(values):.2f}-{max(values):.2f}"
-
-
 def format_diagnosis(scores: dict) -> str:
     """The line of `format_conditions` on the diagnosis (`judge_diagnosis`)."""
 
@@ -1217,19 +1227,19 @@ def format_conditions(conditions: dict) -> list[str]:
     if "volumes" in conditions:
         volumes = conditions["volumes"]
         lines.append(
-            f"  {volumes['draws']} draws of {volumes['volumes']} volumes of {volumes['depth']} "
-            f"slices, adjacent-slice SSIM: coherent {volumes['coherent_adjacent_ssim']:.3f}, "
+            f"  {volumes['volumes']} volumes of {volumes['depth']} slices drawn each way, "
+            f"adjacent-slice SSIM: coherent {volumes['coherent_adjacent_ssim']:.3f}, "
             f"slice by slice {volumes['independent_adjacent_ssim']:.3f}, "
             f"real {volumes['real_adjacent_ssim']:.3f}"
         )
-        lines.append(
-            "  Fréchet distance of coronal/sagittal cuts, means (range): coherent "
-            f"{volumes['coherent_cut_frechet']:.2f} "
-            f"({value_range(volumes['coherent_cut_frechet_draws'])}), slice by slice "
-            f"{volumes['independent_cut_frechet']:.2f} "
-            f"({value_range(volumes['independent_cut_frechet_draws'])}); real floor "
-            f"{volumes['real_cut_frechet']:.2f} "
-            f"({value_range(volumes['real_cut_frechet_groups'])} over "
-            f"{len(volumes['real_cut_frechet_groups'])} groups of training people)"
+        line = (
+            "  coronal/sagittal cuts told from those of "
+            f"{volumes['reference_volumes']} training volumes reconstructed (C2ST, 0.5 = not at "
+            f"all): coherent {volumes['coherent_cut_c2st']:.3f}, slice by slice "
+            f"{volumes['independent_cut_c2st']:.3f} (a perfect prior "
+            f"{volumes['perfect_prior_cut_c2st']:.3f}"
         )
+        if "real_vs_reconstructed_cut_c2st" in volumes:
+            line += f"; real held-out volumes {volumes['real_vs_reconstructed_cut_c2st']:.3f}"
+        lines.append(line + ")")
     return lines

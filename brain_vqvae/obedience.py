@@ -27,11 +27,13 @@ Volumes. A volume is D axial slices of one subject, float32 in [0, 1], shaped [V
 `real_volumes` stacks a split's slices into such volumes. `adjacent_slice_ssim` measures how
 alike neighbouring slices are (a generator that makes each slice on its own shows as less alike
 than real volumes are); `orthogonal_cuts` cuts the volumes coronally and sagittally into
-images that the realism measures (`realism`) compare as they compare axial slices: axial slices
-that look real one by one but do not fit together show as broken anatomy in those cuts.
+images (`cut_images` as one batch, each with its volume) that a two-sample test (`realism`)
+compares as it compares axial slices: axial slices that look real one by one but do not fit
+together show as broken anatomy in those cuts. `plot_volume_cuts` draws them side by side.
 
 Public API: `condition_obedience`, `apparent_age_effect`, `adjacent_slice_ssim`,
-`orthogonal_cuts`, `real_volumes`, `plot_obedience`, `plot_diagnosis`.
+`orthogonal_cuts`, `cut_images`, `real_volumes`, `plot_obedience`, `plot_diagnosis`,
+`plot_volume_cuts`.
 """
 
 from __future__ import annotations
@@ -49,9 +51,11 @@ __all__ = [
     "adjacent_slice_ssim",
     "apparent_age_effect",
     "condition_obedience",
+    "cut_images",
     "orthogonal_cuts",
     "plot_diagnosis",
     "plot_obedience",
+    "plot_volume_cuts",
     "real_volumes",
 ]
 
@@ -261,6 +265,19 @@ def orthogonal_cuts(
     return {"coronal": resized(coronal), "sagittal": resized(sagittal)}
 
 
+def cut_images(
+    volumes, size: int, fractions: Sequence[float] = CUT_FRACTIONS
+) -> tuple[np.ndarray, np.ndarray]:
+    """The coronal and sagittal `orthogonal_cuts` of volumes [V, D, S, S] as one batch of
+    images [2 V F, size, size, 1] (the coronal cuts, then the sagittal ones), and the index of
+    the volume each comes from (2 V F,) int64, for tests that must keep a volume's cuts
+    together."""
+    cuts = orthogonal_cuts(volumes, size, fractions)
+    count = len(cuts["coronal"]) // len(np.ravel(fractions))
+    volume_of_cut = np.repeat(np.arange(count), len(np.ravel(fractions)))
+    return np.concatenate([cuts["coronal"], cuts["sagittal"]]), np.tile(volume_of_cut, 2)
+
+
 def real_volumes(slice_set) -> tuple[np.ndarray, np.ndarray]:
     """Each subject's slices of a split stacked bottom to top into a volume.
 
@@ -384,6 +401,32 @@ def plot_diagnosis(generated, people, path: str | Path) -> Path:
         axis.legend(fontsize=8)
     axes[0].set_ylabel("read age − age (years)")
     figure.suptitle("obedience: CDR, read as ageing", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return Path(path)
+
+
+def plot_volume_cuts(sets: dict[str, np.ndarray], path: str | Path, shown: int = 4) -> Path:
+    """PNG of the middle coronal and sagittal cut (`orthogonal_cuts` at 0.5) of the first
+    `shown` volumes of each set: two rows per set ({name: volumes [V, D, S, S] in [0, 1]}, in
+    its order), one column per volume, superior at the top. What a viewer shows when it is
+    turned away from the axial plane: whether the slices make one brain."""
+    from matplotlib.figure import Figure
+
+    columns = min(shown, min(len(volumes) for volumes in sets.values()))
+    figure = Figure(figsize=(1.6 * columns + 1.2, 3.2 * len(sets)))
+    axes = figure.subplots(2 * len(sets), columns, squeeze=False)
+    for row, (name, volumes) in enumerate(sets.items()):
+        volumes = _as_volumes(volumes)[:columns]
+        cuts = orthogonal_cuts(volumes, volumes.shape[2], fractions=(0.5,))
+        for offset, plane in enumerate(("coronal", "sagittal")):
+            for column in range(columns):
+                axis = axes[2 * row + offset, column]
+                axis.imshow(cuts[plane][column, ..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+                axis.set_xticks([])
+                axis.set_yticks([])
+            axes[2 * row + offset, 0].set_ylabel(f"{name}\n{plane}", fontsize=8)
+    figure.suptitle("middle coronal and sagittal cuts, superior at the top", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return Path(path)

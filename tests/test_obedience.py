@@ -152,6 +152,20 @@ def test_orthogonal_cuts_put_a_marker_where_the_geometry_says():
         obedience.orthogonal_cuts(two, size=16, fractions=(1.5,))
 
 
+def test_cut_images_batch_every_cut_with_the_volume_it_comes_from(tmp_path):
+    # Volume v is uniformly v / 10: every cut of it shows v / 10, so each cut's value says
+    # which volume it came from, independently of the index returned beside it.
+    volumes = np.stack([np.full((6, 12, 12), v / 10, np.float32) for v in range(4)])
+    images, volume_of_cut = obedience.cut_images(volumes, size=8, fractions=(0.25, 0.75))
+    assert images.shape == (4 * 2 * 2, 8, 8, 1) and volume_of_cut.shape == (16,)
+    np.testing.assert_allclose(images.mean(axis=(1, 2, 3)), volume_of_cut / 10, atol=1e-6)
+    assert volume_of_cut.tolist() == [0, 0, 1, 1, 2, 2, 3, 3] * 2  # coronal, then sagittal
+    path = obedience.plot_volume_cuts(
+        {"real": volumes, "drawn": volumes[::-1]}, tmp_path / "cuts.png", shown=3
+    )
+    assert path.stat().st_size > 0
+
+
 def test_real_volumes_stack_each_subject_bottom_to_top_and_skip_odd_counts():
     size = 4
     records = []  # (image, subject, slice index): each image's pixels hold its own index
