@@ -409,8 +409,8 @@ def plot_diagnosis(generated, people, path: str | Path) -> Path:
 def plot_volume_cuts(sets: dict[str, np.ndarray], path: str | Path, shown: int = 4) -> Path:
     """PNG of the middle coronal and sagittal cut (`orthogonal_cuts` at 0.5) of the first
     `shown` volumes of each set: two rows per set ({name: volumes [V, D, S, S] in [0, 1]}, in
-    its order), one column per volume, superior at the top. What a viewer shows when it is
-    turned away from the axial plane: whether the slices make one brain."""
+    its order), one column per volume, superior at the top, each stretched to a square as the
+    two-sample test of `evaluation.judge_volumes` sees it: whether the slices make one brain."""
     from matplotlib.figure import Figure
 
     columns = min(shown, min(len(volumes) for volumes in sets.values()))
