@@ -17,6 +17,7 @@ from PIL import Image
 
 import similarity
 from brain_vqvae import evaluation, generation, metrics, realism, runs
+from brain_vqvae.data.slices import make_slice_set
 
 
 def test_summary_counts_slices_at_or_above_the_target():
@@ -77,6 +78,66 @@ def test_a_volume_is_read_as_the_mean_of_its_readable_slices():
     np.testing.assert_allclose(ages, [20.0, 70.0], rtol=1e-5)
     with pytest.raises(ValueError, match="none at levels"):
         evaluation.read_volume_ages(_BrightnessReader(), volumes[:, :2])
+
+
+def ellipsoid_people(count: int, seed: int, depth: int = 16, size: int = 32) -> np.ndarray:
+    """`count` volumes [count, depth, size, size] uint8: a bright ellipsoid of random radii
+    whose axial sections grow and shrink smoothly from slice to slice, with a little noise."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in (depth, size, size)), indexing="ij")
+    volumes = []
+    for _ in range(count):
+        a, b, c = rng.uniform(0.55, 0.9, 3)
+        inside = (x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2 <= 1
+        texture = 150 + 60 * np.cos(5 * y + rng.uniform(0, 6)) + rng.normal(0, 4, inside.shape)
+        volumes.append(np.clip(np.where(inside, texture, 0), 0, 255).astype(np.uint8))
+    return np.stack(volumes)
+
+
+def as_slice_set(volumes: np.ndarray, prefix: str):
+    depth, size = volumes.shape[1], volumes.shape[2]
+    people = [f"{prefix}{person}" for person in range(len(volumes)) for _ in range(depth)]
+    indices = [index for _ in range(len(volumes)) for index in range(depth)]
+    return make_slice_set(list(volumes.reshape(-1, size, size)), people, indices, size)
+
+
+def test_volumes_whose_slices_do_not_fit_together_are_told_apart_by_their_cuts(
+    tmp_path, monkeypatch
+):
+    # A generator that draws new people of the training people's kind, slice on slice, and,
+    # "slice by slice", the same people with their slices in a random order: the cuts of the
+    # first cannot be told from the training volumes', those of the second can.
+    training, held_out = ellipsoid_people(32, seed=0), ellipsoid_people(8, seed=1)
+    drawn = ellipsoid_people(evaluation.GENERATED_VOLUMES, seed=2)
+    shuffled = np.stack(
+        [volume[np.random.default_rng(i).permutation(16)] for i, volume in enumerate(drawn)]
+    )
+
+    def sample_volumes(run, count, depth, seed, coherent, **draw):
+        assert (count, depth, draw) == (evaluation.GENERATED_VOLUMES, 16, {"guidance": 2.0})
+        return None, drawn if coherent else shuffled
+
+    monkeypatch.setattr(evaluation, "sample_volumes", sample_volumes)
+    # A generator that gives every slice back as it is: the reference is the training people.
+    monkeypatch.setattr(evaluation, "reconstruct_images", lambda model, images, batch: images)
+    run = types.SimpleNamespace(
+        generator=None, hyperparameters=types.SimpleNamespace(inference_batch_size=8)
+    )
+    report, figure = evaluation.judge_volumes(
+        run,
+        as_slice_set(training, "t"),
+        as_slice_set(held_out, "h"),
+        seed=0,
+        draw={"guidance": 2.0},
+        out=tmp_path,
+    )
+    assert (report["depth"], report["reference_volumes"]) == (16, 32)
+    assert report["coherent_cut_c2st"] < 0.65 and report["perfect_prior_cut_c2st"] < 0.65
+    assert report["real_vs_reconstructed_cut_c2st"] < 0.65
+    assert report["independent_cut_c2st"] > 0.9
+    assert report["independent_adjacent_ssim"] < report["coherent_adjacent_ssim"] - 0.1
+    assert report["coherent_adjacent_ssim"] == pytest.approx(report["real_adjacent_ssim"], abs=0.05)
+    assert figure == tmp_path / "volume_cuts.png" and figure.is_file()
 
 
 def test_two_sample_groups_are_people_or_a_lone_persons_slabs():
