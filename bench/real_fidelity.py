@@ -205,7 +205,7 @@ def generation_row(report: dict) -> dict[str, float]:
     if "generated" in conditions.get("slice_position", {}):
         row["level_r"] = conditions["slice_position"]["generated"]["r"]
         row["level_r_ceiling"] = conditions["slice_position"]["real"]["r"]
-    if "volumes" in conditions:
+    if "coherent_adjacent_ssim" in conditions.get("volumes", {}):  # not where skipped
         row["adjacent_ssim"] = conditions["volumes"]["coherent_adjacent_ssim"]
         row["adjacent_ssim_real"] = conditions["volumes"]["real_adjacent_ssim"]
     return row

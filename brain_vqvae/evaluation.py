@@ -92,6 +92,7 @@ OBEDIENCE_SAMPLES = 128  # generated slices per condition whose obedience is mea
 MIN_CHECKED_SLICES = 8  # held-out (or generated) slices the age reader must read, at the least
 GENERATED_VOLUMES = 24  # volumes drawn each way (coherent, slice by slice) for the measures
 REFERENCE_VOLUMES = 64  # training volumes, at the most, reconstructed as a perfect prior's
+MIN_REFERENCE_VOLUMES = 4  # training volumes, at the least: two halves of two people
 AGE_VOLUMES = 12  # generated volumes whose age is read as a whole
 MIN_OBEDIENCE_PEOPLE = 3  # held-out people of known age that a volume's age read is set against
 DIAGNOSIS_PAIRS = 64  # pairs of slices, asked for CDR 0 and for dementia, whose ages are read
@@ -383,7 +384,7 @@ def judge_conditions(
                 figures += [figure] if figure else []
     if {"slice_position", "previous_slice"} <= set(names):
         report["volumes"], figure = judge_volumes(run, training, held_out, seed, draw, out)
-        figures.append(figure)
+        figures += [figure] if figure else []
     return report, figures
 
 
@@ -795,9 +796,15 @@ def judge_volumes(
     slices, and the Fréchet distance of cuts in its features ranked volumes drawn slice by
     slice, whose cuts break at every slice, above coherent ones (BENCHMARKS.md, "Volumes judged
     by a classifier on their cuts"). Returns the report and volume_cuts.png, written into `out`
-    (`obedience.plot_volume_cuts`: real, reconstructed, coherent, slice by slice)."""
+    (`obedience.plot_volume_cuts`: real, reconstructed, coherent, slice by slice). With fewer
+    than `MIN_REFERENCE_VOLUMES` training volumes it returns ({"skipped": why}, None)."""
     real, _ = obedience.real_volumes(held_out)
     training_volumes, _ = obedience.real_volumes(training)
+    if len(training_volumes) < MIN_REFERENCE_VOLUMES:
+        return {
+            "skipped": f"{len(training_volumes)} training volumes of {training_volumes.shape[1]} "
+            f"slices; telling cuts apart needs {MIN_REFERENCE_VOLUMES} (two halves of two)"
+        }, None
     reference = training_volumes[capped_indices(len(training_volumes), REFERENCE_VOLUMES, seed)]
     count, depth, size = len(reference), reference.shape[1], reference.shape[2]
     reference = reconstruct_images(
@@ -815,7 +822,8 @@ def judge_volumes(
 
     report = {"volumes": GENERATED_VOLUMES, "depth": depth, "reference_volumes": count}
     report["real_adjacent_ssim"] = obedience.adjacent_slice_ssim(real)["mean"]
-    if real.shape[1] == depth:  # cuts of volumes of other depths are stretched differently
+    # Cuts of volumes of another depth would be stretched differently; a test needs 2 people.
+    if real.shape[1] == depth and len(real) >= 2:
         report["real_vs_reconstructed_cut_c2st"] = told_apart(real, reference)
     report["perfect_prior_cut_c2st"] = told_apart(reference[: count // 2], reference[count // 2 :])
     drawn = {}
@@ -1224,8 +1232,10 @@ def format_conditions(conditions: dict) -> list[str]:
                 f"{volumes['reconstructed']['r']:.3f}, MAE {volumes['reconstructed']['mae']:.3g}; "
                 f"real r {volumes['real']['r']:.3f})"
             )
-    if "volumes" in conditions:
-        volumes = conditions["volumes"]
+    volumes = conditions.get("volumes")
+    if volumes and "skipped" in volumes:
+        lines.append(f"  volumes: {volumes['skipped']}")
+    elif volumes:
         lines.append(
             f"  {volumes['volumes']} volumes of {volumes['depth']} slices drawn each way, "
             f"adjacent-slice SSIM: coherent {volumes['coherent_adjacent_ssim']:.3f}, "

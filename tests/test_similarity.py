@@ -138,6 +138,11 @@ def test_volumes_whose_slices_do_not_fit_together_are_told_apart_by_their_cuts(
     assert report["independent_adjacent_ssim"] < report["coherent_adjacent_ssim"] - 0.1
     assert report["coherent_adjacent_ssim"] == pytest.approx(report["real_adjacent_ssim"], abs=0.05)
     assert figure == tmp_path / "volume_cuts.png" and figure.is_file()
+    # Three training people cannot be halved into two groups of two: said, not measured.
+    few = as_slice_set(training[:3], "t")
+    report, figure = evaluation.judge_volumes(run, few, few, 0, {"guidance": 2.0}, tmp_path)
+    assert figure is None and "3 training volumes of 16 slices" in report["skipped"]
+    assert evaluation.format_conditions({"volumes": report}) == [f"  volumes: {report['skipped']}"]
 
 
 def test_two_sample_groups_are_people_or_a_lone_persons_slabs():
