@@ -775,7 +775,7 @@ def judge_volumes(
     seed: int,
     draw: dict,
     out: Path,
-) -> tuple[dict, Path]:
+) -> tuple[dict, Path | None]:
     """The volume measures of `judge_conditions`. `GENERATED_VOLUMES` volumes are drawn with
     `draw` (keyword arguments of `sample_code_maps`) two ways with the same seed: coherent (each
     slice on the slice below) and slice by slice (each on its own, at its level). They are set
