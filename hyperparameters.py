@@ -206,6 +206,7 @@ PRIOR_FIELDS = (
     "previous_slice_dropout",
     "previous_slice_noise",
     "fine_previous_slice_noise",
+    "prior_input_noise",
     "prior_mirror_images",
     "sampling_top_p",
     "sampling_coarse_top_p",
@@ -333,6 +334,11 @@ class Hyperparameters:
     # epochs from the start"). A saved configuration without this key predates it and blurs
     # both levels alike (`from_dict`).
     fine_previous_slice_noise: float = 0.25
+    # In training each code of the prior's own map that it reads (never one it predicts) is
+    # replaced by a random code with this probability, so that it learns to draw on past a
+    # stray code, as when it draws a map code by code from its own earlier draws (exposure
+    # bias). 0: the map read clean, as every run saved before this key was trained.
+    prior_input_noise: float = 0.0
     # The nucleus (top-p, Holtzman et al. 2019) the run's codes are drawn from when
     # `predict.py` or `similarity.py` is not given --top-p: only the most likely codes of this
     # total probability at each position (1: all of them). On the demo the hifi prior's
@@ -483,6 +489,7 @@ class Hyperparameters:
             "previous_slice_dropout",
             "previous_slice_noise",
             "fine_previous_slice_noise",
+            "prior_input_noise",
         ):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")

@@ -26,6 +26,7 @@ from brain_vqvae.model import (
     sample_code_maps,
     sampler,
 )
+from brain_vqvae.model import prior as prior_module
 from brain_vqvae.model.conditions import condition_batch, guidance_stages
 from brain_vqvae.model.prior import pack_prior_inputs
 from brain_vqvae.model.sampler import guided_logits, raster_scan
@@ -605,3 +606,40 @@ def test_training_hides_whole_maps_and_single_conditions_and_blurs_the_slice_bel
     changed = (np.asarray(hidden["previous"]) != inputs["previous"]).mean()
     assert changed == pytest.approx(0.25 * 7 / 8, abs=0.02)
     np.testing.assert_array_equal(hidden["values"], inputs["values"])
+
+
+def test_training_reads_the_prior_s_own_maps_blurred_and_predicts_them_clean(tmp_path, monkeypatch):
+    """With r = `prior_input_noise` = 0.25 the maps the prior reads in training have about
+    r (K - 1) / K of their codes replaced (a random code is the old one 1 time in K), while its
+    loss is taken against the clean maps; evaluated (training=False) it reads them clean, and
+    saved, it reloads and draws the same maps."""
+    count = 2000
+    inputs = {name: np.asarray(value) for name, value in some_conditions(count).items()}
+    clean = np.random.default_rng(3).integers(0, CODES, (count, MAP_SIZE, MAP_SIZE))
+    inputs["codes"] = clean.astype("int32")
+    prior = tiny_conditional_prior(prior_input_noise=0.25)
+    read, targets = [], []
+    features = prior.code_features
+    monkeypatch.setattr(prior, "code_features", lambda codes: features(read.append(codes) or codes))
+    scored = prior_module.cross_entropy_and_accuracy
+    monkeypatch.setattr(
+        prior_module,
+        "cross_entropy_and_accuracy",
+        lambda maps, logits: scored(targets.append(maps) or maps, logits),
+    )
+    for training in (True, False):
+        prior._loss_and_accuracy(inputs, training=training)
+    blurred, evaluated = (np.asarray(codes) for codes in read)
+    assert (blurred != clean).mean() == pytest.approx(0.25 * (CODES - 1) / CODES, abs=0.01)
+    np.testing.assert_array_equal(evaluated, clean)
+    for maps in targets:
+        np.testing.assert_array_equal(np.asarray(maps), clean)
+    monkeypatch.undo()
+    prior.save(tmp_path / "prior.keras")
+    loaded = keras.saving.load_model(tmp_path / "prior.keras")
+    assert loaded.hyperparameters.prior_input_noise == 0.25
+    asked = {"slice_position": 0.4, "previous_slice": inputs["previous"][:2]}
+    np.testing.assert_array_equal(
+        sample_code_maps(prior, 2, seed=3, conditions=asked),
+        sample_code_maps(loaded, 2, seed=3, conditions=asked),
+    )

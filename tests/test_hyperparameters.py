@@ -99,6 +99,7 @@ def test_hifi_preset_has_32x32_code_maps_and_a_larger_ema_codebook():
         ({"pixelcnn_gated_layers": 2}, "pixelcnn_gated_layers"),  # 8x8 maps need 3
         ({"pixelcnn_gated_layers": 4, "downsample_stages": 2}, "pixelcnn_gated_layers"),
         ({"fine_previous_slice_noise": 1.0}, "fine_previous_slice_noise"),
+        ({"prior_input_noise": -0.1}, "prior_input_noise"),
         ({"previous_slice_dropout": -0.1}, "previous_slice_dropout"),
         ({"epochs_adversarial": -1}, "epochs_adversarial"),
         ({"adversarial_weight": 0.0}, "adversarial_weight"),

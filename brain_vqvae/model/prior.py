@@ -209,6 +209,9 @@ class PixelCNN(TrainingStepModel):
             )
             self.condition_encoder.build()
             self.condition_dropout_seed = keras.random.SeedGenerator(self.hyperparameters.seed)
+        self.input_noise_seed = None  # a variable of its own only where the maps are blurred
+        if self.hyperparameters.prior_input_noise:
+            self.input_noise_seed = keras.random.SeedGenerator(self.hyperparameters.seed + 1)
         metrics = PIXELCNN_METRICS + (COARSE_METRICS if coarse_codes else ())
         self.trackers = [keras.metrics.Mean(name=name) for name in metrics]
         self.built = True  # every weight exists once the network is made
@@ -315,6 +318,22 @@ class PixelCNN(TrainingStepModel):
             inputs["previous"] = randomize_codes(below, fine_noise, self.num_embeddings, seed)
         return inputs
 
+    def _blur_own_codes(self, inputs):
+        """`inputs` with each code of the maps the prior reads replaced by a random code with
+        probability r = `prior_input_noise` (`randomize_codes`). The targets stay the clean
+        codes k(i, j), so the prior learns p(k(i, j) | the codes before it, each a stray code
+        with probability r): to go on drawing what the map should hold after a code that does
+        not belong, as it must when it draws each code after its own earlier draws. A
+        two-level prior's coarse map is made from the clean codes before (`with_coarse_map`),
+        as the coarse level is drawn first."""
+        rate, seed = self.hyperparameters.prior_input_noise, self.input_noise_seed
+        if not isinstance(inputs, dict):
+            return randomize_codes(inputs, rate, self.num_embeddings, seed)
+        return {
+            **inputs,
+            "codes": randomize_codes(inputs["codes"], rate, self.num_embeddings, seed),
+        }
+
     def _loss_and_accuracy(self, inputs, training: bool) -> dict:
         if self.condition_encoder is not None:
             if not isinstance(inputs, dict):
@@ -322,8 +341,11 @@ class PixelCNN(TrainingStepModel):
             if training:
                 inputs = self._hide_conditions(inputs)
             inputs = self.with_coarse_map(inputs)  # the slice below coarsened once blurred
-        code_maps = ops.cast(inputs["codes"] if isinstance(inputs, dict) else inputs, "int32")
-        values = cross_entropy_and_accuracy(code_maps, self(inputs, training=training))
+        code_maps = ops.cast(_code_maps(inputs), "int32")
+        read = inputs
+        if training and self.input_noise_seed is not None:
+            read = self._blur_own_codes(inputs)
+        values = cross_entropy_and_accuracy(code_maps, self(read, training=training))
         if self.coarse_prior is not None:
             coarse = cross_entropy_and_accuracy(
                 ops.cast(inputs["coarse"], "int32"),
