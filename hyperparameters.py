@@ -337,7 +337,11 @@ class Hyperparameters:
     # In training each code of the prior's own map that it reads (never one it predicts) is
     # replaced by a random code with this probability, so that it learns to draw on past a
     # stray code, as when it draws a map code by code from its own earlier draws (exposure
-    # bias). 0: the map read clean, as every run saved before this key was trained.
+    # bias). Off (0, the map read clean, as every run saved before this key was trained): on
+    # the demo the card's prior so trained predicted held-out maps better and obeyed the age
+    # better, but its samples sat further from real slices by the Fréchet distance and its
+    # volumes were no more coherent (BENCHMARKS.md, "The card's prior trained reading its own
+    # maps with stray codes").
     prior_input_noise: float = 0.0
     # The nucleus (top-p, Holtzman et al. 2019) the run's codes are drawn from when
     # `predict.py` or `similarity.py` is not given --top-p: only the most likely codes of this
