@@ -149,7 +149,8 @@ class PixelCNN(TrainingStepModel):
     It is trained by its own training step (`step_loss`, `record`): compile it with an
     optimizer and `fit` it on batches of code maps (a conditional prior: of `pack_prior_inputs`
     rows), whose codes are also the targets (a y given is ignored); a conditional prior hides
-    known conditions at random (`_hide_conditions`). The loss is the mean over every position
+    known conditions at random (`_hide_conditions`), and with `prior_input_noise` any prior reads
+    its own maps blurred (`_blur_own_codes`). The loss is the mean over every position
     of every map of the cross-entropy -log softmax(logits(i, j))[k(i, j)] (nats per code);
     "accuracy" is the share of positions whose most likely code is k(i, j). Under a
     `tf.distribute` strategy both are weighted by each replica's share of the global batch, as
