@@ -273,8 +273,8 @@ def cut_images(
     the volume each comes from (2 V F,) int64, for tests that must keep a volume's cuts
     together."""
     cuts = orthogonal_cuts(volumes, size, fractions)
-    count = len(cuts["coronal"]) // len(np.ravel(fractions))
-    volume_of_cut = np.repeat(np.arange(count), len(np.ravel(fractions)))
+    per_volume = len(np.ravel(fractions))
+    volume_of_cut = np.repeat(np.arange(len(cuts["coronal"]) // per_volume), per_volume)
     return np.concatenate([cuts["coronal"], cuts["sagittal"]]), np.tile(volume_of_cut, 2)
 
 
